@@ -1,0 +1,37 @@
+# vtc — every target sets itself up in .venv on a fresh machine.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+# ORT package: onnxruntime (CPU) here; set ORT=onnxruntime-gpu on a CUDA machine (never both).
+ORT     ?= onnxruntime
+
+.PHONY: setup demo test bench lint clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# constraints.txt pins torch==2.13.0 (CPU build): without it pip pulls CUDA wheels.
+	$(BIN)/pip install -q -c constraints.txt torch==2.13.0 $(ORT)
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	# TensorRT type stubs for mypy only (TensorRT itself is not installable here).
+	$(BIN)/pip install -q --no-deps tensorrt-stubs || echo "tensorrt-stubs unavailable: mypy skips TensorRT types"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/vtc demo --out out/demo --force
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.run
+
+lint: $(STAMP)
+	$(BIN)/ruff check vtc tests bench
+	$(BIN)/mypy vtc
+
+clean:
+	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,73 @@
+"""Shared fixtures: tiny models built from configs with a fixed seed, and
+their ONNX exports, made once per session (exports are the slow part)."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+TINY_VIT = dict(hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
+                intermediate_size=128, image_size=32, patch_size=8, num_labels=10)
+
+
+def tiny_vit(seed: int = 0) -> torch.nn.Module:
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(seed)
+    model = ViTForImageClassification(ViTConfig(**TINY_VIT)).eval()
+    # Random init leaves biases at zero; give them values so that exporters
+    # cannot fold them away and parity tests see real arithmetic.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0, 0.02)
+    return model
+
+
+class _Wrap(torch.nn.Module):
+    def __init__(self, m: torch.nn.Module) -> None:
+        super().__init__()
+        self.m = m
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.m(pixel_values).logits
+
+
+def export(model: torch.nn.Module, path: Path, batch: int = 2, dynamo: bool = True) -> Path:
+    x = torch.randn(batch, 3, 32, 32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if dynamo:
+            prog = torch.onnx.export(_Wrap(model), (x,), dynamo=True, opset_version=18,
+                                     input_names=["pixel_values"], output_names=["logits"],
+                                     verbose=False)
+            assert prog is not None
+            prog.save(str(path))
+        else:
+            torch.onnx.export(_Wrap(model), (x,), str(path), dynamo=False, opset_version=17,
+                              input_names=["pixel_values"], output_names=["logits"])
+    return path
+
+
+@pytest.fixture(scope="session")
+def vit_model() -> torch.nn.Module:
+    return tiny_vit()
+
+
+@pytest.fixture(scope="session")
+def vit_onnx(tmp_path_factory: pytest.TempPathFactory, vit_model: torch.nn.Module) -> Path:
+    return export(vit_model, tmp_path_factory.mktemp("vit") / "vit_dynamo.onnx")
+
+
+@pytest.fixture(scope="session")
+def vit_onnx_ts(tmp_path_factory: pytest.TempPathFactory, vit_model: torch.nn.Module) -> Path:
+    return export(vit_model, tmp_path_factory.mktemp("vit") / "vit_ts.onnx", dynamo=False)
+
+
+@pytest.fixture(scope="session")
+def pixels() -> np.ndarray:
+    return np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)

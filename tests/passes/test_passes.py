@@ -1,0 +1,109 @@
+"""The rewrite passes on real exports of a tiny ViT (dynamo and TorchScript)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
+import pytest
+
+from vtc.budget import Geometry, evit_budget, tome_budget
+from vtc.passes import GraphError, NoBlocksError, compress, find_blocks, load
+from vtc.passes.emit import PORTABLE_OPS
+from vtc.passes.graph import mlp_width
+from vtc.passes.shape_fixup import _reshape_target
+
+GEO = Geometry(tokens=17, protected=1, width=64, mlp_width=128, layers=3)
+
+
+def _run(model: ir.Model | Path, x: np.ndarray) -> np.ndarray:
+    blob = ir.to_proto(model).SerializeToString() if isinstance(model, ir.Model) else str(model)
+    sess = ort.InferenceSession(blob, providers=["CPUExecutionProvider"])
+    assert sess.get_providers() == ["CPUExecutionProvider"]
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+
+@pytest.mark.parametrize("which", ["vit_onnx", "vit_onnx_ts"])
+def test_blocks_found_on_both_exporters(which: str, request: pytest.FixtureRequest) -> None:
+    blocks = find_blocks(load(request.getfixturevalue(which)))
+    assert [(b.tokens, b.heads, b.width) for b in blocks] == [(17, 4, 64)] * 3
+    assert mlp_width(blocks[0]) == 128
+    assert all(b.mlp_add is not None for b in blocks)
+    # each block's stream enters where the previous one left
+    assert all(blocks[i + 1].x_in is blocks[i].x_out for i in range(2))
+
+
+def test_r0_is_identity(vit_onnx: Path, pixels: np.ndarray) -> None:
+    m = load(vit_onnx)
+    res = compress(m, tome_budget(GEO, r=0))
+    assert res.sites == 0
+    np.testing.assert_array_equal(_run(m, pixels), _run(vit_onnx, pixels))
+
+
+def _new_ops(m: ir.Model) -> set[str]:
+    return {n.op_type for n in m.graph if (n.name or "").startswith("vtc_")}
+
+
+@pytest.mark.parametrize("method", ["tome", "evit"])
+def test_rewrite_is_static_portable_and_checked(vit_onnx: Path, pixels: np.ndarray,
+                                                method: str) -> None:
+    budget = (tome_budget(GEO, r=[4, 3, 2]) if method == "tome"
+              else evit_budget(GEO, 0.5, [0, 2]))
+    m = load(vit_onnx)
+    res = compress(m, budget)
+    assert res.sites == len(budget.reducing_layers)
+    assert _new_ops(m) and _new_ops(m) <= PORTABLE_OPS
+    ops = {n.op_type for n in m.graph}
+    assert not ops & {"NonZero", "ScatterElements", "ScatterND"}
+    # TopK's K is always an initializer (a constant)
+    for n in m.graph:
+        if n.op_type == "TopK":
+            assert n.inputs[1] is not None and n.inputs[1].const_value is not None
+    # the stream entering each block has the budget's static token count
+    proto = onnx.shape_inference.infer_shapes(ir.to_proto(m), strict_mode=True)
+    blocks = find_blocks(ir.from_proto(proto))
+    assert [b.tokens for b in blocks] == budget.tokens_per_layer
+    out = _run(m, pixels)
+    assert out.shape == (2, 10) and np.isfinite(out).all()
+    assert not np.allclose(out, _run(vit_onnx, pixels), atol=1e-6)  # it did change something
+
+
+@pytest.mark.parametrize("method", ["tome", "evit"])
+def test_same_rewrite_on_dynamo_and_torchscript(vit_onnx: Path, vit_onnx_ts: Path,
+                                                pixels: np.ndarray, method: str) -> None:
+    budget = tome_budget(GEO, r=3) if method == "tome" else evit_budget(GEO, 0.6, [1])
+    a, b = load(vit_onnx), load(vit_onnx_ts)
+    compress(a, budget)
+    compress(b, budget)
+    np.testing.assert_allclose(_run(a, pixels), _run(b, pixels), atol=1e-4)
+
+
+def test_no_blocks_is_a_clear_error(tmp_path: Path) -> None:
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])
+    g = helper.make_graph([helper.make_node("Softmax", ["x"], ["y"])], "mlp", [x], [y])
+    path = tmp_path / "plain.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), path)
+    with pytest.raises(NoBlocksError, match="no transformer block"):
+        find_blocks(load(path))
+
+
+def test_reshape_target_uses_spans_not_values() -> None:
+    # [B, N, C] → [B, N, H, D] where D == N: only the token entry moves.
+    assert _reshape_target([2, 16, 64], [2, 12, 64], [2, 16, 4, 16], [2, 16, -1, 16], "r") == [
+        2, 12, -1, 16]
+    # Kᵀ folded over heads: [B·H, D, N] → [B, H, D, N] with D == N.
+    assert _reshape_target([8, 16, 16], [8, 16, 12], [2, 4, 16, 16], [2, 4, 16, 16], "r") == [
+        2, 4, 16, 12]
+    # token axis merged into the batch: [B, N, C] → [B·N, C]
+    assert _reshape_target([2, 17, 64], [2, 9, 64], [34, 64], [34, 64], "r") == [18, 64]
+    # -1 entries are left alone
+    assert _reshape_target([2, 17, 64], [2, 9, 64], [2, 17, 4, 16], [2, -1, 4, 16], "r") == [
+        2, -1, 4, 16]
+    with pytest.raises(GraphError, match="splits the token axis"):
+        _reshape_target([2, 16, 64], [2, 12, 64], [2, 4, 4, 64], [2, 4, 4, 64], "grid")

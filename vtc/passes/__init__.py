@@ -1,0 +1,84 @@
+"""Graph-rewrite passes on the ONNX IR.
+
+`compress(model, budget)` is the whole rewrite: find the blocks, insert the
+budget's merges (ToMe) or prunes (EViT), fix the constants that baked the old
+token count, then prove the result with strict shape inference and the ONNX
+checker. Each pass lives in its own module with a before → after drawing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import onnx
+import onnx_ir as ir
+
+from vtc.budget import Budget
+from vtc.passes.evit import apply_evit
+from vtc.passes.graph import Block, GraphError, NoBlocksError, find_blocks, load, prepare
+from vtc.passes.shape_fixup import fix_shapes, record_shapes
+from vtc.passes.tome import apply_tome
+
+__all__ = [
+    "Block", "GraphError", "NoBlocksError", "PassResult", "check", "compress", "find_blocks",
+    "load", "prepare",
+]
+
+
+@dataclass
+class PassResult:
+    blocks: int
+    sites: int  # merge / prune sites inserted
+    constants_fixed: int
+    op_counts_before: dict[str, int] = field(default_factory=dict)
+    op_counts_after: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "blocks": self.blocks,
+            "sites": self.sites,
+            "constants_fixed": self.constants_fixed,
+            "op_counts_before": self.op_counts_before,
+            "op_counts_after": self.op_counts_after,
+        }
+
+
+def _op_counts(model: ir.Model) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for node in model.graph:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def compress(model: ir.Model, budget: Budget) -> PassResult:
+    """Rewrite a prepared model in place so that it follows `budget`."""
+    blocks = find_blocks(model)
+    if len(blocks) != len(budget.layers):
+        raise GraphError(
+            f"the budget has {len(budget.layers)} blocks but the graph has {len(blocks)}"
+        )
+    if blocks[0].tokens != budget.tokens_in:
+        raise GraphError(
+            f"the budget expects {budget.tokens_in} tokens, the graph has {blocks[0].tokens}"
+        )
+    before = _op_counts(model)
+    old = record_shapes(model)
+    if budget.method == "tome":
+        sites = apply_tome(model, blocks, budget)
+    elif budget.method == "evit":
+        sites = apply_evit(model, blocks, budget)
+    else:
+        sites = 0
+    fixed = fix_shapes(model, old) if sites else 0
+    check(model)
+    return PassResult(len(blocks), sites, fixed, before, _op_counts(model))
+
+
+def check(model: ir.Model) -> None:
+    """Strict shape inference and the ONNX checker on the whole model."""
+    proto = ir.to_proto(model)
+    try:
+        onnx.checker.check_model(proto)
+        onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
+    except Exception as exc:  # noqa: BLE001 - checker and inference raise several types
+        raise GraphError(f"the rewritten graph fails the ONNX checker: {exc}") from exc

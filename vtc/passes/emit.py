@@ -1,0 +1,105 @@
+"""A small node builder for the passes: every op it emits is from the
+portable list in ARCHITECTURE.md, and every constant becomes a named
+initializer (so that TensorRT sees constants, not Constant nodes)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+PORTABLE_OPS = frozenset(
+    {
+        "MatMul", "Softmax", "ReduceMax", "ReduceSum", "ReduceMean", "ReduceL2", "ArgMax",
+        "TopK", "Gather", "GatherElements", "Concat", "Slice", "Where", "Equal", "Cast",
+        "Mul", "Div", "Add", "Sub", "Log", "Range", "Transpose", "Unsqueeze", "Squeeze",
+        "Expand", "Reshape", "Shape",
+    }
+)
+
+
+class Emitter:
+    """Builds nodes for one rewrite site, then splices them into the graph."""
+
+    def __init__(self, graph: ir.Graph, prefix: str) -> None:
+        self.graph = graph
+        self.prefix = prefix
+        self.nodes: list[ir.Node] = []
+        self._n = 0
+        self.opset = graph.opset_imports.get("", 18)
+
+    def _name(self, hint: str) -> str:
+        self._n += 1
+        return f"{self.prefix}/{hint}_{self._n}"
+
+    def const(self, value: Any, dtype: Any = np.int64, hint: str = "c") -> ir.Value:
+        arr = np.asarray(value, dtype=dtype)
+        name = self._name(hint)
+        v = ir.Value(name=name, shape=ir.Shape(arr.shape), type=ir.TensorType(ir.DataType.from_numpy(arr.dtype)))
+        v.const_value = ir.tensor(arr, name=name)
+        self.graph.register_initializer(v)
+        return v
+
+    def op(self, op_type: str, *inputs: ir.Value | None, outputs: int = 1, **attrs: Any) -> Any:
+        """Emit one node; returns its output value (or a tuple when outputs > 1)."""
+        if op_type not in PORTABLE_OPS:
+            raise AssertionError(f"{op_type} is not on the portable op list")
+        node = ir.node(op_type, list(inputs), attrs or None, num_outputs=outputs,
+                       name=self._name(op_type))
+        for i, out in enumerate(node.outputs):
+            out.name = f"{node.name}:{i}"
+        self.nodes.append(node)
+        return node.outputs[0] if outputs == 1 else tuple(node.outputs)
+
+    # Short forms used by several passes --------------------------------------------------
+
+    def reduce(self, op_type: str, x: ir.Value, axes: list[int], keepdims: int) -> ir.Value:
+        """Reduce* with axes as an input (opset >= 18; ReduceSum >= 13) or an attribute."""
+        as_input = self.opset >= (13 if op_type == "ReduceSum" else 18)
+        if as_input:
+            return self.op(op_type, x, self.const(axes), keepdims=keepdims)
+        return self.op(op_type, x, axes=axes, keepdims=keepdims)
+
+    def slice(self, x: ir.Value, start: int, end: int, axis: int, step: int = 1) -> ir.Value:
+        return self.op(
+            "Slice", x, self.const([start]), self.const([end]), self.const([axis]),
+            self.const([step]),
+        )
+
+    def sort_ascending(self, idx: ir.Value, k: int) -> ir.Value:
+        """Sort int64 indices `[B, k]` ascending (TopK on a float copy: exact below 2**24)."""
+        f = self.op("Cast", idx, to=ir.DataType.FLOAT)
+        vals, _ = self.op("TopK", f, self.const([k]), outputs=2, axis=-1, largest=0, sorted=1)
+        return self.op("Cast", vals, to=ir.DataType.INT64)
+
+    def gather_rows(self, x: ir.Value, idx: ir.Value, width: int) -> ir.Value:
+        """x `[B, N, C]`, idx `[B, K]` → `[B, K, C]` (GatherElements on axis 1)."""
+        e = self.op("Unsqueeze", idx, self.const([2]))
+        if width != 1:
+            e = self.op("Expand", e, self.const([1, 1, width]))
+        return self.op("GatherElements", x, e, axis=1)
+
+    def one_hot(self, idx: ir.Value, depth: int) -> ir.Value:
+        """idx `[B, K]` → float one-hot `[B, K, depth]` (Equal against a constant range)."""
+        e = self.op("Unsqueeze", idx, self.const([2]))
+        rng = self.const(np.arange(depth).reshape(1, 1, depth))
+        return self.op("Cast", self.op("Equal", e, rng), to=ir.DataType.FLOAT)
+
+    def insert_after(self, anchor: ir.Node) -> None:
+        self.graph.insert_after(anchor, self.nodes)
+        self.nodes = []
+
+    def insert_before(self, anchor: ir.Node) -> None:
+        self.graph.insert_before(anchor, self.nodes)
+        self.nodes = []
+
+
+def rewire(old: ir.Value, new: ir.Value, skip: list[ir.Node]) -> None:
+    """Every use of `old` except by the nodes in `skip` now reads `new`."""
+    skip_ids = {id(n) for n in skip}
+    for user, idx in list(old.uses()):
+        if id(user) not in skip_ids:
+            user.replace_input_with(idx, new)
+    if old.is_graph_output():
+        raise AssertionError("a residual stream that is a graph output cannot be rewired")

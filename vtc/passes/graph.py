@@ -1,0 +1,275 @@
+"""Finding transformer blocks in an ONNX graph from its structure alone.
+
+No node or value names are read, so the same search works on graphs written
+by the dynamo exporter, the TorchScript exporter (what optimum-cli writes)
+and third-party files. A pre-norm block looks like this on the `[B, N, C]`
+residual stream, whatever the exporter called things:
+
+    x_in ─┬─► LN ─► Q,K,V ─► MatMul(Q, Kᵀ) ─► (scale/mask) ─► Softmax ─► MatMul(·, V) ─► proj ─┐
+          └──────────────────────────────────────────────────────────────────────────────► Add ─► x_mid
+    x_mid ─┬─► LN ─► MLP ─┐
+           └────────────► Add ─► x_out
+
+The search starts from every Softmax whose logits are `[B, H, N, N]`
+(self-attention), walks back to the `MatMul(Q, Kᵀ)` (its second input is
+`Kᵀ [B, H, D, N]`), forward through the output projection to the first Add
+whose other operand is an ancestor of the Softmax (the attention residual),
+and from there to the Add that closes the MLP residual.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import onnx_ir as ir
+import onnxscript.optimizer
+from onnx_ir.passes.common import ShapeInferencePass
+
+# Ops that may sit between the QK MatMul and the Softmax (scale, bias, mask).
+_LOGIT_OPS = {"Mul", "Div", "Add", "Sub", "Where", "Cast", "Identity"}
+# Ops that may sit between the Softmax and the AV MatMul.
+_PROB_OPS = {"IsNaN", "Where", "Cast", "Dropout", "Identity"}
+# Ops between the AV MatMul and the attention residual Add.
+_PROJ_OPS = {
+    "Transpose", "Reshape", "MatMul", "Add", "Mul", "Gemm", "Flatten", "Identity", "Cast",
+    "Squeeze", "Unsqueeze", "Einsum",
+}
+
+
+class GraphError(ValueError):
+    """The ONNX graph is not one vtc can rewrite (an input error)."""
+
+
+class NoBlocksError(GraphError):
+    pass
+
+
+@dataclass
+class Block:
+    """One self-attention block found in the graph.
+
+    tokens: N, the token count entering the block (static).
+    key_t: the value Kᵀ `[B, H, D, N]` fed to the QK MatMul.
+    """
+
+    index: int
+    softmax: ir.Node
+    qk_matmul: ir.Node
+    key_t: ir.Value
+    attn_add: ir.Node
+    mlp_add: ir.Node | None
+    x_in: ir.Value
+    x_mid: ir.Value
+    x_out: ir.Value
+    tokens: int
+    heads: int
+    width: int
+
+    @property
+    def probs(self) -> ir.Value:
+        """Attention probabilities `[B, H, N, N]` (the Softmax output)."""
+        return self.softmax.outputs[0]
+
+
+def load(path: Path | str, batch: int | None = None) -> ir.Model:
+    """Load an ONNX file, pin a symbolic batch to `batch`, fold constants and
+    shape computations, and infer static shapes for every value."""
+    try:
+        proto = onnx.load(str(path))
+    except Exception as exc:  # noqa: BLE001 - onnx raises many types
+        raise GraphError(f"cannot read {path} as ONNX ({exc}); pass a valid .onnx file") from exc
+    return prepare(ir.from_proto(proto), batch)
+
+
+def prepare(model: ir.Model, batch: int | None = None) -> ir.Model:
+    """Normalise a model in place for the passes; returns it."""
+    for inp in model.graph.inputs:
+        if inp.shape is not None and len(inp.shape) > 0 and not isinstance(inp.shape[0], int):
+            if batch is None:
+                raise GraphError(
+                    f"input {inp.name!r} has a symbolic batch dimension; pass --batch N"
+                )
+            dims = list(inp.shape)
+            dims[0] = batch
+            inp.shape = ir.Shape(dims)
+    model = onnxscript.optimizer.optimize(model)
+    _clear_shapes(model.graph)
+    ShapeInferencePass(strict_mode=False)(model)
+    return model
+
+
+def _clear_shapes(graph: ir.Graph) -> None:
+    for node in graph:
+        for out in node.outputs:
+            if not out.is_graph_output():
+                out.shape = None
+
+
+def is_const(v: ir.Value | None) -> bool:
+    return v is not None and v.const_value is not None
+
+
+def static_dims(v: ir.Value) -> list[int] | None:
+    if v.shape is None:
+        return None
+    dims = list(v.shape)
+    return dims if all(isinstance(d, int) for d in dims) else None  # type: ignore[misc]
+
+
+def _ancestors(v: ir.Value, limit: int = 100_000) -> set[int]:
+    """ids of every value v depends on (v included)."""
+    seen: set[int] = set()
+    stack = [v]
+    while stack and len(seen) < limit:
+        cur = stack.pop()
+        if id(cur) in seen:
+            continue
+        seen.add(id(cur))
+        prod = cur.producer()
+        if prod is not None:
+            stack.extend(i for i in prod.inputs if i is not None)
+    return seen
+
+
+def _walk_back_to_matmul(v: ir.Value) -> ir.Node | None:
+    cur = v
+    for _ in range(8):
+        prod = cur.producer()
+        if prod is None:
+            return None
+        if prod.op_type == "MatMul":
+            return prod
+        if prod.op_type not in _LOGIT_OPS:
+            return None
+        dyn = [i for i in prod.inputs if i is not None and not is_const(i)]
+        if prod.op_type == "Where":
+            dyn = [i for i in prod.inputs[1:] if i is not None and not is_const(i)]
+        if len(dyn) > 1:  # e.g. a size bias [B, 1, 1, N] added to the logits: follow the logits
+            out = static_dims(prod.outputs[0])
+            dyn = [i for i in dyn if static_dims(i) == out]
+        if len(dyn) != 1:
+            return None
+        cur = dyn[0]
+    return None
+
+
+def _find_av_matmul(probs: ir.Value) -> ir.Node | None:
+    """The MatMul(probs, V) downstream of a Softmax, through NaN guards and casts."""
+    frontier, seen = [probs], set()
+    for _ in range(6):
+        nxt = []
+        for v in frontier:
+            for node in v.consumers():
+                if id(node) in seen:
+                    continue
+                seen.add(id(node))
+                if node.op_type == "MatMul" and node.inputs[0] is v:
+                    return node
+                if node.op_type in _PROB_OPS and node.op_type != "IsNaN":
+                    nxt.extend(node.outputs)
+        frontier = nxt
+    return None
+
+
+def _find_residual_add(start: ir.Node, softmax_anc: set[int]) -> tuple[ir.Node, ir.Value] | None:
+    """Follow the projection chain from `start` to the Add that adds a value
+    the Softmax depends on (the block input)."""
+    cur = start.outputs[0]
+    for _ in range(16):
+        users = cur.consumers()
+        if len(users) != 1:
+            return None
+        node = users[0]
+        if node.op_type == "Add":
+            other = [i for i in node.inputs if i is not None and i is not cur]
+            if len(other) == 1 and not is_const(other[0]) and id(other[0]) in softmax_anc:
+                return node, other[0]
+        if node.op_type not in _PROJ_OPS:
+            return None
+        cur = node.outputs[0]
+    return None
+
+
+def _find_mlp_add(x_mid: ir.Value) -> ir.Node | None:
+    for node in x_mid.consumers():
+        if node.op_type != "Add":
+            continue
+        other = [i for i in node.inputs if i is not None and i is not x_mid]
+        if len(other) == 1 and not is_const(other[0]) and id(x_mid) in _ancestors(other[0]):
+            return node
+    return None
+
+
+def find_blocks(model: ir.Model) -> list[Block]:
+    """Every self-attention block, in execution order.
+
+    Raises NoBlocksError when none is found."""
+    graph = model.graph
+    graph.sort()
+    blocks: list[Block] = []
+    for node in graph:
+        if node.op_type != "Softmax":
+            continue
+        logits = node.inputs[0]
+        dims = static_dims(logits) if logits is not None else None
+        if logits is None or dims is None or len(dims) != 4 or dims[2] != dims[3]:
+            continue  # not [B, H, N, N] self-attention (e.g. a pooling head)
+        qk = _walk_back_to_matmul(logits)
+        if qk is None or qk.inputs[1] is None:
+            continue
+        key_t = qk.inputs[1]
+        kd = static_dims(key_t)
+        if kd is None or len(kd) != 4 or kd[3] != dims[3]:
+            continue
+        av = _find_av_matmul(node.outputs[0])
+        if av is None:
+            continue
+        anc = _ancestors(logits)
+        found = _find_residual_add(av, anc)
+        if found is None:
+            continue
+        attn_add, x_in = found
+        x_mid = attn_add.outputs[0]
+        xd = static_dims(x_mid)
+        if xd is None or len(xd) != 3 or xd[1] != dims[2]:
+            continue
+        mlp_add = _find_mlp_add(x_mid)
+        x_out = mlp_add.outputs[0] if mlp_add is not None else x_mid
+        blocks.append(
+            Block(
+                index=len(blocks), softmax=node, qk_matmul=qk, key_t=key_t,
+                attn_add=attn_add, mlp_add=mlp_add, x_in=x_in, x_mid=x_mid, x_out=x_out,
+                tokens=xd[1], heads=dims[1], width=xd[2],
+            )
+        )
+    if not blocks:
+        softmaxes = sum(1 for n in graph if n.op_type == "Softmax")
+        raise NoBlocksError(
+            "no transformer block found: vtc looks for self-attention "
+            f"(Softmax over [B, H, N, N] logits, {softmaxes} Softmax node(s) in this graph) "
+            "followed by a residual Add on a static [B, N, C] stream; "
+            "export the model with static shapes and attention as MatMul/Softmax"
+        )
+    return blocks
+
+
+def mlp_width(blk: Block) -> int:
+    """Width of the MLP's hidden layer: the first constant [C, M] weight after x_mid."""
+    frontier, seen = [blk.x_mid], set()
+    for _ in range(6):
+        nxt = []
+        for v in frontier:
+            for node in v.consumers():
+                if id(node) in seen or node is blk.mlp_add:
+                    continue
+                seen.add(id(node))
+                if node.op_type in ("MatMul", "Gemm") and is_const(node.inputs[1]):
+                    dims = static_dims(node.inputs[1])  # type: ignore[arg-type]
+                    if dims and len(dims) == 2 and blk.width in dims:
+                        other = dims[1] if dims[0] == blk.width else dims[0]
+                        return other
+                nxt.extend(node.outputs)
+        frontier = nxt
+    return 4 * blk.width

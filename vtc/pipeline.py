@@ -1,0 +1,340 @@
+"""The flow, as plain function calls:
+
+    SOURCE ─► load ─► export ─► rewrite passes ─► compile ─► validate ─► bundle
+
+`run(options)` builds the bundle in a temporary directory beside the output
+and renames it into place only when everything (gates aside) succeeded, so an
+interrupted or failed run leaves nothing half-written behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+import vtc
+from vtc.budget import Budget, Geometry
+from vtc.recipe import Recipe
+from vtc.source import Source, SourceError
+
+
+class OutputError(ValueError):
+    """The output directory cannot be used (an input error)."""
+
+
+@dataclass
+class Options:
+    source: str
+    recipe: Recipe
+    out: Path
+    batch: int
+    images: Path | None = None
+    force: bool = False
+    allow_pickle: bool = False
+    protected: int | None = None  # ONNX sources: leading tokens never merged
+    bench: bool = True
+    log: Callable[[str], None] = field(default=lambda msg: print(msg, file=sys.stderr))
+
+
+@dataclass
+class Result:
+    out: Path
+    report: dict[str, Any]
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.report["passed"])
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_out_dir(out: Path, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"--out {out} is a file; give a directory")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise OutputError(f"--out {out} exists and is not empty; pass --force to replace it")
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Move the finished bundle into place (replacing an old one only now)."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        out.rename(old)
+    tmp.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def onnx_geometry(model: ir.Model, protected: int | None) -> Geometry:
+    """Budget geometry read off an ONNX graph (no eager model to ask)."""
+    from vtc.passes.graph import find_blocks, mlp_width
+
+    blocks = find_blocks(model)
+    n = blocks[0].tokens
+    if protected is None:
+        if math.isqrt(n - 1) ** 2 == n - 1:
+            protected = 1  # a square grid plus a CLS token
+        elif math.isqrt(n) ** 2 == n:
+            protected = 0  # a square grid, no CLS (SigLIP-like)
+        else:
+            raise SourceError(
+                f"cannot tell how many of the {n} tokens are CLS/register tokens; "
+                "pass --protected N"
+            )
+    return Geometry(tokens=n, protected=protected, width=blocks[0].width,
+                    mlp_width=mlp_width(blocks[0]), layers=len(blocks))
+
+
+def _input_shape(model_path: Path) -> list[int]:
+    import onnx
+
+    m = onnx.load(str(model_path), load_external_data=False)
+    dims = m.graph.input[0].type.tensor_type.shape.dim
+    return [d.dim_value for d in dims]
+
+
+def run(opts: Options) -> Result:
+    from vtc.source import resolve
+
+    log = opts.log
+    src = resolve(opts.source)
+    check_out_dir(opts.out, opts.force)
+    opts.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = opts.out.with_name(f".{opts.out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        report = _build(opts, src, tmp, log)
+        _publish(tmp, opts.out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return Result(opts.out, report)
+
+
+def _build(opts: Options, src: Source, tmp: Path, log: Callable[[str], None]) -> dict[str, Any]:
+    from vtc import passes
+    from vtc.backends.ort import OrtRunner, fused_op_counts, fusion_summary
+    from vtc.validate.gates import evaluate_gates, format_gate
+    from vtc.validate.report import write_report
+
+    recipe, batch = opts.recipe, opts.batch
+    t0 = time.perf_counter()
+    step = _Steps(log, 6)
+    baseline = tmp / "baseline.onnx"
+    family = eager = None
+    if src.kind == "hf":
+        from vtc.exporter import get_family
+        from vtc.exporter.export import export_onnx
+
+        step(f"loading {src.spec} ({src.model_type})")
+        family = get_family(src.model_type or "")
+        eager = family.load(src.path, allow_pickle=opts.allow_pickle)
+        size = recipe.export.image_size or family.image_size(eager)
+        geo = family.geometry(eager, size)
+        budget = recipe.budget(geo)
+        step(f"exporting to ONNX (dynamo, opset {recipe.export.opset}, batch {batch}, {size} px)")
+        export_onnx(family, eager, batch, size, baseline, opset=recipe.export.opset)
+        mean, std = family.mean(eager), family.std(eager)
+    else:
+        step(f"reading {src.path}")
+        shutil.copyfile(src.path, baseline)
+        model0 = passes.load(baseline, batch)
+        geo = onnx_geometry(model0, opts.protected)
+        budget = recipe.budget(geo)
+        size = _input_shape(baseline)[-1] or 224
+        mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+    step(f"rewriting: {budget.method}, tokens {budget.tokens_in} → {budget.tokens_out}, "
+         f"FLOPs ratio {budget.flops_ratio:.2f}")
+    model = passes.load(baseline, batch)
+    presult = passes.compress(model, budget)
+    compressed = tmp / "model.onnx"
+    ir.save(model, compressed)
+    if src.kind == "onnx":
+        # Pin the baseline's batch too, so both engines run the same static shapes.
+        ir.save(passes.load(baseline, batch), baseline)
+
+    step("compiling ONNX Runtime engines (ORT_ENABLE_ALL)")
+    providers = recipe.backend.providers
+    engine = tmp / "model.ort.onnx"
+    base_opt = tmp / "baseline.ort.onnx"
+    base_rt = OrtRunner(baseline, providers=providers, optimized_model_path=base_opt,
+                        intra_op_threads=recipe.backend.threads)
+    comp_rt = OrtRunner(compressed, providers=providers, optimized_model_path=engine,
+                        intra_op_threads=recipe.backend.threads)
+    with base_rt, comp_rt:
+        fusions = fusion_summary(fused_op_counts(base_opt), fused_op_counts(engine))
+        base_opt.unlink()
+        step("validating: parity, fidelity")
+        inputs = _inputs(opts, recipe, size, mean, std, batch)
+        report_val = _validate(family, eager, budget, base_rt, comp_rt, inputs, batch)
+        if opts.bench:
+            step(f"timing (batch {batch}, interleaved, median of {recipe.validate_.repeats})")
+            report_val["throughput"] = _throughput(recipe, family, eager, base_rt, comp_rt,
+                                                   inputs["x"][:batch], batch, budget)
+        providers_used = comp_rt.providers
+
+    report: dict[str, Any] = {
+        "vtc_version": vtc.__version__,
+        "source": {"spec": src.spec, "kind": src.kind, "model_type": src.model_type,
+                   "family": family.name if family else None},
+        "recipe": recipe.to_dict(),
+        "budget": budget.to_dict(),
+        "graph": presult.to_dict(),
+        "fusions": fusions,
+        "inputs": inputs["meta"],
+        "providers": providers_used,
+        **report_val,
+    }
+    gates = dict(recipe.gates)
+    skipped = []
+    if src.kind == "onnx":  # no eager model: the parity tiers cannot be measured
+        skipped = [g for g in ("max_export_diff", "max_parity_diff") if gates.pop(g, None)]
+    if not opts.bench:
+        skipped += [g for g in ("min_speedup", "min_efficiency") if gates.pop(g, None)]
+    results = evaluate_gates(report, gates)
+    report["gates"] = [g.to_dict() for g in results]
+    report["gates_skipped"] = skipped
+    report["passed"] = all(g.passed for g in results)
+    report["elapsed_s"] = round(time.perf_counter() - t0, 2)
+    for g in results:
+        log(format_gate(g))
+
+    manifest = {
+        "vtc_version": vtc.__version__,
+        "source": {"spec": src.spec, "kind": src.kind, "sha256": src.digest()},
+        "recipe": recipe.to_dict(),
+        "budget": budget.to_dict(),
+        "shapes": {"input": [batch, 3, size, size], "tokens_in": budget.tokens_in,
+                   "tokens_out": budget.tokens_out},
+        "opset": recipe.export.opset if src.kind == "hf" else None,
+        "providers": providers_used,
+        "files": {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.suffix == ".onnx"},
+    }
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    write_report(tmp, report)
+    step(f"bundle complete in {report['elapsed_s']:.1f} s")
+    return report
+
+
+class _Steps:
+    def __init__(self, log: Callable[[str], None], total: int) -> None:
+        self.log, self.total, self.n, self.t = log, total, 0, time.perf_counter()
+
+    def __call__(self, msg: str) -> None:
+        self.n += 1
+        self.log(f"[{min(self.n, self.total)}/{self.total}] {msg} "
+                 f"(+{time.perf_counter() - self.t:.1f}s)")
+
+
+def _inputs(opts: Options, recipe: Recipe, size: int, mean: Any, std: Any, batch: int
+            ) -> dict[str, Any]:
+    from vtc.validate.images import load_images, synthetic_batch
+
+    n = max(batch, math.ceil(recipe.validate_.samples / batch) * batch)
+    if opts.images is not None:
+        x = load_images(opts.images, size, mean, std, limit=None)
+        real = len(x)
+        reps = math.ceil(max(n, real) / batch) * batch
+        x = np.concatenate([x] * math.ceil(reps / real))[:reps] if real < reps else x[:reps]
+        meta = {"kind": "images", "folder": str(opts.images), "count": real,
+                "padded_to": int(len(x))}
+    else:
+        x = synthetic_batch(n, size, seed=recipe.validate_.seed)
+        meta = {"kind": "synthetic", "seed": recipe.validate_.seed, "count": int(n),
+                "note": "fixed-seed standard normal pixels: fidelity on real images may differ"}
+    return {"x": x.astype(np.float32), "meta": meta}
+
+
+def _validate(family: Any, eager: Any, budget: Budget, base_rt: Any, comp_rt: Any,
+              inputs: dict[str, Any], batch: int) -> dict[str, Any]:
+    from vtc.validate.fidelity import fidelity
+    from vtc.validate.parity import compare
+
+    x = inputs["x"]
+    name = comp_rt.output_names[0]
+    base, comp, ref_b, ref_c = [], [], [], []
+    for i in range(0, len(x), batch):
+        xb = x[i : i + batch]
+        base.append(base_rt.infer({base_rt.input_names[0]: xb})[name])
+        comp.append(comp_rt.infer({comp_rt.input_names[0]: xb})[name])
+        if eager is not None:
+            import torch
+
+            from vtc.exporter.eager import run_reference
+
+            with torch.no_grad():
+                t = torch.from_numpy(xb)
+                ref_b.append(family.wrap_for_export(eager)(t)[0].numpy())
+                ref_c.append(run_reference(family, eager, t, budget)[name].numpy())
+    b, c = np.concatenate(base), np.concatenate(comp)
+    out: dict[str, Any] = {"output": name}
+    if eager is not None:
+        out["parity"] = {
+            "export": compare(np.concatenate(ref_b), b).to_dict(),
+            "engine": compare(np.concatenate(ref_c), c).to_dict(),
+        }
+    else:
+        out["parity"] = {"export": None, "engine": None,
+                         "note": "ONNX source: no eager model, parity tiers not measurable"}
+    classifier = family.is_classifier(eager) if family is not None else "logit" in name.lower()
+    out["fidelity"] = fidelity(b, c, classifier)
+    return out
+
+
+def _throughput(recipe: Recipe, family: Any, eager: Any, base_rt: Any, comp_rt: Any,
+                xb: np.ndarray, batch: int, budget: Budget) -> dict[str, Any]:
+    from vtc.validate.bench import measure_interleaved, speedup
+
+    feeds_b = {base_rt.input_names[0]: xb}
+    feeds_c = {comp_rt.input_names[0]: xb}
+    runners: dict[str, Callable[[], object]] = {
+        "baseline": lambda: base_rt.infer(feeds_b),
+        "compressed": lambda: comp_rt.infer(feeds_c),
+    }
+    if eager is not None and recipe.validate_.eager_throughput:
+        import torch
+
+        wrapped = family.wrap_for_export(eager)
+        t = torch.from_numpy(xb)
+
+        def _eager() -> object:
+            with torch.inference_mode():
+                return wrapped(t)
+
+        runners["eager"] = _eager
+    v = recipe.validate_
+    timings = measure_interleaved(runners, batch=batch, warmup=v.warmup, repeats=v.repeats,
+                                  min_time_s=v.min_time_s)
+    sp = speedup(timings["baseline"], timings["compressed"])
+    return {
+        "batch": batch,
+        "baseline_ips": timings["baseline"].ips,
+        "compressed_ips": timings["compressed"].ips,
+        "eager_ips": timings["eager"].ips if "eager" in timings else None,
+        "speedup": sp,
+        "efficiency": sp / budget.flops_ratio,
+        "latency_ms": {k: {"p50": t.p50_ms, "p95": t.p95_ms} for k, t in timings.items()},
+        "repeats": v.repeats,
+        "method": "interleaved round-robin after warm-up, median latency per batch",
+    }

@@ -1,0 +1,86 @@
+"""Resolving SOURCE: an HF checkpoint directory, a hub id in the local cache,
+or an .onnx file. Every failure is a SourceError with the fix in its text."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+
+class SourceError(ValueError):
+    """SOURCE is missing, unreadable or of an unsupported kind (an input error)."""
+
+
+@dataclass(frozen=True)
+class Source:
+    kind: Literal["hf", "onnx"]
+    path: Path  # the checkpoint directory or the .onnx file
+    spec: str  # what the user typed
+    model_type: str | None = None
+
+    def digest(self) -> str:
+        """sha256 over the weight files (hf) or the .onnx file."""
+        h = hashlib.sha256()
+        files = [self.path] if self.kind == "onnx" else sorted(
+            p for p in self.path.iterdir()
+            if p.suffix in {".safetensors", ".bin", ".json"} and p.is_file()
+        )
+        for f in files:
+            h.update(f.name.encode())
+            with f.open("rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+        return h.hexdigest()
+
+
+def _hub_cache_dir(spec: str) -> Path | None:
+    """The newest snapshot of `org/name` in the local Hugging Face cache."""
+    if spec.count("/") != 1 or spec.startswith((".", "/")):
+        return None
+    home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
+    hub = Path(os.environ.get("HF_HUB_CACHE", home / "hub"))
+    snaps = hub / f"models--{spec.replace('/', '--')}" / "snapshots"
+    if not snaps.is_dir():
+        return None
+    cands = sorted((p for p in snaps.iterdir() if (p / "config.json").is_file()),
+                   key=lambda p: p.stat().st_mtime)
+    return cands[-1] if cands else None
+
+
+def resolve(spec: str) -> Source:
+    path = Path(spec)
+    if path.suffix == ".onnx":
+        if not path.is_file():
+            raise SourceError(f"SOURCE {spec}: no such file; check the path")
+        if not os.access(path, os.R_OK):
+            raise SourceError(f"SOURCE {spec}: not readable; check its permissions")
+        return Source("onnx", path, spec)
+    if not path.exists():
+        cached = _hub_cache_dir(spec)
+        if cached is None:
+            raise SourceError(
+                f"SOURCE {spec}: not a file, a directory or a hub id in the local cache "
+                "(the hub is not reachable from vtc: download the checkpoint first and give "
+                "its directory)"
+            )
+        path = cached
+    if path.is_file():
+        raise SourceError(
+            f"SOURCE {spec}: a file that is not .onnx; give a checkpoint directory "
+            "(config.json + model.safetensors) or an .onnx file"
+        )
+    cfg = path / "config.json"
+    if not cfg.is_file():
+        raise SourceError(
+            f"SOURCE {spec}: the directory has no config.json; give a Hugging Face "
+            "checkpoint directory (config.json + model.safetensors)"
+        )
+    try:
+        config = json.loads(cfg.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SourceError(f"SOURCE {spec}: config.json is unreadable ({exc})") from exc
+    return Source("hf", path, spec, config.get("model_type"))
