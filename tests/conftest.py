@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from tests.tiny import LazyModels
+
 TINY_VIT = dict(hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
                 intermediate_size=128, image_size=32, patch_size=8, num_labels=10)
 
@@ -71,3 +73,9 @@ def vit_onnx_ts(tmp_path_factory: pytest.TempPathFactory, vit_model: torch.nn.Mo
 @pytest.fixture(scope="session")
 def pixels() -> np.ndarray:
     return np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> LazyModels:
+    """Every tiny family variant, built and exported at most once per session."""
+    return LazyModels(tmp_path_factory.mktemp("onnx"))

@@ -151,7 +151,14 @@ def no_budget(geo: Geometry) -> Budget:
 
 def tome_schedule(geo: Geometry, r: int | list[int]) -> list[LayerPlan]:
     """ToMe: block i merges r_i tokens (bipartite matching over the
-    unprotected tokens). r_i may not exceed half the unprotected tokens."""
+    unprotected tokens); r_i may not exceed half the unprotected tokens.
+
+    A constant r is clipped to that limit in late blocks, as ToMe's own code
+    does (r=16 on ViT-B/16 gives 197 → 21 → 11 in the last two blocks); it is
+    an error only when r exceeds the limit at block 0. A per-block list is
+    taken literally: any value above the limit is an error.
+    """
+    constant = isinstance(r, int)
     rs = [r] * geo.layers if isinstance(r, int) else list(r)
     if len(rs) != geo.layers:
         raise BudgetError(
@@ -163,6 +170,8 @@ def tome_schedule(geo: Geometry, r: int | list[int]) -> list[LayerPlan]:
         if ri < 0:
             raise BudgetError(f"tome.r for block {i} is {ri}; r must be >= 0")
         limit = (n - geo.protected) // 2
+        if ri > limit and constant and i > 0:
+            ri = limit
         if ri > limit:
             raise BudgetError(
                 f"tome.r={ri} at block {i} is impossible: only {n - geo.protected} unprotected "
@@ -210,15 +219,20 @@ def tome_budget(
 
 def evit_budget(
     geo: Geometry,
-    keep_rate: float,
+    keep_rate: float | None,
     layers: list[int],
     fuse: Literal["sum", "mean", "none"] = "sum",
+    keep: int | None = None,
 ) -> Budget:
     """EViT: at each block in `layers` keep ceil(keep_rate · candidates) of the
-    unprotected tokens (ranked by attention) and, unless fuse == "none", add one
-    token that fuses the rest."""
-    if not 0.0 < keep_rate <= 1.0:
+    unprotected tokens (or exactly `keep` of them), ranked by attention, and,
+    unless fuse == "none", add one token that fuses the rest."""
+    if (keep_rate is None) == (keep is None):
+        raise BudgetError("give exactly one of evit.keep_rate and evit.keep")
+    if keep_rate is not None and not 0.0 < keep_rate <= 1.0:
         raise BudgetError(f"evit.keep_rate={keep_rate} is outside (0, 1]; use e.g. 0.7")
+    if keep is not None and keep < 1:
+        raise BudgetError(f"evit.keep={keep} must be >= 1")
     bad = [i for i in layers if not 0 <= i < geo.layers]
     if bad:
         raise BudgetError(
@@ -227,16 +241,25 @@ def evit_budget(
     plans, n = [], geo.tokens
     extra = 0 if fuse == "none" else 1
     for i in range(geo.layers):
-        if i in layers:
-            cand = n - geo.protected
-            keep = math.ceil(keep_rate * cand)
-            if keep + extra >= cand:
-                # Nothing to prune (or the fused token would not save anything).
-                plans.append(LayerPlan(i, n, n))
-                continue
-            out = geo.protected + keep + extra
-            plans.append(LayerPlan(i, n, out, "evit", keep=keep))
-            n = out
-        else:
+        cand = n - geo.protected
+        if i not in layers:
             plans.append(LayerPlan(i, n, n))
+            continue
+        if keep is not None:
+            if keep > cand:
+                raise BudgetError(
+                    f"evit.keep={keep} at block {i} is impossible: only {cand} unprotected "
+                    "tokens are left there; lower keep or use keep_rate"
+                )
+            k = keep
+        else:
+            assert keep_rate is not None
+            k = math.ceil(keep_rate * cand)
+        if k + extra >= cand:
+            # Nothing to prune (or the fused token would not save anything).
+            plans.append(LayerPlan(i, n, n))
+            continue
+        out = geo.protected + k + extra
+        plans.append(LayerPlan(i, n, out, "evit", keep=k))
+        n = out
     return _finish("evit", geo, plans, evit_fuse=fuse)

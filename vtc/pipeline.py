@@ -139,7 +139,7 @@ def _build(opts: Options, src: Source, tmp: Path, log: Callable[[str], None]) ->
 
     recipe, batch = opts.recipe, opts.batch
     t0 = time.perf_counter()
-    step = _Steps(log, 6)
+    step = _Steps(log, 7)
     baseline = tmp / "baseline.onnx"
     family = eager = None
     if src.kind == "hf":
@@ -329,12 +329,11 @@ def _throughput(recipe: Recipe, family: Any, eager: Any, base_rt: Any, comp_rt: 
     sp = speedup(timings["baseline"], timings["compressed"])
     return {
         "batch": batch,
-        "baseline_ips": timings["baseline"].ips,
-        "compressed_ips": timings["compressed"].ips,
-        "eager_ips": timings["eager"].ips if "eager" in timings else None,
+        "baseline_ips": timings["baseline"].img_per_s,
+        "compressed_ips": timings["compressed"].img_per_s,
+        "eager_ips": timings["eager"].img_per_s if "eager" in timings else None,
         "speedup": sp,
         "efficiency": sp / budget.flops_ratio,
-        "latency_ms": {k: {"p50": t.p50_ms, "p95": t.p95_ms} for k, t in timings.items()},
-        "repeats": v.repeats,
+        **{name: t.to_dict() for name, t in timings.items()},
         "method": "interleaved round-robin after warm-up, median latency per batch",
     }

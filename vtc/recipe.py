@@ -34,6 +34,7 @@ class ToMeCfg(_Strict):
 
 class EViTCfg(_Strict):
     keep_rate: float | None = 0.7
+    keep: int | None = None  # absolute k per pruning block (set keep_rate: null)
     layers: list[int] = Field(default_factory=lambda: [3, 6, 9])
     fuse: Literal["sum", "mean", "none"] = "sum"
 
@@ -84,9 +85,8 @@ class Recipe(_Strict):
                 r = 0
             return tome_budget(geo, r, self.tome.flops_ratio, self.tome.proportional_attention)
         if self.method == "evit":
-            if self.evit.keep_rate is None:
-                raise RecipeError("evit.keep_rate is required for method: evit")
-            return evit_budget(geo, self.evit.keep_rate, self.evit.layers, self.evit.fuse)
+            return evit_budget(geo, self.evit.keep_rate, self.evit.layers, self.evit.fuse,
+                               keep=self.evit.keep)
         return no_budget(geo)
 
     def to_dict(self) -> dict[str, Any]:

@@ -94,7 +94,9 @@ def prepare(model: ir.Model, batch: int | None = None) -> ir.Model:
             dims = list(inp.shape)
             dims[0] = batch
             inp.shape = ir.Shape(dims)
-    model = onnxscript.optimizer.optimize(model)
+    # Fold shape computations and constant subgraphs (attention masks of [B, 1, N, N]
+    # elements too), so that every baked token count sits in a constant.
+    model = onnxscript.optimizer.optimize(model, input_size_limit=1 << 23, output_size_limit=1 << 23)
     _clear_shapes(model.graph)
     ShapeInferencePass(strict_mode=False)(model)
     return model

@@ -1,0 +1,183 @@
+"""`make bench`: the issue's targets, measured side by side in one run.
+
+1. ViT-B/16, 224 px, batch 8, tome-r16: compressed ORT engine vs the
+   uncompressed ORT engine, timed interleaved in one process (speedup ≥ 1.8,
+   efficiency = speedup / FLOPs ratio ≥ 0.9).
+2. Engine parity (compressed engine vs eager reference at the same budget,
+   fp32) ≤ 1e-4 on every family, for tome-r8 and evit-keep70.
+3. A ViT exported by the TorchScript exporter, given as an .onnx SOURCE,
+   compresses with the same recipes and agrees with the engine built from the
+   HF directory of the same weights (output cosine ≥ 0.999).
+
+Weights are random (fixed seed): speed and parity do not depend on them.
+Prints one line per target and exits 1 if any is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vtc.pipeline import Options, run
+from vtc.recipe import load_recipe
+
+FAMILY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
+    # family: (HF class name, config kwargs) — 12 blocks so evit-keep70's layers 3, 6, 9 exist
+    "vit": ("ViTForImageClassification", dict(num_labels=10)),
+    "deit": ("DeiTForImageClassificationWithTeacher", dict(num_labels=10)),
+    "dinov2": ("Dinov2Model", dict()),
+    "clip": ("CLIPVisionModel", dict()),
+    "siglip": ("SiglipVisionModel", dict()),
+}
+_SMALL = dict(hidden_size=96, num_hidden_layers=12, num_attention_heads=4,
+              intermediate_size=192, image_size=64, patch_size=8)
+
+
+def _config(family: str) -> Any:
+    import transformers as tf
+
+    cls_name, extra = FAMILY_CONFIGS[family]
+    cfg_cls = {"vit": tf.ViTConfig, "deit": tf.DeiTConfig, "dinov2": tf.Dinov2Config,
+               "clip": tf.CLIPVisionConfig, "siglip": tf.SiglipVisionConfig}[family]
+    return getattr(tf, cls_name), cfg_cls(**_SMALL, **extra)
+
+
+def save_checkpoint(family: str, path: Path, seed: int = 0, **overrides: Any) -> Path:
+    import torch
+
+    cls, cfg = _config(family)
+    for k, v in overrides.items():
+        setattr(cfg, k, v)
+    torch.manual_seed(seed)
+    model = cls(cfg).eval()
+    with torch.no_grad():  # non-zero biases, so that parity sees real arithmetic
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0, 0.02)
+    model.save_pretrained(path, safe_serialization=True)
+    return path
+
+
+def _quiet(msg: str) -> None:
+    pass
+
+
+def _run(source: Path, recipe: str, out: Path, bench: bool, sets: list[str] | None = None,
+         batch: int = 8) -> dict[str, Any]:
+    rec = load_recipe(recipe, sets or [])
+    res = run(Options(source=str(source), recipe=rec, out=out, batch=batch, force=True,
+                      bench=bench, log=_quiet))
+    return res.report
+
+
+def _line(ok: bool, text: str) -> str:
+    return f"{'PASS' if ok else 'FAIL'}  {text}"
+
+
+def speed(tmp: Path, repeats: int) -> tuple[bool, str]:
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(0)
+    ckpt = tmp / "vit-b16"
+    ViTForImageClassification(ViTConfig(num_labels=1000)).eval().save_pretrained(ckpt)
+    rep = _run(ckpt, "tome-r16", tmp / "b16", True,
+               [f"validate.repeats={repeats}", "validate.samples=8", "validate.warmup=3"])
+    th, b = rep["throughput"], rep["budget"]
+    ok = th["speedup"] >= 1.8 and th["efficiency"] >= 0.9
+    lost = rep["fusions"].get("lost") or {}
+    text = (f"ViT-B/16 224px batch 8 tome-r16: FLOPs ratio {b['flops_ratio']:.2f}, "
+            f"ORT {th['baseline_ips']:.1f} → {th['compressed_ips']:.1f} img/s, speedup "
+            f"{th['speedup']:.2f}× (target ≥ 1.8), efficiency {th['efficiency']:.2f} (≥ 0.9); "
+            f"eager torch {th['eager_ips']:.1f} img/s; fused ops lost: {lost or 'none'}")
+    return ok, text
+
+
+def parity(tmp: Path) -> list[tuple[bool, str]]:
+    lines = []
+    for fam in FAMILY_CONFIGS:
+        ckpt = save_checkpoint(fam, tmp / f"ckpt-{fam}")
+        for recipe in ("tome-r8", "evit-keep70"):
+            rep = _run(ckpt, recipe, tmp / f"p-{fam}-{recipe}", False, batch=4)
+            d = rep["parity"]["engine"]["max_abs_diff"]
+            e = rep["parity"]["export"]["max_abs_diff"]
+            b = rep["budget"]
+            lines.append((d <= 1e-4, f"engine parity {fam:<7} {recipe:<12} max|Δ| {d:.2e} "
+                          f"(≤ 1e-4; export {e:.2e}; tokens {b['tokens_in']}→{b['tokens_out']})"))
+    return lines
+
+
+def torchscript_source(tmp: Path) -> list[tuple[bool, str]]:
+    import torch
+    from transformers import ViTForImageClassification
+
+    ckpt = tmp / "ckpt-vit"
+    model = ViTForImageClassification.from_pretrained(ckpt).eval()
+
+    class _W(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.m = model
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.m(x).logits
+
+    ts = tmp / "vit_torchscript.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_W(), (torch.randn(4, 3, 64, 64),), str(ts), dynamo=False,
+                          opset_version=17, input_names=["pixel_values"],
+                          output_names=["logits"])
+    import onnxruntime as ort
+
+    x = np.random.default_rng(1).standard_normal((4, 3, 64, 64)).astype(np.float32)
+    lines = []
+    for recipe in ("tome-r8", "evit-keep70"):
+        _run(ts, recipe, tmp / f"ts-{recipe}", False, batch=4)
+        outs = []
+        for d in (tmp / f"ts-{recipe}", tmp / f"p-vit-{recipe}"):
+            s = ort.InferenceSession(str(d / "model.onnx"), providers=["CPUExecutionProvider"])
+            outs.append(s.run(None, {s.get_inputs()[0].name: x})[0])
+        a, b = outs
+        cos = float(np.min(np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) *
+                                                np.linalg.norm(b, axis=1))))
+        lines.append((cos >= 0.999, f"TorchScript .onnx source vs HF dir, {recipe:<12} "
+                      f"min output cosine {cos:.6f} (≥ 0.999), max|Δ| "
+                      f"{float(np.abs(a - b).max()):.2e}"))
+    return lines
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = ap.parse_args()
+    results: list[tuple[bool, str]] = []
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="vtc-bench-") as d:
+        tmp = Path(d)
+        print("[bench] engine parity on every family (tiny models, 12 blocks) ...", flush=True)
+        results += parity(tmp)
+        print("[bench] TorchScript-exported .onnx source ...", flush=True)
+        results += torchscript_source(tmp)
+        print("[bench] ViT-B/16 throughput (this takes a few minutes) ...", flush=True)
+        results.append(speed(tmp, args.repeats))
+    for ok, text in results:
+        print(_line(ok, text))
+    print(f"[bench] {sum(ok for ok, _ in results)}/{len(results)} targets met "
+          f"in {time.perf_counter() - t0:.0f} s")
+    if args.json:
+        args.json.write_text(json.dumps([{"ok": ok, "text": t} for ok, t in results], indent=2))
+    return 0 if all(ok for ok, _ in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""Recipes: shipped ones load, unknown keys and bad values are named errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vtc.budget import BudgetError, Geometry
+from vtc.recipe import RecipeError, load_recipe, shipped
+
+GEO = Geometry(tokens=197, protected=1, width=768, mlp_width=3072, layers=12)
+
+
+def test_shipped_recipes_load_and_resolve() -> None:
+    assert {"tome-r8", "tome-r16", "evit-keep70"} <= set(shipped())
+    assert load_recipe("tome-r16").budget(GEO).layers[0].r == 16
+    assert load_recipe("tome-r8").budget(GEO).layers[0].r == 8
+    ev = load_recipe("evit-keep70")
+    assert ev.evit.keep_rate == 0.7 and ev.evit.layers == [3, 6, 9]
+    assert [lp.index for lp in ev.budget(GEO).reducing_layers] == [3, 6, 9]
+
+
+def test_set_overrides_a_field() -> None:
+    rec = load_recipe("tome-r16", ["tome.r=4", "gates.min_speedup=1.2", "validate.repeats=3"])
+    assert rec.tome.r == 4 and rec.gates["min_speedup"] == 1.2 and rec.validate_.repeats == 3
+    with pytest.raises(RecipeError, match="key=value"):
+        load_recipe("tome-r16", ["tome.r"])
+
+
+def test_unknown_key_is_named(tmp_path: Path) -> None:
+    p = tmp_path / "r.yaml"
+    p.write_text("name: x\nmethod: tome\ntome:\n  r: 4\n  ratio: 2\n")
+    with pytest.raises(RecipeError, match=r"unknown key 'tome\.ratio'"):
+        load_recipe(str(p))
+    with pytest.raises(RecipeError, match="unknown key 'tome.rr'"):
+        load_recipe("tome-r16", ["tome.rr=3"])
+
+
+def test_bad_values(tmp_path: Path) -> None:
+    with pytest.raises(RecipeError, match="keep_rate"):
+        load_recipe("evit-keep70", ["evit.keep_rate=1.5"])
+    with pytest.raises(RecipeError, match="method"):
+        load_recipe("tome-r16", ["method=prune"])
+    with pytest.raises(BudgetError, match="impossible"):
+        load_recipe("tome-r16", ["tome.r=120"]).budget(GEO)
+    with pytest.raises(RecipeError, match="not found"):
+        load_recipe("no-such-recipe")
+    p = tmp_path / "bad.yaml"
+    p.write_text("name: [unclosed\n")
+    with pytest.raises(RecipeError, match="not valid YAML"):
+        load_recipe(str(p))

@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+import pytest
+
+from vtc.validate.bench import Timing, measure_interleaved, speedup
+
+
+def test_structure_warmup_and_interleaving() -> None:
+    calls: list[str] = []
+    runners = {name: (lambda n=name: calls.append(n)) for name in ("a", "b", "c")}
+    msgs: list[str] = []
+    res = measure_interleaved(runners, batch=4, warmup=2, repeats=5, progress=msgs.append)
+    assert set(res) == {"a", "b", "c"}
+    assert calls[:6] == ["a", "a", "b", "b", "c", "c"]  # warmup first, per runner
+    timed = calls[6:]
+    assert len(timed) == 15
+    # rounds rotate the starting runner
+    assert [timed[i * 3] for i in range(5)] == ["a", "b", "c", "a", "b"]
+    for t in res.values():
+        assert isinstance(t, Timing)
+        assert t.n == 5 and t.batch == 4
+        assert 0 < t.p50_ms <= t.p95_ms
+        assert t.img_per_s == pytest.approx(4 / (t.p50_ms / 1e3))
+        assert set(t.to_dict()) == {"p50_ms", "p95_ms", "mean_ms", "img_per_s", "n", "batch"}
+    assert any("warmup a" in m for m in msgs) and any("round 5" in m for m in msgs)
+
+
+def test_min_time_extends_repeats() -> None:
+    res = measure_interleaved(
+        {"x": lambda: sum(range(2000))}, batch=1, repeats=1, warmup=0, min_time_s=0.02
+    )
+    t = res["x"]
+    assert t.n > 1
+    assert t.mean_ms * t.n >= 20.0 - 1e-6  # total measured time reached min_time_s
+
+
+def test_speedup_and_validation() -> None:
+    base = Timing(p50_ms=10.0, p95_ms=12.0, mean_ms=10.5, img_per_s=800.0, n=5, batch=8)
+    comp = Timing(p50_ms=4.0, p95_ms=5.0, mean_ms=4.2, img_per_s=2000.0, n=5, batch=8)
+    assert speedup(base, comp) == pytest.approx(2.5)
+    with pytest.raises(ValueError):
+        measure_interleaved({}, batch=1)
+    with pytest.raises(ValueError, match="repeats"):
+        measure_interleaved({"a": lambda: None}, batch=1, repeats=0)

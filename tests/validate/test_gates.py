@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from vtc.validate.gates import GATES, Gate, evaluate_gates, format_gate
+
+REPORT = {
+    "throughput": {"speedup": 1.42, "efficiency": 0.8},
+    "parity": {"engine": {"max_abs_diff": 3.1e-6}, "export": {"max_abs_diff": 2e-3}},
+    "fidelity": {"cosine_mean": 0.9987},
+    "budget": {"flops_ratio": 2.1},
+}
+
+
+def test_pass_and_fail() -> None:
+    gates = evaluate_gates(
+        REPORT,
+        {
+            "min_speedup": 1.8,
+            "max_parity_diff": 1e-4,
+            "max_export_diff": 1e-3,
+            "min_fidelity_cosine": 0.999,
+            "min_flops_ratio": 2.0,
+            "min_efficiency": 0.8,
+        },
+    )
+    by = {g.name: g for g in gates}
+    assert [g.name for g in gates] == [
+        "min_speedup",
+        "max_parity_diff",
+        "max_export_diff",
+        "min_fidelity_cosine",
+        "min_flops_ratio",
+        "min_efficiency",
+    ]
+    assert not by["min_speedup"].passed and by["min_speedup"].value == 1.42
+    assert by["max_parity_diff"].passed and by["max_parity_diff"].kind == "max"
+    assert not by["max_export_diff"].passed
+    assert not by["min_fidelity_cosine"].passed
+    assert by["min_flops_ratio"].passed
+    assert by["min_efficiency"].passed  # equal to the limit passes
+    assert format_gate(by["min_speedup"]) == "FAIL min_speedup: 1.42 < 1.80"
+    assert format_gate(by["max_parity_diff"]) == "ok   max_parity_diff: 3.1e-06 <= 1e-04"
+    assert format_gate(by["min_fidelity_cosine"]) == "FAIL min_fidelity_cosine: 0.9987 < 0.9990"
+    assert format_gate(by["max_export_diff"]) == "FAIL max_export_diff: 2e-03 > 1e-03"
+
+
+def test_not_measured() -> None:
+    (top1,) = evaluate_gates(REPORT, {"min_top1_agreement": 0.9})
+    assert top1.value is None and not top1.passed
+    assert "not measured" in top1.note
+    assert "not measured" in format_gate(top1) and format_gate(top1).startswith("FAIL")
+    (sp,) = evaluate_gates({"throughput": None}, {"min_speedup": 1.0})
+    assert not sp.passed and "not measured" in sp.note
+
+
+def test_nan_fails() -> None:
+    (g,) = evaluate_gates(
+        {"parity": {"engine": {"max_abs_diff": math.nan}}}, {"max_parity_diff": 1.0}
+    )
+    assert not g.passed
+
+
+def test_unknown_gate() -> None:
+    with pytest.raises(ValueError) as exc:
+        evaluate_gates(REPORT, {"min_speedup": 1.0, "max_latency": 3.0})
+    msg = str(exc.value)
+    assert "max_latency" in msg
+    assert all(name in msg for name in GATES)
+
+
+def test_gate_to_dict() -> None:
+    g = Gate("min_speedup", 2.0, 1.5, True, "min")
+    assert g.to_dict() == {
+        "name": "min_speedup",
+        "value": 2.0,
+        "limit": 1.5,
+        "passed": True,
+        "kind": "min",
+        "note": "",
+    }

@@ -1,0 +1,94 @@
+"""Small helpers around Hugging Face transformers shared by the family modules."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+
+class MissingWeightsError(ValueError):
+    """The checkpoint lacks weights the model class needs (they would be random)."""
+
+    def __init__(self, path: Path, missing: list[str]) -> None:
+        self.missing = missing
+        shown = ", ".join(missing[:8]) + (" ..." if len(missing) > 8 else "")
+        super().__init__(
+            f"{path}: the checkpoint has no weights for {len(missing)} parameters ({shown}); "
+            "refusing to run with randomly initialised weights"
+        )
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' load reports and progress bars inside the block."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def from_pretrained(
+    cls: type[nn.Module], path: Path, use_safetensors: bool, **kwargs: Any
+) -> nn.Module:
+    """``cls.from_pretrained`` from a local directory only, never running remote
+    code, with SDPA attention, in eval mode. Raises :class:`MissingWeightsError`
+    if any parameter of ``cls`` is absent from the checkpoint."""
+    loader: Any = cls
+    with quiet_transformers():
+        model, info = loader.from_pretrained(
+            path,
+            local_files_only=True,
+            use_safetensors=use_safetensors,
+            weights_only=True,
+            trust_remote_code=False,
+            attn_implementation="sdpa",
+            output_loading_info=True,
+            **kwargs,
+        )
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        raise MissingWeightsError(path, missing)
+    return model.float().eval()  # type: ignore[no-any-return]
+
+
+def read_model_type(path: Path) -> str:
+    """``model_type`` from ``path/config.json``."""
+    file = path / "config.json"
+    if not file.is_file():
+        raise FileNotFoundError(f"{path} has no config.json; expected an HF checkpoint directory")
+    model_type = json.loads(file.read_text()).get("model_type")
+    if not model_type:
+        raise ValueError(f"{file} has no model_type")
+    return str(model_type)
+
+
+def image_hw(value: Any) -> tuple[int, int]:
+    """An HF ``image_size`` (int or pair) as ``(height, width)``."""
+    if isinstance(value, (list, tuple)):
+        return int(value[0]), int(value[1])
+    return int(value), int(value)
+
+
+def patch_hw(value: Any) -> tuple[int, int]:
+    """An HF ``patch_size`` (int or pair) as ``(height, width)``."""
+    return image_hw(value)
+
+
+def linear_macs(layer: Any) -> int:
+    """MACs of one application of an ``nn.Linear`` (0 for anything else)."""
+    if isinstance(layer, nn.Linear):
+        return int(layer.in_features * layer.out_features)
+    return 0

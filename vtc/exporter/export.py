@@ -1,0 +1,126 @@
+"""Export a family's model to ONNX with static shapes.
+
+The exported graph takes ``pixel_values[batch, C, image_size, image_size]``
+(float32) and returns the family's outputs (``logits`` or ``pooler_output``)
+with every dimension static, so the token dimension of every block is a
+constant the ONNX passes can rewrite.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .registry import Family
+
+# Protobuf refuses single files over 2 GiB; stay clear of it.
+INLINE_LIMIT_BYTES = 1_800_000_000
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Silence the exporter's warnings and informational logging."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def _param_bytes(model: nn.Module) -> int:
+    tensors = list(model.parameters()) + list(model.buffers())
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def export_onnx(
+    family: Family,
+    model: nn.Module,
+    batch: int,
+    image_size: int,
+    path: Path,
+    opset: int = 18,
+    dynamo: bool = True,
+) -> Path:
+    """Export ``model`` (a model of ``family``) to ``path`` and return ``path``.
+
+    Input ``pixel_values[batch, C, image_size, image_size]``; outputs named
+    ``family.output_names(model)``; all shapes static (the model is put in float32
+    eval mode in place). ``dynamo=False`` uses the
+    TorchScript exporter (opset capped at 17). Weights are stored inline unless
+    they exceed ~1.8 GB, in which case they go to ``<path>.data`` next to it.
+    The file is written to a temporary name in the same directory and moved
+    into place, so ``path`` is never left half-written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = model.float().eval()
+    wrapper = family.wrap_for_export(model)
+    channels = family.num_channels(model)
+    example = torch.randn(batch, channels, image_size, image_size, dtype=torch.float32)
+    output_names = list(family.output_names(model))
+    inline = _param_bytes(model) < INLINE_LIMIT_BYTES
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with _quiet_exporter(), torch.no_grad():
+            if dynamo:
+                _export_dynamo(wrapper, example, tmp, path, opset, output_names, inline)
+            else:
+                torch.onnx.export(
+                    wrapper,
+                    (example,),
+                    str(tmp),
+                    dynamo=False,
+                    opset_version=min(opset, 17),
+                    input_names=["pixel_values"],
+                    output_names=output_names,
+                    do_constant_folding=True,
+                    verbose=False,
+                )
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _export_dynamo(
+    wrapper: nn.Module,
+    example: torch.Tensor,
+    tmp: Path,
+    path: Path,
+    opset: int,
+    output_names: list[str],
+    inline: bool,
+) -> None:
+    program = torch.onnx.export(
+        wrapper,
+        (example,),
+        dynamo=True,
+        opset_version=opset,
+        input_names=["pixel_values"],
+        output_names=output_names,
+        external_data=not inline,
+        verbose=False,
+    )
+    if program is None:  # pragma: no cover - dynamo export always returns a program
+        raise RuntimeError("torch.onnx.export(dynamo=True) returned no program")
+    if inline:
+        program.save(str(tmp), external_data=False)
+        return
+    import onnx_ir
+
+    # Large model: weights next to the final file, referenced by its final name.
+    data_name = path.name + ".data"
+    onnx_ir.save(program.model, str(tmp), external_data=data_name)

@@ -1,0 +1,98 @@
+"""Interleaved latency measurement of several runners on the same batch.
+
+Timing the candidates round-robin (one call each per round, starting position
+rotated every round) spreads clock boosts, thermal drift and background noise
+evenly over them, which back-to-back blocks of runs do not.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Latency of one runner for a batch of ``batch`` images over ``n`` timed calls."""
+
+    p50_ms: float
+    p95_ms: float
+    mean_ms: float
+    img_per_s: float
+    n: int
+    batch: int
+
+    def to_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+def _timing(samples_s: list[float], batch: int) -> Timing:
+    arr = np.asarray(samples_s, dtype=np.float64)
+    p50 = float(np.median(arr))
+    return Timing(
+        p50_ms=p50 * 1e3,
+        p95_ms=float(np.percentile(arr, 95)) * 1e3,
+        mean_ms=float(np.mean(arr)) * 1e3,
+        img_per_s=batch / p50 if p50 > 0 else float("inf"),
+        n=len(samples_s),
+        batch=batch,
+    )
+
+
+def measure_interleaved(
+    runners: Mapping[str, Callable[[], object]],
+    batch: int,
+    warmup: int = 3,
+    repeats: int = 20,
+    progress: Callable[[str], None] | None = None,
+    min_time_s: float = 0.0,
+) -> dict[str, Timing]:
+    """Time each zero-argument callable (one call = one batch of ``batch`` images).
+
+    Every runner is first called ``warmup`` times, then rounds run until at
+    least ``repeats`` rounds are done and every runner has accumulated
+    ``min_time_s`` seconds of measured time. Callables must block until their
+    result is ready (synchronise the GPU inside them).
+    """
+    if not runners:
+        raise ValueError("no runners to measure")
+    if batch < 1 or repeats < 1 or warmup < 0 or min_time_s < 0:
+        raise ValueError(
+            f"need batch >= 1, repeats >= 1, warmup >= 0, min_time_s >= 0; got "
+            f"batch={batch}, repeats={repeats}, warmup={warmup}, min_time_s={min_time_s}"
+        )
+    names = list(runners)
+    for name in names:
+        if progress is not None:
+            progress(f"warmup {name} ({warmup} calls)")
+        for _ in range(warmup):
+            runners[name]()
+    samples: dict[str, list[float]] = {n: [] for n in names}
+    totals = dict.fromkeys(names, 0.0)
+    rnd = 0
+    while rnd < repeats or min(totals.values()) < min_time_s:
+        shift = rnd % len(names)
+        for name in names[shift:] + names[:shift]:
+            fn = runners[name]
+            t0 = time.perf_counter()
+            fn()
+            dt = time.perf_counter() - t0
+            samples[name].append(dt)
+            totals[name] += dt
+        rnd += 1
+        if progress is not None:
+            progress(
+                f"round {rnd}: "
+                + ", ".join(f"{n} {np.median(samples[n]) * 1e3:.2f} ms" for n in names)
+            )
+    return {n: _timing(samples[n], batch) for n in names}
+
+
+def speedup(base: Timing, comp: Timing) -> float:
+    """Median-latency speedup of ``comp`` over ``base`` (> 1 means comp is faster)."""
+    if comp.p50_ms <= 0:
+        raise ValueError("compressed median latency is zero; cannot form a speedup")
+    return base.p50_ms / comp.p50_ms
