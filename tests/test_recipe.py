@@ -33,7 +33,7 @@ def test_unknown_key_is_named(tmp_path: Path) -> None:
     p.write_text("name: x\nmethod: tome\ntome:\n  r: 4\n  ratio: 2\n")
     with pytest.raises(RecipeError, match=r"unknown key 'tome\.ratio'"):
         load_recipe(str(p))
-    with pytest.raises(RecipeError, match="unknown key 'tome.rr'"):
+    with pytest.raises(RecipeError, match=r"unknown key 'tome\.rr'"):
         load_recipe("tome-r16", ["tome.rr=3"])
 
 
@@ -50,3 +50,8 @@ def test_bad_values(tmp_path: Path) -> None:
     p.write_text("name: [unclosed\n")
     with pytest.raises(RecipeError, match="not valid YAML"):
         load_recipe(str(p))
+
+
+def test_unknown_gate_is_an_early_error() -> None:
+    with pytest.raises(RecipeError, match="unknown gate"):
+        load_recipe("tome-r16", ["gates.min_speed=2"])

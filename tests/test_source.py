@@ -20,7 +20,7 @@ def test_missing_source(tmp_path: Path) -> None:
 
 
 def test_directory_without_config(tmp_path: Path) -> None:
-    with pytest.raises(SourceError, match="no config.json"):
+    with pytest.raises(SourceError, match=r"no config\.json"):
         resolve(str(tmp_path))
 
 
@@ -45,5 +45,5 @@ def test_hf_dir_and_hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 def test_other_file_kinds(tmp_path: Path) -> None:
     f = tmp_path / "weights.bin"
     f.write_bytes(b"x")
-    with pytest.raises(SourceError, match="not .onnx"):
+    with pytest.raises(SourceError, match=r"not \.onnx"):
         resolve(str(f))

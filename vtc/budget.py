@@ -192,9 +192,10 @@ def solve_tome_r(geo: Geometry, flops_ratio: float) -> int:
         try:
             plans = tome_schedule(geo, r)
         except BudgetError:
+            best = base / _total_flops(geo, tome_schedule(geo, r - 1))
             raise BudgetError(
-                f"tome.flops_ratio={flops_ratio} cannot be reached: the largest feasible constant r "
-                f"({r - 1}) gives {base / _total_flops(geo, tome_schedule(geo, r - 1)):.2f}"
+                f"tome.flops_ratio={flops_ratio} cannot be reached: the largest feasible "
+                f"constant r ({r - 1}) gives {best:.2f}"
             ) from None
         if base / _total_flops(geo, plans) >= flops_ratio:
             return r

@@ -43,12 +43,11 @@ def _input_errors() -> tuple[type[BaseException], ...]:
     errs: list[type[BaseException]] = [
         BudgetError, GraphError, OutputError, RecipeError, SourceError, FileNotFoundError,
     ]
-    try:
-        from vtc.exporter.registry import PickleRefusedError, UnsupportedModelError
+    from vtc.backends.base import BackendUnavailable
+    from vtc.exporter._hf import MissingWeightsError
+    from vtc.exporter.registry import PickleRefusedError, UnsupportedModelError
 
-        errs += [PickleRefusedError, UnsupportedModelError]
-    except ImportError:  # pragma: no cover - registry always ships
-        pass
+    errs += [BackendUnavailable, MissingWeightsError, PickleRefusedError, UnsupportedModelError]
     return tuple(errs)
 
 

@@ -188,6 +188,7 @@ def _build(opts: Options, src: Source, tmp: Path, log: Callable[[str], None]) ->
         step("validating: parity, fidelity")
         inputs = _inputs(opts, recipe, size, mean, std, batch)
         report_val = _validate(family, eager, budget, base_rt, comp_rt, inputs, batch)
+        report_val["throughput"] = None
         if opts.bench:
             step(f"timing (batch {batch}, interleaved, median of {recipe.validate_.repeats})")
             report_val["throughput"] = _throughput(recipe, family, eager, base_rt, comp_rt,
@@ -253,12 +254,15 @@ def _inputs(opts: Options, recipe: Recipe, size: int, mean: Any, std: Any, batch
 
     n = max(batch, math.ceil(recipe.validate_.samples / batch) * batch)
     if opts.images is not None:
-        x = load_images(opts.images, size, mean, std, limit=None)
+        try:
+            x = load_images(opts.images, size, mean, std, limit=None)
+        except ValueError as exc:
+            raise SourceError(f"--images: {exc}") from exc
         real = len(x)
         reps = math.ceil(max(n, real) / batch) * batch
         x = np.concatenate([x] * math.ceil(reps / real))[:reps] if real < reps else x[:reps]
         meta = {"kind": "images", "folder": str(opts.images), "count": real,
-                "padded_to": int(len(x))}
+                "padded_to": len(x)}
     else:
         x = synthetic_batch(n, size, seed=recipe.validate_.seed)
         meta = {"kind": "synthetic", "seed": recipe.validate_.seed, "count": int(n),

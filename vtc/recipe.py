@@ -77,6 +77,16 @@ class Recipe(_Strict):
     validate_: ValidateCfg = Field(default_factory=ValidateCfg, alias="validate")
     gates: dict[str, float] = Field(default_factory=dict)
 
+    @field_validator("gates")
+    @classmethod
+    def _known_gates(cls, v: dict[str, float]) -> dict[str, float]:
+        from vtc.validate.gates import GATES
+
+        unknown = sorted(set(v) - set(GATES))
+        if unknown:
+            raise ValueError(f"unknown gate(s) {unknown}; known gates: {', '.join(GATES)}")
+        return v
+
     def budget(self, geo: Geometry) -> Budget:
         """Resolve the recipe's budget against a model geometry (BudgetError on misfit)."""
         if self.method == "tome":

@@ -36,7 +36,8 @@ class Emitter:
     def const(self, value: Any, dtype: Any = np.int64, hint: str = "c") -> ir.Value:
         arr = np.asarray(value, dtype=dtype)
         name = self._name(hint)
-        v = ir.Value(name=name, shape=ir.Shape(arr.shape), type=ir.TensorType(ir.DataType.from_numpy(arr.dtype)))
+        dtype_ = ir.TensorType(ir.DataType.from_numpy(arr.dtype))
+        v = ir.Value(name=name, shape=ir.Shape(arr.shape), type=dtype_)
         v.const_value = ir.tensor(arr, name=name)
         self.graph.register_initializer(v)
         return v

@@ -6,9 +6,9 @@ Before (one block, N tokens)::
 
 After (k kept at this block, P protected, one fused token)::
 
-    A ─► Slice(row 0, cols P:) ─► ReduceMean(H) ─► score[B, N-P]      (P = 0: mean over H and queries)
+    A ─► Slice(row 0, cols P:) ─► ReduceMean(H) ─► score[B, N-P]   (P = 0: mean over H, queries)
     score ─► TopK(k) ─► sort ─► idx[B, k] ─► GatherElements ─► kept[B, k, C]
-    score · (1 - one-hot-mask(idx)) ─► MatMul with x_mid[:, P:] ─► fused[B, 1, C]   (÷ Σw for "mean")
+    score · (1 - one-hot-mask(idx)) ─► MatMul with x_mid[:, P:] ─► fused[B, 1, C]  (÷ Σw: "mean")
     x' = concat(x_mid[:, :P], kept, fused)[B, P+k+1, C] ─► LN ─► MLP ─► Add
 """
 

@@ -6,7 +6,7 @@ and third-party files. A pre-norm block looks like this on the `[B, N, C]`
 residual stream, whatever the exporter called things:
 
     x_in ─┬─► LN ─► Q,K,V ─► MatMul(Q, Kᵀ) ─► (scale/mask) ─► Softmax ─► MatMul(·, V) ─► proj ─┐
-          └──────────────────────────────────────────────────────────────────────────────► Add ─► x_mid
+          └──────────────────────────────────────────────────────────────────────────► Add ─► x_mid
     x_mid ─┬─► LN ─► MLP ─┐
            └────────────► Add ─► x_out
 
@@ -78,7 +78,7 @@ def load(path: Path | str, batch: int | None = None) -> ir.Model:
     shape computations, and infer static shapes for every value."""
     try:
         proto = onnx.load(str(path))
-    except Exception as exc:  # noqa: BLE001 - onnx raises many types
+    except Exception as exc:
         raise GraphError(f"cannot read {path} as ONNX ({exc}); pass a valid .onnx file") from exc
     return prepare(ir.from_proto(proto), batch)
 
@@ -96,7 +96,8 @@ def prepare(model: ir.Model, batch: int | None = None) -> ir.Model:
             inp.shape = ir.Shape(dims)
     # Fold shape computations and constant subgraphs (attention masks of [B, 1, N, N]
     # elements too), so that every baked token count sits in a constant.
-    model = onnxscript.optimizer.optimize(model, input_size_limit=1 << 23, output_size_limit=1 << 23)
+    limit = 1 << 23
+    model = onnxscript.optimizer.optimize(model, input_size_limit=limit, output_size_limit=limit)
     _clear_shapes(model.graph)
     ShapeInferencePass(strict_mode=False)(model)
     return model
@@ -117,7 +118,8 @@ def static_dims(v: ir.Value) -> list[int] | None:
     if v.shape is None:
         return None
     dims = list(v.shape)
-    return dims if all(isinstance(d, int) for d in dims) else None  # type: ignore[misc]
+    ints = [d for d in dims if isinstance(d, int)]
+    return ints if len(ints) == len(dims) else None
 
 
 def _ancestors(v: ir.Value, limit: int = 100_000) -> set[int]:
@@ -161,7 +163,7 @@ def _find_av_matmul(probs: ir.Value) -> ir.Node | None:
     """The MatMul(probs, V) downstream of a Softmax, through NaN guards and casts."""
     frontier, seen = [probs], set()
     for _ in range(6):
-        nxt = []
+        nxt: list[ir.Value] = []
         for v in frontier:
             for node in v.consumers():
                 if id(node) in seen:
@@ -261,7 +263,7 @@ def mlp_width(blk: Block) -> int:
     """Width of the MLP's hidden layer: the first constant [C, M] weight after x_mid."""
     frontier, seen = [blk.x_mid], set()
     for _ in range(6):
-        nxt = []
+        nxt: list[ir.Value] = []
         for v in frontier:
             for node in v.consumers():
                 if id(node) in seen or node is blk.mlp_add:

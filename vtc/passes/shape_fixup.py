@@ -187,7 +187,7 @@ class _Fixer:
         types: dict[str, onnx.TypeProto] = {}
         data: dict[str, onnx.TensorProto] = {}
         for v in node.inputs:
-            if v is None or v.type is None or v.shape is None:
+            if v is None or v.type is None or v.shape is None or v.dtype is None:
                 continue
             dims: list[Any] = [d if isinstance(d, int) else str(d) for d in v.shape]
             types[v.name or ""] = onnx.helper.make_tensor_type_proto(v.dtype.value, dims)
@@ -197,7 +197,7 @@ class _Fixer:
         opsets = [onnx.helper.make_opsetid(d, ver) for d, ver in self.model.opset_imports.items()]
         try:
             outs = onnx.shape_inference.infer_node_outputs(schema, proto, types, data, None, opsets)
-        except Exception as exc:  # noqa: BLE001 - onnx raises InferenceError and others
+        except Exception as exc:
             raise GraphError(f"shape inference failed at {node.op_type} {node.name!r}: {exc}"
                              ) from exc
         for out in node.outputs:

@@ -1,0 +1,183 @@
+"""The command line end to end on tiny checkpoints: the bundle contract, the
+report schema, gates and exit codes, and every bad input the issue lists."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from tests.tiny import build_variant
+from vtc import pipeline
+from vtc.cli import export_main, main
+
+FAST = ["--set", "validate.repeats=2", "--set", "validate.warmup=1", "--set",
+        "validate.samples=4", "--batch", "2"]
+
+
+@pytest.fixture(scope="module")
+def vit_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    _, model = build_variant("vit-cls")
+    path = tmp_path_factory.mktemp("ckpt") / "vit"
+    model.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def bundle(vit_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("bundles") / "out"
+    res = CliRunner().invoke(export_main, [str(vit_dir), "--recipe", "tome-r8", "--out",
+                                           str(out), *FAST, "--set", "tome.r=3"])
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def _export(*args: str) -> tuple[int, str]:
+    res = CliRunner().invoke(export_main, list(args))
+    return res.exit_code, res.output
+
+
+def test_bundle_contract(bundle: Path) -> None:
+    names = {p.name for p in bundle.iterdir()}
+    assert {"baseline.onnx", "model.onnx", "model.ort.onnx", "manifest.json", "report.json",
+            "report.md"} <= names
+    rep = json.loads((bundle / "report.json").read_text())
+    b = rep["budget"]
+    assert b["tokens_in"] == 17 and b["tokens_per_layer"] == [17, 14, 11]
+    assert b["tokens_out"] == 8 and b["flops_ratio"] > 1.0
+    assert rep["parity"]["export"]["max_abs_diff"] <= 1e-4
+    assert rep["parity"]["engine"]["max_abs_diff"] <= 1e-4
+    assert rep["parity"]["engine"]["cosine_min"] > 0.999
+    assert 0 < rep["fidelity"]["cosine_mean"] <= 1.0 + 1e-6
+    assert 0 <= rep["fidelity"]["top1_agreement"] <= 1
+    th = rep["throughput"]
+    for key in ("batch", "baseline_ips", "compressed_ips", "eager_ips", "speedup", "efficiency"):
+        assert th[key] is not None and th[key] > 0, key
+    assert th["efficiency"] == pytest.approx(th["speedup"] / b["flops_ratio"], rel=1e-3)
+    assert rep["passed"] is True and {g["name"] for g in rep["gates"]} == {
+        "max_export_diff", "max_parity_diff"}
+    man = json.loads((bundle / "manifest.json").read_text())
+    assert man["source"]["sha256"] and man["providers"] == ["CPUExecutionProvider"]
+    assert set(man["files"]) == {"baseline.onnx", "model.onnx", "model.ort.onnx"}
+    assert "speedup" in (bundle / "report.md").read_text().lower()
+
+
+def test_failing_gate_exits_1(vit_dir: Path, tmp_path: Path) -> None:
+    code, out = _export(str(vit_dir), "--recipe", "tome-r8", "--out", str(tmp_path / "o"),
+                        *FAST, "--set", "tome.r=3", "--set", "gates.min_flops_ratio=50")
+    assert code == 1
+    assert "FAIL min_flops_ratio" in out
+    rep = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert rep["passed"] is False
+
+
+def test_onnx_source_and_inspect(tmp_path: Path, tiny) -> None:  # type: ignore[no-untyped-def]
+    src = tiny.onnx("vit-cls")
+    out = tmp_path / "o"
+    code, text = _export(str(src), "--recipe", "evit-keep70", "--set", "evit.layers=[0,2]",
+                         "--out", str(out), *FAST)
+    assert code == 0, text
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["parity"]["engine"] is None and rep["gates_skipped"] == [
+        "max_export_diff", "max_parity_diff"]
+    assert rep["budget"]["tokens_out"] < 17
+    res = CliRunner().invoke(main, ["inspect", str(out / "model.onnx")])
+    assert res.exit_code == 0, res.output
+    assert "3 transformer blocks" in res.output
+    tokens = [int(line.split()[1]) for line in res.output.splitlines()[2:]]
+    assert tokens == rep["budget"]["tokens_per_layer"]
+
+
+# --- bad input: one line, exit 2, nothing written -------------------------------------
+
+
+def _bad(tmp_path: Path, *args: str) -> str:
+    out = tmp_path / "out"
+    code, text = _export(*args, "--out", str(out), *FAST)
+    assert code == 2, text
+    errors = [line for line in text.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and text.splitlines()[-1] == errors[0]  # one line, the last
+    assert not out.exists()
+    assert not list(tmp_path.glob(".out.tmp-*"))
+    return text
+
+
+def test_missing_source(tmp_path: Path) -> None:
+    assert "no such file" in _bad(tmp_path, str(tmp_path / "missing.onnx"))
+
+
+def test_dir_without_config(tmp_path: Path) -> None:
+    (tmp_path / "ckpt").mkdir()
+    assert "no config.json" in _bad(tmp_path, str(tmp_path / "ckpt"))
+
+
+def test_unsupported_model_type(tmp_path: Path) -> None:
+    d = tmp_path / "bert"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    text = _bad(tmp_path, str(d))
+    assert "bert" in text and "vit" in text and "siglip" in text  # lists the supported ones
+
+
+def test_pickle_needs_flag(tmp_path: Path, vit_dir: Path) -> None:
+    d = tmp_path / "pickled"
+    d.mkdir()
+    (d / "config.json").write_text((vit_dir / "config.json").read_text())
+    _, model = build_variant("vit-cls")
+    torch.save(model.state_dict(), d / "pytorch_model.bin")
+    assert "--allow-pickle" in _bad(tmp_path, str(d))
+    code, text = _export(str(d), "--allow-pickle", "--no-bench", "--out",
+                         str(tmp_path / "ok"), *FAST, "--set", "tome.r=3")
+    assert code == 0, text
+    assert json.loads((tmp_path / "ok" / "report.json").read_text())["throughput"] is None
+
+
+def test_onnx_without_blocks(tmp_path: Path) -> None:
+    from onnx import TensorProto, helper, save
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 32, 32])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3, 32, 32])
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])
+    save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), tmp_path / "m.onnx")
+    assert "no transformer block" in _bad(tmp_path, str(tmp_path / "m.onnx"))
+
+
+@pytest.mark.parametrize(("sets", "needle"), [
+    (["--set", "tome.rr=3"], "unknown key 'tome.rr'"),
+    (["--set", "tome.r=9"], "impossible"),
+    (["--recipe", "evit-keep70", "--set", "evit.keep_rate=1.5"], "keep_rate"),
+    (["--recipe", "evit-keep70", "--set", "evit.keep_rate=0"], "keep_rate"),
+    (["--recipe", "evit-keep70", "--set", "evit.keep_rate=null", "--set", "evit.keep=40",
+      "--set", "evit.layers=[0]"], "evit.keep=40"),
+])
+def test_bad_recipe(tmp_path: Path, vit_dir: Path, sets: list[str], needle: str) -> None:
+    assert needle in _bad(tmp_path, str(vit_dir), *sets)
+
+
+def test_existing_output_dir(tmp_path: Path, vit_dir: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    code, text = _export(str(vit_dir), "--out", str(out), *FAST, "--set", "tome.r=3")
+    assert code == 2 and "--force" in text
+    assert (out / "keep.txt").read_text() == "precious"
+
+
+def test_interrupted_run_leaves_nothing(tmp_path: Path, vit_dir: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("previous bundle")
+
+    def boom(*a: object, **k: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "_validate", boom)
+    code, text = _export(str(vit_dir), "--out", str(out), "--force", *FAST, "--set", "tome.r=3")
+    assert code == 130 and "no bundle was written" in text, text
+    # the old bundle is untouched and no temporary directory is left behind
+    assert [p.name for p in out.iterdir()] == ["old.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
