@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from vtc.exporter._hf import quiet_transformers
 from vtc.pipeline import Options, run
 from vtc.recipe import load_recipe
 
@@ -62,7 +63,8 @@ def save_checkpoint(family: str, path: Path, seed: int = 0, **overrides: Any) ->
         for name, p in model.named_parameters():
             if name.endswith("bias"):
                 p.normal_(0, 0.02)
-    model.save_pretrained(path, safe_serialization=True)
+    with quiet_transformers():
+        model.save_pretrained(path, safe_serialization=True)
     return path
 
 
@@ -88,7 +90,8 @@ def speed(tmp: Path, repeats: int) -> tuple[bool, str]:
 
     torch.manual_seed(0)
     ckpt = tmp / "vit-b16"
-    ViTForImageClassification(ViTConfig(num_labels=1000)).eval().save_pretrained(ckpt)
+    with quiet_transformers():
+        ViTForImageClassification(ViTConfig(num_labels=1000)).eval().save_pretrained(ckpt)
     rep = _run(ckpt, "tome-r16", tmp / "b16", True,
                [f"validate.repeats={repeats}", "validate.samples=8", "validate.warmup=3"])
     th, b = rep["throughput"], rep["budget"]
@@ -120,7 +123,8 @@ def torchscript_source(tmp: Path) -> list[tuple[bool, str]]:
     from transformers import ViTForImageClassification
 
     ckpt = tmp / "ckpt-vit"
-    model = ViTForImageClassification.from_pretrained(ckpt).eval()
+    with quiet_transformers():
+        model = ViTForImageClassification.from_pretrained(ckpt).eval()
 
     class _W(torch.nn.Module):
         def __init__(self) -> None:

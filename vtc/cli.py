@@ -211,6 +211,8 @@ def demo(out: Path, recipe: str, force: bool) -> None:
                    "accuracy-like figures are not meaningful", err=True)
         with tempfile.TemporaryDirectory(prefix="vtc-demo-") as d:
             ckpt = build_demo_checkpoint(Path(d) / "vit-s16-random")
-            return _do_export(str(ckpt), recipe, None, out, None, (), force, False, None, False)
+            code = _do_export(str(ckpt), recipe, None, out, None, (), force, False, None, False)
+        click.echo(f"{'weights':>14}  RANDOM (ViT-S/16, fixed seed): fidelity is not accuracy")
+        return code
 
     _guard(_run)

@@ -20,6 +20,9 @@ def build_demo_checkpoint(path: Path, seed: int = 0) -> Path:
     cfg = ViTConfig(hidden_size=384, num_hidden_layers=12, num_attention_heads=6,
                     intermediate_size=1536, image_size=224, patch_size=16)
     cfg.num_labels = 1000
+    from vtc.exporter._hf import quiet_transformers
+
     model = ViTForImageClassification(cfg).eval()
-    model.save_pretrained(path, safe_serialization=True)
+    with quiet_transformers():
+        model.save_pretrained(path, safe_serialization=True)
     return path

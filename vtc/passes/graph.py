@@ -19,6 +19,7 @@ and from there to the Add that closes the MLP residual.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,7 +98,14 @@ def prepare(model: ir.Model, batch: int | None = None) -> ir.Model:
     # Fold shape computations and constant subgraphs (attention masks of [B, 1, N, N]
     # elements too), so that every baked token count sits in a constant.
     limit = 1 << 23
-    model = onnxscript.optimizer.optimize(model, input_size_limit=limit, output_size_limit=limit)
+    log = logging.getLogger("onnxscript")
+    level = log.level
+    log.setLevel(logging.ERROR)  # it logs every constant it declines to fold
+    try:
+        model = onnxscript.optimizer.optimize(model, input_size_limit=limit,
+                                              output_size_limit=limit)
+    finally:
+        log.setLevel(level)
     _clear_shapes(model.graph)
     ShapeInferencePass(strict_mode=False)(model)
     return model
