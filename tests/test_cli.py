@@ -59,6 +59,8 @@ def test_bundle_contract(bundle: Path) -> None:
     assert th["efficiency"] == pytest.approx(th["speedup"] / b["flops_ratio"], rel=1e-3)
     assert rep["passed"] is True and {g["name"] for g in rep["gates"]} == {
         "max_export_diff", "max_parity_diff"}
+    # the rewrite costs none of the fusions ORT applies to the unmodified graph
+    assert rep["fusions"]["baseline"] and rep["fusions"]["lost"] == {}
     man = json.loads((bundle / "manifest.json").read_text())
     assert man["source"]["sha256"] and man["providers"] == ["CPUExecutionProvider"]
     assert set(man["files"]) == {"baseline.onnx", "model.onnx", "model.ort.onnx"}

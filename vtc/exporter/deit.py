@@ -46,20 +46,9 @@ class DeiTFamily(ViTLikeFamily):
     def distilled(model: nn.Module) -> bool:
         return isinstance(model, DeiTForImageClassificationWithTeacher)
 
-    def hf_forward(self, model: Any, pixel_values: Tensor) -> tuple[Tensor, ...]:
-        out = model(pixel_values=pixel_values)
-        if self.is_classifier(model):
-            return (out.logits,)
-        pooled = out.pooler_output
-        return (pooled if pooled is not None else out.last_hidden_state[:, 0],)
-
-    def head(self, model: nn.Module, tokens: Tensor) -> dict[str, Tensor]:
-        if not self.is_classifier(model):
-            return {"pooler_output": self.pooled(model, tokens)}
-        seq = self.encoder(model).layernorm(tokens)
+    def classify(self, model: nn.Module, seq: Tensor) -> Tensor:
+        """The distilled head averages the CLS (index 0) and distillation (index 1) logits."""
+        if not self.distilled(model):
+            return super().classify(model, seq)
         clf: Any = model
-        if self.distilled(model):
-            cls_logits = clf.cls_classifier(seq[:, 0])
-            dist_logits = clf.distillation_classifier(seq[:, 1])
-            return {"logits": (cls_logits + dist_logits) / 2}
-        return {"logits": clf.classifier(seq[:, 0])}
+        return (clf.cls_classifier(seq[:, 0]) + clf.distillation_classifier(seq[:, 1])) / 2

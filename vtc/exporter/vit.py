@@ -78,6 +78,23 @@ class ViTLikeFamily(Family):
             )
         return parts
 
+    def hf_forward(self, model: Any, pixel_values: Tensor) -> tuple[Tensor, ...]:
+        out = model(pixel_values=pixel_values)
+        if self.is_classifier(model):
+            return (out.logits,)
+        pooled = out.pooler_output
+        return (pooled if pooled is not None else out.last_hidden_state[:, 0],)
+
+    def head(self, model: nn.Module, tokens: Tensor) -> dict[str, Tensor]:
+        if not self.is_classifier(model):
+            return {"pooler_output": self.pooled(model, tokens)}
+        return {"logits": self.classify(model, self.encoder(model).layernorm(tokens))}
+
+    def classify(self, model: nn.Module, seq: Tensor) -> Tensor:
+        """Classifier logits ``[B, num_labels]`` from the normalised tokens ``seq[B, N, C]``."""
+        clf: Any = model
+        return clf.classifier(seq[:, 0])  # type: ignore[no-any-return]
+
     def pooled(self, model: nn.Module, tokens: Tensor) -> Tensor:
         """Encoder pooler output: ``pooler(layernorm(x))`` or ``layernorm(x)[:, 0]``."""
         enc = self.encoder(model)
@@ -95,16 +112,3 @@ class ViTFamily(ViTLikeFamily):
     }
     default_class = "ViTModel"
 
-    def hf_forward(self, model: Any, pixel_values: Tensor) -> tuple[Tensor, ...]:
-        out = model(pixel_values=pixel_values)
-        if self.is_classifier(model):
-            return (out.logits,)
-        pooled = out.pooler_output
-        return (pooled if pooled is not None else out.last_hidden_state[:, 0],)
-
-    def head(self, model: nn.Module, tokens: Tensor) -> dict[str, Tensor]:
-        if not self.is_classifier(model):
-            return {"pooler_output": self.pooled(model, tokens)}
-        seq = self.encoder(model).layernorm(tokens)
-        clf: Any = model
-        return {"logits": clf.classifier(seq[:, 0])}
