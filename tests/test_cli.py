@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -183,3 +184,23 @@ def test_interrupted_run_leaves_nothing(tmp_path: Path, vit_dir: Path,
     # the old bundle is untouched and no temporary directory is left behind
     assert [p.name for p in out.iterdir()] == ["old.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_images_folder(tmp_path: Path, vit_dir: Path) -> None:
+    from PIL import Image
+
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(imgs / f"{i}.png")
+    out = tmp_path / "o"
+    code, text = _export(str(vit_dir), "--images", str(imgs), "--no-bench", "--out", str(out),
+                         *FAST, "--set", "tome.r=3")
+    assert code == 0, text
+    meta = json.loads((out / "report.json").read_text())["inputs"]
+    assert meta["kind"] == "images" and meta["count"] == 3 and meta["padded_to"] % 2 == 0
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    text = _bad(tmp_path, str(vit_dir), "--images", str(empty), "--set", "tome.r=3")
+    assert "--images" in text and "[1/7]" not in text  # refused before any work

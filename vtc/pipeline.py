@@ -104,6 +104,17 @@ def onnx_geometry(model: ir.Model, protected: int | None) -> Geometry:
                     mlp_width=mlp_width(blocks[0]), layers=len(blocks))
 
 
+def _check_images(folder: Path) -> None:
+    """Fail before any heavy work when --images holds no image files."""
+    from vtc.validate.images import IMAGE_EXTENSIONS
+
+    if not folder.is_dir() or not any(
+        p.suffix.lower() in IMAGE_EXTENSIONS for p in folder.rglob("*") if p.is_file()
+    ):
+        raise SourceError(f"--images {folder}: no image files ({', '.join(IMAGE_EXTENSIONS)}); "
+                          "give a folder of images or leave --images out")
+
+
 def _input_shape(model_path: Path) -> list[int]:
     import onnx
 
@@ -118,6 +129,8 @@ def run(opts: Options) -> Result:
     log = opts.log
     src = resolve(opts.source)
     check_out_dir(opts.out, opts.force)
+    if opts.images is not None:
+        _check_images(opts.images)
     opts.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = opts.out.with_name(f".{opts.out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -68,7 +68,9 @@ class OrtRunner(Runner):
         allow_fallback: bool = False,
     ) -> None:
         self.model_path = Path(model_path)
-        self.requested_providers: list[str] = list(providers) if providers else [CPU]
+        # CPU is always last: nodes another provider cannot take run there.
+        requested = [p for p in (providers or []) if p != CPU]
+        self.requested_providers: list[str] = [*requested, CPU]
         self.providers: list[str] = list(self.requested_providers)
         self.optimized_model_path = optimized_model_path
         self.intra_op_threads = intra_op_threads
@@ -120,7 +122,8 @@ class OrtRunner(Runner):
                 f"ONNX Runtime could not load {', '.join(missing)} for {self.model_path.name}; "
                 f"it silently fell back to {', '.join(used)}. Available in this onnxruntime "
                 f"build: {', '.join(available_providers())}. Install the matching "
-                "onnxruntime-gpu build or pass allow_fallback=True to accept the fallback."
+                "onnxruntime-gpu build (and CUDA/cuDNN libraries), or ask for the CPU only "
+                "(--set 'backend.providers=[CPUExecutionProvider]')."
             )
         self.providers = used
         self._session = session
