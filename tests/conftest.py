@@ -39,7 +39,10 @@ class _Wrap(torch.nn.Module):
         return self.m(pixel_values).logits
 
 
-def export(model: torch.nn.Module, path: Path, batch: int = 2, dynamo: bool = True) -> Path:
+def export(model: torch.nn.Module, path: Path, batch: int = 2, dynamo: bool = True,
+           dynamic_axes: bool = False) -> Path:
+    """dynamo=False, dynamic_axes=True writes what optimum-cli writes: the TorchScript
+    exporter with `[batch_size, num_channels, height, width]` symbolic input dims."""
     x = torch.randn(batch, 3, 32, 32)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -50,8 +53,11 @@ def export(model: torch.nn.Module, path: Path, batch: int = 2, dynamo: bool = Tr
             assert prog is not None
             prog.save(str(path))
         else:
+            axes = {"pixel_values": {0: "batch_size", 1: "num_channels", 2: "height",
+                                     3: "width"}, "logits": {0: "batch_size"}}
             torch.onnx.export(_Wrap(model), (x,), str(path), dynamo=False, opset_version=17,
-                              input_names=["pixel_values"], output_names=["logits"])
+                              input_names=["pixel_values"], output_names=["logits"],
+                              dynamic_axes=axes if dynamic_axes else None)
     return path
 
 

@@ -204,3 +204,27 @@ def test_images_folder(tmp_path: Path, vit_dir: Path) -> None:
     empty.mkdir()
     text = _bad(tmp_path, str(vit_dir), "--images", str(empty), "--set", "tome.r=3")
     assert "--images" in text and "[1/7]" not in text  # refused before any work
+
+
+def test_optimum_style_onnx_source(tmp_path: Path, vit_dir: Path, bundle: Path) -> None:
+    """A TorchScript export with symbolic batch/height/width (as optimum-cli writes
+    it) compresses once the resolution is given, and matches the HF-dir engine."""
+    import onnxruntime as ort
+    from transformers import ViTForImageClassification
+
+    from tests.conftest import export
+
+    src = export(ViTForImageClassification.from_pretrained(vit_dir).eval(),
+                 tmp_path / "optimum.onnx", dynamo=False, dynamic_axes=True)
+    text = _bad(tmp_path, str(src), "--set", "tome.r=3")
+    assert "export.image_size" in text
+    out = tmp_path / "o"
+    code, text = _export(str(src), "--out", str(out), "--no-bench", *FAST, "--set", "tome.r=3",
+                         "--set", "export.image_size=32")
+    assert code == 0, text
+    x = np.random.default_rng(3).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    outs = []
+    for d in (out, bundle):
+        s = ort.InferenceSession(str(d / "model.onnx"), providers=["CPUExecutionProvider"])
+        outs.append(s.run(None, {"pixel_values": x})[0])
+    np.testing.assert_allclose(outs[0], outs[1], atol=1e-4)

@@ -115,12 +115,12 @@ def _check_images(folder: Path) -> None:
                           "give a folder of images or leave --images out")
 
 
-def _input_shape(model_path: Path) -> list[int]:
-    import onnx
-
-    m = onnx.load(str(model_path), load_external_data=False)
-    dims = m.graph.input[0].type.tensor_type.shape.dim
-    return [d.dim_value for d in dims]
+def _input_shape(model: ir.Model) -> list[int]:
+    shape = model.graph.inputs[0].shape
+    dims = [d for d in shape if isinstance(d, int)] if shape is not None else []
+    if shape is None or len(dims) != len(shape) or len(dims) != 4:
+        raise SourceError("the ONNX model's first input is not a static [B, 3, H, W] image")
+    return dims
 
 
 def run(opts: Options) -> Result:
@@ -171,21 +171,21 @@ def _build(opts: Options, src: Source, tmp: Path, log: Callable[[str], None]) ->
     else:
         step(f"reading {src.path}")
         shutil.copyfile(src.path, baseline)
-        model0 = passes.load(baseline, batch)
+        model0 = passes.load(baseline, batch, recipe.export.image_size)
         geo = onnx_geometry(model0, opts.protected)
         budget = recipe.budget(geo)
-        size = _input_shape(baseline)[-1] or 224
+        size = _input_shape(model0)[-1]
         mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
     step(f"rewriting: {budget.method}, tokens {budget.tokens_in} → {budget.tokens_out}, "
          f"FLOPs ratio {budget.flops_ratio:.2f}")
-    model = passes.load(baseline, batch)
+    model = passes.load(baseline, batch, size)
     presult = passes.compress(model, budget)
     compressed = tmp / "model.onnx"
     ir.save(model, compressed)
     if src.kind == "onnx":
         # Pin the baseline's batch too, so both engines run the same static shapes.
-        ir.save(passes.load(baseline, batch), baseline)
+        ir.save(passes.load(baseline, batch, size), baseline)
 
     step("compiling ONNX Runtime engines (ORT_ENABLE_ALL)")
     providers = recipe.backend.providers

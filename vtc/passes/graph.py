@@ -74,27 +74,50 @@ class Block:
         return self.softmax.outputs[0]
 
 
-def load(path: Path | str, batch: int | None = None) -> ir.Model:
-    """Load an ONNX file, pin a symbolic batch to `batch`, fold constants and
-    shape computations, and infer static shapes for every value."""
+def load(path: Path | str, batch: int | None = None, image_size: int | None = None) -> ir.Model:
+    """Load an ONNX file, pin symbolic input dims (batch → `batch`, channels → 3,
+    height/width → `image_size`), fold constants and shape computations, and
+    infer static shapes for every value."""
     try:
         proto = onnx.load(str(path))
     except Exception as exc:
         raise GraphError(f"cannot read {path} as ONNX ({exc}); pass a valid .onnx file") from exc
-    return prepare(ir.from_proto(proto), batch)
+    return prepare(ir.from_proto(proto), batch, image_size)
 
 
-def prepare(model: ir.Model, batch: int | None = None) -> ir.Model:
+def _pin_inputs(graph: ir.Graph, batch: int | None, image_size: int | None) -> None:
+    """Give every symbolic input dim a static value (exporters such as optimum
+    write `[batch_size, num_channels, height, width]`)."""
+    for inp in graph.inputs:
+        if inp.shape is None:
+            continue
+        dims = list(inp.shape)
+        for i, d in enumerate(dims):
+            if isinstance(d, int):
+                continue
+            if i == 0:
+                if batch is None:
+                    raise GraphError(f"input {inp.name!r} has a symbolic batch; pass --batch N")
+                dims[i] = batch
+            elif i == 1 and len(dims) == 4:
+                dims[i] = 3
+            elif i >= 2 and len(dims) == 4:
+                if image_size is None:
+                    raise GraphError(
+                        f"input {inp.name!r} has a symbolic height/width ({d}); give the "
+                        "resolution to build for: --set export.image_size=224"
+                    )
+                dims[i] = image_size
+            else:
+                raise GraphError(f"input {inp.name!r} has a symbolic dim {d!r} at axis {i}; "
+                                 "export the model with static shapes")
+        inp.shape = ir.Shape(dims)
+
+
+def prepare(model: ir.Model, batch: int | None = None, image_size: int | None = None
+            ) -> ir.Model:
     """Normalise a model in place for the passes; returns it."""
-    for inp in model.graph.inputs:
-        if inp.shape is not None and len(inp.shape) > 0 and not isinstance(inp.shape[0], int):
-            if batch is None:
-                raise GraphError(
-                    f"input {inp.name!r} has a symbolic batch dimension; pass --batch N"
-                )
-            dims = list(inp.shape)
-            dims[0] = batch
-            inp.shape = ir.Shape(dims)
+    _pin_inputs(model.graph, batch, image_size)
     # Fold shape computations and constant subgraphs (attention masks of [B, 1, N, N]
     # elements too), so that every baked token count sits in a constant.
     limit = 1 << 23
@@ -114,8 +137,7 @@ def prepare(model: ir.Model, batch: int | None = None) -> ir.Model:
 def _clear_shapes(graph: ir.Graph) -> None:
     for node in graph:
         for out in node.outputs:
-            if not out.is_graph_output():
-                out.shape = None
+            out.shape = None  # graph outputs too: a symbolic batch there is pinned now
 
 
 def is_const(v: ir.Value | None) -> bool:
