@@ -339,7 +339,14 @@ def _throughput(recipe: Recipe, family: Any, eager: Any, base_rt: Any, comp_rt: 
             with torch.inference_mode():
                 return wrapped(t)
 
+        def _eager_compressed() -> object:
+            from vtc.exporter.eager import run_reference
+
+            return run_reference(family, eager, t, budget)
+
         runners["eager"] = _eager
+        if budget.reducing_layers:
+            runners["eager_compressed"] = _eager_compressed
     v = recipe.validate_
     timings = measure_interleaved(runners, batch=batch, warmup=v.warmup, repeats=v.repeats,
                                   min_time_s=v.min_time_s)
@@ -349,6 +356,8 @@ def _throughput(recipe: Recipe, family: Any, eager: Any, base_rt: Any, comp_rt: 
         "baseline_ips": timings["baseline"].img_per_s,
         "compressed_ips": timings["compressed"].img_per_s,
         "eager_ips": timings["eager"].img_per_s if "eager" in timings else None,
+        "eager_compressed_ips": (timings["eager_compressed"].img_per_s
+                                 if "eager_compressed" in timings else None),
         "speedup": sp,
         "efficiency": sp / budget.flops_ratio,
         **{name: t.to_dict() for name, t in timings.items()},
