@@ -107,3 +107,48 @@ def test_reshape_target_uses_spans_not_values() -> None:
         2, -1, 4, 16]
     with pytest.raises(GraphError, match="splits the token axis"):
         _reshape_target([2, 16, 64], [2, 12, 64], [2, 4, 4, 64], [2, 4, 4, 64], "grid")
+
+
+def _unfold_masks(src: Path, dst: Path) -> int:
+    """Rewrite each folded [B, 1, N, N] mask initializer as the exporter writes it at
+    sizes its own folding skips: Expand(uniform [1, 1, N, 1], [B, 1, N, N])."""
+    m = ir.load(src)
+    count = 0
+    for v in list(m.graph.initializers.values()):
+        arr = v.const_value.numpy() if v.const_value is not None else None
+        if arr is None or arr.ndim != 4 or arr.shape[1] != 1 or not (arr == arr.flat[0]).all():
+            continue
+        small = ir.Value(name=f"{v.name}_small", shape=ir.Shape([1, 1, arr.shape[2], 1]),
+                         type=v.type)
+        small.const_value = ir.tensor(np.full((1, 1, arr.shape[2], 1), arr.flat[0], arr.dtype),
+                                      name=small.name)
+        shape = ir.Value(name=f"{v.name}_shape", shape=ir.Shape([4]),
+                         type=ir.TensorType(ir.DataType.INT64))
+        shape.const_value = ir.tensor(np.array(arr.shape, np.int64), name=shape.name)
+        m.graph.register_initializer(small)
+        m.graph.register_initializer(shape)
+        node = ir.node("Expand", [small, shape], name=f"{v.name}_expand")
+        m.graph.insert_before(next(iter(m.graph)), node)
+        v.replace_all_uses_with(node.outputs[0])
+        count += 1
+    ir.save(m, dst)
+    return count
+
+
+def test_large_masks_are_shrunk_not_folded(vit_onnx: Path, pixels: np.ndarray, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """At a large batch the exporter leaves the [B, 1, N, N] mask as an Expand of a
+    uniform constant, too big to fold; prepare shrinks it to [1, 1, 1, 1] instead,
+    so the shape fix-up never meets a computed mask that bakes N."""
+    from vtc.passes import graph
+
+    src = tmp_path / "unfolded.onnx"
+    assert _unfold_masks(vit_onnx, src) >= 1  # the exporter shares one mask between blocks
+    monkeypatch.setattr(graph, "FOLD_LIMIT", 64)  # the tiny mask (2·17·17) is now "large"
+    m = load(src)
+    assert not any(n.op_type == "Expand" for n in m.graph)
+    compress(m, tome_budget(GEO, r=3))
+    monkeypatch.undo()
+    ref = load(vit_onnx)
+    compress(ref, tome_budget(GEO, r=3))
+    np.testing.assert_allclose(_run(m, pixels), _run(ref, pixels), atol=1e-5)

@@ -23,6 +23,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnx_ir as ir
 import onnxscript.optimizer
@@ -114,21 +115,74 @@ def _pin_inputs(graph: ir.Graph, batch: int | None, image_size: int | None) -> N
         inp.shape = ir.Shape(dims)
 
 
-def prepare(model: ir.Model, batch: int | None = None, image_size: int | None = None
-            ) -> ir.Model:
-    """Normalise a model in place for the passes; returns it."""
-    _pin_inputs(model.graph, batch, image_size)
-    # Fold shape computations and constant subgraphs (attention masks of [B, 1, N, N]
-    # elements too), so that every baked token count sits in a constant.
-    limit = 1 << 23
+# Constant subgraphs up to this many elements are folded; larger ones (a [B, 1, N, N]
+# attention mask at a large batch) are left to the runtime or shrunk below.
+FOLD_LIMIT = 1 << 22
+# Ops through which a uniform constant only broadcasts.
+_BROADCAST = {"Add", "Sub", "Mul", "Div", "Where", "Cast", "Not", "And", "Or", "Equal"}
+
+
+def _optimize(model: ir.Model) -> ir.Model:
     log = logging.getLogger("onnxscript")
     level = log.level
     log.setLevel(logging.ERROR)  # it logs every constant it declines to fold
     try:
-        model = onnxscript.optimizer.optimize(model, input_size_limit=limit,
-                                              output_size_limit=limit)
+        return onnxscript.optimizer.optimize(model, input_size_limit=FOLD_LIMIT,
+                                             output_size_limit=FOLD_LIMIT)
     finally:
         log.setLevel(level)
+
+
+def _broadcast_only(v: ir.Value, rank: int, depth: int = 0) -> bool:
+    """v only meets elementwise ops that also see a full-rank non-constant operand
+    (so the result's shape never depends on v's shape)."""
+    for user in v.consumers():
+        if user.op_type not in _BROADCAST or user.outputs[0].is_graph_output():
+            return False
+        others = [i for i in user.inputs if i is not None and i is not v]
+        if any(not is_const(i) and len(static_dims(i) or []) >= rank for i in others):
+            continue
+        if depth >= 4 or not all(_broadcast_only(o, rank, depth + 1) for o in user.outputs):
+            return False
+    return True
+
+
+def _shrink_uniform_expands(graph: ir.Graph) -> int:
+    """Expand(uniform constant, [B, 1, N, N]) feeding only broadcasts → a [1, 1, 1, 1]
+    constant. Exporters write additive attention masks this way; shrunk, they no
+    longer bake the batch and token counts (and fold at any batch size)."""
+    shrunk = 0
+    for node in list(graph):
+        if node.op_type != "Expand" or not is_const(node.inputs[0]):
+            continue
+        arr = node.inputs[0].const_value.numpy()  # type: ignore[union-attr]
+        out = node.outputs[0]
+        dims = static_dims(out)
+        if arr.size == 0 or not (arr == arr.flat[0]).all() or not dims:
+            continue
+        if not _broadcast_only(out, len(dims)):
+            continue
+        small = np.full([1] * len(dims), arr.flat[0], dtype=arr.dtype)
+        name = f"{out.name}_uniform"
+        v = ir.Value(name=name, shape=ir.Shape(small.shape), type=out.type)
+        v.const_value = ir.tensor(small, name=name)
+        graph.register_initializer(v)
+        out.replace_all_uses_with(v)
+        graph.remove(node, safe=True)
+        shrunk += 1
+    return shrunk
+
+
+def prepare(model: ir.Model, batch: int | None = None, image_size: int | None = None
+            ) -> ir.Model:
+    """Normalise a model in place for the passes; returns it.
+
+    Shape computations and constant subgraphs are folded so that every baked
+    token count sits in a constant the shape fix-up can rewrite."""
+    _pin_inputs(model.graph, batch, image_size)
+    model = _optimize(model)
+    if _shrink_uniform_expands(model.graph):
+        model = _optimize(model)
     _clear_shapes(model.graph)
     ShapeInferencePass(strict_mode=False)(model)
     return model
