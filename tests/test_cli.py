@@ -228,3 +228,33 @@ def test_optimum_style_onnx_source(tmp_path: Path, vit_dir: Path, bundle: Path) 
         s = ort.InferenceSession(str(d / "model.onnx"), providers=["CPUExecutionProvider"])
         outs.append(s.run(None, {"pixel_values": x})[0])
     np.testing.assert_allclose(outs[0], outs[1], atol=1e-4)
+
+
+def test_dynamic_batch_bundle(tmp_path: Path, vit_dir: Path) -> None:
+    """export.dynamic_batch: the engines accept any batch and still match eager."""
+    import onnxruntime as ort
+    from transformers import ViTForImageClassification
+
+    out = tmp_path / "o"
+    code, text = _export(str(vit_dir), "--out", str(out), "--no-bench", *FAST,
+                         "--set", "tome.r=3", "--set", "export.dynamic_batch=true")
+    assert code == 0, text
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["parity"]["engine"]["max_abs_diff"] <= 1e-4 and rep["graph"]["batch_constants"]
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["shapes"]["input"][0] == "batch" and man["shapes"]["dynamic_batch"] is True
+    model = ViTForImageClassification.from_pretrained(vit_dir).eval()
+    x = np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype(np.float32)
+    full = model(torch.from_numpy(x)).logits.detach().numpy()
+    for name in ("baseline.onnx", "model.onnx", "model.ort.onnx"):
+        s = ort.InferenceSession(str(out / name), providers=["CPUExecutionProvider"])
+        got = s.run(None, {"pixel_values": x})[0]
+        assert got.shape == (3, 10)
+        if name == "baseline.onnx":
+            np.testing.assert_allclose(got, full, atol=1e-4)
+
+
+def test_dynamic_batch_needs_a_dynamic_source(tmp_path: Path, tiny) -> None:  # type: ignore[no-untyped-def]
+    text = _bad(tmp_path, str(tiny.onnx("vit-cls")), "--set", "tome.r=3",
+                "--set", "export.dynamic_batch=true")
+    assert "static batch" in text

@@ -115,6 +115,13 @@ def _check_images(folder: Path) -> None:
                           "give a folder of images or leave --images out")
 
 
+def _symbolic_batch(path: Path) -> bool:
+    import onnx
+
+    dim = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type
+    return len(dim.shape.dim) > 0 and not dim.shape.dim[0].HasField("dim_value")
+
+
 def _input_shape(model: ir.Model) -> list[int]:
     shape = model.graph.inputs[0].shape
     dims = [d for d in shape if isinstance(d, int)] if shape is not None else []
@@ -151,6 +158,7 @@ def _build(opts: Options, src: Source, tmp: Path, log: Callable[[str], None]) ->
     from vtc.validate.report import write_report
 
     recipe, batch = opts.recipe, opts.batch
+    dynamic = recipe.export.dynamic_batch
     t0 = time.perf_counter()
     step = _Steps(log, 7)
     baseline = tmp / "baseline.onnx"
@@ -165,12 +173,17 @@ def _build(opts: Options, src: Source, tmp: Path, log: Callable[[str], None]) ->
         size = recipe.export.image_size or family.image_size(eager)
         geo = family.geometry(eager, size)
         budget = recipe.budget(geo)
-        step(f"exporting to ONNX (dynamo, opset {recipe.export.opset}, batch {batch}, {size} px)")
-        export_onnx(family, eager, batch, size, baseline, opset=recipe.export.opset)
+        step(f"exporting to ONNX (dynamo, opset {recipe.export.opset}, "
+             f"batch {'dynamic' if dynamic else batch}, {size} px)")
+        export_onnx(family, eager, batch, size, baseline, opset=recipe.export.opset,
+                    dynamic_batch=dynamic)
         mean, std = family.mean(eager), family.std(eager)
     else:
         step(f"reading {src.path}")
         shutil.copyfile(src.path, baseline)
+        if dynamic and not _symbolic_batch(baseline):
+            raise SourceError(f"{src.spec} has a static batch; export.dynamic_batch needs a "
+                              "source exported with a dynamic batch axis")
         model0 = passes.load(baseline, batch, recipe.export.image_size)
         geo = onnx_geometry(model0, opts.protected)
         budget = recipe.budget(geo)
@@ -179,11 +192,16 @@ def _build(opts: Options, src: Source, tmp: Path, log: Callable[[str], None]) ->
 
     step(f"rewriting: {budget.method}, tokens {budget.tokens_in} → {budget.tokens_out}, "
          f"FLOPs ratio {budget.flops_ratio:.2f}")
-    model = passes.load(baseline, batch, size)
+    model = passes.load(baseline, passes.PROBES[0] if dynamic else batch, size)
     presult = passes.compress(model, budget)
+    if dynamic:  # a twin at another batch shows which constants baked it
+        twin = passes.load(baseline, passes.PROBES[1], size)
+        passes.compress(twin, budget)
+        presult.batch_constants = passes.make_batch_dynamic(model, twin)
+        passes.check(model)
     compressed = tmp / "model.onnx"
     ir.save(model, compressed)
-    if src.kind == "onnx":
+    if src.kind == "onnx" and not dynamic:
         # Pin the baseline's batch too, so both engines run the same static shapes.
         ir.save(passes.load(baseline, batch, size), baseline)
 
@@ -239,7 +257,9 @@ def _build(opts: Options, src: Source, tmp: Path, log: Callable[[str], None]) ->
         "source": {"spec": src.spec, "kind": src.kind, "sha256": src.digest()},
         "recipe": recipe.to_dict(),
         "budget": budget.to_dict(),
-        "shapes": {"input": [batch, 3, size, size], "tokens_in": budget.tokens_in,
+        "shapes": {"input": ["batch" if dynamic else batch, 3, size, size],
+                   "dynamic_batch": dynamic, "timed_batch": batch,
+                   "tokens_in": budget.tokens_in,
                    "tokens_out": budget.tokens_out},
         "opset": recipe.export.opset if src.kind == "hf" else None,
         "providers": providers_used,

@@ -50,6 +50,7 @@ class ExportCfg(_Strict):
     opset: int = 18
     batch: int = 8
     image_size: int | None = None
+    dynamic_batch: bool = False  # engines accept any batch; --batch is then the one timed
 
 
 class BackendCfg(_Strict):

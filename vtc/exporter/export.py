@@ -53,13 +53,16 @@ def export_onnx(
     path: Path,
     opset: int = 18,
     dynamo: bool = True,
+    dynamic_batch: bool = False,
 ) -> Path:
     """Export ``model`` (a model of ``family``) to ``path`` and return ``path``.
 
     Input ``pixel_values[batch, C, image_size, image_size]``; outputs named
     ``family.output_names(model)``; all shapes static (the model is put in float32
     eval mode in place). ``dynamo=False`` uses the
-    TorchScript exporter (opset capped at 17). Weights are stored inline unless
+    TorchScript exporter (opset capped at 17). ``dynamic_batch`` makes axis 0
+    of the input and outputs symbolic (``batch``); ``batch`` is then only the
+    example's size. Weights are stored inline unless
     they exceed ~1.8 GB, in which case they go to ``<path>.data`` next to it.
     The file is written to a temporary name in the same directory and moved
     into place, so ``path`` is never left half-written.
@@ -76,7 +79,8 @@ def export_onnx(
     try:
         with _quiet_exporter(), torch.no_grad():
             if dynamo:
-                _export_dynamo(wrapper, example, tmp, path, opset, output_names, inline)
+                _export_dynamo(wrapper, example, tmp, path, opset, output_names, inline,
+                               dynamic_batch)
             else:
                 torch.onnx.export(
                     wrapper,
@@ -88,6 +92,10 @@ def export_onnx(
                     output_names=output_names,
                     do_constant_folding=True,
                     verbose=False,
+                    dynamic_axes=(
+                        {n: {0: "batch"} for n in ["pixel_values", *output_names]}
+                        if dynamic_batch else None
+                    ),
                 )
         os.replace(tmp, path)
     finally:
@@ -103,10 +111,13 @@ def _export_dynamo(
     opset: int,
     output_names: list[str],
     inline: bool,
+    dynamic_batch: bool = False,
 ) -> None:
+    dims = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
     program = torch.onnx.export(
         wrapper,
         (example,),
+        dynamic_shapes=dims,
         dynamo=True,
         opset_version=opset,
         input_names=["pixel_values"],

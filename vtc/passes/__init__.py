@@ -14,14 +14,15 @@ import onnx
 import onnx_ir as ir
 
 from vtc.budget import Budget
+from vtc.passes.dynamic_batch import PROBES, make_batch_dynamic
 from vtc.passes.evit import apply_evit
 from vtc.passes.graph import Block, GraphError, NoBlocksError, find_blocks, load, prepare
 from vtc.passes.shape_fixup import fix_shapes, record_shapes
 from vtc.passes.tome import apply_tome
 
 __all__ = [
-    "Block", "GraphError", "NoBlocksError", "PassResult", "check", "compress", "find_blocks",
-    "load", "prepare",
+    "PROBES", "Block", "GraphError", "NoBlocksError", "PassResult", "check", "compress",
+    "find_blocks", "load", "make_batch_dynamic", "prepare",
 ]
 
 
@@ -30,6 +31,7 @@ class PassResult:
     blocks: int
     sites: int  # merge / prune sites inserted
     constants_fixed: int
+    batch_constants: int = 0  # rewritten by make_batch_dynamic (dynamic batch only)
     op_counts_before: dict[str, int] = field(default_factory=dict)
     op_counts_after: dict[str, int] = field(default_factory=dict)
 
@@ -38,6 +40,7 @@ class PassResult:
             "blocks": self.blocks,
             "sites": self.sites,
             "constants_fixed": self.constants_fixed,
+            "batch_constants": self.batch_constants,
             "op_counts_before": self.op_counts_before,
             "op_counts_after": self.op_counts_after,
         }
@@ -71,7 +74,8 @@ def compress(model: ir.Model, budget: Budget) -> PassResult:
         sites = 0
     fixed = fix_shapes(model, old) if sites else 0
     check(model)
-    return PassResult(len(blocks), sites, fixed, before, _op_counts(model))
+    return PassResult(len(blocks), sites, fixed, op_counts_before=before,
+                      op_counts_after=_op_counts(model))
 
 
 def check(model: ir.Model) -> None:

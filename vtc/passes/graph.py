@@ -173,6 +173,31 @@ def _shrink_uniform_expands(graph: ir.Graph) -> int:
     return shrunk
 
 
+def _fold_constant_of_shape(graph: ir.Graph) -> int:
+    """ConstantOfShape of a constant shape → an initializer (the optimizer leaves
+    these, and TorchScript exports build `expand(B, -1, -1)` shapes from them)."""
+    folded = 0
+    for node in list(graph):
+        if node.op_type != "ConstantOfShape" or not is_const(node.inputs[0]):
+            continue
+        shape = node.inputs[0].const_value.numpy().astype(np.int64)  # type: ignore[union-attr]
+        if int(np.prod(shape)) > FOLD_LIMIT:
+            continue
+        attr = node.attributes.get("value")
+        fill = attr.value.numpy().ravel() if attr is not None else np.zeros(1, np.float32)
+        arr = np.full(shape, fill[0], dtype=fill.dtype)
+        out = node.outputs[0]
+        name = f"{out.name}_folded"
+        v = ir.Value(name=name, shape=ir.Shape(arr.shape),
+                     type=ir.TensorType(ir.DataType.from_numpy(arr.dtype)))
+        v.const_value = ir.tensor(arr, name=name)
+        graph.register_initializer(v)
+        out.replace_all_uses_with(v)
+        graph.remove(node, safe=True)
+        folded += 1
+    return folded
+
+
 def prepare(model: ir.Model, batch: int | None = None, image_size: int | None = None
             ) -> ir.Model:
     """Normalise a model in place for the passes; returns it.
@@ -181,7 +206,7 @@ def prepare(model: ir.Model, batch: int | None = None, image_size: int | None = 
     token count sits in a constant the shape fix-up can rewrite."""
     _pin_inputs(model.graph, batch, image_size)
     model = _optimize(model)
-    if _shrink_uniform_expands(model.graph):
+    if _fold_constant_of_shape(model.graph) + _shrink_uniform_expands(model.graph):
         model = _optimize(model)
     _clear_shapes(model.graph)
     ShapeInferencePass(strict_mode=False)(model)

@@ -1,0 +1,50 @@
+"""make_batch_dynamic: one compressed engine, any batch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
+import pytest
+import torch
+
+from tests.tiny import IMAGE, LazyModels
+from vtc.budget import evit_budget, tome_budget
+from vtc.exporter.eager import run_reference
+from vtc.exporter.export import export_onnx
+from vtc.passes import compress, load
+from vtc.passes.dynamic_batch import PROBES, make_batch_dynamic
+
+CASES = [(v, m, True) for v in ("vit-cls", "deit-teacher", "dinov2", "clip", "siglip")
+         for m in ("tome", "evit")] + [(v, "tome", False) for v in ("vit-cls", "siglip")]
+
+
+@pytest.mark.parametrize(("variant", "method", "dynamo"), CASES,
+                         ids=[f"{v}-{m}-{'dynamo' if d else 'torchscript'}" for v, m, d in CASES])
+def test_any_batch_matches_the_eager_reference(tiny: LazyModels, tmp_path: Path, variant: str,
+                                               method: str, dynamo: bool) -> None:
+    family, model = tiny.model(variant)
+    geo = family.geometry(model, IMAGE)
+    budget = tome_budget(geo, r=3) if method == "tome" else evit_budget(geo, 0.6, [0, 2])
+    src = export_onnx(family, model, 2, IMAGE, tmp_path / "dyn.onnx", dynamo=dynamo,
+                      dynamic_batch=True)
+    m, twin = load(src, PROBES[0]), load(src, PROBES[1])
+    compress(m, budget)
+    compress(twin, budget)
+    assert make_batch_dynamic(m, twin) > 0
+    proto = ir.to_proto(m)
+    onnx.checker.check_model(proto)
+    onnx.shape_inference.infer_shapes(proto, strict_mode=True)
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    name = sess.get_outputs()[0].name
+    for batch in (1, 4, 5):
+        x = torch.randn(batch, 3, IMAGE, IMAGE, generator=torch.Generator().manual_seed(batch))
+        got = sess.run([name], {sess.get_inputs()[0].name: x.numpy()})[0]
+        with torch.no_grad():
+            want = run_reference(family, model, x, budget)[name].numpy()
+        assert got.shape == want.shape
+        assert np.abs(got - want).max() <= 1e-4, batch
