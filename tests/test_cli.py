@@ -241,6 +241,7 @@ def test_dynamic_batch_bundle(tmp_path: Path, vit_dir: Path) -> None:
     assert code == 0, text
     rep = json.loads((out / "report.json").read_text())
     assert rep["parity"]["engine"]["max_abs_diff"] <= 1e-4 and rep["graph"]["batch_constants"]
+    assert rep["fusions"]["lost"] == {}
     man = json.loads((out / "manifest.json").read_text())
     assert man["shapes"]["input"][0] == "batch" and man["shapes"]["dynamic_batch"] is True
     model = ViTForImageClassification.from_pretrained(vit_dir).eval()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
+from onnx_ir.passes.common import ShapeInferencePass
 
 from vtc.passes.emit import Emitter
 from vtc.passes.graph import GraphError, is_const
@@ -150,4 +151,6 @@ def make_batch_dynamic(model: ir.Model, twin: ir.Model, batch: int = PROBES[0]) 
         for out in node.outputs:
             if not out.is_graph_output():
                 out.shape = None
+    # Record the new (batch-symbolic) shapes in the file: ORT's fusions read them.
+    ShapeInferencePass(strict_mode=False)(model)
     return relax.fixed
