@@ -53,6 +53,10 @@ TINY_CONFIGS: dict[str, dict[str, Callable[[], Any]]] = {
     },
     "dinov2": {
         "dinov2": lambda: Dinov2Config(**_BASE, mlp_ratio=2, layerscale_value=0.5),
+        "dinov2-cls": lambda: Dinov2Config(
+            **_BASE, mlp_ratio=2, layerscale_value=0.5, num_labels=10,
+            architectures=["Dinov2ForImageClassification"],
+        ),
     },
     "clip": {
         "clip": lambda: CLIPVisionConfig(**_BASE, intermediate_size=128),

@@ -20,6 +20,7 @@ EXPECTED = {
     "deit-teacher": ("logits", 18, 2),
     "deit-cls": ("logits", 18, 2),
     "dinov2": ("pooler_output", 17, 1),
+    "dinov2-cls": ("logits", 17, 1),
     "clip": ("pooler_output", 17, 1),
     "siglip": ("pooler_output", 16, 0),
 }
@@ -27,7 +28,7 @@ EXPECTED = {
 
 @pytest.mark.parametrize("name", sorted(families()))
 def test_every_family_has_tiny_configs(name: str) -> None:
-    assert TINY_CONFIGS.get(name), f"registered family {name!r} has no tiny config in conftest"
+    assert TINY_CONFIGS.get(name), f"registered family {name!r} has no tiny config in tests/tiny.py"
 
 
 def test_every_variant_has_expectations() -> None:
