@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
+from vtc.passes.graph import initializer
+
 PORTABLE_OPS = frozenset(
     {
         "MatMul", "Softmax", "ReduceMax", "ReduceSum", "ReduceMean", "ReduceL2", "ArgMax",
@@ -34,13 +36,7 @@ class Emitter:
         return f"{self.prefix}/{hint}_{self._n}"
 
     def const(self, value: Any, dtype: Any = np.int64, hint: str = "c") -> ir.Value:
-        arr = np.asarray(value, dtype=dtype)
-        name = self._name(hint)
-        dtype_ = ir.TensorType(ir.DataType.from_numpy(arr.dtype))
-        v = ir.Value(name=name, shape=ir.Shape(arr.shape), type=dtype_)
-        v.const_value = ir.tensor(arr, name=name)
-        self.graph.register_initializer(v)
-        return v
+        return initializer(self.graph, np.asarray(value, dtype=dtype), self._name(hint))
 
     def op(self, op_type: str, *inputs: ir.Value | None, outputs: int = 1, **attrs: Any) -> Any:
         """Emit one node; returns its output value (or a tuple when outputs > 1)."""

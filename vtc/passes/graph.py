@@ -163,11 +163,7 @@ def _shrink_uniform_expands(graph: ir.Graph) -> int:
         if not _broadcast_only(out, len(dims)):
             continue
         small = np.full([1] * len(dims), arr.flat[0], dtype=arr.dtype)
-        name = f"{out.name}_uniform"
-        v = ir.Value(name=name, shape=ir.Shape(small.shape), type=out.type)
-        v.const_value = ir.tensor(small, name=name)
-        graph.register_initializer(v)
-        out.replace_all_uses_with(v)
+        out.replace_all_uses_with(initializer(graph, small, f"{out.name}_uniform"))
         graph.remove(node, safe=True)
         shrunk += 1
     return shrunk
@@ -187,12 +183,7 @@ def _fold_constant_of_shape(graph: ir.Graph) -> int:
         fill = attr.value.numpy().ravel() if attr is not None else np.zeros(1, np.float32)
         arr = np.full(shape, fill[0], dtype=fill.dtype)
         out = node.outputs[0]
-        name = f"{out.name}_folded"
-        v = ir.Value(name=name, shape=ir.Shape(arr.shape),
-                     type=ir.TensorType(ir.DataType.from_numpy(arr.dtype)))
-        v.const_value = ir.tensor(arr, name=name)
-        graph.register_initializer(v)
-        out.replace_all_uses_with(v)
+        out.replace_all_uses_with(initializer(graph, arr, f"{out.name}_folded"))
         graph.remove(node, safe=True)
         folded += 1
     return folded
@@ -217,6 +208,15 @@ def _clear_shapes(graph: ir.Graph) -> None:
     for node in graph:
         for out in node.outputs:
             out.shape = None  # graph outputs too: a symbolic batch there is pinned now
+
+
+def initializer(graph: ir.Graph, arr: np.ndarray, name: str) -> ir.Value:
+    """Register `arr` as a named initializer of `graph`; returns its value."""
+    v = ir.Value(name=name, shape=ir.Shape(arr.shape),
+                 type=ir.TensorType(ir.DataType.from_numpy(arr.dtype)))
+    v.const_value = ir.tensor(arr, name=name)
+    graph.register_initializer(v)
+    return v
 
 
 def is_const(v: ir.Value | None) -> bool:

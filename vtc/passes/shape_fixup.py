@@ -29,7 +29,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from vtc.passes.graph import GraphError, is_const, static_dims
+from vtc.passes.graph import GraphError, initializer, is_const, static_dims
 
 _ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Pow", "Where", "Equal", "Max", "Min", "And", "Or"}
 _INT64_MAX = np.iinfo(np.int64).max
@@ -83,13 +83,8 @@ class _Fixer:
         self.fixed = 0
 
     def const(self, arr: np.ndarray, hint: str) -> ir.Value:
-        name = f"vtc_fix/{hint}_{self.fixed}"
-        v = ir.Value(name=name, shape=ir.Shape(arr.shape),
-                     type=ir.TensorType(ir.DataType.from_numpy(arr.dtype)))
-        v.const_value = ir.tensor(arr, name=name)
-        self.graph.register_initializer(v)
         self.fixed += 1
-        return v
+        return initializer(self.graph, arr, f"vtc_fix/{hint}_{self.fixed}")
 
     def changed(self, v: ir.Value | None) -> tuple[list[int], list[int]] | None:
         """(old dims, new dims) when v's static shape changed."""
