@@ -162,7 +162,7 @@ def _build(opts: Options, src: Source, tmp: Path, log: Callable[[str], None]) ->
     t0 = time.perf_counter()
     step = _Steps(log, 7)
     baseline = tmp / "baseline.onnx"
-    family = eager = None
+    family = eager = model = None
     if src.kind == "hf":
         from vtc.exporter import get_family
         from vtc.exporter.export import export_onnx
@@ -184,15 +184,19 @@ def _build(opts: Options, src: Source, tmp: Path, log: Callable[[str], None]) ->
         if dynamic and not _symbolic_batch(baseline):
             raise SourceError(f"{src.spec} has a static batch; export.dynamic_batch needs a "
                               "source exported with a dynamic batch axis")
-        model0 = passes.load(baseline, batch, recipe.export.image_size)
-        geo = onnx_geometry(model0, opts.protected)
+        model = passes.load(baseline, batch, recipe.export.image_size)
+        geo = onnx_geometry(model, opts.protected)
         budget = recipe.budget(geo)
-        size = _input_shape(model0)[-1]
-        mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+        size = _input_shape(model)[-1]
+        mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet, for --images
+        if not dynamic:
+            # The baseline engine runs the same pinned, folded graph the passes start from.
+            ir.save(model, baseline)
 
     step(f"rewriting: {budget.method}, tokens {budget.tokens_in} → {budget.tokens_out}, "
          f"FLOPs ratio {budget.flops_ratio:.2f}")
-    model = passes.load(baseline, passes.PROBES[0] if dynamic else batch, size)
+    if model is None or dynamic:
+        model = passes.load(baseline, passes.PROBES[0] if dynamic else batch, size)
     presult = passes.compress(model, budget)
     if dynamic:  # a twin at another batch shows which constants baked it
         twin = passes.load(baseline, passes.PROBES[1], size)
@@ -201,9 +205,6 @@ def _build(opts: Options, src: Source, tmp: Path, log: Callable[[str], None]) ->
         passes.check(model)
     compressed = tmp / "model.onnx"
     ir.save(model, compressed)
-    if src.kind == "onnx" and not dynamic:
-        # Pin the baseline's batch too, so both engines run the same static shapes.
-        ir.save(passes.load(baseline, batch, size), baseline)
 
     step("compiling ONNX Runtime engines (ORT_ENABLE_ALL)")
     providers = recipe.backend.providers
