@@ -51,44 +51,59 @@ def encoder_blocks(model: Any) -> list[BlockParts]:
     return parts
 
 
+class VisionTowerFamily(Family):
+    """Shared by CLIP and SigLIP vision towers: encoders (no classifier) whose blocks
+    are ``encoder_blocks`` and whose output is HF's ``pooler_output``.
+    Subclasses set ``tower`` (the HF class) and ``cls_tokens``."""
+
+    tower: ClassVar[Any]
+    cls_tokens: ClassVar[int]
+
+    def checked(self, model: Any) -> nn.Module:
+        """Refuse towers this family cannot run (default: accept)."""
+        return model  # type: ignore[no-any-return]
+
+    def build(self, config: Any) -> nn.Module:
+        model: Any = self.tower._from_config(vision_config(config), attn_implementation="sdpa")
+        return self.checked(model.eval())
+
+    def from_checkpoint(self, config: Any, path: Path, use_safetensors: bool) -> nn.Module:
+        # from_pretrained of the vision tower reads the vision half of a full checkpoint.
+        return self.checked(from_pretrained(self.tower, path, use_safetensors))
+
+    def is_classifier(self, model: nn.Module) -> bool:
+        return False
+
+    def prefix_tokens(self, model: nn.Module) -> int:
+        return self.cls_tokens
+
+    def protected_tokens(self, model: nn.Module) -> int:
+        return self.cls_tokens
+
+    def hf_forward(self, model: Any, pixel_values: Tensor) -> tuple[Tensor, ...]:
+        return (model(pixel_values=pixel_values).pooler_output,)
+
+    def blocks(self, model: nn.Module) -> list[BlockParts]:
+        return encoder_blocks(model)
+
+
 @register_family
-class CLIPFamily(Family):
+class CLIPFamily(VisionTowerFamily):
     name = "clip"
     model_types = ("clip", "clip_vision_model")
     classes: ClassVar[dict[str, type[nn.Module]]] = {"CLIPVisionModel": CLIPVisionModel}
     default_class = "CLIPVisionModel"
     default_mean = CLIP_MEAN
     default_std = CLIP_STD
-
-    def build(self, config: Any) -> nn.Module:
-        model: Any = CLIPVisionModel._from_config(vision_config(config), attn_implementation="sdpa")
-        return model.eval()  # type: ignore[no-any-return]
-
-    def from_checkpoint(self, config: Any, path: Path, use_safetensors: bool) -> nn.Module:
-        # CLIPVisionModel.from_pretrained reads the vision half of a full CLIP checkpoint.
-        return from_pretrained(CLIPVisionModel, path, use_safetensors)
-
-    def is_classifier(self, model: nn.Module) -> bool:
-        return False
-
-    def prefix_tokens(self, model: nn.Module) -> int:
-        return 1
-
-    def protected_tokens(self, model: nn.Module) -> int:
-        return 1
+    tower = CLIPVisionModel
+    cls_tokens = 1
 
     def head_flops(self, model: nn.Module, tokens: int) -> int:
         return 0  # post_layernorm on one token
 
-    def hf_forward(self, model: Any, pixel_values: Tensor) -> tuple[Tensor, ...]:
-        return (model(pixel_values=pixel_values).pooler_output,)
-
     def embed(self, model: nn.Module, pixel_values: Tensor) -> Tensor:
         m: Any = model
         return m.pre_layrnorm(m.embeddings(pixel_values))  # type: ignore[no-any-return]
-
-    def blocks(self, model: nn.Module) -> list[BlockParts]:
-        return encoder_blocks(model)
 
     def head(self, model: nn.Module, tokens: Tensor) -> dict[str, Tensor]:
         m: Any = model

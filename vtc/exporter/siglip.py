@@ -9,15 +9,13 @@ without that head (``vision_use_head = False``) are not supported.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, ClassVar
 
 from torch import Tensor, nn
 from transformers import SiglipVisionModel
 
-from ._hf import from_pretrained
-from .clip import encoder_blocks, vision_config
-from .registry import BlockParts, Family, UnsupportedModelError, register_family
+from .clip import VisionTowerFamily
+from .registry import UnsupportedModelError, register_family
 
 
 def _require_head(model: Any) -> Any:
@@ -30,32 +28,18 @@ def _require_head(model: Any) -> Any:
 
 
 @register_family
-class SiglipFamily(Family):
+class SiglipFamily(VisionTowerFamily):
     name = "siglip"
     model_types = ("siglip", "siglip_vision_model")
     classes: ClassVar[dict[str, type[nn.Module]]] = {"SiglipVisionModel": SiglipVisionModel}
     default_class = "SiglipVisionModel"
     default_mean = (0.5, 0.5, 0.5)
     default_std = (0.5, 0.5, 0.5)
+    tower = SiglipVisionModel
+    cls_tokens = 0
 
-    def build(self, config: Any) -> nn.Module:
-        model: Any = SiglipVisionModel._from_config(
-            vision_config(config), attn_implementation="sdpa"
-        )
-        return _require_head(model.eval())  # type: ignore[no-any-return]
-
-    def from_checkpoint(self, config: Any, path: Path, use_safetensors: bool) -> nn.Module:
-        model = from_pretrained(SiglipVisionModel, path, use_safetensors)
+    def checked(self, model: Any) -> nn.Module:
         return _require_head(model)  # type: ignore[no-any-return]
-
-    def is_classifier(self, model: nn.Module) -> bool:
-        return False
-
-    def prefix_tokens(self, model: nn.Module) -> int:
-        return 0
-
-    def protected_tokens(self, model: nn.Module) -> int:
-        return 0
 
     def head_flops(self, model: nn.Module, tokens: int) -> int:
         cfg = self.config_of(model)
@@ -63,15 +47,9 @@ class SiglipFamily(Family):
         # probe query + K/V over all tokens + scores/AV + out proj + MLP on one token
         return c * c + 2 * tokens * c * c + 2 * tokens * c + c * c + 2 * c * m
 
-    def hf_forward(self, model: Any, pixel_values: Tensor) -> tuple[Tensor, ...]:
-        return (model(pixel_values=pixel_values).pooler_output,)
-
     def embed(self, model: nn.Module, pixel_values: Tensor) -> Tensor:
         m: Any = model
         return m.embeddings(pixel_values)  # type: ignore[no-any-return]
-
-    def blocks(self, model: nn.Module) -> list[BlockParts]:
-        return encoder_blocks(model)
 
     def head(self, model: nn.Module, tokens: Tensor) -> dict[str, Tensor]:
         m: Any = _require_head(model)
