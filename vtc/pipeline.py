@@ -9,7 +9,6 @@ interrupted or failed run leaves nothing half-written behind.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -27,7 +26,7 @@ import onnx_ir as ir
 import vtc
 from vtc.budget import Budget, Geometry
 from vtc.recipe import Recipe
-from vtc.source import Source, SourceError
+from vtc.source import Source, SourceError, sha256_file
 
 
 class OutputError(ValueError):
@@ -56,14 +55,6 @@ class Result:
     @property
     def passed(self) -> bool:
         return bool(self.report["passed"])
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def check_out_dir(out: Path, force: bool) -> None:
@@ -264,7 +255,7 @@ def _build(opts: Options, src: Source, tmp: Path, log: Callable[[str], None]) ->
                    "tokens_out": budget.tokens_out},
         "opset": recipe.export.opset if src.kind == "hf" else None,
         "providers": providers_used,
-        "files": {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.suffix == ".onnx"},
+        "files": {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.suffix == ".onnx"},
     }
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
     write_report(tmp, report)
@@ -306,6 +297,9 @@ def _inputs(opts: Options, recipe: Recipe, size: int, mean: Any, std: Any, batch
 
 def _validate(family: Any, eager: Any, budget: Budget, base_rt: Any, comp_rt: Any,
               inputs: dict[str, Any], batch: int) -> dict[str, Any]:
+    import torch
+
+    from vtc.exporter.eager import run_reference
     from vtc.validate.fidelity import fidelity
     from vtc.validate.parity import compare
 
@@ -317,10 +311,6 @@ def _validate(family: Any, eager: Any, budget: Budget, base_rt: Any, comp_rt: An
         base.append(base_rt.infer({base_rt.input_names[0]: xb})[name])
         comp.append(comp_rt.infer({comp_rt.input_names[0]: xb})[name])
         if eager is not None:
-            import torch
-
-            from vtc.exporter.eager import run_reference
-
             with torch.no_grad():
                 t = torch.from_numpy(xb)
                 ref_b.append(family.wrap_for_export(eager)(t)[0].numpy())

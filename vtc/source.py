@@ -11,6 +11,15 @@ from pathlib import Path
 from typing import Literal
 
 
+def sha256_file(path: Path, h: hashlib._Hash | None = None) -> str:
+    """sha256 of a file read in 1 MiB chunks (into `h` when given, to hash several)."""
+    h = h if h is not None else hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 class SourceError(ValueError):
     """SOURCE is missing, unreadable or of an unsupported kind (an input error)."""
 
@@ -31,9 +40,7 @@ class Source:
         )
         for f in files:
             h.update(f.name.encode())
-            with f.open("rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
+            sha256_file(f, h)
         return h.hexdigest()
 
 
