@@ -27,10 +27,10 @@ from onnx_ir.passes.common import ShapeInferencePass
 
 from vtc.passes.emit import Emitter
 from vtc.passes.graph import GraphError, is_const
+from vtc.passes.shape_fixup import ELEMENTWISE
 
 BATCH = "batch"
 PROBES = (2, 3)
-_ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Pow", "Where", "Equal", "Max", "Min", "And", "Or"}
 
 
 def _fail(node: ir.Node, why: str) -> GraphError:
@@ -92,7 +92,7 @@ class _Relaxer:
             if not np.all(a == first):
                 raise _fail(node, "a constant input differs per batch item")
             one = self.em.const(np.ascontiguousarray(first), dtype=a.dtype, hint="batch1")
-            if node.op_type not in _ELEMENTWISE:  # broadcasting will not restore the batch
+            if node.op_type not in ELEMENTWISE:  # broadcasting will not restore the batch
                 one = self.em.op("Expand", one,
                                  self.dynamic_shape(node, list(a.shape), [ax], b))
                 self.em.insert_before(node)

@@ -31,7 +31,10 @@ import onnx_ir as ir
 
 from vtc.passes.graph import GraphError, initializer, is_const, static_dims
 
-_ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Pow", "Where", "Equal", "Max", "Min", "And", "Or"}
+# Binary/ternary ops that broadcast their inputs.
+ELEMENTWISE = frozenset(
+    {"Add", "Sub", "Mul", "Div", "Pow", "Where", "Equal", "Max", "Min", "And", "Or"}
+)
 _INT64_MAX = np.iinfo(np.int64).max
 
 
@@ -121,7 +124,7 @@ class _Fixer:
                     node.replace_input_with(1, self.const(np.array(new, np.int64), "expand"))
         elif op == "Slice":
             self._fix_slice(node)
-        elif op in _ELEMENTWISE:
+        elif op in ELEMENTWISE:
             self._fix_broadcast(node)
 
     def _fix_slice(self, node: ir.Node) -> None:
