@@ -198,8 +198,10 @@ def test_images_folder(tmp_path: Path, vit_dir: Path) -> None:
     code, text = _export(str(vit_dir), "--images", str(imgs), "--no-bench", "--out", str(out),
                          *FAST, "--set", "tome.r=3")
     assert code == 0, text
-    meta = json.loads((out / "report.json").read_text())["inputs"]
-    assert meta["kind"] == "images" and meta["count"] == 3 and meta["padded_to"] % 2 == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["inputs"]["kind"] == "images" and rep["inputs"]["count"] == 3
+    # 3 images in static batches of 2: the padded repeat is run but not scored
+    assert rep["fidelity"]["n"] == 3
     empty = tmp_path / "empty"
     empty.mkdir()
     text = _bad(tmp_path, str(vit_dir), "--images", str(empty), "--set", "tome.r=3")

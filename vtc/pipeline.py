@@ -146,6 +146,7 @@ def _build(opts: Options, src: Source, tmp: Path, log: Callable[[str], None]) ->
     from vtc import passes
     from vtc.backends.ort import OrtRunner, fused_op_counts, fusion_summary
     from vtc.validate.gates import evaluate_gates, format_gate
+    from vtc.validate.images import batches
     from vtc.validate.report import write_report
 
     recipe, batch = opts.recipe, opts.batch
@@ -214,8 +215,9 @@ def _build(opts: Options, src: Source, tmp: Path, log: Callable[[str], None]) ->
         report_val["throughput"] = None
         if opts.bench:
             step(f"timing (batch {batch}, interleaved, median of {recipe.validate_.repeats})")
+            first = next(batches(inputs["x"], batch))[0]
             report_val["throughput"] = _throughput(recipe, family, eager, base_rt, comp_rt,
-                                                   inputs["x"][:batch], batch, budget)
+                                                   first, batch, budget)
         providers_used = comp_rt.providers
 
     report: dict[str, Any] = {
@@ -283,11 +285,8 @@ def _inputs(opts: Options, recipe: Recipe, size: int, mean: Any, std: Any, batch
             x = load_images(opts.images, size, mean, std, limit=None)
         except ValueError as exc:
             raise SourceError(f"--images: {exc}") from exc
-        real = len(x)
-        reps = math.ceil(max(n, real) / batch) * batch
-        x = np.concatenate([x] * math.ceil(reps / real))[:reps] if real < reps else x[:reps]
-        meta = {"kind": "images", "folder": str(opts.images), "count": real,
-                "padded_to": len(x)}
+        meta = {"kind": "images", "folder": str(opts.images), "count": len(x),
+                "note": "the last batch is padded with repeats; only real images are scored"}
     else:
         x = synthetic_batch(n, size, seed=recipe.validate_.seed)
         meta = {"kind": "synthetic", "seed": recipe.validate_.seed, "count": int(n),
@@ -301,20 +300,19 @@ def _validate(family: Any, eager: Any, budget: Budget, base_rt: Any, comp_rt: An
 
     from vtc.exporter.eager import run_reference
     from vtc.validate.fidelity import fidelity
+    from vtc.validate.images import batches
     from vtc.validate.parity import compare
 
-    x = inputs["x"]
     name = comp_rt.output_names[0]
     base, comp, ref_b, ref_c = [], [], [], []
-    for i in range(0, len(x), batch):
-        xb = x[i : i + batch]
-        base.append(base_rt.infer({base_rt.input_names[0]: xb})[name])
-        comp.append(comp_rt.infer({comp_rt.input_names[0]: xb})[name])
+    for xb, real in batches(inputs["x"], batch):  # full static batches; score real rows
+        base.append(base_rt.infer({base_rt.input_names[0]: xb})[name][:real])
+        comp.append(comp_rt.infer({comp_rt.input_names[0]: xb})[name][:real])
         if eager is not None:
             with torch.no_grad():
                 t = torch.from_numpy(xb)
-                ref_b.append(family.wrap_for_export(eager)(t)[0].numpy())
-                ref_c.append(run_reference(family, eager, t, budget)[name].numpy())
+                ref_b.append(family.wrap_for_export(eager)(t)[0].numpy()[:real])
+                ref_c.append(run_reference(family, eager, t, budget)[name].numpy()[:real])
     b, c = np.concatenate(base), np.concatenate(comp)
     out: dict[str, Any] = {"output": name}
     if eager is not None:
