@@ -216,3 +216,9 @@ def demo(out: Path, recipe: str, force: bool) -> None:
         return code
 
     _guard(_run)
+
+
+# Subcommands that live beside their modules (one import + add_command each).
+# zoo: registered here
+# data: registered here
+# sweep: registered here
