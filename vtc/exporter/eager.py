@@ -141,18 +141,32 @@ def attention(
     return parts.o(out), k, probs
 
 
+def unmerge(x: Tensor, source: Tensor) -> Tensor:
+    """Copy each merged token back to every original position it stands for.
+
+    ``x[B, N', C]``, ``source[B, N', N]`` (non-zero where merged token k holds
+    original token i) -> ``[B, N, C]``."""
+    return (source > 0).to(x.dtype).transpose(1, 2) @ x
+
+
 def reference_tokens(
-    family: Family, model: nn.Module, pixel_values: Tensor, budget: Budget
+    family: Family, model: nn.Module, pixel_values: Tensor, budget: Budget,
+    unmerge_tokens: bool = False,
 ) -> Tensor:
     """Run the embedding and every block under ``budget``.
 
     ``pixel_values[B, C, H, W] -> tokens[B, budget.tokens_out, C]`` leaving the
-    last block (before the final norm / head).
+    last block (before the final norm / head); with ``unmerge_tokens``, ToMe's
+    merges are undone at the end: ``[B, budget.tokens_in, C]``. The source map
+    rides along as extra channels through the same size-weighted merges (an
+    average of one-hot rows is non-zero exactly on their union).
     """
     blocks = family.blocks(model)
     if len(blocks) != len(budget.layers):
         raise ValueError(f"budget has {len(budget.layers)} layers, model has {len(blocks)}")
     protected = budget.protected
+    if unmerge_tokens and budget.method == "evit":
+        raise ValueError("EViT drops tokens: they cannot be unmerged")
     with torch.no_grad():
         x = family.embed(model, pixel_values.float())
         if x.shape[1] != budget.tokens_in:
@@ -160,6 +174,8 @@ def reference_tokens(
                 f"embedding gives {x.shape[1]} tokens, budget expects {budget.tokens_in}"
             )
         sizes: Tensor | None = None  # tracked from the first ToMe merge on
+        n0, width = x.shape[1], x.shape[2]
+        source = torch.eye(n0).expand(x.shape[0], n0, n0) if unmerge_tokens else None
         for parts, plan in zip(blocks, budget.layers, strict=True):
             if x.shape[1] != plan.tokens_in:
                 raise ValueError(f"block {plan.index}: {x.shape[1]} tokens, plan {plan.tokens_in}")
@@ -169,7 +185,12 @@ def reference_tokens(
             if plan.op == "tome" and plan.r > 0:
                 if sizes is None:
                     sizes = x.new_ones(x.shape[0], x.shape[1], 1)
-                x, sizes = tome_merge(x, sizes, keys.mean(dim=1), plan.r, protected)
+                if source is not None:
+                    both, sizes = tome_merge(torch.cat([x, source], -1), sizes,
+                                             keys.mean(dim=1), plan.r, protected)
+                    x, source = both[..., :width], both[..., width:]
+                else:
+                    x, sizes = tome_merge(x, sizes, keys.mean(dim=1), plan.r, protected)
             elif plan.op == "evit":
                 if sizes is not None:
                     raise ValueError("mixing ToMe and EViT in one budget is not supported")
@@ -180,7 +201,7 @@ def reference_tokens(
                 )
             mlp = parts.mlp(parts.norm2(x))
             x = x + (parts.ls2(mlp) if parts.ls2 is not None else mlp)
-    return x
+    return unmerge(x, source) if source is not None else x
 
 
 def run_reference(

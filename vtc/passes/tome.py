@@ -27,11 +27,13 @@ import onnx_ir as ir
 from vtc.budget import Budget
 from vtc.passes.emit import Emitter, rewire
 from vtc.passes.graph import Block
+from vtc.passes.unmerge import apply_unmerge, compose, destinations
 
 
 def _merge(em: Emitter, blk: Block, x: ir.Value, size: ir.Value | None, n: int, r: int,
-           p: int) -> tuple[ir.Value, ir.Value]:
-    """Emit one merge of x `[B, N, C]`; returns (x' `[B, N-r, C]`, s' `[B, N-r, 1]`)."""
+           p: int, track: bool) -> tuple[ir.Value, ir.Value, ir.Value | None]:
+    """Emit one merge of x `[B, N, C]`; returns (x' `[B, N-r, C]`, s' `[B, N-r, 1]`,
+    d `[B, N]` float: the slot in x' of every token of x, only when `track`)."""
     c = blk.width
     na, nb = (n - p + 1) // 2, (n - p) // 2
     # metric [B, N, D]: keys averaged over heads (Kᵀ is [B, H, D, N]).
@@ -77,7 +79,8 @@ def _merge(em: Emitter, blk: Block, x: ir.Value, size: ir.Value | None, n: int, 
     parts = ([em.slice(x, 0, p, axis=1)] if p else []) + [em.gather_rows(xa, unm, c), xb_new]
     x_new = em.op("Concat", *parts, axis=1)
     s_new = em.op("Concat", *keep_sizes, size_b, axis=1)
-    return x_new, s_new
+    d = destinations(em, p, na, nb, r, src, unm, dst) if track else None
+    return x_new, s_new, d
 
 
 def _proportional_attention(em: Emitter, blk: Block, size: ir.Value) -> None:
@@ -91,10 +94,13 @@ def _proportional_attention(em: Emitter, blk: Block, size: ir.Value) -> None:
     blk.softmax.replace_input_with(0, new_logits)
 
 
-def apply_tome(model: ir.Model, blocks: list[Block], budget: Budget) -> int:
+def apply_tome(model: ir.Model, blocks: list[Block], budget: Budget, unmerge: bool = False
+               ) -> int:
     """Insert the merges the budget asks for; returns how many were inserted.
-    `compress` has checked that blocks and budget agree."""
+    With `unmerge`, the last block's output is copied back to all N tokens
+    (see `vtc.passes.unmerge`). `compress` has checked that blocks and budget agree."""
     size: ir.Value | None = None
+    total: ir.Value | None = None
     inserted = 0
     for blk, plan in zip(blocks, budget.layers, strict=True):
         if size is not None and budget.proportional_attention:
@@ -102,9 +108,14 @@ def apply_tome(model: ir.Model, blocks: list[Block], budget: Budget) -> int:
         if plan.op != "tome" or plan.r == 0:
             continue
         em = Emitter(model.graph, f"vtc_tome{blk.index}")
-        x_new, size = _merge(em, blk, blk.x_mid, size, plan.tokens_in, plan.r, budget.protected)
+        x_new, size, d = _merge(em, blk, blk.x_mid, size, plan.tokens_in, plan.r,
+                                budget.protected, unmerge)
+        if d is not None:
+            total = compose(em, total, d)
         new_nodes = list(em.nodes)
         em.insert_after(blk.attn_add)
         rewire(blk.x_mid, x_new, new_nodes)
         inserted += 1
+    if unmerge and total is not None:
+        apply_unmerge(model, blocks[-1], total)
     return inserted

@@ -1,0 +1,193 @@
+"""Unmerge: undo ToMe's merges before a consumer that needs the full patch grid.
+
+A dense head (saliency, segmentation, depth) reshapes the last tokens back to
+the `h × w` patch grid, which ToMe's fewer tokens no longer fill. Following
+ToMe for Stable Diffusion, every merged token is copied back to all the
+positions it came from, with static shapes and no scatter.
+
+Before (ToMe has left N_L < N tokens; the grid Reshape cannot be fixed)::
+
+    x_L[B, N_L, C] ─► LN ─► Slice(1:) ─► Transpose ─► Reshape[B, C, h, w] ─► ConvTranspose …
+
+After (each merge k also emits d_k[B, n_k]: the output slot of each input token)::
+
+    D_1 = d_1,   D_k = GatherElements(d_k, D_{k-1})            [B, N]  (original → final slot)
+    x_L ─► GatherElements(x_L, Expand(D_L, [1, 1, C])) ─► x_full[B, N, C] ─► LN ─► … (unchanged)
+
+`find_grid_consumer` walks forward from the last block's output, following
+the token axis through token-wise ops (LayerNorm pieces, Linear MatMuls,
+Slice, Transpose, Reshapes that keep the token axis whole) until a Reshape
+splits it into a grid. A node it cannot see through is reported by name.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_ir as ir
+
+from vtc.passes.emit import Emitter, rewire
+from vtc.passes.graph import Block, is_const, static_dims
+from vtc.passes.shape_fixup import ELEMENTWISE
+
+# Ops that act on every token alike when the token axis is not reduced over.
+_UNARY = frozenset({
+    "Sqrt", "Relu", "Erf", "Sigmoid", "Tanh", "Neg", "Exp", "Log", "Cast", "Identity",
+    "Softplus", "Gelu", "Abs", "Reciprocal", "Clip", "HardSigmoid", "LeakyRelu",
+})
+_REDUCE = frozenset({"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL2"})
+_NORM = frozenset({"LayerNormalization", "Softmax", "LogSoftmax"})
+
+
+@dataclass
+class GridSearch:
+    """Result of the forward walk: grid Reshapes found, nodes the walk could not see through."""
+
+    consumers: list[ir.Node] = field(default_factory=list)
+    blockers: list[tuple[ir.Node, str]] = field(default_factory=list)
+
+    def describe_blocker(self) -> str:
+        node, why = self.blockers[0]
+        return f"{node.op_type} {node.name!r} ({why})"
+
+
+def _axes(node: ir.Node, rank: int) -> list[int] | None:
+    if len(node.inputs) > 1 and node.inputs[1] is not None:
+        if not is_const(node.inputs[1]):
+            return None
+        raw = node.inputs[1].const_value.numpy().tolist()  # type: ignore[union-attr]
+    else:
+        attr = node.attributes.get("axes")
+        raw = list(attr.value) if attr is not None else list(range(rank))
+    return [int(a) % rank for a in raw]
+
+
+def _reshape_axis(in_: list[int], out: list[int], t: int) -> tuple[str, int]:
+    """Where the token axis t of `in_` goes in `out`: ("keep", j), ("split", j) or ("lost", -1)."""
+    s0 = math.prod(in_[:t])
+    for j in range(len(out)):
+        if math.prod(out[:j]) != s0:
+            continue
+        if out[j] == in_[t]:
+            return "keep", j
+        for k in range(j + 2, len(out) + 1):
+            if math.prod(out[j:k]) == in_[t]:
+                return "split", j
+    return "lost", -1
+
+
+def _next_axis(node: ir.Node, v: ir.Value, t: int) -> tuple[str, int | str]:
+    """How node treats token axis t of its input v: ("follow", t'), ("grid", _),
+    ("end", _) for a consumer of some tokens only, or ("block", reason)."""
+    op = node.op_type
+    dims = static_dims(v)
+    rank = len(dims) if dims is not None else -1
+    if op in ELEMENTWISE or op in _UNARY:
+        out = static_dims(node.outputs[0])
+        return ("follow", t + (len(out) - rank)) if out is not None and rank >= 0 else (
+            "block", "unknown shape")
+    if op in _REDUCE or op in _NORM:
+        axes = _axes(node, rank) if op in _REDUCE else [
+            int(node.attributes["axis"].value) % rank if "axis" in node.attributes else rank - 1]
+        if axes is None or t in axes:
+            return "block", "reduces over the token axis"
+        return "follow", t
+    if op == "MatMul" and node.inputs[0] is v and t < rank - 1:
+        return "follow", t
+    if op == "Slice":
+        return "follow", t
+    if op == "Transpose":
+        perm = list(node.attributes["perm"].value)
+        return "follow", perm.index(t)
+    if op in ("Gather", "Squeeze") or (op == "Unsqueeze"):
+        if op == "Gather":
+            ax = int(node.attributes["axis"].value) % rank if "axis" in node.attributes else 0
+            return ("end", t) if ax == t else ("block", "gathers along another axis")
+        out = static_dims(node.outputs[0])
+        if out is None or dims is None:
+            return "block", "unknown shape"
+        kind, j = _reshape_axis(dims, out, t)
+        return ("follow", j) if kind == "keep" else ("block", "squeezes the token axis")
+    if op == "Reshape":
+        out = static_dims(node.outputs[0])
+        if out is None or dims is None:
+            return "block", "unknown shape"
+        kind, j = _reshape_axis(dims, out, t)
+        if kind == "keep":
+            return "follow", j
+        if kind == "split":
+            return "grid", j
+        return "block", "folds the token axis into another axis"
+    return "block", "vtc cannot follow the token axis through it"
+
+
+def find_grid_consumer(x: ir.Value) -> GridSearch:
+    """Walk forward from the token stream x `[B, N, C]` (token axis 1)."""
+    res = GridSearch()
+    todo: list[tuple[ir.Value, int]] = [(x, 1)]
+    seen: set[tuple[int, int]] = set()
+    while todo:
+        v, t = todo.pop()
+        for node, _idx in v.uses():
+            if (id(node), t) in seen:
+                continue
+            seen.add((id(node), t))
+            kind, arg = _next_axis(node, v, t)
+            if kind == "follow":
+                todo.extend((o, int(arg)) for o in node.outputs)
+            elif kind == "grid":
+                res.consumers.append(node)
+            elif kind == "block":
+                res.blockers.append((node, str(arg)))
+    return res
+
+
+def destinations(em: Emitter, p: int, na: int, nb: int, r: int, src: ir.Value,
+                 unm: ir.Value, dst: ir.Value) -> ir.Value:
+    """Output slot of every input token of one merge, as float `[B, n]` (n = p + na + nb).
+
+    The merge's output is [protected (p), a[unm] (na-r, ascending), b' (nb)]. Input
+    tokens are interleaved after the protected ones: a at p+2j, b at p+2j+1.
+    src, dst `[B, r]`, unm `[B, na-r]` are the merge's int64 index tensors.
+    """
+    f32 = np.float32
+    zero_unm = em.op("Mul", em.op("Cast", unm, to=ir.DataType.FLOAT), em.const(0.0, f32))
+    val_unm = em.op("Add", zero_unm, em.const(p + np.arange(na - r).reshape(1, -1), f32))
+    val_src = em.op("Add", em.op("Cast", dst, to=ir.DataType.FLOAT),
+                    em.const(float(p + na - r), f32))
+    idx_all = em.op("Concat", unm, src, axis=1)  # [B, na]: a permutation of 0..na-1
+    val_all = em.op("Concat", val_unm, val_src, axis=1)  # [B, na]
+    _, inv = em.op("TopK", em.op("Cast", idx_all, to=ir.DataType.FLOAT), em.const([na]),
+                   outputs=2, axis=-1, largest=0, sorted=1)
+    d_a = em.op("GatherElements", val_all, inv, axis=1)  # [B, na]: slot of a-token j
+    zero = em.op("Mul", em.slice(val_all, 0, 1, axis=1), em.const(0.0, f32))  # [B, 1]
+    d_b = em.op("Add", zero, em.const(p + na - r + np.arange(nb).reshape(1, -1), f32))
+    pairs = em.op("Concat", em.op("Unsqueeze", em.slice(d_a, 0, nb, axis=1), em.const([2])),
+                  em.op("Unsqueeze", d_b, em.const([2])), axis=2)  # [B, nb, 2]
+    parts = [em.op("Reshape", pairs, em.const([0, 2 * nb]))]  # a0 b0 a1 b1 … [B, 2nb]
+    if na > nb:
+        parts.append(em.slice(d_a, nb, na, axis=1))
+    if p:
+        parts.insert(0, em.op("Add", zero, em.const(np.arange(p).reshape(1, -1), f32)))
+    return em.op("Concat", *parts, axis=1) if len(parts) > 1 else parts[0]
+
+
+def compose(em: Emitter, total: ir.Value | None, d: ir.Value) -> ir.Value:
+    """Slot map original token → slot after this merge: `[B, N]` float."""
+    if total is None:
+        return d
+    return em.op("GatherElements", d, em.op("Cast", total, to=ir.DataType.INT64), axis=1)
+
+
+def apply_unmerge(model: ir.Model, last: Block, total: ir.Value) -> None:
+    """x_out `[B, N_L, C]` of the last block → `[B, N, C]` for every consumer."""
+    em = Emitter(model.graph, "vtc_unmerge")
+    idx = em.op("Cast", total, to=ir.DataType.INT64)
+    full = em.gather_rows(last.x_out, idx, last.width)
+    nodes = list(em.nodes)
+    anchor = last.x_out.producer()
+    assert anchor is not None
+    em.insert_after(anchor)
+    rewire(last.x_out, full, nodes)
