@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 # ORT package: onnxruntime (CPU) here; set ORT=onnxruntime-gpu on a CUDA machine (never both).
 ORT     ?= onnxruntime
 
-.PHONY: setup demo test bench lint clean
+.PHONY: setup demo data test bench lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -23,10 +23,15 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/vtc demo --out out/demo --force
 
+# Fashion-MNIST for the accuracy tier: apt-get install -y dataset-fashion-mnist (needs root;
+# otherwise prints the command to run by hand). lfw-subset and the photos ship with scikit-image.
+data: $(STAMP)
+	$(BIN)/vtc data install fashion-mnist
+
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
-bench: $(STAMP)
+bench: $(STAMP) data
 	$(BIN)/python -m bench.run
 
 lint: $(STAMP)

@@ -81,3 +81,33 @@ def test_gate_to_dict() -> None:
         "kind": "min",
         "note": "",
     }
+
+
+def test_accuracy_and_dense_gates() -> None:
+    report = {
+        "accuracy": {"drop_points": 1.5, "embedding_cosine_mean": 0.9991},
+        "dense": {"pearson_mean": 0.93, "iou_mean": 0.71},
+    }
+    gates = evaluate_gates(
+        report,
+        {
+            "max_accuracy_drop": 1.0,
+            "min_embedding_cosine": 0.999,
+            "min_dense_pearson": 0.95,
+            "min_dense_iou": 0.7,
+        },
+    )
+    by = {g.name: g for g in gates}
+    assert not by["max_accuracy_drop"].passed and by["max_accuracy_drop"].kind == "max"
+    assert by["min_embedding_cosine"].passed
+    assert not by["min_dense_pearson"].passed and by["min_dense_iou"].passed
+    assert format_gate(by["max_accuracy_drop"]) == "FAIL max_accuracy_drop: 1.50 > 1.00"
+    assert format_gate(by["min_dense_iou"]) == "ok   min_dense_iou: 0.71 >= 0.70"
+    # a negative drop (compressed better) passes; a null section is "not measured"
+    (neg,) = evaluate_gates({"accuracy": {"drop_points": -0.5}}, {"max_accuracy_drop": 0.0})
+    assert neg.passed
+    for name in ("max_accuracy_drop", "min_embedding_cosine", "min_dense_pearson",
+                 "min_dense_iou"):
+        (g,) = evaluate_gates({"accuracy": None, "dense": None}, {name: 0.5})
+        assert not g.passed and "not measured" in g.note
+    assert GATES["min_dense_iou"] == (("dense", "iou_mean"), "min")

@@ -6,9 +6,19 @@ from pathlib import Path
 import numpy as np
 
 from vtc.validate.bench import Timing
+from vtc.validate.dense import dense_fidelity
 from vtc.validate.gates import evaluate_gates
 from vtc.validate.parity import compare, compare_outputs, worst_case
-from vtc.validate.report import write_report
+from vtc.validate.probe import linear_probe
+from vtc.validate.report import render_markdown, write_report
+
+
+def _probe_data() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    ytr, yte = np.arange(40) % 2, np.arange(20) % 2
+    xtr = ytr[:, None] * 4.0 + rng.normal(size=(40, 3))
+    xte = yte[:, None] * 4.0 + rng.normal(size=(20, 3))
+    return xtr, ytr, xte, xte[::-1].copy(), yte
 
 
 def _report() -> dict[str, object]:
@@ -33,6 +43,13 @@ def _report() -> dict[str, object]:
         },
         "parity": {"export": stats, "engine": engine, "legacy": {"logits": stats}},
         "fidelity": {"cosine_mean": np.float32(0.998), "top1_agreement": 0.97, "n": np.int64(64)},
+        "accuracy": {
+            **linear_probe(*_probe_data()),
+            "dataset": {"name": "lfw-subset", "source": "skimage.data.lfw_subset()",
+                        "n_train": 40, "n_test": 20, "seed": 0,
+                        "selection": "class-stratified fixed-seed split"},
+        },
+        "dense": {**dense_fidelity(np.ones((2, 4, 4)), np.ones((2, 4, 4))), "output": "depth"},
         "throughput": {
             "baseline": Timing(10.0, 11.0, 10.2, 800.0, 20, 8),
             "compressed": Timing(7.0, 7.5, 7.1, 1142.9, 20, 8).to_dict(),
@@ -43,7 +60,9 @@ def _report() -> dict[str, object]:
         "out_dir": Path("/tmp/x"),
         "array": np.arange(3),
     }
-    rep["gates"] = evaluate_gates(rep, {"min_speedup": 1.8, "max_parity_diff": 1e-4})
+    rep["gates"] = evaluate_gates(
+        rep, {"min_speedup": 1.8, "max_parity_diff": 1e-4, "max_accuracy_drop": 5.0}
+    )
     return rep
 
 
@@ -70,6 +89,8 @@ def test_write_report_json_and_md(tmp_path: Path) -> None:
         "## Token budget",
         "## Parity",
         "## Fidelity",
+        "## Accuracy (linear probe)",
+        "## Dense output fidelity",
         "## Throughput",
         "## ORT fusions",
         "## Gates",
@@ -88,6 +109,24 @@ def test_write_report_json_and_md(tmp_path: Path) -> None:
     assert "| engine/pooled | 0 | 0 | 0 | 0 | 1.000000 | 1.000000 |" in md
     assert "| legacy/logits | 1.00e-06 |" in md
     assert "- cosine_mean: 0.998000" in md
+    acc = data["accuracy"]
+    assert acc["dataset"]["name"] == "lfw-subset" and acc["n_test"] == 20
+    assert acc["drop_points"] > 5  # compressed features are the test rows reversed
+    assert "- dataset: **lfw-subset** (skimage.data.lfw_subset()), seed 0" in md
+    assert "- split: train 40 / test 20 images, 2 classes" in md
+    assert "- selection: class-stratified fixed-seed split" in md
+    assert f"| baseline | {acc['baseline_acc']:.4g} |" in md
+    assert f"| compressed | {acc['compressed_acc']:.4g} |" in md
+    assert f"- accuracy drop: **{acc['drop_points']:.4g}** points" in md
+    assert "FAIL max_accuracy_drop:" in md
+    assert "output: **depth**, 2 images" in md
+    assert "| Pearson correlation | 1 | 1 |" in md
+    assert "| IoU above the baseline's q0.8 value | 1 | 1 |" in md
+    assert "| image | Pearson | IoU |" in md
+    assert md.index("## Fidelity") < md.index("## Accuracy") < md.index("## Dense")
+    assert md.index("## Dense") < md.index("## Throughput")
+    other = md[md.index("## Other"):]
+    assert "accuracy" not in other and "dense" not in other
     assert not list((tmp_path / "out").glob("*.tmp"))
 
 
@@ -99,3 +138,12 @@ def test_minimal_report_and_overwrite(tmp_path: Path) -> None:
     assert "b.onnx" in md and "a.onnx" not in md
     assert "**Overall: PASS**" in md
     assert "## Parity" not in md
+
+
+def test_null_accuracy_and_dense_say_not_measured() -> None:
+    md = render_markdown({"source": "a.onnx", "accuracy": None, "dense": None})
+    assert "## Accuracy (linear probe)\n\nnot measured" in md
+    assert "## Dense output fidelity\n\nnot measured" in md
+    assert "## Other" not in md
+    md = render_markdown({"source": "a.onnx"})
+    assert "Accuracy" not in md and "Dense" not in md

@@ -17,6 +17,10 @@ GATES: dict[str, tuple[tuple[str, ...], Kind]] = {
     "min_fidelity_cosine": (("fidelity", "cosine_mean"), "min"),
     "min_top1_agreement": (("fidelity", "top1_agreement"), "min"),
     "min_flops_ratio": (("budget", "flops_ratio"), "min"),
+    "max_accuracy_drop": (("accuracy", "drop_points"), "max"),
+    "min_embedding_cosine": (("accuracy", "embedding_cosine_mean"), "min"),
+    "min_dense_pearson": (("dense", "pearson_mean"), "min"),
+    "min_dense_iou": (("dense", "iou_mean"), "min"),
 }
 
 

@@ -38,6 +38,25 @@ def _preprocess(img: Image.Image, size: int) -> np.ndarray:
     return np.asarray(img, dtype=np.float32) / 255.0
 
 
+def _check_mean_std(mean: Sequence[float], std: Sequence[float]) -> None:
+    if len(mean) != 3 or len(std) != 3:
+        raise ValueError(f"mean and std need 3 values (RGB), got {list(mean)} / {list(std)}")
+
+
+def normalize(rgb: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """``(rgb - mean) / std`` per channel, channels moved first.
+
+    ``rgb`` is float ``[N, H, W, 3]`` in [0, 1]; returns contiguous float32
+    ``[N, 3, H, W]``. Raises ValueError unless mean and std have 3 values."""
+    _check_mean_std(mean, std)
+    if rgb.ndim != 4 or rgb.shape[-1] != 3:
+        raise ValueError(f"expected [N, H, W, 3] RGB values, got shape {list(rgb.shape)}")
+    m = np.asarray(mean, dtype=np.float32).reshape(1, 1, 1, 3)
+    s = np.asarray(std, dtype=np.float32).reshape(1, 1, 1, 3)
+    out = (rgb.astype(np.float32, copy=False) - m) / s
+    return np.ascontiguousarray(out.transpose(0, 3, 1, 2), dtype=np.float32)
+
+
 def load_images(
     folder: Path,
     size: int,
@@ -49,15 +68,12 @@ def load_images(
     float32 ``[N, 3, size, size]``. Unreadable files are skipped; a ValueError is
     raised when none can be read."""
     folder = Path(folder)
-    if len(mean) != 3 or len(std) != 3:
-        raise ValueError(f"mean and std need 3 values (RGB), got {list(mean)} / {list(std)}")
+    _check_mean_std(mean, std)
     if not folder.is_dir():
         raise ValueError(f"image folder {folder} does not exist or is not a directory")
     files = sorted(
         p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
     )
-    m = np.asarray(mean, dtype=np.float32).reshape(1, 1, 3)
-    s = np.asarray(std, dtype=np.float32).reshape(1, 1, 3)
     out: list[np.ndarray] = []
     for path in files:
         if limit is not None and len(out) >= limit:
@@ -67,13 +83,13 @@ def load_images(
                 arr = _preprocess(img, size)
         except (UnidentifiedImageError, OSError):
             continue
-        out.append(((arr - m) / s).transpose(2, 0, 1))
+        out.append(arr)
     if not out:
         raise ValueError(
             f"no readable images in {folder} (looked for {', '.join(IMAGE_EXTENSIONS)}; "
             f"{len(files)} candidate file(s) found)"
         )
-    return np.ascontiguousarray(np.stack(out), dtype=np.float32)
+    return normalize(np.stack(out), mean, std)
 
 
 def synthetic_batch(n: int, size: int, seed: int = 0) -> np.ndarray:

@@ -3,10 +3,13 @@
 Expected top-level keys, each optional: ``source``, ``recipe``, ``budget``
 (``Budget.to_dict()``), ``parity`` (``{"export": ..., "engine": ...}``, each a
 ``worst_case`` / Stats dict, optionally with per-output Stats under ``outputs``;
-the gates read ``parity.<stage>.max_abs_diff``), ``fidelity``, ``throughput`` (runner name ->
+the gates read ``parity.<stage>.max_abs_diff``), ``fidelity``, ``accuracy``
+(``linear_probe`` dict plus ``dataset``: ``Split.meta()``), ``dense``
+(``dense_fidelity`` dict plus ``output``: the output's name), ``throughput`` (runner name ->
 Timing dict, plus scalars such as ``speedup`` and ``efficiency``), ``fusion``
 (``fusion_summary``) and ``gates`` (list of Gate dicts). Anything else is listed
-under "Other".
+under "Other". ``accuracy`` and ``dense`` may be null: their sections then say
+"not measured".
 """
 
 from __future__ import annotations
@@ -24,7 +27,20 @@ import numpy as np
 
 from vtc.validate.gates import Gate, format_gate
 
-_KNOWN = ("source", "recipe", "budget", "parity", "fidelity", "throughput", "fusion", "gates")
+_KNOWN = (
+    "source",
+    "recipe",
+    "budget",
+    "parity",
+    "fidelity",
+    "accuracy",
+    "dense",
+    "throughput",
+    "fusion",
+    "gates",
+)
+_NULL_SHOWN = ("accuracy", "dense")  # present but null: "not measured"
+_DENSE_ROWS_MAX = 16  # per-image table only for small batches
 _STAT_COLS = (
     "max_abs_diff",
     "mean_abs_diff",
@@ -173,6 +189,51 @@ def _fidelity(d: dict[str, Any]) -> list[str]:
     return [f"- {k}: {_cos(v) if k.startswith('cosine') else _num(v)}" for k, v in d.items()] + [""]
 
 
+def _accuracy(a: dict[str, Any]) -> list[str]:
+    raw = a.get("dataset")
+    ds: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    lines: list[str] = []
+    if ds:
+        lines.append(f"- dataset: **{ds.get('name', '?')}** ({ds.get('source', '?')}), "
+                     f"seed {_num(ds.get('seed'))}")
+    lines.append(f"- split: train {_num(a.get('n_train'))} / test {_num(a.get('n_test'))} "
+                 f"images, {_num(a.get('n_classes'))} classes")
+    if ds.get("selection"):
+        lines.append(f"- selection: {ds['selection']}")
+    lines.append("")
+    lines += _table(
+        ["model", "top-1 accuracy (%)"],
+        [["baseline", a.get("baseline_acc")], ["compressed", a.get("compressed_acc")]],
+    )
+    lines.append(f"- accuracy drop: **{_num(a.get('drop_points'))}** points")
+    lines.append(f"- embedding cosine: mean {_cos(a.get('embedding_cosine_mean'))}, "
+                 f"min {_cos(a.get('embedding_cosine_min'))}")
+    if a.get("classifier"):
+        lines.append(f"- classifier: {a['classifier']}")
+    shown = {"dataset", "n_train", "n_test", "n_classes", "baseline_acc", "compressed_acc",
+             "drop_points", "embedding_cosine_mean", "embedding_cosine_min", "classifier"}
+    lines += [f"- {k}: {_num(v)}" for k, v in a.items() if k not in shown]
+    return [*lines, ""]
+
+
+def _dense(d: dict[str, Any]) -> list[str]:
+    q = d.get("threshold_quantile")
+    lines = [f"output: **{d.get('output', '?')}**, {_num(d.get('n'))} images", ""]
+    lines += _table(
+        ["metric", "mean", "min"],
+        [
+            ["Pearson correlation", d.get("pearson_mean"), d.get("pearson_min")],
+            [f"IoU above the baseline's q{_num(q)} value", d.get("iou_mean"), d.get("iou_min")],
+        ],
+    )
+    per_p, per_i = d.get("pearson"), d.get("iou")
+    if (isinstance(per_p, list) and isinstance(per_i, list)
+            and len(per_p) == len(per_i) and 0 < len(per_p) <= _DENSE_ROWS_MAX):
+        lines += _table(["image", "Pearson", "IoU"],
+                        [[i, p, u] for i, (p, u) in enumerate(zip(per_p, per_i, strict=True))])
+    return lines
+
+
 def _as_gate(g: Any) -> Gate:
     if isinstance(g, Gate):
         return g
@@ -202,6 +263,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         ("Token budget", "budget", _budget, dict),
         ("Parity", "parity", _parity, dict),
         ("Fidelity", "fidelity", _fidelity, dict),
+        ("Accuracy (linear probe)", "accuracy", _accuracy, dict),
+        ("Dense output fidelity", "dense", _dense, dict),
         ("Throughput", "throughput", _throughput, dict),
         ("ORT fusions", "fusion", _fusion, dict),
         ("Gates", "gates", _gates, list),
@@ -209,6 +272,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     for title, key, render, expected in sections:
         value = report.get(key)
         if value is None:
+            if key in _NULL_SHOWN and key in report:
+                lines += [f"## {title}", "", "not measured", ""]
             continue
         lines += [f"## {title}", ""]
         lines += render(value) if isinstance(value, expected) else _block(value)
