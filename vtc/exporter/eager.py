@@ -210,6 +210,7 @@ def run_reference(
     """The eager reference: ``pixel_values[B, C, H, W]`` -> the family's outputs by
     name (``logits[B, num_labels]`` or ``pooler_output[B, C']``), float32."""
     model.eval()
-    tokens = reference_tokens(family, model, pixel_values, budget)
+    grid = family.needs_grid(model) and budget.method == "tome"
+    tokens = reference_tokens(family, model, pixel_values, budget, unmerge_tokens=grid)
     with torch.no_grad():
         return {name: t.float() for name, t in family.head(model, tokens).items()}

@@ -177,6 +177,11 @@ class Family:
     def mlp_width(self, model: nn.Module) -> int:
         return int(self.config_of(model).intermediate_size)
 
+    def needs_grid(self, model: nn.Module) -> bool:
+        """True when the head reads the full patch grid (ToMe merges are then undone
+        after the last block: `vtc.passes.unmerge`)."""
+        return False
+
     # ---- hooks each family implements ----------------------------------
     def is_classifier(self, model: nn.Module) -> bool:
         raise NotImplementedError
