@@ -61,6 +61,22 @@ def export(model: torch.nn.Module, path: Path, batch: int = 2, dynamo: bool = Tr
     return path
 
 
+# CLI flags that keep a pipeline run on a tiny model to a few seconds.
+FAST = ["--set", "validate.repeats=2", "--set", "validate.warmup=1", "--set",
+        "validate.samples=4", "--batch", "2"]
+
+
+@pytest.fixture(scope="session")
+def vit_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny ViTForImageClassification checkpoint directory (safetensors)."""
+    from tests.tiny import build_variant
+
+    _, model = build_variant("vit-cls")
+    path = tmp_path_factory.mktemp("ckpt") / "vit"
+    model.save_pretrained(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def vit_model() -> torch.nn.Module:
     return tiny_vit()

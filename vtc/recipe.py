@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from vtc.budget import Budget, Geometry, evit_budget, no_budget, tome_budget
 
@@ -30,6 +37,8 @@ class ToMeCfg(_Strict):
     r: int | list[int] | None = None
     flops_ratio: float | None = None
     proportional_attention: bool = True
+    # copy merged tokens back to the full grid before a consumer that needs it (dense heads)
+    unmerge: Literal["auto", "always", "never"] = "auto"
 
 
 class EViTCfg(_Strict):
@@ -65,6 +74,19 @@ class ValidateCfg(_Strict):
     min_time_s: float = 0.0
     eager_throughput: bool = True
     seed: int = 0
+    dataset: str | None = None  # labelled dataset for a linear probe (`vtc data list`)
+    # split sizes for the probe, at most what the dataset has (null: all of it)
+    probe_train: int | None = 2000
+    probe_test: int | None = 2000
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, v: str | None) -> str | None:
+        from vtc.data import names
+
+        if v is not None and v not in names():
+            raise ValueError(f"unknown dataset {v!r}; known datasets: {', '.join(names())}")
+        return v
 
 
 class Recipe(_Strict):
@@ -87,6 +109,13 @@ class Recipe(_Strict):
         if unknown:
             raise ValueError(f"unknown gate(s) {unknown}; known gates: {', '.join(GATES)}")
         return v
+
+    @model_validator(mode="after")
+    def _probe_gates_need_a_dataset(self) -> Recipe:
+        probe = [g for g in ("max_accuracy_drop", "min_embedding_cosine") if g in self.gates]
+        if probe and self.validate_.dataset is None:
+            raise ValueError(f"gate(s) {probe} need validate.dataset (e.g. fashion-mnist)")
+        return self
 
     def budget(self, geo: Geometry) -> Budget:
         """Resolve the recipe's budget against a model geometry (BudgetError on misfit)."""

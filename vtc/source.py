@@ -67,10 +67,15 @@ def resolve(spec: str) -> Source:
             raise SourceError(f"SOURCE {spec}: not readable; check its permissions")
         return Source("onnx", path, spec)
     if not path.exists():
+        from vtc import zoo
+
+        if spec in zoo.names():  # a model-zoo name: fetched once into $VTC_HOME
+            return resolve(str(zoo.fetch(spec)))
         cached = _hub_cache_dir(spec)
         if cached is None:
             raise SourceError(
-                f"SOURCE {spec}: not a file, a directory or a hub id in the local cache "
+                f"SOURCE {spec}: not a file, a directory, a zoo name (`vtc zoo list`) or a "
+                "hub id in the local cache "
                 "(the hub is not reachable from vtc: download the checkpoint first and give "
                 "its directory)"
             )
