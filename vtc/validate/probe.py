@@ -102,14 +102,18 @@ def linear_probe(
     if n_classes < 2:
         raise ValueError(f"train_y has {n_classes} class; a probe needs at least 2")
 
+    from threadpoolctl import threadpool_limits
+
     scaler = StandardScaler().fit(xtr)
     clf = LogisticRegression(solver="lbfgs", C=C_REG, max_iter=MAX_ITER, random_state=seed)
-    with warnings.catch_warnings(record=True) as caught:
+    # One BLAS thread: an idle BLAS/OpenMP pool left spinning would steal the cores
+    # from ONNX Runtime when the engines are timed later in the same process.
+    with warnings.catch_warnings(record=True) as caught, threadpool_limits(limits=1):
         warnings.simplefilter("always", ConvergenceWarning)
         clf.fit(scaler.transform(xtr), ytr)
+        base_acc = 100.0 * float(np.mean(clf.predict(scaler.transform(xb)) == yte))
+        comp_acc = 100.0 * float(np.mean(clf.predict(scaler.transform(xc)) == yte))
     converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
-    base_acc = 100.0 * float(np.mean(clf.predict(scaler.transform(xb)) == yte))
-    comp_acc = 100.0 * float(np.mean(clf.predict(scaler.transform(xc)) == yte))
     cos = row_cosine(xb, xc)
     desc = (f"logistic regression (sklearn lbfgs, C={C_REG:g}, max_iter={MAX_ITER}, "
             f"seed {seed}) on train-standardised features, fitted on the uncompressed model"
