@@ -209,6 +209,9 @@ def _build(opts: Options, src: Source, tmp: Path, log: Callable[[str], None]) ->
         passes.check(model)
     compressed = tmp / "model.onnx"
     dense = is_dense(static_dims(model.graph.outputs[0]) or [])
+    if recipe.validate_.dataset and dense:
+        raise SourceError(f"validate.dataset={recipe.validate_.dataset}: a linear probe needs "
+                          "an embedding or logits output, not a dense map; drop the dataset")
     ir.save(model, compressed)
 
     step("compiling ONNX Runtime engines (ORT_ENABLE_ALL)")
@@ -226,9 +229,6 @@ def _build(opts: Options, src: Source, tmp: Path, log: Callable[[str], None]) ->
         inputs = _inputs(opts, recipe, size, mean, std, batch, dense)
         report_val = _validate(family, eager, budget, base_rt, comp_rt, inputs, batch, dense)
         v = recipe.validate_
-        if v.dataset and dense:
-            raise SourceError(f"validate.dataset={v.dataset}: a linear probe needs an "
-                              "embedding or logits output, not a dense map; drop the dataset")
         report_val["throughput"] = None
         if opts.bench:  # timed before the long probe run, in a quiet process
             step(f"timing (batch {batch}, interleaved, median of {v.repeats})")
@@ -336,21 +336,18 @@ def _validate(family: Any, eager: Any, budget: Budget, base_rt: Any, comp_rt: An
     from vtc.validate.fidelity import fidelity
     from vtc.validate.images import batches
     from vtc.validate.parity import compare
-    from vtc.validate.tasks import dense_report
+    from vtc.validate.tasks import dense_report, run_engine
 
     name = comp_rt.output_names[0]
-    base, comp, ref_b, ref_c = [], [], [], []
-    for xb, real in batches(inputs["x"], batch):  # full static batches; score real rows
-        base.append(base_rt.infer({base_rt.input_names[0]: xb})[name][:real])
-        comp.append(comp_rt.infer({comp_rt.input_names[0]: xb})[name][:real])
-        if eager is not None:
+    b, c = run_engine(base_rt, inputs["x"], batch), run_engine(comp_rt, inputs["x"], batch)
+    out: dict[str, Any] = {"output": name}
+    if eager is not None:
+        ref_b, ref_c = [], []
+        for xb, real in batches(inputs["x"], batch):  # same batches as the engines saw
             with torch.no_grad():
                 t = torch.from_numpy(xb)
                 ref_b.append(family.wrap_for_export(eager)(t)[0].numpy()[:real])
                 ref_c.append(run_reference(family, eager, t, budget)[name].numpy()[:real])
-    b, c = np.concatenate(base), np.concatenate(comp)
-    out: dict[str, Any] = {"output": name}
-    if eager is not None:
         out["parity"] = {
             "export": compare(np.concatenate(ref_b), b).to_dict(),
             "engine": compare(np.concatenate(ref_c), c).to_dict(),

@@ -12,7 +12,6 @@ kept); images are converted to model input chunk by chunk to bound memory.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -54,12 +53,6 @@ def _features(runners: Sequence[Any], images: np.ndarray, size: int, mean: Any, 
 _BASELINE_FEATURES: dict[tuple[Any, ...], tuple[np.ndarray, np.ndarray]] = {}
 
 
-def _digest(path: Path) -> str:
-    from vtc.source import sha256_file
-
-    return sha256_file(path)
-
-
 def _cap(want: int | None, have: int | None) -> int | None:
     """A requested split size, at most what the dataset has (None: all of it)."""
     if want is None:
@@ -72,6 +65,7 @@ def probe_report(dataset: str, n_train: int | None, n_test: int | None, seed: in
                  log: Log) -> dict[str, Any]:
     """Linear-probe accuracy of the baseline and compressed engines (see module doc)."""
     from vtc import data
+    from vtc.source import sha256_file
     from vtc.validate.probe import linear_probe
 
     avail = next((r for r in data.describe() if r["name"] == data.canonical(dataset)), {})
@@ -79,7 +73,7 @@ def probe_report(dataset: str, n_train: int | None, n_test: int | None, seed: in
     log(f"      linear probe on {dataset}: {n_train} train / {n_test} test images "
         f"(of {avail.get('n_train')} / {avail.get('n_test')})")
     split = data.load(dataset, n_train=n_train, n_test=n_test, seed=seed)
-    key = (_digest(base_rt.model_path), dataset, n_train, n_test, seed, size, tuple(mean),
+    key = (sha256_file(base_rt.model_path), dataset, n_train, n_test, seed, size, tuple(mean),
            tuple(std))
     if key in _BASELINE_FEATURES:  # same baseline engine, same images (a sweep's points)
         log("      baseline features: reused from an earlier run in this process")
