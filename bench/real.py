@@ -25,7 +25,7 @@ PROBE = ["validate.dataset=fashion-mnist", "validate.probe_train=2000",
 def _run(source: str, recipe: str, out: Path, sets: list[str]) -> dict[str, Any]:
     rec = load_recipe(recipe, sets)
     return run(Options(source=source, recipe=rec, out=out, batch=8, force=True,
-                       log=lambda _m: None)).report
+                       log=lambda _m: None)).report.to_dict()
 
 
 def dinov2_probe(tmp: Path, repeats: int) -> list[tuple[bool | None, str]]:

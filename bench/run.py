@@ -79,7 +79,7 @@ def _run(source: Path, recipe: str, out: Path, bench: bool, sets: list[str] | No
     rec = load_recipe(recipe, sets or [])
     res = run(Options(source=str(source), recipe=rec, out=out, batch=batch, force=True,
                       bench=bench, log=_quiet))
-    return res.report
+    return res.report.to_dict()
 
 
 def _line(ok: bool | None, text: str) -> str:

@@ -53,7 +53,8 @@ def test_bundle_contract(bundle: Path) -> None:
     # the rewrite costs none of the fusions ORT applies to the unmodified graph
     assert rep["fusions"]["baseline"] and rep["fusions"]["lost"] == {}
     man = json.loads((bundle / "manifest.json").read_text())
-    assert man["source"]["sha256"] and man["providers"] == ["CPUExecutionProvider"]
+    assert man["source"]["sha256"] and man["engine"]["providers"] == ["CPUExecutionProvider"]
+    assert man["opset"] == 18 and man["engine"]["kind"] == rep["engine"]["kind"] == "ort"
     assert set(man["files"]) == {"baseline.onnx", "model.onnx", "model.ort.onnx"}
     assert "speedup" in (bundle / "report.md").read_text().lower()
 
@@ -168,9 +169,9 @@ def test_interrupted_run_leaves_nothing(tmp_path: Path, vit_dir: Path,
     def boom(*a: object, **k: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pipeline, "_validate", boom)
+    monkeypatch.setattr(pipeline, "validate", boom)
     code, text = _export(str(vit_dir), "--out", str(out), "--force", *FAST, "--set", "tome.r=3")
-    assert code == 130 and "no bundle was written" in text, text
+    assert code == 130 and "interrupted: nothing was written" in text, text
     # the old bundle is untouched and no temporary directory is left behind
     assert [p.name for p in out.iterdir()] == ["old.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["out"]

@@ -1,6 +1,7 @@
 """Engine parity: the rewritten ONNX graph in ONNX Runtime against the eager
 reference at the same budget — two independent implementations of one
-algorithm — on every family variant, for ToMe and EViT."""
+algorithm — on every family variant, for every method, a chain of methods and
+ToMe's earlier split."""
 
 from __future__ import annotations
 
@@ -10,22 +11,33 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from tests.budgets import budget as chain
+from tests.budgets import evit_budget, pitome_budget, tome_budget
 from tests.tiny import IMAGE, VARIANTS, LazyModels, pixels
-from vtc.budget import Budget, evit_budget, tome_budget
+from vtc.budget import Budget
 from vtc.exporter.eager import run_reference
-from vtc.passes import compress, load
+from vtc.passes import load
+from vtc.stages.compress import rewrite as compress
+
+METHODS = ["tome", "tome-outside", "pitome", "evit", "evit-mean", "tome+evit", "pitome+tome"]
 
 
 def _budget(method: str, family, model) -> Budget:  # type: ignore[no-untyped-def]
     geo = family.geometry(model, IMAGE)
-    if method == "tome":
-        return tome_budget(geo, r=3)
-    if method == "evit-mean":
-        return evit_budget(geo, 0.6, [0, 2], fuse="mean")
-    return evit_budget(geo, 0.6, [0, 2])
+    return {
+        "tome": lambda: tome_budget(geo, r=3),
+        "tome-outside": lambda: tome_budget(geo, r=3, protected="outside"),
+        "pitome": lambda: pitome_budget(geo, r=3),
+        "evit": lambda: evit_budget(geo, 0.6, [0, 2]),
+        "evit-mean": lambda: evit_budget(geo, 0.6, [0, 2], fuse="mean"),
+        "tome+evit": lambda: chain(geo, ("tome", {"r": 3, "layers": [0, 1]}),
+                                   ("evit", {"keep_rate": 0.6, "layers": [2]})),
+        "pitome+tome": lambda: chain(geo, ("pitome", {"r": 2, "layers": [0]}),
+                                     ("tome", {"r": 2, "layers": [1, 2]})),
+    }[method]()
 
 
-@pytest.mark.parametrize("method", ["tome", "evit", "evit-mean"])
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_engine_matches_eager_reference(tiny: LazyModels, variant: str, method: str) -> None:
     family, model = tiny.model(variant)

@@ -14,16 +14,21 @@ GEO = Geometry(tokens=197, protected=1, width=768, mlp_width=3072, layers=12)
 
 def test_shipped_recipes_load_and_resolve() -> None:
     assert {"tome-r8", "tome-r16", "evit-keep70"} <= set(shipped())
-    assert load_recipe("tome-r16").budget(GEO).layers[0].r == 16
-    assert load_recipe("tome-r8").budget(GEO).layers[0].r == 8
+    assert load_recipe("tome-r16").budget(GEO).layers[0].params["r"] == 16
+    assert load_recipe("tome-r8").budget(GEO).layers[0].params["r"] == 8
+    for r in (8, 16):  # PiToMe ships at ToMe's budgets, so the two compare at equal FLOPs
+        pit = load_recipe(f"pitome-r{r}").budget(GEO)
+        tome = load_recipe(f"tome-r{r}").budget(GEO)
+        assert pit.tokens_per_layer == tome.tokens_per_layer and pit.methods == ("pitome",)
     ev = load_recipe("evit-keep70")
-    assert ev.evit.keep_rate == 0.7 and ev.evit.layers == [3, 6, 9]
+    assert ev.section("evit").keep_rate == 0.7 and ev.section("evit").layers == [3, 6, 9]
     assert [lp.index for lp in ev.budget(GEO).reducing_layers] == [3, 6, 9]
 
 
 def test_set_overrides_a_field() -> None:
     rec = load_recipe("tome-r16", ["tome.r=4", "gates.min_speedup=1.2", "validate.repeats=3"])
-    assert rec.tome.r == 4 and rec.gates["min_speedup"] == 1.2 and rec.validate_.repeats == 3
+    assert rec.section("tome").r == 4 and rec.gates["min_speedup"] == 1.2
+    assert rec.validate_.repeats == 3
     with pytest.raises(RecipeError, match="key=value"):
         load_recipe("tome-r16", ["tome.r"])
 

@@ -14,6 +14,8 @@ from click.testing import CliRunner, Result
 
 from tests.conftest import FAST
 from vtc.cli import main
+from vtc.report import AccuracyInfo, DatasetInfo, DenseInfo, Report
+from vtc.source import SourceError
 from vtc.sweep import SweepError, pareto_front, parse_values, plan, resolve_key
 
 
@@ -92,16 +94,21 @@ def test_pareto_front() -> None:
 def test_parse_and_plan() -> None:
     assert parse_values("r=0, 4,8") == ("r", ["0", "4", "8"])
     assert parse_values("tome.r=[1,2,3],[4,4,4]") == ("tome.r", ["[1,2,3]", "[4,4,4]"])
-    assert resolve_key("keep_rate", "evit") == "evit.keep_rate"
-    assert resolve_key("flops_ratio", "tome") == "tome.flops_ratio"
-    assert resolve_key("validate.seed", "tome") == "validate.seed"
+    assert resolve_key("keep_rate", ["evit"]) == "evit.keep_rate"
+    assert resolve_key("flops_ratio", ["tome"]) == "tome.flops_ratio"
+    assert resolve_key("validate.seed", ["tome"]) == "validate.seed"
+    assert resolve_key("margin", ["tome", "pitome"]) == "pitome.margin"
+    with pytest.raises(SweepError, match="tome and pitome both have 'r'"):
+        resolve_key("r", ["tome", "pitome"])
     _, key, pts = plan("tome", "flops_ratio", ["1.0", "1.5"])  # tome-r8 sets r: it is cleared
-    assert key == "tome.flops_ratio" and [p.recipe.tome.r for p in pts] == [None, None]
-    assert [p.recipe.tome.flops_ratio for p in pts] == [1.0, 1.5]
+    assert key == "tome.flops_ratio" and [p.recipe.section("tome").r for p in pts] == [None] * 2
+    assert [p.recipe.section("tome").flops_ratio for p in pts] == [1.0, 1.5]
+    _, key, pts = plan("pitome", "r", ["4", "8"])  # a bare method name starts from its recipe
+    assert key == "pitome.r" and pts[0].recipe.name == "pitome-r8"
     _, key, pts = plan("evit", "keep_rate", [1.0, 0.5])  # Python values work too
     assert key == "evit.keep_rate" and [p.label for p in pts] == ["keep_rate=1.0",
                                                                   "keep_rate=0.5"]
-    assert pts[1].recipe.name == "evit-keep70" and pts[1].recipe.evit.keep_rate == 0.5
+    assert pts[1].recipe.name == "evit-keep70" and pts[1].recipe.section("evit").keep_rate == 0.5
     for bad in ("r", "r=", "=1,2", "r=1,,2"):
         with pytest.raises(SweepError):
             parse_values(bad)
@@ -166,16 +173,19 @@ def _fake_run(template: dict[str, Any], fail_at: int | None = None,
         if fail_at is not None and len(calls) == fail_at:
             assert exc is not None
             raise exc
-        r = opts.recipe.tome.r
-        rep = json.loads(json.dumps(template))
-        rep["budget"]["tokens_out"] = 17 - 3 * r
-        rep["throughput"]["speedup"] = 1.0 + 0.1 * r
-        rep["accuracy"] = {"baseline_acc": 80.0, "compressed_acc": 80.0 - r * r,
-                           "drop_points": float(r * r), "embedding_cosine_mean": 0.99,
-                           "n_test": 100, "dataset": {"name": "lfw_subset", "n_test": 100}}
-        rep["dense"] = {"pearson_mean": 0.9, "iou_mean": None}
+        r = opts.recipe.section("tome").r
+        rep = Report.from_dict(template)
+        rep.budget.tokens_out = 17 - 3 * r
+        assert rep.throughput is not None
+        rep.throughput.speedup = 1.0 + 0.1 * r
+        rep.accuracy = AccuracyInfo(
+            DatasetInfo("lfw_subset", "skimage", 100, 100, 2, ["a", "b"], [25, 25], 0, "all"),
+            n_train=100, n_test=100, n_classes=2, baseline_acc=80.0,
+            compressed_acc=80.0 - r * r, drop_points=float(r * r), embedding_cosine_mean=0.99,
+            embedding_cosine_min=0.9, classifier="logistic regression")
+        rep.dense = DenseInfo("map", 1, 0.9, 0.9, 0.5, 0.5, 0.8, [0.9], [0.5])
         opts.out.mkdir(parents=True)
-        (opts.out / "report.json").write_text(json.dumps(rep))
+        (opts.out / "report.json").write_text(json.dumps(rep.to_dict()))
         return PipelineResult(opts.out, rep)
 
     return run
@@ -184,11 +194,11 @@ def _fake_run(template: dict[str, Any], fail_at: int | None = None,
 def test_accuracy_is_the_quality_when_reported(swept: tuple[Path, Result], vit_dir: Path,
                                                tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    import vtc.pipeline
+    import vtc.sweep
     from vtc.sweep import run_sweep
 
     template = json.loads((swept[0] / "runs" / "r=2" / "report.json").read_text())
-    monkeypatch.setattr(vtc.pipeline, "run", _fake_run(template))
+    monkeypatch.setattr(vtc.sweep, "run", _fake_run(template))
     lines: list[str] = []
     data = run_sweep(str(vit_dir), "tome", "r", [0, 1, 2], tmp_path / "out", batch=2,
                      log=lines.append)
@@ -207,15 +217,18 @@ def test_accuracy_is_the_quality_when_reported(swept: tuple[Path, Result], vit_d
 
 @pytest.mark.parametrize("exc, code, text", [
     (KeyboardInterrupt(), 130, "interrupted"),
-    (FileNotFoundError("weights vanished"), 2, "error: r=2: weights vanished"),
+    (SourceError("weights vanished"), 2, "error: r=2: weights vanished"),
+    (RuntimeError("a bug"), 3, "internal error: RuntimeError: a bug"),
 ])
 def test_failed_point_leaves_nothing(swept: tuple[Path, Result], vit_dir: Path, tmp_path: Path,
                                      monkeypatch: pytest.MonkeyPatch, exc: BaseException,
                                      code: int, text: str) -> None:
-    import vtc.pipeline
+    import vtc.sweep
 
+    monkeypatch.setenv("VTC_CRASH_DIR", str(tmp_path / "crash"))
+    (tmp_path / "crash").mkdir()
     template = json.loads((swept[0] / "runs" / "r=2" / "report.json").read_text())
-    monkeypatch.setattr(vtc.pipeline, "run", _fake_run(template, fail_at=2, exc=exc))
+    monkeypatch.setattr(vtc.sweep, "run", _fake_run(template, fail_at=2, exc=exc))
     out = tmp_path / "out"
     out.mkdir()
     (out / "old.txt").write_text("old sweep")
@@ -223,4 +236,7 @@ def test_failed_point_leaves_nothing(swept: tuple[Path, Result], vit_dir: Path, 
     assert res.exit_code == code, res.output
     assert res.stderr.splitlines()[-1].startswith(text)
     assert [p.name for p in out.iterdir()] == ["old.txt"]  # the old OUT is untouched
-    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temp dir left beside it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["crash", "out"]  # no temp dir
+    if code == 3:  # the traceback went to the crash log the message names
+        (log,) = (tmp_path / "crash").iterdir()
+        assert str(log) in res.stderr and "RuntimeError: a bug" in log.read_text()

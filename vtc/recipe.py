@@ -1,58 +1,39 @@
 """Recipes: YAML files validated by pydantic (unknown keys are errors).
 
-A recipe names one reduction method and its budget, how to export, which
-backend to build, how to validate and which gates decide the exit code.
-Shipped recipes live in `recipes/` inside the package; a path to any YAML
-file works too. `--set a.b=value` overrides one field (value parsed as YAML).
+A recipe names its reduction method(s) — `method: tome`, or a chain over disjoint
+blocks, `method: [tome, evit]` — each configured in its own section (the method
+registry, `vtc.methods`, supplies the sections), and how to export, which engine
+to build, how to validate and which gates decide the exit code. Shipped recipes
+live in `recipes/` inside the package; a path to any YAML file works too.
+`--set a.b=value` overrides one field (value parsed as YAML).
 """
 
 from __future__ import annotations
 
+from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+from pydantic import model_validator as _model_validator
 
-from vtc.budget import Budget, Geometry, evit_budget, no_budget, tome_budget
+from vtc import methods
+from vtc.backends import engines
+from vtc.budget import Budget, Geometry
+from vtc.data import names as dataset_names
+from vtc.errors import InputError
+from vtc.methods.base import Method, MethodConfig
+from vtc.report import GATES
 
 
-class RecipeError(ValueError):
+class RecipeError(InputError):
     """A recipe that cannot be loaded or validated (an input error)."""
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ToMeCfg(_Strict):
-    r: int | list[int] | None = None
-    flops_ratio: float | None = None
-    proportional_attention: bool = True
-    # copy merged tokens back to the full grid before a consumer that needs it (dense heads)
-    unmerge: Literal["auto", "always", "never"] = "auto"
-
-
-class EViTCfg(_Strict):
-    keep_rate: float | None = 0.7
-    keep: int | None = None  # absolute k per pruning block (set keep_rate: null)
-    layers: list[int] = Field(default_factory=lambda: [3, 6, 9])
-    fuse: Literal["sum", "mean", "none"] = "sum"
-
-    @field_validator("keep_rate")
-    @classmethod
-    def _rate(cls, v: float | None) -> float | None:
-        if v is not None and not 0.0 < v <= 1.0:
-            raise ValueError(f"keep_rate={v} is outside (0, 1]")
-        return v
 
 
 class ExportCfg(_Strict):
@@ -63,8 +44,17 @@ class ExportCfg(_Strict):
 
 
 class BackendCfg(_Strict):
+    kind: str = "ort"  # the engine registry's name: ort | tensorrt
     providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"])
     threads: int | None = None
+    fp16: bool = False  # tensorrt: build with FP16 kernels allowed
+
+    @field_validator("kind")
+    @classmethod
+    def _known_engine(cls, v: str) -> str:
+        if v not in engines.names():
+            raise ValueError(f"unknown engine {v!r}; known engines: {', '.join(engines.names())}")
+        return v
 
 
 class ValidateCfg(_Strict):
@@ -82,55 +72,86 @@ class ValidateCfg(_Strict):
     @field_validator("dataset")
     @classmethod
     def _known_dataset(cls, v: str | None) -> str | None:
-        from vtc.data import names
-
-        if v is not None and v not in names():
-            raise ValueError(f"unknown dataset {v!r}; known datasets: {', '.join(names())}")
+        if v is not None and v not in dataset_names():
+            raise ValueError(f"unknown dataset {v!r}; known datasets: "
+                             f"{', '.join(dataset_names())}")
         return v
 
 
-class Recipe(_Strict):
+class RecipeBase(_Strict):
+    """The method-neutral part of a recipe; `recipe_model()` adds one section per method."""
+
     name: str
     description: str = ""
-    method: Literal["none", "tome", "evit"]
-    tome: ToMeCfg = Field(default_factory=ToMeCfg)
-    evit: EViTCfg = Field(default_factory=EViTCfg)
+    method: list[str]
+    # copy merged tokens back to the full grid before a consumer that needs it (dense heads)
+    unmerge: Literal["auto", "always", "never"] = "auto"
     export: ExportCfg = Field(default_factory=ExportCfg)
     backend: BackendCfg = Field(default_factory=BackendCfg)
     validate_: ValidateCfg = Field(default_factory=ValidateCfg, alias="validate")
     gates: dict[str, float] = Field(default_factory=dict)
 
+    @field_validator("method", mode="before")
+    @classmethod
+    def _methods(cls, v: Any) -> list[str]:
+        names = [v] if isinstance(v, str) else v
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ValueError("method is a method name or a list of them, e.g. tome or "
+                             "[tome, evit]")
+        names = [n for n in names if n != "none"]
+        for n in names:
+            methods.get(n)  # InputError listing the known methods
+        if len(set(names)) != len(names):
+            raise ValueError(f"method {names} names a method twice")
+        return names
+
     @field_validator("gates")
     @classmethod
     def _known_gates(cls, v: dict[str, float]) -> dict[str, float]:
-        from vtc.validate.gates import GATES
-
         unknown = sorted(set(v) - set(GATES))
         if unknown:
             raise ValueError(f"unknown gate(s) {unknown}; known gates: {', '.join(GATES)}")
         return v
 
-    @model_validator(mode="after")
-    def _probe_gates_need_a_dataset(self) -> Recipe:
+    @_model_validator(mode="after")
+    def _probe_gates_need_a_dataset(self) -> RecipeBase:
         probe = [g for g in ("max_accuracy_drop", "min_embedding_cosine") if g in self.gates]
         if probe and self.validate_.dataset is None:
             raise ValueError(f"gate(s) {probe} need validate.dataset (e.g. fashion-mnist)")
         return self
 
+    def section(self, name: str) -> MethodConfig:
+        """The recipe section of method `name` (its defaults when the file has none)."""
+        cfg = getattr(self, name)
+        assert isinstance(cfg, MethodConfig)
+        return cfg
+
+    def sections(self) -> list[tuple[Method, MethodConfig]]:
+        """(method, its section) for every method of the recipe, in its order."""
+        return [(methods.get(n), self.section(n)) for n in self.method]
+
     def budget(self, geo: Geometry) -> Budget:
         """Resolve the recipe's budget against a model geometry (BudgetError on misfit)."""
-        if self.method == "tome":
-            r = self.tome.r
-            if r is None and self.tome.flops_ratio is None:
-                r = 0
-            return tome_budget(geo, r, self.tome.flops_ratio, self.tome.proportional_attention)
-        if self.method == "evit":
-            return evit_budget(geo, self.evit.keep_rate, self.evit.layers, self.evit.fuse,
-                               keep=self.evit.keep)
-        return no_budget(geo)
+        return methods.plan_budget(geo, self.sections())
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, mode="json")
+
+
+@cache
+def recipe_class(registered: tuple[str, ...]) -> type[RecipeBase]:
+    """The recipe model with one section per registered method."""
+    fields: dict[str, Any] = {
+        name: (m.config, Field(default_factory=m.config))
+        for name, m in methods.methods().items() if name in registered
+    }
+    return create_model("Recipe", __base__=RecipeBase, **fields)
+
+
+def recipe_model() -> type[RecipeBase]:
+    """The recipe model of the methods registered now (a method registered after
+    import, e.g. by a plugin or a test, is included)."""
+    return recipe_class(tuple(methods.names()))
 
 
 def shipped() -> dict[str, Path]:
@@ -150,10 +171,27 @@ def _set(data: dict[str, Any], dotted: str) -> None:
         if not isinstance(nxt, dict):
             raise RecipeError(f"--set {key}: {p!r} is not a section")
         cur = nxt
-    cur[parts[-1]] = yaml.safe_load(raw)
+    try:
+        cur[parts[-1]] = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"--set {dotted}: the value is not valid YAML "
+                          f"({' '.join(str(exc).split())})") from exc
 
 
-def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe:
+def from_dict(data: dict[str, Any], where: str) -> RecipeBase:
+    """Validate a recipe mapping; `where` names it in errors (a file, or a --set)."""
+    try:
+        return recipe_model().model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(x) for x in first["loc"])
+        msg = first["msg"].removeprefix("Value error, ")
+        if first["type"] == "extra_forbidden":
+            msg = f"unknown key {loc!r} (check the spelling; see recipes/ for the known keys)"
+        raise RecipeError(f"{where}: {loc}: {msg}") from exc
+
+
+def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> RecipeBase:
     """Load a shipped recipe by name or any YAML file by path, apply --set overrides."""
     path = Path(name_or_path)
     if not path.suffix and name_or_path in shipped():
@@ -164,19 +202,18 @@ def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe
             f"{', '.join(sorted(shipped()))}"
         )
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise RecipeError(f"recipe {path}: not valid YAML ({exc})") from exc
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise RecipeError(f"recipe {path}: not valid YAML text "
+                          f"({' '.join(str(exc).split())})") from exc
     if not isinstance(data, dict):
         raise RecipeError(f"recipe {path}: expected a mapping at the top level")
-    for item in overrides or []:
+    base = from_dict(dict(data), f"recipe {path}")  # the file alone must be valid
+    if not overrides:
+        return base
+    for item in overrides:
         _set(data, item)
-    try:
-        return Recipe.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(x) for x in first["loc"])
-        msg = first["msg"]
-        if first["type"] == "extra_forbidden":
-            msg = f"unknown key {loc!r} (check the spelling; see recipes/ for the known keys)"
-        raise RecipeError(f"recipe {path}: {loc}: {msg}") from exc
+    return from_dict(data, f"recipe {path} with --set {' --set '.join(overrides)}")
+
+
+Recipe = RecipeBase  # the type to annotate with; validate through `recipe_model()`

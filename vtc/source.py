@@ -10,17 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-
-def sha256_file(path: Path, h: hashlib._Hash | None = None) -> str:
-    """sha256 of a file read in 1 MiB chunks (into `h` when given, to hash several)."""
-    h = h if h is not None else hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+from vtc import zoo
+from vtc.errors import InputError
+from vtc.util import sha256_file
 
 
-class SourceError(ValueError):
+class SourceError(InputError):
     """SOURCE is missing, unreadable or of an unsupported kind (an input error)."""
 
 
@@ -67,8 +62,6 @@ def resolve(spec: str) -> Source:
             raise SourceError(f"SOURCE {spec}: not readable; check its permissions")
         return Source("onnx", path, spec)
     if not path.exists():
-        from vtc import zoo
-
         if spec in zoo.names():  # a model-zoo name: fetched once into $VTC_HOME
             return resolve(str(zoo.fetch(spec)))
         cached = _hub_cache_dir(spec)

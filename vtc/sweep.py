@@ -29,40 +29,32 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import click
 import yaml
 
 import vtc
-from vtc.recipe import EViTCfg, Recipe, RecipeError, ToMeCfg, load_recipe
+from vtc import methods
+from vtc.budget import BudgetError, Geometry
+from vtc.errors import InputError
+from vtc.pipeline import Options, check_out_dir, publish, run
+from vtc.recipe import Recipe, RecipeError, load_recipe
+from vtc.source import resolve
+from vtc.stages.load import load
 from vtc.sweep_plot import (
     dataset_name,
     machine_info,
     pareto_front,
     point_metrics,
+    render_markdown,
     result_line,
     set_quality,
+    write_plot,
 )
 
-__all__ = ["SweepError", "pareto_front", "plan", "run_sweep", "sweep"]
-
-# A bare method name picks the shipped recipe a sweep starts from.
-METHOD_RECIPES = {"tome": "tome-r8", "evit": "evit-keep70"}
-_SECTIONS: dict[str, tuple[str, ...]] = {
-    "tome": tuple(ToMeCfg.model_fields), "evit": tuple(EViTCfg.model_fields)}
-# Budget fields of which a recipe may set only one: sweeping one clears the other.
-_EXCLUSIVE = {"tome.r": "tome.flops_ratio", "tome.flops_ratio": "tome.r",
-              "evit.keep_rate": "evit.keep", "evit.keep": "evit.keep_rate"}
+__all__ = ["SweepError", "pareto_front", "plan", "run_sweep"]
 
 
-class SweepError(ValueError):
+class SweepError(InputError):
     """A sweep that cannot run as asked (an input error: exit 2)."""
-
-
-def _errors() -> tuple[type[BaseException], ...]:
-    """Everything that exits 2: sweep errors and the pipeline's input errors."""
-    from vtc.cli import _input_errors
-
-    return (SweepError, *_input_errors())
 
 
 def _stderr(msg: str) -> None:
@@ -86,8 +78,10 @@ class Planned:
 
 
 def base_recipe_name(name: str) -> str:
-    """`tome` → tome-r8, `evit` → evit-keep70; any other recipe name or path as is."""
-    return METHOD_RECIPES.get(name, name)
+    """A method name → the shipped recipe it starts from (`tome` → tome-r8, `pitome` →
+    pitome-r8, `evit` → evit-keep70); any other recipe name or path as is."""
+    registered = methods.methods()
+    return registered[name].recipe if name in registered and registered[name].recipe else name
 
 
 def _split_values(text: str) -> list[str]:
@@ -114,20 +108,37 @@ def parse_values(spec: str) -> tuple[str, list[str]]:
     return key.strip(), values
 
 
-def resolve_key(key: str, method: str) -> str:
-    """A field of the method's section (`r` → `tome.r`) or a full dotted path."""
+def _fields(method: str) -> tuple[str, ...]:
+    return tuple(methods.get(method).config.model_fields)
+
+
+def resolve_key(key: str, recipe_methods: Sequence[str]) -> str:
+    """A field of the recipe's method section (`r` → `tome.r`) or a full dotted path."""
     if "." in key:
         return key
-    fields = _SECTIONS.get(method)
-    if fields is None:
-        raise SweepError(f"--values {key}: the recipe's method is {method!r}, which has no "
-                         f"{key!r} setting; give a full dotted key such as tome.r")
-    if key not in fields:
-        other = [m for m, f in _SECTIONS.items() if key in f and m != method]
-        hint = f" (it is an {other[0]} setting: use --recipe {other[0]})" if other else ""
-        raise SweepError(f"--values {key}: not a {method} setting{hint}; "
-                         f"{method} has {', '.join(fields)}, or give a full dotted key")
-    return f"{method}.{key}"
+    owners = [m for m in recipe_methods if key in _fields(m)]
+    if len(owners) == 1:
+        return f"{owners[0]}.{key}"
+    if len(owners) > 1:
+        raise SweepError(f"--values {key}: {' and '.join(owners)} both have {key!r}; give a "
+                         f"full dotted key such as {owners[0]}.{key}")
+    if not recipe_methods:
+        raise SweepError(f"--values {key}: the recipe reduces nothing, so it has no {key!r} "
+                         "setting; give a full dotted key such as tome.r")
+    other = [m for m in methods.names() if key in _fields(m) and m not in recipe_methods]
+    hint = f" (it is a {other[0]} setting: use --recipe {other[0]})" if other else ""
+    mine = "; ".join(f"{m} has {', '.join(_fields(m))}" for m in recipe_methods)
+    raise SweepError(f"--values {key}: not a setting of {', '.join(recipe_methods)}{hint}; "
+                     f"{mine}, or give a full dotted key")
+
+
+def _exclusive(full: str) -> str | None:
+    """The setting cleared when `full` (e.g. tome.r) is swept (tome.flops_ratio)."""
+    section, _, key = full.partition(".")
+    if section not in methods.names():
+        return None
+    other = methods.get(section).exclusive.get(key)
+    return f"{section}.{other}" if other else None
 
 
 def _value_text(value: Any) -> tuple[str, Any]:
@@ -150,7 +161,8 @@ def plan(base_recipe: str, key: str, values: Sequence[Any],
     full = resolve_key(key, base.method)
     if not values:
         raise SweepError("--values: give at least one value")
-    extra = [f"{_EXCLUSIVE[full]}=null"] if full in _EXCLUSIVE else []
+    cleared = _exclusive(full)
+    extra = [f"{cleared}=null"] if cleared else []
     points: list[Planned] = []
     for raw in values:
         text, parsed = _value_text(raw)
@@ -160,9 +172,9 @@ def plan(base_recipe: str, key: str, values: Sequence[Any],
         except RecipeError as exc:
             raise SweepError(f"{label}: {exc}") from exc
         section = full.split(".", 1)[0]
-        if section in _SECTIONS and rec.method != section:
-            raise SweepError(f"{label}: {full} has no effect on a {rec.method!r} recipe "
-                             f"({rec.name}); use --recipe {section}")
+        if section in methods.names() and section not in rec.method:
+            raise SweepError(f"{label}: {full} has no effect on a {'+'.join(rec.method) or 'none'}"
+                             f" recipe ({rec.name}); use --recipe {section}")
         if any(p.value == parsed for p in points):
             raise SweepError(f"--values: {label} is given twice")
         points.append(Planned(label, parsed, rec))
@@ -173,30 +185,17 @@ def plan(base_recipe: str, key: str, values: Sequence[Any],
 
 def _check_budgets(source: str, points: list[Planned], batch: int | None, allow_pickle: bool,
                    protected: int | None, log: Callable[[str], None]) -> None:
-    """Resolve every point's budget against the model, so an impossible value fails first."""
-    from vtc.budget import BudgetError, Geometry
-    from vtc.source import resolve
-
+    """Resolve every point's budget against the model, so an impossible value fails first.
+    The model is loaded once per image size (the load stage of the pipeline)."""
     src = resolve(source)
     geos: dict[int | None, Geometry] = {}
-    model: Any = None
     log(f"checking {len(points)} budgets against {source}")
     for p in points:
         size = p.recipe.export.image_size
         if size not in geos:
-            if src.kind == "hf":
-                from vtc.exporter import get_family
-
-                family = get_family(src.model_type or "")
-                if model is None:
-                    model = family.load(src.path, allow_pickle=allow_pickle)
-                geos[size] = family.geometry(model, size or family.image_size(model))
-            else:
-                from vtc import passes
-                from vtc.pipeline import onnx_geometry
-
-                pinned = passes.load(src.path, batch or p.recipe.export.batch, size)
-                geos[size] = onnx_geometry(pinned, protected)
+            b = batch or p.recipe.export.batch
+            geos[size] = load(src, p.recipe, b, batch is not None, protected,
+                              allow_pickle).geometry
         try:
             p.recipe.budget(geos[size])
         except BudgetError as exc:
@@ -236,10 +235,6 @@ def run_sweep(source: str, base_recipe: str, key: str, values: Sequence[Any], ou
     (or the pipeline's own input errors) before anything is written when a value or an
     input is bad; a point whose pipeline fails on an input error aborts the sweep with a
     SweepError naming the value."""
-    from vtc.cli import _input_errors
-    from vtc.pipeline import Options, check_out_dir, publish, run
-    from vtc.sweep_plot import render_markdown, write_plot
-
     out = Path(out)
     base, full, points = plan(base_recipe, key, values, overrides)
     check_out_dir(out, force)
@@ -259,10 +254,10 @@ def run_sweep(source: str, base_recipe: str, key: str, values: Sequence[Any], ou
                            log=lambda msg: log(f"    {msg}"))
             try:
                 report = run(opts).report
-            except _input_errors() as exc:
+            except InputError as exc:
                 raise SweepError(f"{p.label}: {exc}") from exc
-            reports.append(report)
-            results.append(point_metrics(p.label, p.value, report, f"runs/{p.dirname}"))
+            reports.append(report.to_dict())
+            results.append(point_metrics(p.label, p.value, reports[-1], f"runs/{p.dirname}"))
             log(f"{head}: {result_line(results[-1])}")
         quality = set_quality(results)
         for pt, on in zip(results, pareto_front(results), strict=True):
@@ -277,9 +272,9 @@ def run_sweep(source: str, base_recipe: str, key: str, values: Sequence[Any], ou
             "base_recipe": {"name": base.name, "given": base_recipe, "overrides": list(overrides),
                             "recipe": base.to_dict()},
             "key": full, "key_given": key, "values": [p.value for p in points],
-            "batch": batch, "inputs": first.get("inputs"),
-            "dataset": dataset_name(results, first.get("inputs") or {}),
-            "quality": quality, "providers": first.get("providers"), "machine": machine_info(),
+            "batch": batch, "inputs": first["inputs"],
+            "dataset": dataset_name(results, first["inputs"]),
+            "quality": quality, "engine": first["engine"], "machine": machine_info(),
             "points": results, "pareto": [pt["label"] for pt in results if pt["pareto"]],
             "elapsed_s": round(time.perf_counter() - t0, 2),
         }
@@ -295,75 +290,3 @@ def run_sweep(source: str, base_recipe: str, key: str, values: Sequence[Any], ou
 def _model_name(source: str) -> str:
     path = Path(source)
     return path.stem if path.suffix == ".onnx" else path.name if path.exists() else source
-
-
-# ---- command line ----------------------------------------------------------------------
-
-SWEEP_HELP = """Run the pipeline once per budget value; plot quality against speed-up.
-
---recipe takes a method (tome → the tome-r8 recipe, evit → evit-keep70) or any
-recipe name or YAML path. --values KEY=v1,v2,... names a field of the method's
-section (r, flops_ratio, keep_rate, keep, ...) or a full dotted key; r=0 and
-keep_rate=1.0 are the uncompressed point. Every value is validated, and its
-budget resolved against the model, before anything runs.
-
-\b
-Examples:
-  vtc sweep ./vit-base-patch16-224 --recipe tome --values r=0,4,8,12,16,20 --out out/sweep
-  vtc sweep ./vit-base-patch16-224 --recipe evit --values keep_rate=1.0,0.9,0.7,0.5 \\
-      --out out/evit-sweep --images ./val
-  vtc sweep model.onnx --recipe tome --values flops_ratio=1.0,1.5,2.0 --out out/fr
-  vtc sweep ./ckpt --recipe tome-r16 --values tome.r=8,16 --set validate.repeats=30 \\
-      --batch 16 --out out/sweep --force
-
-\b
-Writes OUT/sweep.json (every point's tokens, FLOPs ratio, measured speed-up,
-img/s, accuracy or fidelity, Pareto flag; the command; the machine),
-OUT/sweep.md (a table), OUT/sweep.png (quality vs measured speed-up and vs
-the analytic FLOPs ratio) and OUT/runs/KEY=VALUE/ (one full bundle each).
-Sweeps do not gate: exit 0 when every point ran, 2 on a usage or input error
-(nothing is written), 130 when interrupted (nothing is written).
-"""
-
-
-@click.command("sweep", help=SWEEP_HELP, context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("source")
-@click.option("--recipe", "-r", default="tome", show_default=True,
-              help="tome, evit, or a recipe name (`vtc recipes`) or YAML path")
-@click.option("--values", "values_spec", required=True, metavar="KEY=V1,V2,...",
-              help="the field to sweep and its values, e.g. r=0,4,8 or keep_rate=1.0,0.7")
-@click.option("--out", "-o", type=click.Path(path_type=Path), required=True,
-              help="sweep directory (must be empty or absent unless --force)")
-@click.option("--batch", "-b", type=click.IntRange(min=1), default=None,
-              help="static batch of the engines [default: the recipe's]")
-@click.option("--images", type=click.Path(path_type=Path, exists=True, file_okay=False),
-              default=None, help="folder of images for validation [default: synthetic]")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="override a recipe field for every point (repeatable)")
-@click.option("--force", is_flag=True, help="replace a non-empty --out")
-@click.option("--allow-pickle", is_flag=True,
-              help="allow pytorch_model.bin checkpoints (torch.load weights_only=True)")
-@click.option("--protected", type=click.IntRange(min=0), default=None,
-              help="ONNX sources: leading tokens never merged [default: guessed]")
-def sweep(source: str, recipe: str, values_spec: str, out: Path, batch: int | None,
-          images: Path | None, overrides: tuple[str, ...], force: bool, allow_pickle: bool,
-          protected: int | None) -> None:
-    from vtc.cli import sigterm_as_interrupt
-
-    sigterm_as_interrupt()
-    try:
-        key, values = parse_values(values_spec)
-        result = run_sweep(source, recipe, key, values, out, batch=batch, images=images,
-                           overrides=overrides, force=force, allow_pickle=allow_pickle,
-                           protected=protected)
-    except KeyboardInterrupt:
-        click.echo("interrupted: no sweep was written", err=True)
-        sys.exit(130)
-    except _errors() as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
-    from vtc.sweep_plot import table
-
-    click.echo("\n".join(table(result)))
-    click.echo(f"\nwrote {out}/sweep.json, sweep.md, sweep.png and {len(result['points'])} "
-               f"bundles under {out}/runs/")

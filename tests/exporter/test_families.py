@@ -8,8 +8,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from tests.budgets import evit_budget, no_budget, tome_budget
 from tests.tiny import BATCH, IMAGE, TINY_CONFIGS, VARIANTS, LazyModels, pixels
-from vtc.budget import evit_budget, no_budget, tome_budget
 from vtc.exporter import families, family_of
 from vtc.exporter.eager import reference_tokens, run_reference
 

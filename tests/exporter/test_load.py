@@ -18,6 +18,7 @@ from transformers import (
 )
 
 from tests.tiny import IMAGE, build_variant, perturb, pixels
+from vtc.errors import InputError
 from vtc.exporter import (
     PickleRefusedError,
     UnsupportedModelError,
@@ -82,7 +83,7 @@ def test_pickle_refused_unless_allowed(tmp_path: Path) -> None:
 def test_missing_weights_file(tmp_path: Path) -> None:
     _, model = build_variant("vit-cls")
     model.config.save_pretrained(tmp_path)
-    with pytest.raises(FileNotFoundError, match="safetensors"):
+    with pytest.raises(InputError, match="safetensors"):
         load_model(tmp_path)
 
 
@@ -98,7 +99,7 @@ def test_unsupported_model_type(tmp_path: Path) -> None:
 
 
 def test_no_config(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=r"config\.json"):
+    with pytest.raises(InputError, match=r"config\.json"):
         load_model(tmp_path)
 
 

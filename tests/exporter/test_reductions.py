@@ -1,12 +1,16 @@
-"""tome_merge / evit_prune: properties and hand-computed examples."""
+"""The eager ops of the methods (tome_merge, pitome_merge, evit_prune): properties and
+hand-computed examples."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from vtc.exporter.eager import attention, evit_prune, evit_scores, tome_merge
+from vtc.exporter.eager import attention
 from vtc.exporter.registry import BlockParts
+from vtc.methods.evit import evit_prune, evit_scores
+from vtc.methods.pitome import energy_order, pitome_merge
+from vtc.methods.tome import tome_merge
 
 
 def _rand(*shape: int, seed: int = 0) -> torch.Tensor:
@@ -106,7 +110,7 @@ def _evit_example() -> tuple[torch.Tensor, torch.Tensor]:
 )
 def test_evit_hand_example(fuse: str, fused: list[list[float]] | None) -> None:
     x, attn = _evit_example()
-    out = evit_prune(x, attn, keep=2, protected=1, fuse=fuse)  # type: ignore[arg-type]
+    out, _ = evit_prune(x, None, attn, keep=2, protected=1, fuse=fuse)  # type: ignore[arg-type]
     # scores of t1..t4 = (0.4, 0.1, 0.3, 0.1): keep t1, t3 in order, drop t2, t4
     want = [[0.0, 1.0], [2.0, 3.0], [6.0, 7.0]] + (fused or [])
     torch.testing.assert_close(out, torch.tensor([want]))
@@ -117,7 +121,7 @@ def test_evit_hand_example(fuse: str, fused: list[list[float]] | None) -> None:
 def test_evit_counts_and_protected(n: int, p: int, k: int, fuse: str) -> None:
     x = _rand(2, n, 4)
     attn = _rand(2, 3, n, n, seed=4).softmax(dim=-1)
-    out = evit_prune(x, attn, k, p, fuse)  # type: ignore[arg-type]
+    out, _ = evit_prune(x, None, attn, k, p, fuse)  # type: ignore[arg-type]
     assert out.shape == (2, p + k + (0 if fuse == "none" else 1), 4)
     assert torch.equal(out[:, :p], x[:, :p])
     # kept tokens are original tokens, in increasing original position
@@ -129,7 +133,7 @@ def test_evit_counts_and_protected(n: int, p: int, k: int, fuse: str) -> None:
 def test_evit_ties_prefer_lower_index() -> None:
     x = torch.arange(5, dtype=torch.float32).view(1, 5, 1)
     attn = torch.full((1, 2, 5, 5), 0.2)
-    out = evit_prune(x, attn, keep=2, protected=1, fuse="none")
+    out, _ = evit_prune(x, None, attn, keep=2, protected=1, fuse="none")
     torch.testing.assert_close(out, torch.tensor([[[0.0], [1.0], [2.0]]]))
 
 
@@ -142,9 +146,9 @@ def test_evit_scores_without_protected_tokens() -> None:
 def test_evit_rejects_bad_arguments() -> None:
     x, attn = _evit_example()
     with pytest.raises(ValueError, match="keep"):
-        evit_prune(x, attn, keep=5, protected=1)
+        evit_prune(x, None, attn, keep=5, protected=1)
     with pytest.raises(ValueError, match="fuse"):
-        evit_prune(x, attn, keep=1, protected=1, fuse="max")  # type: ignore[arg-type]
+        evit_prune(x, None, attn, keep=1, protected=1, fuse="max")  # type: ignore[arg-type]
 
 
 # ---- attention ---------------------------------------------------------------------
@@ -179,3 +183,39 @@ def test_attention_matches_sdpa_and_log_sizes() -> None:
     torch.testing.assert_close(out, want)
     torch.testing.assert_close(keys, k)
     torch.testing.assert_close(probs.sum(dim=-1), torch.ones(1, 2, 5))
+
+
+def test_tome_reference_split_pairs_the_other_parity() -> None:
+    """first=1 (one CLS, the ToMe code's split): A = patches 1, 3, …, B = patches 0, 2, …."""
+    x = torch.tensor([[[100.0], [0.0], [1.0], [2.0], [3.0]]])
+    metric = torch.tensor([[[1.0, 0.0], [1.0, 0.1], [0.0, 1.0], [1.0, 0.0], [0.1, 1.0]]])
+    # candidates c0..c3 = x1..x4 = 0, 1, 2, 3; A = (c1, c3), B = (c0, c2). Best B of
+    # c1 is c0 (cos 0.0995), of c3 also c0 (cos 0.198): the strongest edge is c3 → c0.
+    out, sizes = tome_merge(x, torch.ones(1, 5, 1), metric, 1, 1, first=1)
+    # [CLS, unmerged A (c1), B' = ((c0 + c3) / 2, c2)]
+    assert out[0, :, 0].tolist() == [100.0, 1.0, 1.5, 2.0]
+    assert sizes[0, :, 0].tolist() == [1.0, 1.0, 2.0, 1.0]
+
+
+def test_pitome_hand_example() -> None:
+    """CLS + 4 tokens, two tight pairs and the margin high: energy ranks the pairs first."""
+    x = torch.tensor([[[100.0], [1.0], [2.0], [3.0], [4.0]]])
+    metric = torch.tensor([[[0.0, 1.0], [1.0, 0.0], [1.0, 0.05], [-1.0, 0.2], [0.0, -1.0]]])
+    _sim, order = energy_order(metric[:, 1:], margin=0.5, alpha=1.0)
+    assert order[0].tolist()[:2] == [0, 1]  # the similar pair has the highest energy
+    out, sizes = pitome_merge(x, torch.ones(1, 5, 1), metric, 1, 1, margin=0.5)
+    # A = rank 0 (x1) merges into B = rank 1 (x2); kept x3, x4 in energy order
+    kept = order[0].tolist()[2:]
+    assert out[0, 0, 0] == 100.0 and out[0, -1, 0] == 1.5
+    assert out[0, 1:3, 0].tolist() == [[1.0, 2.0, 3.0, 4.0][i] for i in kept]
+    assert sizes[0, :, 0].tolist() == [1.0, 1.0, 1.0, 2.0]
+
+
+def test_evit_carries_sizes_after_a_merge() -> None:
+    x = torch.arange(5, dtype=torch.float32).reshape(1, 5, 1)
+    sizes = torch.tensor([[[1.0], [2.0], [1.0], [3.0], [1.0]]])
+    attn = torch.zeros(1, 1, 5, 5)
+    attn[0, 0, 0] = torch.tensor([0.0, 0.1, 0.4, 0.2, 0.3])
+    out, s = evit_prune(x, sizes, attn, keep=2, protected=1, fuse="sum")
+    assert out[0, :3, 0].tolist() == [0.0, 2.0, 4.0]  # CLS, then x2 and x4 in order
+    assert s is not None and s[0, :, 0].tolist() == [1.0, 1.0, 1.0, 5.0]  # fused: 2 + 3

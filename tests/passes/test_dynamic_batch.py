@@ -11,12 +11,13 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from tests.budgets import evit_budget, tome_budget
 from tests.tiny import IMAGE, LazyModels
-from vtc.budget import evit_budget, tome_budget
 from vtc.exporter.eager import run_reference
 from vtc.exporter.export import export_onnx
-from vtc.passes import compress, load
+from vtc.passes import load
 from vtc.passes.dynamic_batch import PROBES, make_batch_dynamic
+from vtc.stages.compress import rewrite as compress
 
 CASES = [(v, m, True) for v in ("vit-cls", "deit-teacher", "dinov2", "clip", "siglip")
          for m in ("tome", "evit")] + [(v, "tome", False) for v in ("vit-cls", "siglip")]

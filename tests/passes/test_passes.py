@@ -10,11 +10,13 @@ import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 
-from vtc.budget import Geometry, evit_budget, tome_budget
-from vtc.passes import GraphError, NoBlocksError, compress, find_blocks, load
+from tests.budgets import evit_budget, tome_budget
+from vtc.budget import Geometry
+from vtc.passes import GraphError, NoBlocksError, find_blocks, load
 from vtc.passes.emit import PORTABLE_OPS
 from vtc.passes.graph import mlp_width
 from vtc.passes.shape_fixup import _reshape_target
+from vtc.stages.compress import rewrite as compress
 
 GEO = Geometry(tokens=17, protected=1, width=64, mlp_width=128, layers=3)
 

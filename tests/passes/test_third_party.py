@@ -17,9 +17,12 @@ import pytest
 import torch
 from torch import nn
 
-from vtc.budget import Budget, Geometry, evit_budget, no_budget, tome_budget
-from vtc.exporter.eager import evit_prune, tome_merge
-from vtc.passes import compress, load
+from tests.budgets import budget as chain
+from tests.budgets import evit_budget, no_budget, pitome_budget, tome_budget
+from vtc import methods
+from vtc.budget import Budget, Geometry
+from vtc.passes import load
+from vtc.stages.compress import rewrite as compress
 
 DIM, HEADS, DEPTH, GRID = 48, 3, 3, 4  # 16 patches + CLS = 17 tokens
 
@@ -39,17 +42,13 @@ class Block(nn.Module):
         qkv = self.qkv(self.norm1(x)).reshape(b, n, 3, HEADS, c // HEADS).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         attn = (q * (c // HEADS) ** -0.5) @ k.transpose(-2, -1)
-        if sizes is not None and budget is not None and budget.proportional_attention:
+        if sizes is not None and budget is not None and budget.layers[i].attn_bias:
             attn = attn + sizes.log()[:, None, None, :, 0]
         attn = attn.softmax(dim=-1)
         x = x + self.gamma1 * self.proj((attn @ v).transpose(1, 2).reshape(b, n, c))
-        if budget is not None:
+        if budget is not None and budget.layers[i].method != "none":
             plan = budget.layers[i]
-            if plan.op == "tome":
-                s = sizes if sizes is not None else x.new_ones(b, n, 1)
-                x, sizes = tome_merge(x, s, k.mean(1), plan.r, budget.protected)
-            elif plan.op == "evit":
-                x = evit_prune(x, attn, plan.keep, budget.protected, budget.evit_fuse)
+            x, sizes = methods.get(plan.method).eager(x, sizes, k, attn, plan, budget.protected)
         x = x + self.gamma2 * self.fc2(nn.functional.gelu(self.fc1(self.norm2(x)),
                                                           approximate="tanh"))
         return x, sizes
@@ -105,8 +104,10 @@ def onnx_path(request: pytest.FixtureRequest, model: TinyTimmViT,
 
 @pytest.mark.parametrize("budget", [
     no_budget(GEO), tome_budget(GEO, r=[4, 3, 2]), evit_budget(GEO, 0.5, [0, 1]),
-    evit_budget(GEO, 0.6, [1], fuse="mean"),
-], ids=["none", "tome", "evit", "evit-mean"])
+    evit_budget(GEO, 0.6, [1], fuse="mean"), pitome_budget(GEO, r=[4, 3, 2]),
+    chain(GEO, ("pitome", {"r": 4, "layers": [0]}), ("tome", {"r": 3, "layers": [1]}),
+          ("evit", {"keep_rate": 0.5, "layers": [2]})),
+], ids=["none", "tome", "evit", "evit-mean", "pitome", "pitome+tome+evit"])
 def test_fused_qkv_graph_matches_eager(model: TinyTimmViT, onnx_path: Path,
                                        budget: Budget) -> None:
     m = load(onnx_path)

@@ -11,12 +11,15 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from tests.budgets import budget as chain
+from tests.budgets import evit_budget, pitome_budget, tome_budget
 from tests.conftest import tiny_vit
-from vtc.budget import Geometry, evit_budget, tome_budget
+from vtc.budget import Geometry
 from vtc.exporter import get_family
 from vtc.exporter.eager import reference_tokens
-from vtc.passes import GraphError, compress, load
+from vtc.passes import GraphError, load
 from vtc.passes.unmerge import find_grid_consumer
+from vtc.stages.compress import rewrite as compress
 
 GEO = Geometry(tokens=17, protected=1, width=64, mlp_width=128, layers=3)
 
@@ -81,15 +84,27 @@ def test_grid_consumer_found(dense: tuple[GridHead, Path]) -> None:
     assert not search.blockers
 
 
-@pytest.mark.parametrize("r", [[2, 2, 2], [4, 0, 3], 8])
+UNMERGE_BUDGETS = {
+    "tome-2-2-2": tome_budget(GEO, r=[2, 2, 2]),
+    "tome-4-0-3": tome_budget(GEO, r=[4, 0, 3]),
+    "tome-8": tome_budget(GEO, r=8),
+    "tome-outside": tome_budget(GEO, r=[3, 2, 2], protected="outside"),
+    "pitome-3-2-2": pitome_budget(GEO, r=[3, 2, 2]),
+    "pitome-8": pitome_budget(GEO, r=8),
+    "pitome+tome": chain(GEO, ("pitome", {"r": 3, "layers": [0, 2]}),
+                         ("tome", {"r": 4, "layers": [1]})),
+}
+
+
+@pytest.mark.parametrize("name", list(UNMERGE_BUDGETS))
 def test_unmerged_engine_matches_eager(dense: tuple[GridHead, Path], pixels: np.ndarray,
-                                       r: int | list[int]) -> None:
+                                       name: str) -> None:
     model, path = dense
-    budget = tome_budget(GEO, r=r)
+    budget = UNMERGE_BUDGETS[name]
     assert budget.tokens_out < 17
     m = load(path)
     res = compress(m, budget)
-    assert res.unmerge is not None and res.unmerge["tokens"] == 17
+    assert res.unmerge is not None and res.unmerge.tokens == 17
     got = _run(m, pixels)
     with torch.no_grad():
         toks = reference_tokens(get_family("vit"), model.vit, torch.from_numpy(pixels), budget,
@@ -119,8 +134,11 @@ def test_never_unmerge_names_the_grid_reshape(dense: tuple[GridHead, Path]) -> N
 
 
 def test_evit_refuses_a_grid_consumer(dense: tuple[GridHead, Path]) -> None:
-    with pytest.raises(GraphError, match="use a ToMe recipe"):
+    with pytest.raises(GraphError, match="evit's dropped tokens cannot fill; use a merge"):
         compress(load(dense[1]), evit_budget(GEO, 0.5, [1]))
+    with pytest.raises(GraphError, match="evit's dropped tokens"):  # also inside a chain
+        compress(load(dense[1]), chain(GEO, ("tome", {"r": 2, "layers": [0]}),
+                                       ("evit", {"keep_rate": 0.5, "layers": [1]})))
 
 
 def test_blocked_search_names_the_node(tmp_path: Path) -> None:

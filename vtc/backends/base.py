@@ -14,10 +14,12 @@ from typing import TypeVar
 
 import numpy as np
 
+from vtc.errors import InputError
+
 _R = TypeVar("_R", bound="Runner")
 
 
-class BackendUnavailable(RuntimeError):
+class BackendUnavailable(InputError):
     """The backend (or the requested device / execution provider) cannot run here."""
 
 

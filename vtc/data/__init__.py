@@ -19,8 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from vtc.errors import InputError
 
-class DatasetError(Exception):
+
+class DatasetError(InputError):
     """A dataset is missing, corrupt, or was asked for in a way it cannot serve."""
 
 
@@ -233,7 +235,7 @@ def to_model_input(images: np.ndarray, size: int, mean: Sequence[float],
     Memory is N·3·size²·4 bytes: subsample first."""
     from PIL import Image
 
-    from vtc.validate.images import normalize
+    from vtc.data.images import normalize
 
     arr = np.asarray(images)
     if arr.dtype != np.uint8:

@@ -10,8 +10,10 @@ from typing import Any
 
 from torch import nn
 
+from vtc.errors import InputError
 
-class MissingWeightsError(ValueError):
+
+class MissingWeightsError(InputError):
     """The checkpoint lacks weights the model class needs (they would be random)."""
 
     def __init__(self, path: Path, missing: list[str]) -> None:
@@ -68,10 +70,10 @@ def read_model_type(path: Path) -> str:
     """``model_type`` from ``path/config.json``."""
     file = path / "config.json"
     if not file.is_file():
-        raise FileNotFoundError(f"{path} has no config.json; expected an HF checkpoint directory")
+        raise InputError(f"{path} has no config.json; expected an HF checkpoint directory")
     model_type = json.loads(file.read_text()).get("model_type")
     if not model_type:
-        raise ValueError(f"{file} has no model_type")
+        raise InputError(f"{file} has no model_type; give an HF checkpoint's config.json")
     return str(model_type)
 
 

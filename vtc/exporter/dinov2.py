@@ -20,6 +20,7 @@ from transformers import Dinov2ForImageClassification, Dinov2Model
 
 from ._hf import from_pretrained, linear_macs
 from .registry import BlockParts, Family, register_family
+from .saliency_head import load_saliency_head
 
 DENSE_ARCH = "Dinov2WithSaliencyHead"  # config.json architectures: backbone + saliency head
 
@@ -53,8 +54,6 @@ class Dinov2Family(Family):
     def from_checkpoint(self, config: Any, path: Path, use_safetensors: bool) -> nn.Module:
         if DENSE_ARCH not in (getattr(config, "architectures", None) or []):
             return super().from_checkpoint(config, path, use_safetensors)
-        from vtc.zoo.dinov2_focus import load_saliency_head
-
         backbone = from_pretrained(Dinov2Model, path, use_safetensors)
         return Dinov2WithDenseHead(backbone, load_saliency_head(path)).eval()
 

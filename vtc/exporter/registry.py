@@ -21,6 +21,7 @@ from typing import Any, ClassVar, cast
 from torch import Tensor, nn
 
 from vtc.budget import Geometry
+from vtc.errors import InputError
 
 from ._hf import from_pretrained, image_hw, patch_hw, read_model_type
 
@@ -28,11 +29,11 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class UnsupportedModelError(ValueError):
+class UnsupportedModelError(InputError):
     """The checkpoint's model type or architecture is not one vtc handles."""
 
 
-class PickleRefusedError(ValueError):
+class PickleRefusedError(InputError):
     """The checkpoint is only available as a pickle and the user did not allow pickles."""
 
 
@@ -265,7 +266,8 @@ def _read_config(path: Path) -> Any:
     from transformers import AutoConfig
 
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path} has no config.json; expected an HF checkpoint directory")
+        raise UnsupportedModelError(
+            f"{path} has no config.json; expected an HF checkpoint directory")
     return AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
 
 
@@ -275,7 +277,8 @@ def _use_safetensors(path: Path, allow_pickle: bool) -> bool:
         return True
     pickles = sorted(p.name for p in path.glob("pytorch_model*.bin*"))
     if not pickles:
-        raise FileNotFoundError(f"{path} has no *.safetensors (or pytorch_model.bin) weights")
+        raise UnsupportedModelError(
+            f"{path} has no *.safetensors (or pytorch_model.bin) weights")
     if not allow_pickle:
         raise PickleRefusedError(
             f"{path} only has pickle weights ({', '.join(pickles)}); loading a pickle can run "

@@ -1,6 +1,8 @@
 """A small node builder for the passes: every op it emits is from the
-portable list in ARCHITECTURE.md, and every constant becomes a named
-initializer (so that TensorRT sees constants, not Constant nodes)."""
+portable list in ARCHITECTURE.md (plus `Elu`, which PiToMe's energy needs and
+which ONNX Runtime and TensorRT's ONNX parser both run natively), and every
+constant becomes a named initializer (so that TensorRT sees constants, not
+Constant nodes)."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ PORTABLE_OPS = frozenset(
         "MatMul", "Softmax", "ReduceMax", "ReduceSum", "ReduceMean", "ReduceL2", "ArgMax",
         "TopK", "Gather", "GatherElements", "Concat", "Slice", "Where", "Equal", "Cast",
         "Mul", "Div", "Add", "Sub", "Log", "Range", "Transpose", "Unsqueeze", "Squeeze",
-        "Expand", "Reshape", "Shape",
+        "Expand", "Reshape", "Shape", "Elu",
     }
 )
 

@@ -29,6 +29,8 @@ import onnx_ir as ir
 import onnxscript.optimizer
 from onnx_ir.passes.common import ShapeInferencePass
 
+from vtc.errors import InputError
+
 # Ops that may sit between the QK MatMul and the Softmax (scale, bias, mask).
 _LOGIT_OPS = {"Mul", "Div", "Add", "Sub", "Where", "Cast", "Identity"}
 # Ops that may sit between the Softmax and the AV MatMul.
@@ -40,7 +42,7 @@ _PROJ_OPS = {
 }
 
 
-class GraphError(ValueError):
+class GraphError(InputError):
     """The ONNX graph is not one vtc can rewrite (an input error)."""
 
 
@@ -75,15 +77,53 @@ class Block:
         return self.softmax.outputs[0]
 
 
+def read_onnx(path: Path | str) -> onnx.ModelProto:
+    """Read an ONNX file with its external data (any layout the onnx package writes,
+    e.g. the dynamo exporter's `x.onnx.data`), refusing with one line what is not a
+    readable ONNX model: GraphError names the file and the fix."""
+    path = Path(path)
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise GraphError(f"{path}: not a readable ONNX file ({type(exc).__name__}: {exc}); "
+                         "give a model saved by torch.onnx.export or onnx.save") from exc
+    if not proto.graph.node or not proto.graph.input:
+        raise GraphError(f"{path}: not an ONNX model (no graph nodes or inputs; empty, "
+                         "truncated or another kind of file); give a valid .onnx file")
+    missing = sorted({
+        entry.value for t in _tensors(proto.graph) if t.data_location == onnx.TensorProto.EXTERNAL
+        for entry in t.external_data
+        if entry.key == "location" and not (path.parent / entry.value).is_file()
+    })
+    if missing:
+        raise GraphError(f"{path}: its weights live in external data file(s) "
+                         f"{', '.join(missing)}, not found next to it; copy them beside the "
+                         ".onnx file")
+    try:
+        onnx.load_external_data_for_model(proto, str(path.parent))
+    except Exception as exc:
+        raise GraphError(f"{path}: cannot read its external data ({exc}); check the "
+                         ".onnx.data file beside it") from exc
+    return proto
+
+
+def _tensors(graph: onnx.GraphProto) -> list[onnx.TensorProto]:
+    """Initializers and Constant-node tensors of a graph (subgraphs included)."""
+    out = list(graph.initializer)
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                out.append(attr.t)
+            elif attr.type == onnx.AttributeProto.GRAPH:
+                out += _tensors(attr.g)
+    return out
+
+
 def load(path: Path | str, batch: int | None = None, image_size: int | None = None) -> ir.Model:
     """Load an ONNX file, pin symbolic input dims (batch → `batch`, channels → 3,
     height/width → `image_size`), fold constants and shape computations, and
     infer static shapes for every value."""
-    try:
-        proto = onnx.load(str(path))
-    except Exception as exc:
-        raise GraphError(f"cannot read {path} as ONNX ({exc}); pass a valid .onnx file") from exc
-    return prepare(ir.from_proto(proto), batch, image_size)
+    return prepare(ir.from_proto(read_onnx(path)), batch, image_size)
 
 
 def _pin_inputs(graph: ir.Graph, batch: int | None, image_size: int | None) -> None:
@@ -386,3 +426,13 @@ def mlp_width(blk: Block) -> int:
                 nxt.extend(node.outputs)
         frontier = nxt
     return 4 * blk.width
+
+
+def check(model: ir.Model) -> None:
+    """Strict shape inference and the ONNX checker on the whole model."""
+    proto = ir.to_proto(model)
+    try:
+        onnx.checker.check_model(proto)
+        onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
+    except Exception as exc:
+        raise GraphError(f"the rewritten graph fails the ONNX checker: {exc}") from exc

@@ -144,34 +144,33 @@ def find_grid_consumer(x: ir.Value) -> GridSearch:
     return res
 
 
-def destinations(em: Emitter, p: int, na: int, nb: int, r: int, src: ir.Value,
-                 unm: ir.Value, dst: ir.Value) -> ir.Value:
-    """Output slot of every input token of one merge, as float `[B, n]` (n = p + na + nb).
+def slots(em: Emitter, p: int, pos: ir.Value, val: ir.Value, t: int) -> ir.Value:
+    """Output slot of every input token of one reduction, as float `[B, p + t]`.
 
-    The merge's output is [protected (p), a[unm] (na-r, ascending), b' (nb)]. Input
-    tokens are interleaved after the protected ones: a at p+2j, b at p+2j+1.
-    src, dst `[B, r]`, unm `[B, na-r]` are the merge's int64 index tensors.
+    The reduction keeps the `p` protected tokens at slots 0..p-1. Its `t` candidate
+    tokens are listed in any order by `pos` `[B, t]` (int64, their positions among the
+    candidates: a permutation of 0..t-1) with `val` `[B, t]` (float, the slot each one
+    lands in, merged tokens sharing their destination's slot). The inverse permutation
+    is a TopK over the positions (ascending), so no scatter is needed.
     """
     f32 = np.float32
-    zero_unm = em.op("Mul", em.op("Cast", unm, to=ir.DataType.FLOAT), em.const(0.0, f32))
-    val_unm = em.op("Add", zero_unm, em.const(p + np.arange(na - r).reshape(1, -1), f32))
-    val_src = em.op("Add", em.op("Cast", dst, to=ir.DataType.FLOAT),
-                    em.const(float(p + na - r), f32))
-    idx_all = em.op("Concat", unm, src, axis=1)  # [B, na]: a permutation of 0..na-1
-    val_all = em.op("Concat", val_unm, val_src, axis=1)  # [B, na]
-    _, inv = em.op("TopK", em.op("Cast", idx_all, to=ir.DataType.FLOAT), em.const([na]),
+    _, inv = em.op("TopK", em.op("Cast", pos, to=ir.DataType.FLOAT), em.const([t]),
                    outputs=2, axis=-1, largest=0, sorted=1)
-    d_a = em.op("GatherElements", val_all, inv, axis=1)  # [B, na]: slot of a-token j
-    zero = em.op("Mul", em.slice(val_all, 0, 1, axis=1), em.const(0.0, f32))  # [B, 1]
-    d_b = em.op("Add", zero, em.const(p + na - r + np.arange(nb).reshape(1, -1), f32))
-    pairs = em.op("Concat", em.op("Unsqueeze", em.slice(d_a, 0, nb, axis=1), em.const([2])),
-                  em.op("Unsqueeze", d_b, em.const([2])), axis=2)  # [B, nb, 2]
-    parts = [em.op("Reshape", pairs, em.const([0, 2 * nb]))]  # a0 b0 a1 b1 … [B, 2nb]
-    if na > nb:
-        parts.append(em.slice(d_a, nb, na, axis=1))
-    if p:
-        parts.insert(0, em.op("Add", zero, em.const(np.arange(p).reshape(1, -1), f32)))
-    return em.op("Concat", *parts, axis=1) if len(parts) > 1 else parts[0]
+    d = em.op("GatherElements", val, inv, axis=1)  # [B, t]: slot of candidate i
+    if not p:
+        return d
+    zero = em.op("Mul", em.slice(val, 0, 1, axis=1), em.const(0.0, f32))  # [B, 1]
+    front = em.op("Add", zero, em.const(np.arange(p).reshape(1, -1), f32))
+    return em.op("Concat", front, d, axis=1)
+
+
+def ramp(em: Emitter, like: ir.Value, start: float, count: int, step: float = 1.0,
+         dtype: type = np.float32) -> ir.Value:
+    """`[B, count]` rows of `start, start + step, …` (B taken from like `[B, …]`)."""
+    zero = em.op("Mul", em.op("Cast", em.slice(like, 0, 1, axis=1),
+                              to=ir.DataType.from_numpy(np.dtype(dtype))),
+                 em.const(0, dtype))
+    return em.op("Add", zero, em.const((start + step * np.arange(count)).reshape(1, -1), dtype))
 
 
 def compose(em: Emitter, total: ir.Value | None, d: ir.Value) -> ir.Value:

@@ -1,55 +1,16 @@
-"""Pass/fail gates evaluated against a finished report (``report.json``)."""
+"""Pass/fail gates evaluated against a finished report (the gate table, `GATES`,
+lives with the report type in `vtc.report`)."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
 
-Kind = Literal["min", "max"]
+from vtc.report import GATES, Gate, Report, lookup
 
-# gate name -> (path of keys into the report, kind)
-GATES: dict[str, tuple[tuple[str, ...], Kind]] = {
-    "min_speedup": (("throughput", "speedup"), "min"),
-    "min_efficiency": (("throughput", "efficiency"), "min"),
-    "max_parity_diff": (("parity", "engine", "max_abs_diff"), "max"),
-    "max_export_diff": (("parity", "export", "max_abs_diff"), "max"),
-    "min_fidelity_cosine": (("fidelity", "cosine_mean"), "min"),
-    "min_top1_agreement": (("fidelity", "top1_agreement"), "min"),
-    "min_flops_ratio": (("budget", "flops_ratio"), "min"),
-    "max_accuracy_drop": (("accuracy", "drop_points"), "max"),
-    "min_embedding_cosine": (("accuracy", "embedding_cosine_mean"), "min"),
-    "min_dense_pearson": (("dense", "pearson_mean"), "min"),
-    "min_dense_iou": (("dense", "iou_mean"), "min"),
-}
+__all__ = ["GATES", "Gate", "evaluate_gates", "format_gate"]
 
 
-@dataclass(frozen=True)
-class Gate:
-    """One gate: ``kind == "min"`` passes when ``value >= limit``, ``"max"`` when
-    ``value <= limit``. ``value`` is None (and ``passed`` False) when not measured."""
-
-    name: str
-    value: float | None
-    limit: float
-    passed: bool
-    kind: Kind
-    note: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def _lookup(report: dict[str, Any], path: tuple[str, ...]) -> Any:
-    node: Any = report
-    for key in path:
-        if not isinstance(node, dict) or key not in node:
-            return None
-        node = node[key]
-    return node
-
-
-def evaluate_gates(report: dict[str, Any], gates: dict[str, float]) -> list[Gate]:
+def evaluate_gates(report: Report, gates: dict[str, float]) -> list[Gate]:
     """Evaluate ``gates`` (name -> limit) in order against ``report``.
 
     Raises ValueError for an unknown gate name. A value absent from the report
@@ -61,7 +22,7 @@ def evaluate_gates(report: dict[str, Any], gates: dict[str, float]) -> list[Gate
     result: list[Gate] = []
     for name, limit in gates.items():
         path, kind = GATES[name]
-        raw = _lookup(report, path)
+        raw = lookup(report, path)
         if isinstance(raw, bool) or not isinstance(raw, int | float):
             note = f"not measured (report has no {'.'.join(path)})"
             result.append(Gate(name, None, float(limit), False, kind, note))

@@ -16,16 +16,19 @@ from typing import Any
 
 import numpy as np
 
-from vtc.validate.images import batches
+from vtc.data.images import batches
 
 Log = Callable[[str], None]
 
 
-def run_engine(rt: Any, x: np.ndarray, batch: int) -> np.ndarray:
-    """x `[N, 3, H, W]` → the engine's first output for the N real rows."""
-    name = rt.output_names[0]
+def run_engine(rt: Any, x: np.ndarray, batch: int, output: str | None = None) -> np.ndarray:
+    """x `[N, 3, H, W]` → the runner's output `output` (default: its first) for the N
+    real rows, run in full static batches."""
     feed = rt.input_names[0]
-    outs = [rt.infer({feed: xb})[name][:real] for xb, real in batches(x, batch)]
+    outs = []
+    for xb, real in batches(x, batch):
+        res = rt.infer({feed: xb})
+        outs.append(res[output or rt.output_names[0]][:real])
     return np.concatenate(outs)
 
 
@@ -65,7 +68,7 @@ def probe_report(dataset: str, n_train: int | None, n_test: int | None, seed: in
                  log: Log) -> dict[str, Any]:
     """Linear-probe accuracy of the baseline and compressed engines (see module doc)."""
     from vtc import data
-    from vtc.source import sha256_file
+    from vtc.util import sha256_file
     from vtc.validate.probe import linear_probe
 
     avail = next((r for r in data.describe() if r["name"] == data.canonical(dataset)), {})

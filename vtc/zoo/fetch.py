@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from vtc.source import sha256_file
+from vtc.util import sha256_file
 
 from .registry import ZooEntry, ZooError, get
 

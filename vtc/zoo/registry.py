@@ -9,8 +9,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from vtc.errors import InputError
 
-class ZooError(ValueError):
+
+class ZooError(InputError):
     """A zoo name, download, wheel or cache problem (an input error: CLI exit 2).
 
     Messages are one line naming the problem and the fix.

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import click
+
+from vtc.data import canonical, describe
+from vtc.data import fashion_mnist as fm
+from vtc.errors import guard
 
 DATA_HELP = """Datasets for accuracy (linear probe) and dense-output checks.
 
@@ -20,12 +23,6 @@ fashion-mnist is looked for in $VTC_FASHION_MNIST, then
 scikit-image. Exit 2 with one line `error: ...` when a dataset is missing and
 cannot be installed.
 """
-
-
-def _guarded(fn: Callable[[], int]) -> None:
-    from vtc.cli import _guard  # vtc.cli imports this module: import at call time
-
-    _guard(fn)
 
 
 def _cell(v: Any) -> str:
@@ -47,8 +44,6 @@ def list_cmd() -> None:
     """
 
     def _run() -> int:
-        from vtc.data import describe
-
         rows = describe()
         click.echo(f"{'name':<14} {'classes':>7} {'train':>6} {'test':>6}  {'image':<16} where")
         for r in rows:
@@ -56,7 +51,7 @@ def list_cmd() -> None:
                        f"{_cell(r['n_test']):>6}  {r['image']:<16} {r['where']}")
         return 0
 
-    _guarded(_run)
+    guard(_run)
 
 
 @data.command("install", short_help="Install a dataset (fashion-mnist: apt).")
@@ -71,13 +66,10 @@ def install_cmd(name: str) -> None:
     """
 
     def _run() -> int:
-        from vtc.data import canonical
-
         key = canonical(name)
         if key != "fashion-mnist":
             click.echo(f"{key}: nothing to install (ships with scikit-image)")
             return 0
-        from vtc.data import fashion_mnist as fm
 
         found = fm.find()
         if found is None:
@@ -91,4 +83,4 @@ def install_cmd(name: str) -> None:
                    f"{len(fm.CLASSES)} classes)")
         return 0
 
-    _guarded(_run)
+    guard(_run)

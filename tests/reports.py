@@ -1,0 +1,82 @@
+"""A complete typed report for tests of the report's readers (gates, report.md, schema)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from vtc.report import (
+    AccuracyInfo,
+    BudgetInfo,
+    DatasetInfo,
+    DenseInfo,
+    EngineInfo,
+    FidelityInfo,
+    FusionInfo,
+    GraphInfo,
+    InputsInfo,
+    LayerInfo,
+    ParityInfo,
+    Report,
+    SourceInfo,
+    Stats,
+    ThroughputInfo,
+    TimingInfo,
+    UnmergeInfo,
+)
+from vtc.validate.dense import dense_fidelity
+from vtc.validate.parity import compare
+from vtc.validate.probe import linear_probe
+
+
+def _stats(diff: float) -> Stats:
+    d = compare(np.ones((2, 3)), np.ones((2, 3)) + diff).to_dict()
+    return Stats(**{k: d[k] for k in Stats.__dataclass_fields__})  # type: ignore[arg-type]
+
+
+def _probe() -> dict[str, Any]:
+    rng = np.random.default_rng(0)
+    ytr, yte = np.arange(40) % 2, np.arange(20) % 2
+    xtr = ytr[:, None] * 4.0 + rng.normal(size=(40, 3))
+    xte = yte[:, None] * 4.0 + rng.normal(size=(20, 3))
+    return linear_probe(xtr, ytr, xte, xte[::-1].copy(), yte)  # compressed rows reversed
+
+
+def sample_report(**changes: Any) -> Report:
+    """Every tier measured (ToMe r=8 on a 3-block ViT), fields replaced by `changes`."""
+    layers = [LayerInfo(i, 197 - 8 * i, 189 - 8 * i, "tome",
+                        {"r": 8, "first": 1, "protected": "inside"}, i > 0) for i in range(3)]
+    dense = dense_fidelity(np.ones((2, 4, 4)), np.ones((2, 4, 4)))
+    report = Report(
+        vtc_version="0.1.0",
+        source=SourceInfo("./vit-base", "hf", "vit", "vit"),
+        recipe={"name": "tome-r8", "method": ["tome"]},
+        budget=BudgetInfo(methods=["tome"], settings={"tome": {"r": 8}}, tokens_in=197,
+                          protected=1, tokens_per_layer=[197, 189, 181], tokens_out=173,
+                          layers=layers, flops_base=1000, flops=763, flops_ratio=1.31,
+                          flops_overhead=12),
+        graph=GraphInfo(blocks=3, sites=3, constants_fixed=9, batch_constants=0,
+                        unmerge=UnmergeInfo(2, 197, ["node_view_16"]),
+                        op_counts_before={"MatMul": 10}, op_counts_after={"MatMul": 16}),
+        engine=EngineInfo("ort", ["CPUExecutionProvider"], "model.ort.onnx"),
+        fusions=FusionInfo({"Gelu": 3}, {"Gelu": 2}, {"Gelu": 1}, {}),
+        inputs=InputsInfo("synthetic", 16, "fixed-seed pixels", seed=0),
+        output="logits",
+        parity=ParityInfo(_stats(1e-6), _stats(2e-6)),
+        fidelity=FidelityInfo(64, 0.998, 0.99, 0.97, 1.0),
+        dense=DenseInfo(output="depth", **{k: dense[k] for k in (
+            "n", "pearson_mean", "pearson_min", "iou_mean", "iou_min", "threshold_quantile",
+            "pearson", "iou")}),
+        throughput=ThroughputInfo(
+            batch=8, baseline_ips=800.0, compressed_ips=1142.9, eager_ips=None,
+            eager_compressed_ips=None, speedup=1.4286, efficiency=1.09,
+            baseline=TimingInfo(10.0, 11.0, 10.2, 800.0, 20, 8),
+            compressed=TimingInfo(7.0, 7.5, 7.1, 1142.9, 20, 8), eager=None,
+            eager_compressed=None, method="interleaved"),
+        accuracy=AccuracyInfo(dataset=DatasetInfo(
+            "lfw-subset", "skimage.data.lfw_subset()", 40, 20, 2, ["no face", "face"],
+            [25, 25], 0, "class-stratified fixed-seed split"), **_probe()),
+    )
+    return dataclasses.replace(report, **changes)

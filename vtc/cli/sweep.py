@@ -1,0 +1,72 @@
+"""`vtc sweep`: the command; the sweep itself is `vtc.sweep.run_sweep`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from vtc.errors import guard
+from vtc.sweep import parse_values, run_sweep
+from vtc.sweep_plot import table
+
+SWEEP_HELP = """Run the pipeline once per budget value; plot quality against speed-up.
+
+--recipe takes a method (tome → the tome-r8 recipe, pitome → pitome-r8, evit →
+evit-keep70) or any recipe name or YAML path. --values KEY=v1,v2,... names a field of the method's
+section (r, flops_ratio, keep_rate, keep, ...) or a full dotted key; r=0 and
+keep_rate=1.0 are the uncompressed point. Every value is validated, and its
+budget resolved against the model, before anything runs.
+
+\b
+Examples:
+  vtc sweep ./vit-base-patch16-224 --recipe tome --values r=0,4,8,12,16,20 --out out/sweep
+  vtc sweep ./vit-base-patch16-224 --recipe evit --values keep_rate=1.0,0.9,0.7,0.5 \\
+      --out out/evit-sweep --images ./val
+  vtc sweep model.onnx --recipe tome --values flops_ratio=1.0,1.5,2.0 --out out/fr
+  vtc sweep ./ckpt --recipe tome-r16 --values tome.r=8,16 --set validate.repeats=30 \\
+      --batch 16 --out out/sweep --force
+
+\b
+Writes OUT/sweep.json (every point's tokens, FLOPs ratio, measured speed-up,
+img/s, accuracy or fidelity, Pareto flag; the command; the machine),
+OUT/sweep.md (a table), OUT/sweep.png (quality vs measured speed-up and vs
+the analytic FLOPs ratio) and OUT/runs/KEY=VALUE/ (one full bundle each).
+Sweeps do not gate: exit 0 when every point ran, 2 on a usage or input error
+(nothing is written), 130 when interrupted (nothing is written).
+"""
+
+
+@click.command("sweep", help=SWEEP_HELP, context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("source")
+@click.option("--recipe", "-r", default="tome", show_default=True,
+              help="a method (tome, pitome, evit) or a recipe name (`vtc recipes`) or YAML path")
+@click.option("--values", "values_spec", required=True, metavar="KEY=V1,V2,...",
+              help="the field to sweep and its values, e.g. r=0,4,8 or keep_rate=1.0,0.7")
+@click.option("--out", "-o", type=click.Path(path_type=Path), required=True,
+              help="sweep directory (must be empty or absent unless --force)")
+@click.option("--batch", "-b", type=click.IntRange(min=1), default=None,
+              help="static batch of the engines [default: the recipe's]")
+@click.option("--images", type=click.Path(path_type=Path, exists=True, file_okay=False),
+              default=None, help="folder of images for validation [default: synthetic]")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="override a recipe field for every point (repeatable)")
+@click.option("--force", is_flag=True, help="replace a non-empty --out")
+@click.option("--allow-pickle", is_flag=True,
+              help="allow pytorch_model.bin checkpoints (torch.load weights_only=True)")
+@click.option("--protected", type=click.IntRange(min=0), default=None,
+              help="ONNX sources: leading tokens never merged [default: guessed]")
+def sweep(source: str, recipe: str, values_spec: str, out: Path, batch: int | None,
+          images: Path | None, overrides: tuple[str, ...], force: bool, allow_pickle: bool,
+          protected: int | None) -> None:
+    def _run() -> int:
+        key, values = parse_values(values_spec)
+        result = run_sweep(source, recipe, key, values, out, batch=batch, images=images,
+                           overrides=overrides, force=force, allow_pickle=allow_pickle,
+                           protected=protected)
+        click.echo("\n".join(table(result)))
+        click.echo(f"\nwrote {out}/sweep.json, sweep.md, sweep.png and {len(result['points'])} "
+                   f"bundles under {out}/runs/")
+        return 0
+
+    guard(_run)

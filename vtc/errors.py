@@ -1,0 +1,99 @@
+"""The one error module: what counts as bad input, and the guard every command runs in.
+
+Exit codes (README, `--help`):
+
+    0    success
+    1    a recipe gate failed (a line names the gate, its value and its limit)
+    2    a usage or input error: one line naming the problem and the fix
+    3    an internal error vtc did not expect: one line with the exception type and
+         where the full traceback was written
+    130  interrupted (Ctrl-C or SIGTERM, however many arrive)
+
+Every error a user can fix subclasses :class:`InputError`; the guard turns it into
+exit 2. Nothing else in vtc decides exit codes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn
+
+EXIT_OK, EXIT_GATE, EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+class InputError(ValueError):
+    """Bad input the user can fix (exit 2). The message names the problem and the fix."""
+
+
+class OutputError(InputError):
+    """The output path cannot be used."""
+
+
+def _echo(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def one_line(msg: object) -> str:
+    """An error message on a single line (newlines of wrapped library errors folded)."""
+    text = " ".join(str(msg).split())
+    return text or "(no message)"
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    # The first signal unwinds (temp dirs are removed in `finally` blocks); later ones
+    # are ignored so that the clean-up is not cut short and the exit code stays 130.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+def install_signal_handlers() -> None:
+    """SIGINT and SIGTERM (kill, CI timeouts) unwind like Ctrl-C, once."""
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
+def crash_log(exc: BaseException) -> Path:
+    """Write the full traceback of an unexpected exception; returns the file."""
+    folder = Path(os.environ.get("VTC_CRASH_DIR") or tempfile.gettempdir())
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = folder / f"vtc-crash-{stamp}-{os.getpid()}.log"
+    try:
+        path.write_text("".join(traceback.format_exception(exc)), encoding="utf-8")
+    except OSError:
+        path = Path("(could not be written)")
+    return path
+
+
+def _where(exc: BaseException) -> str:
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return "?"
+    last = frames[-1]
+    return f"{Path(last.filename).name}:{last.lineno}"
+
+
+def guard(fn: Callable[[], int]) -> NoReturn:
+    """Run a command body and exit with the code the README promises (module doc)."""
+    install_signal_handlers()
+    try:
+        code = fn()
+    except KeyboardInterrupt:
+        _echo("interrupted: nothing was written")
+        sys.exit(EXIT_INTERRUPTED)
+    except InputError as exc:
+        _echo(f"error: {one_line(exc)}")
+        sys.exit(EXIT_INPUT)
+    except Exception as exc:
+        log = crash_log(exc)
+        _echo(f"internal error: {type(exc).__name__}: {one_line(exc)} (at {_where(exc)}); "
+              f"the full traceback is in {log}; please report it")
+        sys.exit(EXIT_INTERNAL)
+    sys.exit(code)

@@ -1,0 +1,154 @@
+"""What a reduction method is: one module holding its recipe section, its static
+schedule, its ONNX pass and its eager reference op.
+
+A method is a stateless object registered by decorator (`vtc.methods.register`).
+The pipeline never names a method: the budget planner, the compress stage and
+the eager reference dispatch on `LayerPlan.method`.
+
+* **Recipe section** — `config`, a pydantic model (unknown keys are errors). Every
+  method has `layers`: the 0-based blocks it acts in (null: every block; a recipe
+  chaining several methods gives them disjoint blocks).
+* **Static schedule** — `plan_block` turns the section into the tokens leaving one
+  block and the frozen parameters the pass and the eager op read (e.g. ``{"r": 8}``);
+  `resolve` may solve a FLOPs target first; `overhead` counts the method's own
+  bookkeeping MACs.
+* **ONNX pass** — `emit` writes the reduction of one block with the portable ops of
+  `vtc.passes.emit` (no scatter, TopK with a constant K).
+* **Eager reference** — `eager` applies the same reduction to torch tensors.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import onnx_ir as ir
+from pydantic import BaseModel, ConfigDict, field_validator
+from torch import Tensor
+
+from vtc.budget import Geometry, LayerPlan
+from vtc.passes.emit import Emitter
+from vtc.passes.graph import Block
+
+
+class MethodConfig(BaseModel):
+    """Base of every method's recipe section."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    layers: list[int] | None = None  # 0-based blocks this method acts in; null: every block
+
+    @field_validator("layers")
+    @classmethod
+    def _layers(cls, v: list[int] | None) -> list[int] | None:
+        if v is None:
+            return v
+        bad = [i for i in v if i < 0]
+        if bad:
+            raise ValueError(f"layers {bad} are negative; give 0-based block indices")
+        if len(set(v)) != len(v):
+            raise ValueError(f"layers {v} name a block twice")
+        return sorted(v)
+
+
+@dataclass(frozen=True)
+class BlockStep:
+    """What a method does in one block: tokens out and its frozen parameters."""
+
+    tokens_out: int
+    params: dict[str, Any]
+
+
+@dataclass
+class Site:
+    """One block to rewrite in the ONNX graph.
+
+    x: the residual stream after the attention residual add, `[B, N, C]`.
+    size: how many original tokens each token stands for, `[B, N, 1]`, or None while
+        every size is 1 (no merge has happened yet).
+    track: the caller wants `slots` (to copy merged tokens back to the full grid).
+    """
+
+    em: Emitter
+    block: Block
+    x: ir.Value
+    size: ir.Value | None
+    plan: LayerPlan
+    protected: int
+    track: bool
+
+
+@dataclass
+class SiteOut:
+    """The rewrite of one block: x' `[B, N', C]`, sizes `[B, N', 1]` (None when the
+    method tracks none) and slots `[B, N]` float (the slot in x' of every input
+    token), present only when the site asked for them and the method can give them."""
+
+    x: ir.Value
+    size: ir.Value | None
+    slots: ir.Value | None = None
+
+
+class Method(abc.ABC):
+    """Base class of a reduction method (see the module docstring)."""
+
+    name: ClassVar[str] = ""
+    config: ClassVar[type[MethodConfig]] = MethodConfig
+    summary: ClassVar[str] = ""
+    # True for a size-weighted merge: tokens carry sizes, and merged tokens can be copied
+    # back to the full grid (unmerge). False for a prune: dropped tokens are gone.
+    merges: ClassVar[bool] = False
+    # the shipped recipe `vtc sweep --recipe NAME` starts from
+    recipe: ClassVar[str] = ""
+    # settings of which a section gives one: setting one (a sweep) clears the other
+    exclusive: ClassVar[dict[str, str]] = {}
+
+    # ---- schedule --------------------------------------------------------------------
+    def blocks(self, cfg: MethodConfig, geo: Geometry) -> list[int]:
+        """The blocks this method acts in (BudgetError when outside the model)."""
+        from vtc.budget import BudgetError
+
+        if cfg.layers is None:
+            return list(range(geo.layers))
+        bad = [i for i in cfg.layers if i >= geo.layers]
+        if bad:
+            raise BudgetError(f"{self.name}.layers {bad} are outside 0..{geo.layers - 1} "
+                              "(0-based block indices)")
+        return list(cfg.layers)
+
+    def resolve(self, cfg: MethodConfig, geo: Geometry,
+                ratio_of: Callable[[MethodConfig], float]) -> MethodConfig:
+        """The section with any target (e.g. a FLOPs ratio) solved into plain values.
+        `ratio_of(cfg)` is the FLOPs ratio of the whole budget with this section."""
+        return cfg
+
+    @abc.abstractmethod
+    def plan_block(self, cfg: MethodConfig, geo: Geometry, block: int, nth: int,
+                   tokens: int) -> BlockStep | None:
+        """The reduction in `block` (the `nth` of this method's blocks, from 0) when
+        `tokens` enter it; None when it keeps every token."""
+
+    def attn_bias(self, cfg: MethodConfig) -> bool:
+        """True when the blocks after this method's merges add log(size) to their
+        attention logits (proportional attention)."""
+        return False
+
+    def overhead(self, plan: LayerPlan, geo: Geometry) -> int:
+        """MACs per image of the method's own bookkeeping in one block."""
+        return 0
+
+    # ---- the two implementations ---------------------------------------------------------
+    @abc.abstractmethod
+    def emit(self, site: Site) -> SiteOut:
+        """Write the reduction of one block into the graph (nodes go to `site.em`)."""
+
+    @abc.abstractmethod
+    def eager(self, x: Tensor, sizes: Tensor | None, keys: Tensor, probs: Tensor,
+              plan: LayerPlan, protected: int) -> tuple[Tensor, Tensor | None]:
+        """The same reduction on torch tensors.
+
+        x `[B, N, C]` (C may carry extra channels that ride along: the eager unmerge
+        puts a one-hot source map there), sizes `[B, N, 1]` or None, keys
+        `[B, H, N, D]`, probs `[B, H, N, N]` → (x' `[B, N', C]`, sizes' or None)."""

@@ -1,0 +1,193 @@
+"""EViT: keep the k most attended tokens, fuse the rest (Liang et al., ICLR 2022;
+docs/algorithms.md).
+
+Recipe section::
+
+    evit:
+      keep_rate: 0.7             # or keep: 50 (absolute k per pruning block)
+      layers: [3, 6, 9]          # the pruning blocks
+      fuse: sum                  # sum | mean | none
+
+Before (one block, N tokens)::
+
+    x_in ─► LN ─► attn ─► Softmax ─► A[B,H,N,N] ─► … ─► Add ─► x_mid[B,N,C] ─► LN ─► MLP ─► Add
+
+After (k kept at this block, P protected, one fused token)::
+
+    A ─► Slice(row 0, cols P:) ─► ReduceMean(H) ─► score[B, N-P]   (P = 0: mean over H, queries)
+    score ─► TopK(k) ─► sort ─► idx[B, k] ─► GatherElements ─► kept[B, k, C]
+    score · (1 - one-hot-mask(idx)) ─► MatMul with x_mid[:, P:] ─► fused[B, 1, C]  (÷ Σw: "mean")
+    x' = concat(x_mid[:, :P], kept, fused)[B, P+k+1, C] ─► LN ─► MLP ─► Add
+
+After a merge method (a chained recipe) tokens carry sizes: kept tokens keep theirs
+and the fused token's size is the sum of the dropped tokens' sizes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar, Literal
+
+import numpy as np
+import torch
+from pydantic import field_validator, model_validator
+from torch import Tensor
+
+from vtc.budget import BudgetError, Geometry, LayerPlan
+from vtc.methods.base import BlockStep, Method, MethodConfig, Site, SiteOut
+from vtc.methods.merging import gather_tokens
+from vtc.methods.registry import register
+
+Fuse = Literal["sum", "mean", "none"]
+
+
+class EViTConfig(MethodConfig):
+    keep_rate: float | None = 0.7
+    keep: int | None = None  # absolute k per pruning block (set keep_rate: null)
+    layers: list[int] | None = [3, 6, 9]  # noqa: RUF012 - pydantic copies defaults
+    fuse: Fuse = "sum"
+
+    @field_validator("keep_rate")
+    @classmethod
+    def _rate(cls, v: float | None) -> float | None:
+        if v is not None and not 0.0 < v <= 1.0:  # also refuses NaN
+            raise ValueError(f"keep_rate={v} is outside (0, 1]; use e.g. 0.7")
+        return v
+
+    @field_validator("keep")
+    @classmethod
+    def _keep(cls, v: int | None) -> int | None:
+        if v is not None and v < 1:
+            raise ValueError(f"keep={v} must be >= 1")
+        return v
+
+    @model_validator(mode="after")
+    def _one_of(self) -> EViTConfig:
+        if (self.keep_rate is None) == (self.keep is None):
+            raise ValueError("give exactly one of keep_rate and keep (set the other to null)")
+        return self
+
+
+@register
+class EViT(Method):
+    name = "evit"
+    config = EViTConfig
+    recipe = "evit-keep70"
+    exclusive: ClassVar[dict[str, str]] = {"keep_rate": "keep", "keep": "keep_rate"}
+    summary = "attentive token keeping: keep the k tokens the CLS attends to most, fuse the rest"
+
+    def plan_block(self, cfg: MethodConfig, geo: Geometry, block: int, nth: int,
+                   tokens: int) -> BlockStep | None:
+        """Keep ceil(keep_rate · candidates) (or exactly `keep`) of the unprotected
+        tokens and, unless fuse is none, add one token that fuses the rest."""
+        assert isinstance(cfg, EViTConfig)
+        cand = tokens - geo.protected
+        extra = 0 if cfg.fuse == "none" else 1
+        if cfg.keep is not None:
+            if cfg.keep > cand:
+                raise BudgetError(f"evit.keep={cfg.keep} at block {block} is impossible: only "
+                                  f"{cand} unprotected tokens are left there; lower keep or use "
+                                  "keep_rate")
+            k = cfg.keep
+        else:
+            assert cfg.keep_rate is not None
+            k = math.ceil(cfg.keep_rate * cand)
+        if k + extra >= cand:  # nothing to prune (or the fused token would save nothing)
+            return None
+        return BlockStep(geo.protected + k + extra, {"keep": k, "fuse": cfg.fuse})
+
+    def overhead(self, plan: LayerPlan, geo: Geometry) -> int:
+        return (plan.tokens_in - geo.protected) * geo.width  # the fused token's weighted sum
+
+    # ---- ONNX -------------------------------------------------------------------------
+    def emit(self, site: Site) -> SiteOut:
+        em, blk, x, size, p = site.em, site.block, site.x, site.size, site.protected
+        n, k, fuse = site.plan.tokens_in, int(site.plan.params["keep"]), \
+            str(site.plan.params["fuse"])
+        c = blk.width
+        probs = blk.probs
+        if p > 0:
+            row = em.op("Slice", probs, em.const([0, p]), em.const([1, n]), em.const([2, 3]))
+            score = em.reduce("ReduceMean", row, [1, 2], 0)  # [B, N-P]
+        else:
+            score = em.reduce("ReduceMean", probs, [1, 2], 0)  # [B, N]
+        _, top = em.op("TopK", score, em.const([k]), outputs=2, axis=-1, largest=1, sorted=1)
+        idx = em.sort_ascending(top, k)
+        xp = em.slice(x, p, n, axis=1)
+        front = [em.slice(x, 0, p, axis=1)] if p else []
+        parts = [*front, em.gather_rows(xp, idx, c)]
+        sp = em.slice(size, p, n, axis=1) if size is not None else None
+        s_parts = ([em.slice(size, 0, p, axis=1)] if p and size is not None else []) + (
+            [em.gather_rows(sp, idx, 1)] if sp is not None else [])
+        if fuse != "none":
+            mask = em.reduce("ReduceMax", em.one_hot(idx, n - p), [1], 0)  # [B, N-P]
+            dropped = em.op("Sub", em.const(1.0, np.float32), mask)
+            w3 = em.op("Unsqueeze", em.op("Mul", score, dropped), em.const([1]))  # [B, 1, N-P]
+            fused = em.op("MatMul", w3, xp)  # [B, 1, C]
+            if fuse == "mean":
+                fused = em.op("Div", fused, em.reduce("ReduceSum", w3, [2], 1))
+            parts.append(fused)
+            if sp is not None:
+                d3 = em.op("Unsqueeze", dropped, em.const([1]))  # [B, 1, N-P]
+                s_parts.append(em.op("MatMul", d3, sp))  # [B, 1, 1]
+        x_new = em.op("Concat", *parts, axis=1)
+        s_new = em.op("Concat", *s_parts, axis=1) if size is not None else None
+        return SiteOut(x_new, s_new)
+
+    # ---- torch ------------------------------------------------------------------------
+    def eager(self, x: Tensor, sizes: Tensor | None, keys: Tensor, probs: Tensor,
+              plan: LayerPlan, protected: int) -> tuple[Tensor, Tensor | None]:
+        return evit_prune(x, sizes, probs, int(plan.params["keep"]), protected,
+                          str(plan.params["fuse"]))
+
+
+def evit_scores(attn: Tensor, protected: int) -> Tensor:
+    """EViT token scores `[B, N - protected]` from attention probabilities
+    `attn[B, H, N, N]`: attention from the first protected token (CLS), averaged over
+    heads; with no protected token, the attention each token receives, averaged over
+    heads and queries."""
+    if protected >= 1:
+        return attn[:, :, 0, protected:].mean(dim=1)
+    return attn.mean(dim=(1, 2))
+
+
+def evit_prune(x: Tensor, sizes: Tensor | None, attn: Tensor, keep: int, protected: int,
+               fuse: str = "sum") -> tuple[Tensor, Tensor | None]:
+    """EViT attentive token keeping.
+
+    Args:
+        x: tokens `[B, N, C]` (after the attention residual add).
+        sizes: `[B, N, 1]` when earlier merges made tokens carry sizes, else None.
+        attn: that block's attention probabilities `[B, H, N, N]`.
+        keep: unprotected tokens to keep (`0 <= keep <= N - protected`).
+        protected: leading tokens kept in front untouched.
+        fuse: `"sum"` adds `Σ w_j x_j` over the dropped tokens (`w` = score),
+            `"mean"` adds `Σ w_j x_j / Σ w_j`, `"none"` adds nothing.
+
+    Returns:
+        (`[B, protected + keep (+ 1), C]`: protected tokens, kept tokens in their
+        original order, then the fused token; their sizes or None).
+    """
+    cand = x.shape[1] - protected
+    if not 0 <= keep <= cand:
+        raise ValueError(f"EViT keep={keep} is outside 0..{cand}")
+    if fuse not in ("sum", "mean", "none"):
+        raise ValueError(f"EViT fuse={fuse!r} is not one of sum, mean, none")
+    score = evit_scores(attn, protected)  # [B, cand]
+    # top-k with ties -> lower index first, then back to spatial order
+    top = torch.sort(score, dim=-1, descending=True, stable=True).indices[:, :keep]
+    idx = torch.sort(top, dim=-1).values
+    body = x[:, protected:]
+    parts = [x[:, :protected], gather_tokens(body, idx)]
+    s_parts = [] if sizes is None else [sizes[:, :protected],
+                                        gather_tokens(sizes[:, protected:], idx)]
+    if fuse != "none":
+        dropped = torch.ones_like(score).scatter(1, idx, 0.0)
+        w = (score * dropped).unsqueeze(-1)  # [B, cand, 1]
+        fused = (w * body).sum(dim=1, keepdim=True)
+        if fuse == "mean":
+            fused = fused / w.sum(dim=1, keepdim=True)
+        parts.append(fused)
+        if sizes is not None:
+            s_parts.append((dropped.unsqueeze(-1) * sizes[:, protected:]).sum(1, keepdim=True))
+    return torch.cat(parts, dim=1), torch.cat(s_parts, dim=1) if sizes is not None else None

@@ -1,0 +1,29 @@
+"""Proportional attention: add log(size) to a block's attention logits.
+
+Once tokens are merged, a token that stands for s originals should get the
+attention weight of s tokens (ToMe §3). Before the Softmax of the block::
+
+    before:  logits[B, H, N, N] ─────────────────────────────► Softmax
+    after:   logits[B, H, N, N] ─► Add(log(s)ᵀ[B, 1, 1, N]) ─► Softmax
+
+`s` is the `[B, N, 1]` size tensor the merges carry beside the stream.
+"""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+
+from vtc.passes.emit import Emitter
+from vtc.passes.graph import Block
+
+
+def add_size_bias(graph: ir.Graph, blk: Block, size: ir.Value) -> None:
+    """logits[B, H, N, N] += log(s)[B, 1, 1, N] right before the block's Softmax."""
+    em = Emitter(graph, f"vtc_size_bias{blk.index}")
+    logs = em.op("Log", em.op("Transpose", size, perm=[0, 2, 1]))  # [B, 1, N]
+    bias = em.op("Unsqueeze", logs, em.const([1]))  # [B, 1, 1, N]
+    logits = blk.softmax.inputs[0]
+    assert logits is not None
+    new_logits = em.op("Add", logits, bias)
+    em.insert_before(blk.softmax)
+    blk.softmax.replace_input_with(0, new_logits)

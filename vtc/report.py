@@ -1,0 +1,320 @@
+"""The report: one typed definition that the pipeline writes and everything else reads.
+
+`Report` is what `report.json` holds. The pipeline fills it, the gates read it,
+`report.md`, the CLI summary and sweeps render it. `vtc/report.schema.json` is its
+JSON Schema, generated from these dataclasses (`python -m vtc.report` prints it; a
+test fails when the shipped file and the type disagree) and bumped with
+`SCHEMA_VERSION` whenever a field changes meaning.
+
+Conventions: lengths and counts are ints, everything measured is a float, and a
+tier that was not measured is `null` (never absent).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+SCHEMA_VERSION = 1
+
+Kind = Literal["min", "max"]
+
+
+@dataclass
+class SourceInfo:
+    spec: str  # what the user gave as SOURCE
+    kind: Literal["hf", "onnx"]
+    model_type: str | None = None
+    family: str | None = None
+
+
+@dataclass
+class LayerInfo:
+    """One block of the budget (`vtc.budget.LayerPlan`)."""
+
+    index: int
+    tokens_in: int
+    tokens_out: int
+    method: str
+    params: dict[str, Any]
+    attn_bias: bool
+
+
+@dataclass
+class BudgetInfo:
+    """The static schedule (`vtc.budget.Budget.to_dict`)."""
+
+    methods: list[str]
+    settings: dict[str, dict[str, Any]]  # each method's resolved recipe section
+    tokens_in: int
+    protected: int
+    tokens_per_layer: list[int]  # tokens entering each block
+    tokens_out: int
+    layers: list[LayerInfo]
+    flops_base: int  # MACs per image, uncompressed
+    flops: int  # MACs per image, compressed
+    flops_ratio: float
+    flops_overhead: int  # the reductions' own bookkeeping MACs (not in flops_ratio)
+
+
+@dataclass
+class UnmergeInfo:
+    after_block: int
+    tokens: int
+    consumers: list[str]
+
+
+@dataclass
+class GraphInfo:
+    """What the compress stage did to the graph."""
+
+    blocks: int
+    sites: int  # reductions inserted
+    constants_fixed: int  # baked token counts rewritten by the shape fix-up
+    batch_constants: int  # baked batches rewritten (dynamic batch only)
+    unmerge: UnmergeInfo | None
+    op_counts_before: dict[str, int]
+    op_counts_after: dict[str, int]
+
+
+@dataclass
+class EngineInfo:
+    kind: str  # the engine registry's name: ort, tensorrt
+    providers: list[str]  # execution providers in use (ORT); [] for other engines
+    file: str  # the compressed engine's file in the bundle
+
+
+@dataclass
+class FusionInfo:
+    """Fused-op counts of both optimised engines; `lost` must stay empty."""
+
+    baseline: dict[str, int]
+    compressed: dict[str, int]
+    lost: dict[str, int]
+    gained: dict[str, int]
+
+
+@dataclass
+class InputsInfo:
+    kind: Literal["synthetic", "images", "photos"]
+    count: int
+    note: str
+    seed: int | None = None
+    folder: str | None = None
+    names: list[str] | None = None
+
+
+@dataclass
+class Stats:
+    """Difference statistics of a candidate output against a reference."""
+
+    max_abs_diff: float
+    mean_abs_diff: float
+    p99_abs_diff: float
+    max_rel_diff: float
+    cosine_min: float
+    cosine_mean: float
+    shape: list[int]
+
+
+@dataclass
+class ParityInfo:
+    export: Stats | None  # baseline engine vs the eager model
+    engine: Stats | None  # compressed engine vs the eager reference at the same budget
+    note: str = ""
+
+
+@dataclass
+class FidelityInfo:
+    """Compressed vs uncompressed engine, per sample."""
+
+    n: int
+    cosine_mean: float
+    cosine_min: float
+    top1_agreement: float | None = None  # classifiers only
+    top5_agreement: float | None = None  # classifiers with >= 5 classes
+
+
+@dataclass
+class DenseInfo:
+    output: str
+    n: int
+    pearson_mean: float
+    pearson_min: float
+    iou_mean: float
+    iou_min: float
+    threshold_quantile: float
+    pearson: list[float]
+    iou: list[float]
+
+
+@dataclass
+class TimingInfo:
+    """Latency of one runner for one batch."""
+
+    p50_ms: float
+    p95_ms: float
+    mean_ms: float
+    img_per_s: float
+    n: int
+    batch: int
+
+
+@dataclass
+class ThroughputInfo:
+    batch: int
+    baseline_ips: float
+    compressed_ips: float
+    eager_ips: float | None
+    eager_compressed_ips: float | None
+    speedup: float
+    efficiency: float  # speedup / flops_ratio
+    baseline: TimingInfo
+    compressed: TimingInfo
+    eager: TimingInfo | None
+    eager_compressed: TimingInfo | None
+    method: str
+
+
+@dataclass
+class DatasetInfo:
+    name: str
+    source: str
+    n_train: int
+    n_test: int
+    n_classes: int
+    classes: list[str]
+    image_shape: list[int]
+    seed: int
+    selection: str
+
+
+@dataclass
+class AccuracyInfo:
+    """The linear probe (percent)."""
+
+    dataset: DatasetInfo
+    n_train: int
+    n_test: int
+    n_classes: int
+    baseline_acc: float
+    compressed_acc: float
+    drop_points: float
+    embedding_cosine_mean: float
+    embedding_cosine_min: float
+    classifier: str
+
+
+@dataclass(frozen=True)
+class Gate:
+    """One gate: `kind == "min"` passes when `value >= limit`, `"max"` when
+    `value <= limit`. `value` is None (and `passed` False) when not measured."""
+
+    name: str
+    value: float | None
+    limit: float
+    passed: bool
+    kind: Kind
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class Report:
+    """Everything `report.json` holds (module docstring)."""
+
+    vtc_version: str
+    source: SourceInfo
+    recipe: dict[str, Any]
+    budget: BudgetInfo
+    graph: GraphInfo
+    engine: EngineInfo
+    fusions: FusionInfo | None
+    inputs: InputsInfo
+    output: str  # the output the tiers compare
+    parity: ParityInfo
+    fidelity: FidelityInfo
+    dense: DenseInfo | None
+    throughput: ThroughputInfo | None
+    accuracy: AccuracyInfo | None
+    gates: list[Gate] = field(default_factory=list)
+    gates_skipped: list[str] = field(default_factory=list)
+    passed: bool = True
+    elapsed_s: float = 0.0
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_jsonable(dataclasses.asdict(self))  # type: ignore[no-any-return]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Report:
+        """A report read back from report.json (pydantic validates every field)."""
+        from pydantic import TypeAdapter
+
+        return TypeAdapter(cls).validate_python(data)
+
+
+# gate name -> (path of attributes into the report, kind)
+GATES: dict[str, tuple[tuple[str, ...], Kind]] = {
+    "min_speedup": (("throughput", "speedup"), "min"),
+    "min_efficiency": (("throughput", "efficiency"), "min"),
+    "max_parity_diff": (("parity", "engine", "max_abs_diff"), "max"),
+    "max_export_diff": (("parity", "export", "max_abs_diff"), "max"),
+    "min_fidelity_cosine": (("fidelity", "cosine_mean"), "min"),
+    "min_top1_agreement": (("fidelity", "top1_agreement"), "min"),
+    "min_flops_ratio": (("budget", "flops_ratio"), "min"),
+    "max_accuracy_drop": (("accuracy", "drop_points"), "max"),
+    "min_embedding_cosine": (("accuracy", "embedding_cosine_mean"), "min"),
+    "min_dense_pearson": (("dense", "pearson_mean"), "min"),
+    "min_dense_iou": (("dense", "iou_mean"), "min"),
+}
+
+
+def lookup(report: Report, path: tuple[str, ...]) -> Any:
+    """The value at `path` (attribute names), or None where a tier is null."""
+    node: Any = report
+    for key in path:
+        if node is None:
+            return None
+        node = getattr(node, key)
+    return node
+
+
+def to_jsonable(obj: Any) -> Any:
+    """numpy scalars/arrays, dataclasses, Paths, tuples and sets → JSON types."""
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, set | frozenset):
+        return sorted(to_jsonable(v) for v in obj)
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        return to_jsonable(obj.item())
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return to_jsonable(dataclasses.asdict(obj))
+    if hasattr(obj, "__fspath__"):
+        return str(obj)
+    return obj
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of `Report` (what `vtc/report.schema.json` ships)."""
+    from pydantic import TypeAdapter
+
+    schema = TypeAdapter(Report).json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "vtc report.json"
+    schema["description"] = f"vtc report, schema version {SCHEMA_VERSION}"
+    return schema
+
+
+if __name__ == "__main__":
+    print(json.dumps(json_schema(), indent=2, sort_keys=True))

@@ -1,0 +1,75 @@
+"""Stage 6, bundle: the verdict and the files that describe the bundle.
+
+`judge` evaluates the recipe's gates against the typed report (skipping, and
+listing, the gates a run cannot measure); `write` puts manifest.json,
+report.json and report.md beside the graphs and the engine.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import vtc
+from vtc.budget import Budget
+from vtc.recipe import RecipeBase
+from vtc.report import BudgetInfo, LayerInfo, Report
+from vtc.source import Source
+from vtc.util import sha256_file, write_atomic
+from vtc.validate.gates import evaluate_gates, format_gate
+from vtc.validate.report import write_report
+
+__all__ = ["budget_info", "format_gate", "judge", "manifest", "write"]
+
+
+def budget_info(budget: Budget) -> BudgetInfo:
+    """The report's view of the budget."""
+    d = budget.to_dict()
+    d["layers"] = [LayerInfo(**lp) for lp in d["layers"]]
+    return BudgetInfo(**d)
+
+
+def judge(report: Report, recipe: RecipeBase, bench: bool) -> None:
+    """Fill `report.gates`, `gates_skipped` and `passed` from the recipe's gates."""
+    gates = dict(recipe.gates)
+    skipped: list[str] = []
+
+    def skip(*names: str) -> None:
+        skipped.extend(g for g in names if gates.pop(g, None) is not None)
+
+    if report.parity.engine is None:  # an ONNX source has no eager model
+        skip("max_export_diff", "max_parity_diff")
+    if not bench:
+        skip("min_speedup", "min_efficiency")
+    if report.dense is None:  # not a dense output: its gates do not apply
+        skip("min_dense_pearson", "min_dense_iou")
+    report.gates = evaluate_gates(report, gates)
+    report.gates_skipped = skipped
+    report.passed = all(g.passed for g in report.gates)
+
+
+def manifest(report: Report, src: Source, tmp: Path, input_shape: list[int | str],
+             opset: int | None) -> dict[str, Any]:
+    """What the bundle is and where it came from, with every graph's and engine's sha256."""
+    files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())
+             if p.is_file() and (p.suffix in (".onnx", ".plan", ".data"))}
+    return {
+        "vtc_version": vtc.__version__,
+        "report_schema_version": report.schema_version,
+        "source": {"spec": src.spec, "kind": src.kind, "sha256": src.digest()},
+        "recipe": report.recipe,
+        "budget": report.to_dict()["budget"],
+        "shapes": {"input": input_shape, "dynamic_batch": not isinstance(input_shape[0], int),
+                   "timed_batch": report.throughput.batch if report.throughput else None,
+                   "tokens_in": report.budget.tokens_in, "tokens_out": report.budget.tokens_out},
+        "opset": opset,
+        "engine": {"kind": report.engine.kind, "providers": report.engine.providers,
+                   "file": report.engine.file},
+        "files": files,
+    }
+
+
+def write(tmp: Path, report: Report, manifest_data: dict[str, Any]) -> None:
+    write_atomic(tmp / "manifest.json", json.dumps(manifest_data, indent=2, sort_keys=True) + "\n")
+    write_report(tmp, report)

@@ -1,0 +1,52 @@
+"""Stage 4, compile: build the engines of both graphs with the recipe's engine kind.
+
+The engine comes from the registry (`vtc.backends.engines`, `backend.kind`); the
+stage never names one. Both runners are loaded here and closed when the block
+ends; the compressed engine's file stays in the bundle, the baseline's is removed
+once its fusions are counted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from vtc.backends import engines
+from vtc.backends.base import Runner
+from vtc.recipe import RecipeBase
+from vtc.report import EngineInfo, FusionInfo
+
+
+@dataclass
+class Compiled:
+    baseline: Runner
+    compressed: Runner
+    info: EngineInfo
+    fusions: FusionInfo | None
+
+
+def options(recipe: RecipeBase, input_shape: tuple[int, ...] | None = None
+            ) -> engines.EngineOptions:
+    b = recipe.backend
+    return engines.EngineOptions(providers=tuple(b.providers), threads=b.threads, fp16=b.fp16,
+                                 input_shapes={"pixel_values": input_shape} if input_shape else {})
+
+
+@contextmanager
+def compile_engines(recipe: RecipeBase, baseline: Path, model: Path, tmp: Path,
+                    input_shape: tuple[int, ...] | None = None) -> Iterator[Compiled]:
+    """Build and load both engines; yields them with what the build reported."""
+    engine = engines.get(recipe.backend.kind)
+    opts = options(recipe, input_shape)
+    base_file = tmp / f"baseline{engine.suffix}"
+    comp_file = tmp / f"model{engine.suffix}"
+    base_rt = engine.runner(baseline, base_file, opts)
+    comp_rt = engine.runner(model, comp_file, opts)
+    with base_rt, comp_rt:
+        counts = engine.fusions(base_file, comp_file)
+        base_file.unlink(missing_ok=True)
+        info = EngineInfo(kind=engine.name, providers=engine.providers(comp_rt),
+                          file=comp_file.name)
+        yield Compiled(base_rt, comp_rt, info, FusionInfo(**counts) if counts else None)

@@ -1,0 +1,52 @@
+"""Stage 2, export: write baseline.onnx, the uncompressed graph both engines start from.
+
+An HF model is exported by the dynamo exporter (static shapes, or a symbolic
+batch with `export.dynamic_batch`). An ONNX source is written as the passes see
+it: pinned to the build batch and folded (so both engines run the same static
+shapes), or unchanged when the batch stays dynamic; external data is read in and
+the file is written inline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import onnx_ir as ir
+
+from vtc.exporter.export import export_onnx
+from vtc.recipe import RecipeBase
+from vtc.stages.load import Loaded
+
+
+@dataclass
+class Exported:
+    baseline: Path  # baseline.onnx
+    batch: int  # the build (and timing) batch
+    size: int  # input side, pixels
+    dynamic: bool  # the graph's batch is symbolic
+    opset: int | None  # the default-domain opset the file declares
+
+
+def declared_opset(path: Path) -> int | None:
+    model = onnx.load(str(path), load_external_data=False)
+    return next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")),
+                None)
+
+
+def export(loaded: Loaded, recipe: RecipeBase, tmp: Path,
+           log: Callable[[str], None] = lambda _msg: None) -> Exported:
+    """`loaded` → tmp/baseline.onnx (see the module docstring)."""
+    path = tmp / "baseline.onnx"
+    dynamic = recipe.export.dynamic_batch
+    if loaded.family is not None:
+        export_onnx(loaded.family, loaded.model, loaded.batch, loaded.size, path,
+                    opset=recipe.export.opset, dynamic_batch=dynamic)
+    elif loaded.graph is not None:
+        ir.save(loaded.graph, path)
+    else:
+        assert loaded.proto is not None
+        onnx.save(loaded.proto, str(path))
+    return Exported(path, loaded.batch, loaded.size, dynamic, declared_opset(path))

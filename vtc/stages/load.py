@@ -1,0 +1,130 @@
+"""Stage 1, load: open SOURCE and learn what the budget needs to know about it.
+
+An HF checkpoint is loaded into its family's eager model (the reference of every
+parity check); an ONNX source is read once (with its external data), checked,
+pinned to the build batch and folded. Both give the token geometry the budget is
+resolved against. Every problem is an input error raised here, before any
+expensive work.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import onnx
+import onnx_ir as ir
+
+from vtc import passes
+from vtc.budget import Geometry
+from vtc.exporter import Family, get_family
+from vtc.exporter.registry import IMAGENET_MEAN, IMAGENET_STD
+from vtc.passes.graph import GraphError, find_blocks, mlp_width, read_onnx
+from vtc.recipe import RecipeBase
+from vtc.source import Source, SourceError
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class Loaded:
+    """What the later stages need from SOURCE.
+
+    model: the family's eager model (HF sources), None for ONNX.
+    proto: the ONNX source as read, None for HF.
+    graph: the ONNX source pinned to `batch` and folded (static batch only).
+    """
+
+    source: Source
+    family: Family | None
+    model: Any
+    geometry: Geometry
+    size: int  # input height = width, pixels
+    batch: int  # the batch the engines are built (and timed) at
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    proto: onnx.ModelProto | None = None
+    graph: ir.Model | None = None
+
+
+def onnx_geometry(model: ir.Model, protected: int | None) -> Geometry:
+    """Budget geometry read off a prepared ONNX graph (no eager model to ask)."""
+    blocks = find_blocks(model)
+    n = blocks[0].tokens
+    if protected is None:
+        if math.isqrt(n - 1) ** 2 == n - 1:
+            protected = 1  # a square grid plus a CLS token
+        elif math.isqrt(n) ** 2 == n:
+            protected = 0  # a square grid, no CLS (SigLIP-like)
+        else:
+            raise SourceError(f"cannot tell how many of the {n} tokens are CLS/register tokens; "
+                              "pass --protected N")
+    if protected >= n - 1:
+        raise SourceError(f"--protected {protected} leaves {n - protected} of the {n} tokens to "
+                          f"reduce; give at most {n - 2}")
+    return Geometry(tokens=n, protected=protected, width=blocks[0].width,
+                    mlp_width=mlp_width(blocks[0]), layers=len(blocks), heads=blocks[0].heads)
+
+
+def _static_batch(proto: onnx.ModelProto) -> int | None:
+    """The first input's batch when it is a fixed number, else None (symbolic)."""
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    first = dims[0] if len(dims) else None
+    return int(first.dim_value) if first is not None and first.HasField("dim_value") else None
+
+
+def _image_size(model: ir.Model) -> int:
+    shape = model.graph.inputs[0].shape
+    dims = [d for d in shape if isinstance(d, int)] if shape is not None else []
+    if shape is None or len(dims) != len(shape) or len(dims) != 4:
+        raise SourceError("the ONNX model's first input is not a static [B, 3, H, W] image")
+    return dims[-1]
+
+
+def _load_onnx(src: Source, recipe: RecipeBase, batch: int, batch_given: bool,
+               protected: int | None, log: Log) -> Loaded:
+    proto = read_onnx(src.path)
+    if any(n.name.startswith("vtc_") for n in proto.graph.node):
+        raise SourceError(f"SOURCE {src.spec} was already compressed by vtc; give the original "
+                          "model (a bundle's baseline.onnx is the uncompressed graph)")
+    dynamic = recipe.export.dynamic_batch
+    fixed = _static_batch(proto)
+    if dynamic and fixed is not None:
+        raise SourceError(f"{src.spec} has a static batch; export.dynamic_batch needs a "
+                          "source exported with a dynamic batch axis")
+    if fixed is not None and fixed != batch:
+        if batch_given:
+            raise SourceError(f"{src.spec} has a static batch of {fixed}, not --batch "
+                              f"{batch}; pass --batch {fixed} or re-export it")
+        log(f"      {src.spec} has a static batch of {fixed}: building and timing at it")
+        batch = fixed
+    pinned = passes.prepare(ir.from_proto(proto), passes.PROBES[0] if dynamic else batch,
+                            recipe.export.image_size)
+    return Loaded(source=src, family=None, model=None,
+                  geometry=onnx_geometry(pinned, protected), size=_image_size(pinned),
+                  batch=batch, mean=IMAGENET_MEAN, std=IMAGENET_STD, proto=proto,
+                  graph=None if dynamic else pinned)
+
+
+def load(src: Source, recipe: RecipeBase, batch: int, batch_given: bool = False,
+         protected: int | None = None, allow_pickle: bool = False,
+         log: Log = lambda _msg: None) -> Loaded:
+    """Open `src` (already resolved) for `recipe` at `batch` (see the module docstring)."""
+    if src.kind == "onnx":
+        try:
+            return _load_onnx(src, recipe, batch, batch_given, protected, log)
+        except GraphError as exc:
+            text = str(exc)
+            prefix = "" if text.startswith(str(src.path)) else f"SOURCE {src.spec}: "
+            raise SourceError(prefix + text) from exc
+    if protected is not None:
+        raise SourceError("--protected is for ONNX sources only: an HF model's family knows "
+                          "its protected tokens; leave the flag out")
+    family = get_family(src.model_type or "")
+    model = family.load(src.path, allow_pickle=allow_pickle)
+    size = recipe.export.image_size or family.image_size(model)
+    return Loaded(source=src, family=family, model=model, geometry=family.geometry(model, size),
+                  size=size, batch=batch, mean=tuple(family.mean(model)),
+                  std=tuple(family.std(model)))

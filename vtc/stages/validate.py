@@ -1,0 +1,197 @@
+"""Stage 5, validate: the three tiers of docs/architecture.md on the built engines.
+
+1. export parity — the baseline engine against the eager model;
+2. engine parity — the compressed engine against the eager reference at the same
+   budget (two independent implementations of one algorithm must agree);
+3. cost and benefit — fidelity (and dense-map fidelity), interleaved throughput of
+   the engines and of eager torch (through `TorchRunner`), and the linear probe on a
+   labelled dataset. Timing runs before the long probe, in a quiet process.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vtc.backends.base import Runner
+from vtc.backends.torch_eager import TorchRunner
+from vtc.budget import Budget
+from vtc.data import photo_batch
+from vtc.data.images import batches, load_images, synthetic_batch
+from vtc.data.skimage_sets import PHOTOS
+from vtc.exporter.eager import run_reference
+from vtc.recipe import RecipeBase
+from vtc.report import (
+    AccuracyInfo,
+    DatasetInfo,
+    DenseInfo,
+    FidelityInfo,
+    InputsInfo,
+    ParityInfo,
+    Stats,
+    ThroughputInfo,
+    TimingInfo,
+)
+from vtc.source import SourceError
+from vtc.stages.compile import Compiled
+from vtc.stages.load import Loaded
+from vtc.validate.bench import measure_interleaved, speedup
+from vtc.validate.fidelity import fidelity
+from vtc.validate.parity import compare
+from vtc.validate.tasks import dense_report, is_dense, probe_report, run_engine
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class Inputs:
+    x: np.ndarray  # float32 [N, 3, H, W], normalised
+    info: InputsInfo
+
+
+@dataclass
+class Validation:
+    output: str
+    inputs: InputsInfo
+    parity: ParityInfo
+    fidelity: FidelityInfo
+    dense: DenseInfo | None
+    throughput: ThroughputInfo | None
+    accuracy: AccuracyInfo | None
+
+
+def select_inputs(recipe: RecipeBase, images: Path | None, loaded: Loaded, dense: bool
+                  ) -> Inputs:
+    """--images, else the photos (dense outputs, probes), else a synthetic batch."""
+    size, batch = loaded.size, loaded.batch
+    n = max(batch, math.ceil(recipe.validate_.samples / batch) * batch)
+    if images is not None:
+        try:
+            x = load_images(images, size, loaded.mean, loaded.std, limit=None)
+        except ValueError as exc:
+            raise SourceError(f"--images: {exc}") from exc
+        info = InputsInfo("images", len(x), "the last batch is padded with repeats; only real "
+                          "images are scored", folder=str(images))
+    elif dense or recipe.validate_.dataset:
+        x = photo_batch(size, loaded.mean, loaded.std)
+        info = InputsInfo("photos", len(x), "scikit-image's test photos, resized to the model "
+                          "input", names=list(PHOTOS))
+    else:
+        x = synthetic_batch(n, size, seed=recipe.validate_.seed)
+        info = InputsInfo("synthetic", int(n), "fixed-seed standard normal pixels: fidelity "
+                          "on real images may differ", seed=recipe.validate_.seed)
+    return Inputs(x.astype(np.float32), info)
+
+
+def _stats(reference: np.ndarray, candidate: np.ndarray) -> Stats:
+    d = compare(reference, candidate).to_dict()
+    return Stats(**{k: d[k] for k in Stats.__dataclass_fields__})  # type: ignore[arg-type]
+
+
+def _eager(loaded: Loaded, budget: Budget | None
+           ) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
+    """The eager model (budget None) or the eager reference at `budget`, as name → tensor."""
+    family, model = loaded.family, loaded.model
+    assert family is not None
+    if budget is not None:
+        return lambda t: run_reference(family, model, t, budget)
+    wrapped = family.wrap_for_export(model)
+    return lambda t: dict(zip(wrapped.output_names, wrapped(t), strict=True))
+
+
+def tiers(loaded: Loaded, budget: Budget, eng: Compiled, inputs: Inputs, dense: bool
+          ) -> tuple[str, ParityInfo, FidelityInfo, DenseInfo | None]:
+    """Parity (both tiers), fidelity and dense fidelity on `inputs`."""
+    name, batch = eng.compressed.output_names[0], loaded.batch
+    b, c = run_engine(eng.baseline, inputs.x, batch), run_engine(eng.compressed, inputs.x, batch)
+    if loaded.family is not None:
+        ref_b, ref_c = TorchRunner(_eager(loaded, None)), TorchRunner(_eager(loaded, budget))
+        with ref_b, ref_c:  # the same batches as the engines saw
+            rb = run_engine(ref_b, inputs.x, batch, name)
+            rc = run_engine(ref_c, inputs.x, batch, name)
+        parity = ParityInfo(_stats(rb, b), _stats(rc, c))
+        classifier = loaded.family.is_classifier(loaded.model)
+    else:
+        parity = ParityInfo(None, None, "ONNX source: no eager model, parity tiers not "
+                            "measurable")
+        classifier = "logit" in name.lower()
+    fid = FidelityInfo(**fidelity(b, c, classifier))  # type: ignore[arg-type]
+    dense_info = None
+    if dense:
+        d = dense_report(b, c, name)
+        dense_info = DenseInfo(**{k: d[k] for k in DenseInfo.__dataclass_fields__})
+    return name, parity, fid, dense_info
+
+
+def _timing(t: object) -> TimingInfo:
+    return TimingInfo(**t.to_dict())  # type: ignore[attr-defined]
+
+
+def throughput(recipe: RecipeBase, loaded: Loaded, budget: Budget, eng: Compiled,
+               xb: np.ndarray) -> ThroughputInfo:
+    """Interleaved timing of both engines (and eager torch) on one batch `xb`."""
+    feeds_b = {eng.baseline.input_names[0]: xb}
+    feeds_c = {eng.compressed.input_names[0]: xb}
+    runners: dict[str, Callable[[], object]] = {
+        "baseline": lambda: eng.baseline.infer(feeds_b),
+        "compressed": lambda: eng.compressed.infer(feeds_c),
+    }
+    v = recipe.validate_
+    eager: list[Runner] = []
+    if loaded.family is not None and v.eager_throughput:
+        pairs = [("eager", None)] + ([("eager_compressed", budget)] if budget.reducing_layers
+                                     else [])
+        for label, bud in pairs:
+            rt = TorchRunner(_eager(loaded, bud))
+            eager.append(rt)
+            runners[label] = (lambda r: lambda: r.infer({"pixel_values": xb}))(rt)
+    timings = measure_interleaved(runners, batch=loaded.batch, warmup=v.warmup,
+                                  repeats=v.repeats, min_time_s=v.min_time_s)
+    sp = speedup(timings["baseline"], timings["compressed"])
+    opt = {k: _timing(timings[k]) if k in timings else None
+           for k in ("eager", "eager_compressed")}
+    return ThroughputInfo(
+        batch=loaded.batch, baseline_ips=timings["baseline"].img_per_s,
+        compressed_ips=timings["compressed"].img_per_s,
+        eager_ips=opt["eager"].img_per_s if opt["eager"] else None,
+        eager_compressed_ips=(opt["eager_compressed"].img_per_s if opt["eager_compressed"]
+                              else None),
+        speedup=sp, efficiency=sp / budget.flops_ratio,
+        baseline=_timing(timings["baseline"]), compressed=_timing(timings["compressed"]),
+        eager=opt["eager"], eager_compressed=opt["eager_compressed"],
+        method="interleaved round-robin after warm-up, median latency per batch")
+
+
+def probe(recipe: RecipeBase, loaded: Loaded, eng: Compiled, log: Log) -> AccuracyInfo:
+    v = recipe.validate_
+    assert v.dataset is not None
+    res = probe_report(v.dataset, v.probe_train, v.probe_test, v.seed, eng.baseline,
+                       eng.compressed, loaded.size, loaded.mean, loaded.std, loaded.batch, log)
+    res["dataset"] = DatasetInfo(**res["dataset"])
+    return AccuracyInfo(**res)
+
+
+def validate(recipe: RecipeBase, loaded: Loaded, budget: Budget, eng: Compiled,
+             inputs: Inputs, dense: bool, bench: bool, step: Log, log: Log) -> Validation:
+    """All tiers, in the order that keeps the timing honest (module docstring)."""
+    step("validating: parity, fidelity")
+    name, parity, fid, dense_info = tiers(loaded, budget, eng, inputs, dense)
+    timing = None
+    v = recipe.validate_
+    if bench:
+        step(f"timing (batch {loaded.batch}, interleaved, median of {v.repeats})")
+        first = next(batches(inputs.x, loaded.batch))[0]
+        timing = throughput(recipe, loaded, budget, eng, first)
+    accuracy = None
+    if v.dataset:
+        step(f"linear probe on {v.dataset}")
+        accuracy = probe(recipe, loaded, eng, log)
+    return Validation(name, inputs.info, parity, fid, dense_info, timing, accuracy)
+
+
+__all__ = ["Inputs", "Validation", "is_dense", "select_inputs", "validate"]
