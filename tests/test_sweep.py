@@ -1,5 +1,6 @@
 """`vtc sweep` on a tiny ViT checkpoint: the three outputs, the Pareto front, the
-value / key planning, and bad input (exit 2, one line, nothing written)."""
+value / key planning, several series (--recipe repeated: one curve each), and bad
+input (exit 2, one line, nothing written)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,15 @@ from tests.conftest import FAST
 from vtc.cli import main
 from vtc.report import AccuracyInfo, DatasetInfo, DenseInfo, Report
 from vtc.source import SourceError
-from vtc.sweep import SweepError, pareto_front, parse_values, plan, resolve_key
+from vtc.sweep import (
+    SweepError,
+    pareto_front,
+    parse_values,
+    plan,
+    plan_series,
+    resolve_key,
+    series_name,
+)
 
 
 def _sweep(*args: str) -> Result:
@@ -28,6 +37,16 @@ def swept(vit_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path
     out = tmp_path_factory.mktemp("sweeps") / "sweep"
     res = _sweep(str(vit_dir), "--recipe", "tome", "--values", "r=0,2,4", "--out", str(out),
                  *FAST)
+    assert res.exit_code == 0, res.output
+    return out, res
+
+
+@pytest.fixture(scope="module")
+def compared(vit_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Result]:
+    """ToMe vs PiToMe over the same r: two series in one sweep."""
+    out = tmp_path_factory.mktemp("sweeps") / "cmp"
+    res = _sweep(str(vit_dir), "--recipe", "tome", "--recipe", "pitome", "--values", "r=0,2",
+                 "--out", str(out), *FAST)
     assert res.exit_code == 0, res.output
     return out, res
 
@@ -53,6 +72,10 @@ def test_sweep_writes_json_md_png_and_runs(swept: tuple[Path, Result]) -> None:
         assert (out / p["run"] / "report.json").is_file()
     assert pts[0]["quality"] == pytest.approx(1.0, abs=1e-5)  # r=0 is the uncompressed point
     assert data["pareto"] == [p["label"] for p in pts if p["pareto"]] and data["pareto"]
+    assert [p["run"] for p in pts] == ["runs/r=0", "runs/r=2", "runs/r=4"]  # no series level
+    (series,) = data["series"]
+    assert series["name"] == "tome" and series["key"] == "tome.r" and series["points"] == pts
+    assert series["recipe"] == data["base_recipe"] and series["pareto"] == data["pareto"]
     assert data["machine"]["cpu_count"] and data["vtc_version"]
     assert data["command"].startswith("vtc sweep ") and "--values r=0,2,4" in data["command"]
 
@@ -122,6 +145,96 @@ def test_parse_and_plan() -> None:
         plan("evit", "tome.r", ["4"])
 
 
+def test_plan_series() -> None:
+    assert [series_name(g) for g in ("tome", "tome-r16", "cfg/my recipe.yaml", "../x.yml")] \
+        == ["tome", "tome-r16", "my_recipe", "x"]
+    (one,) = plan_series("tome", "r", ["0", "4"])  # one series: its points carry no series
+    assert one.name == "tome" and one.key == "tome.r" and one.points[0].series is None
+    assert plan_series([], "r", ["4"])[0].base.name == "tome-r8"  # none given: tome
+    tome, pitome = plan_series(["tome", "pitome"], "r", ["0", "4"])
+    assert (tome.key, pitome.key) == ("tome.r", "pitome.r")  # the key resolved per series
+    assert [p.recipe.section("pitome").r for p in pitome.points] == [0, 4]
+    assert pitome.points[1].title == "pitome r=4" and pitome.base.name == "pitome-r8"
+    with pytest.raises(SweepError, match=r"^series evit: --values r: not a setting of evit"):
+        plan_series(["tome", "evit"], "r", ["0"])
+    with pytest.raises(SweepError, match="two series named 'tome'"):
+        plan_series(["tome", "pitome", "tome"], "r", ["0"])
+    with pytest.raises(SweepError, match=r"^series pitome: r=x: "):
+        plan_series(["pitome", "tome"], "r", ["0", "x"])
+
+
+def test_two_series_layout_json_md_png(compared: tuple[Path, Result]) -> None:
+    out, res = compared
+    assert {p.name for p in out.iterdir()} == {"sweep.json", "sweep.md", "sweep.png", "runs"}
+    assert {p.name for p in (out / "runs").iterdir()} == {"tome", "pitome"}
+    for series in ("tome", "pitome"):
+        assert {p.name for p in (out / "runs" / series).iterdir()} == {"r=0", "r=2"}
+    data = json.loads((out / "sweep.json").read_text())
+    assert data["command"].startswith("vtc sweep ")
+    assert "--recipe tome --recipe pitome --values r=0,2" in data["command"]
+    assert data["base_recipe"] is None and data["key"] == "r" and data["values"] == [0, 2]
+    assert data["quality"]["metric"] == "fidelity"
+    tome, pitome = data["series"]
+    assert (tome["name"], tome["key"], tome["recipe"]["name"], tome["recipe"]["given"]) == (
+        "tome", "tome.r", "tome-r8", "tome")
+    assert (pitome["name"], pitome["key"], pitome["recipe"]["name"]) == (
+        "pitome", "pitome.r", "pitome-r8")
+    assert pitome["recipe"]["recipe"]["method"] == ["pitome"] and pitome["run_dir"] == "runs/pitome"
+    assert [(p["series"], p["label"]) for p in data["points"]] == [
+        ("tome", "r=0"), ("tome", "r=2"), ("pitome", "r=0"), ("pitome", "r=2")]
+    for s in data["series"]:
+        pts = s["points"]
+        assert [p["series"] for p in pts] == [s["name"]] * 2
+        assert [p["run"] for p in pts] == [f"runs/{s['name']}/r=0", f"runs/{s['name']}/r=2"]
+        assert all((out / p["run"] / "report.json").is_file() for p in pts)
+        assert [p["pareto"] for p in pts] == pareto_front(pts)  # each series' own front
+        assert s["pareto"] == [p["label"] for p in pts if p["pareto"]]
+        assert pts[0]["quality"] == pytest.approx(1.0, abs=1e-5) and pts[0]["pareto"]
+    assert data["points"] == tome["points"] + pitome["points"]
+    assert data["pareto"] == [f"{s['name']}/{label}" for s in data["series"]
+                              for label in s["pareto"]]
+    assert pitome["points"][1]["tokens_out"] == tome["points"][1]["tokens_out"] < 17
+
+    md = (out / "sweep.md").read_text()
+    assert "| series | r | tokens out |" in md and md.count("\n| ") == 1 + 4
+    rows = [ln for ln in md.splitlines() if ln.startswith("| tome |") or
+            ln.startswith("| pitome |")]
+    assert [r.split(" | ")[0:2] for r in rows] == [["| tome", "0"], ["| tome", "2"],
+                                                   ["| pitome", "0"], ["| pitome", "2"]]
+    assert "tome vs pitome" in md and "runs/<series>/<value>/" in md and data["command"] in md
+    assert "| series | r |" in res.stdout and "(2 series)" in res.stdout
+    assert "[1/4] tome r=0: running" in res.stderr and "[4/4] pitome r=2: tokens" in res.stderr
+    raw = (out / "sweep.png").read_bytes()
+    assert raw[:8] == b"\x89PNG\r\n\x1a\n" and len(raw) > 20_000
+
+
+def test_one_quality_and_per_series_fronts(swept: tuple[Path, Result], vit_dir: Path,
+                                           tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import vtc.sweep
+    from vtc.sweep import run_sweep
+
+    template = json.loads((swept[0] / "runs" / "r=2" / "report.json").read_text())
+    monkeypatch.setattr(vtc.sweep, "run", _fake_run(template))
+    data = run_sweep(str(vit_dir), ["tome", "pitome"], "r", [0, 1, 2], tmp_path / "a",
+                     batch=2, log=lambda _: None)
+    assert data["quality"]["metric"] == "accuracy"
+    tome, pitome = ([p for p in data["points"] if p["series"] == s] for s in ("tome", "pitome"))
+    # pitome is slower at the same accuracy: every pitome point is dominated by its tome
+    # twin, yet each series has its own front
+    assert not any(pareto_front(data["points"])[3:])
+    assert [p["pareto"] for p in tome] == [p["pareto"] for p in pitome] == [True] * 3
+    assert data["pareto"] == ["tome/r=0", "tome/r=1", "tome/r=2",
+                              "pitome/r=0", "pitome/r=1", "pitome/r=2"]
+    # one series without a probe: every series falls back to the embedding cosine
+    monkeypatch.setattr(vtc.sweep, "run", _fake_run(template, no_accuracy="pitome"))
+    data = run_sweep(str(vit_dir), ["tome", "pitome"], "r", [0, 2], tmp_path / "b", batch=2,
+                     log=lambda _: None)
+    assert data["quality"]["metric"] == "fidelity"
+    assert all(p["quality"] == p["fidelity_cosine"] for p in data["points"])
+    assert "| series | r |" in (tmp_path / "b" / "sweep.md").read_text()
+
+
 # --- bad input: exit 2, one line, nothing written ----------------------------------------
 
 
@@ -158,12 +271,27 @@ def test_existing_out_needs_force(tmp_path: Path, vit_dir: Path) -> None:
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
 
 
+def test_bad_series_writes_nothing(tmp_path: Path, vit_dir: Path) -> None:
+    err = _bad(tmp_path, str(vit_dir), "--recipe", "tome", "--recipe", "evit",
+               "--values", "r=0,2")
+    assert err.startswith("error: series evit: --values r: not a setting of evit")
+    err = _bad(tmp_path, str(vit_dir), "--recipe", "tome", "--recipe", "pitome",
+               "--recipe", "tome", "--values", "r=0,2")
+    assert "two series named 'tome'" in err
+    err = _bad(tmp_path, str(vit_dir), "--recipe", "pitome", "--recipe", "tome",
+               "--values", "r=2,100")
+    assert err.startswith("error: series pitome, r=100: ") and "at most" in err
+    assert not (tmp_path / "out").exists()
+
+
 # --- the run loop with a stand-in pipeline (fast): accuracy, aborts, interrupts -----------
 
 
 def _fake_run(template: dict[str, Any], fail_at: int | None = None,
-              exc: BaseException | None = None) -> Any:
-    """A stand-in for pipeline.run writing a bundle dir; accuracy falls with r."""
+              exc: BaseException | None = None, no_accuracy: str | None = None) -> Any:
+    """A stand-in for pipeline.run writing a bundle dir; accuracy falls with r, and a
+    pitome point is as accurate as its tome twin but slower (no accuracy for the
+    `no_accuracy` method)."""
     from vtc.pipeline import Result as PipelineResult
 
     calls: list[int] = []
@@ -173,12 +301,13 @@ def _fake_run(template: dict[str, Any], fail_at: int | None = None,
         if fail_at is not None and len(calls) == fail_at:
             assert exc is not None
             raise exc
-        r = opts.recipe.section("tome").r
+        method = opts.recipe.method[0]
+        r = opts.recipe.section(method).r
         rep = Report.from_dict(template)
         rep.budget.tokens_out = 17 - 3 * r
         assert rep.throughput is not None
-        rep.throughput.speedup = 1.0 + 0.1 * r
-        rep.accuracy = AccuracyInfo(
+        rep.throughput.speedup = 1.0 + 0.1 * r - (0.05 if method == "pitome" else 0.0)
+        rep.accuracy = None if method == no_accuracy else AccuracyInfo(
             DatasetInfo("lfw_subset", "skimage", 100, 100, 2, ["a", "b"], [25, 25], 0, "all"),
             n_train=100, n_test=100, n_classes=2, baseline_acc=80.0,
             compressed_acc=80.0 - r * r, drop_points=float(r * r), embedding_cosine_mean=0.99,
@@ -213,6 +342,20 @@ def test_accuracy_is_the_quality_when_reported(swept: tuple[Path, Result], vit_d
     assert any("accuracy 76.00 % (drop 4.00 pts)" in ln for ln in lines)
     assert json.loads((tmp_path / "out" / "sweep.json").read_text()) == json.loads(
         json.dumps(data))
+
+
+def test_failed_point_names_its_series(swept: tuple[Path, Result], vit_dir: Path,
+                                       tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import vtc.sweep
+
+    template = json.loads((swept[0] / "runs" / "r=2" / "report.json").read_text())
+    exc = SourceError("weights vanished")
+    monkeypatch.setattr(vtc.sweep, "run", _fake_run(template, fail_at=3, exc=exc))
+    res = _sweep(str(vit_dir), "-r", "tome", "-r", "pitome", "--values", "r=0,2",
+                 "--out", str(tmp_path / "out"), *FAST)
+    assert res.exit_code == 2, res.output
+    assert res.stderr.splitlines()[-1] == "error: series pitome, r=0: weights vanished"
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing written, no temp dir
 
 
 @pytest.mark.parametrize("exc, code, text", [

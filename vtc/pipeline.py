@@ -11,8 +11,6 @@ interrupted or failed run leaves nothing half-written behind. `vtc-export`,
 
 from __future__ import annotations
 
-import os
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -22,6 +20,7 @@ from pathlib import Path
 import vtc
 from vtc.data.images import IMAGE_EXTENSIONS
 from vtc.errors import OutputError
+from vtc.output import building, check_out, publish
 from vtc.recipe import RecipeBase
 from vtc.report import Report, SourceInfo
 from vtc.source import Source, SourceError, resolve
@@ -31,8 +30,9 @@ from vtc.stages.compress import compress
 from vtc.stages.export import export
 from vtc.stages.load import Loaded, load
 from vtc.stages.validate import is_dense, select_inputs, validate
+from vtc.zoo import vtc_home
 
-__all__ = ["Options", "OutputError", "Result", "check_out_dir", "publish", "run"]
+__all__ = ["Options", "OutputError", "Result", "protected_paths", "run"]
 
 
 @dataclass
@@ -60,22 +60,20 @@ class Result:
         return self.report.passed
 
 
-def check_out_dir(out: Path, force: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"--out {out} is a file; give a directory")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise OutputError(f"--out {out} exists and is not empty; pass --force to replace it")
+def protected_paths(spec: str) -> list[Path]:
+    """What an --out must never be, hold or lie inside: the zoo cache and SOURCE (as
+    given, before it is resolved: a zoo name is fetched only after the checks)."""
+    paths = [vtc_home()]
+    if spec.strip() and Path(spec).exists():
+        paths.append(Path(spec))
+    return paths
 
 
-def publish(tmp: Path, out: Path) -> None:
-    """Move a finished temp dir into place (an old `out` is removed only now)."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(old)
-    tmp.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+def check_source_spec(spec: str) -> None:
+    if not spec.strip():
+        raise SourceError("SOURCE is empty (an unset shell variable?); give a checkpoint "
+                          "directory, a zoo name or an .onnx file — or leave SOURCE out for "
+                          "the zoo's dinov2-small")
 
 
 def _check_images(folder: Path) -> None:
@@ -88,20 +86,17 @@ def _check_images(folder: Path) -> None:
 
 
 def run(opts: Options) -> Result:
-    src = resolve(opts.source)
-    check_out_dir(opts.out, opts.force)
+    """Check every input, then build the bundle in a temp dir beside --out (holding its
+    lock) and rename it into place; nothing is left behind on a failure."""
+    check_source_spec(opts.source)
+    check_out(opts.out, opts.force, protected_paths(opts.source))
     if opts.images is not None:
         _check_images(opts.images)
-    opts.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = opts.out.with_name(f".{opts.out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    src = resolve(opts.source)
+    check_out(opts.out, opts.force, [src.path])
+    with building(opts.out, opts.force) as tmp:
         report = build(opts, src, tmp)
-        publish(tmp, opts.out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        publish(tmp, opts.out, replace=opts.force)
     return Result(opts.out, report)
 
 

@@ -10,6 +10,7 @@ live in `recipes/` inside the package; a path to any YAML file works too.
 
 from __future__ import annotations
 
+import math
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -36,17 +37,31 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# What the dynamo exporter writes (it cannot go below 18) and ONNX Runtime 1.32 runs.
+OPSETS = range(18, 25)
+
+
 class ExportCfg(_Strict):
     opset: int = 18
-    batch: int = 8
-    image_size: int | None = None
+    batch: int = Field(8, ge=1)
+    image_size: int | None = Field(None, ge=1)
     dynamic_batch: bool = False  # engines accept any batch; --batch is then the one timed
+
+    @field_validator("opset")
+    @classmethod
+    def _opset(cls, v: int) -> int:
+        if v not in OPSETS:
+            raise ValueError(f"opset {v} is not supported: vtc exports with opset "
+                             f"{OPSETS[0]} to {OPSETS[-1]} (the dynamo exporter writes at least "
+                             f"{OPSETS[0]}, ONNX Runtime runs up to {OPSETS[-1]})")
+        return v
 
 
 class BackendCfg(_Strict):
     kind: str = "ort"  # the engine registry's name: ort | tensorrt
-    providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"])
-    threads: int | None = None
+    providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"],
+                                 min_length=1)
+    threads: int | None = Field(None, ge=1)  # null: the engine's default
     fp16: bool = False  # tensorrt: build with FP16 kernels allowed
 
     @field_validator("kind")
@@ -58,16 +73,16 @@ class BackendCfg(_Strict):
 
 
 class ValidateCfg(_Strict):
-    samples: int = 16
-    warmup: int = 3
-    repeats: int = 15
-    min_time_s: float = 0.0
+    samples: int = Field(16, ge=1)
+    warmup: int = Field(3, ge=0)
+    repeats: int = Field(15, ge=1)
+    min_time_s: float = Field(0.0, ge=0.0, allow_inf_nan=False)
     eager_throughput: bool = True
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     dataset: str | None = None  # labelled dataset for a linear probe (`vtc data list`)
     # split sizes for the probe, at most what the dataset has (null: all of it)
-    probe_train: int | None = 2000
-    probe_test: int | None = 2000
+    probe_train: int | None = Field(2000, ge=2)
+    probe_test: int | None = Field(2000, ge=1)
 
     @field_validator("dataset")
     @classmethod
@@ -111,6 +126,10 @@ class RecipeBase(_Strict):
         unknown = sorted(set(v) - set(GATES))
         if unknown:
             raise ValueError(f"unknown gate(s) {unknown}; known gates: {', '.join(GATES)}")
+        bad = sorted(k for k, limit in v.items() if not math.isfinite(limit))
+        if bad:
+            raise ValueError(f"gate limit(s) of {bad} are not finite numbers; give a number, "
+                             "e.g. gates.min_speedup=1.5")
         return v
 
     @_model_validator(mode="after")
@@ -172,7 +191,7 @@ def _set(data: dict[str, Any], dotted: str) -> None:
             raise RecipeError(f"--set {key}: {p!r} is not a section")
         cur = nxt
     try:
-        cur[parts[-1]] = yaml.safe_load(raw)
+        cur[parts[-1]] = _yaml(raw)
     except yaml.YAMLError as exc:
         raise RecipeError(f"--set {dotted}: the value is not valid YAML "
                           f"({' '.join(str(exc).split())})") from exc
@@ -191,6 +210,25 @@ def from_dict(data: dict[str, Any], where: str) -> RecipeBase:
         raise RecipeError(f"{where}: {loc}: {msg}") from exc
 
 
+class _UniqueKeys(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping (the later one would win
+    silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} is given twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_UniqueKeys)
+
+
 def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> RecipeBase:
     """Load a shipped recipe by name or any YAML file by path, apply --set overrides."""
     path = Path(name_or_path)
@@ -202,8 +240,8 @@ def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe
             f"{', '.join(sorted(shipped()))}"
         )
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        data = _yaml(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError, OSError) as exc:
         raise RecipeError(f"recipe {path}: not valid YAML text "
                           f"({' '.join(str(exc).split())})") from exc
     if not isinstance(data, dict):

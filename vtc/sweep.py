@@ -1,13 +1,18 @@
 """`vtc sweep`: one full pipeline run per budget value, and the accuracy–speed curve.
 
     vtc sweep SOURCE --recipe tome --values r=0,4,8,12,16,20 --out out/sweep
+    vtc sweep SOURCE --recipe tome --recipe pitome --values r=0,4,8 --out out/cmp
 
-Every value becomes a recipe (the base recipe, the --set overrides, then
-KEY=value); all of them are validated, and their budgets resolved against the
-model, before anything runs. Each point is a complete bundle under
-OUT/runs/<key>=<value>/; OUT/sweep.json holds the metrics of every point and
-which of them are on the Pareto front (measured speed-up vs quality),
-OUT/sweep.md a table and OUT/sweep.png the curve (see `vtc.sweep_plot`).
+Each --recipe is one *series* (a curve); every value runs in every series and
+becomes a recipe (the series' base recipe, the --set overrides, then KEY=value,
+the key resolved per series: `r` → tome.r in one, pitome.r in the other). All
+of them are validated, and their budgets resolved against the model, before
+anything runs. Each point is a complete bundle under OUT/runs/<key>=<value>/
+(one series) or OUT/runs/<series>/<key>=<value>/ (several); OUT/sweep.json
+holds the metrics of every point and which of them are on its series' Pareto
+front (measured speed-up vs quality, one front per series), OUT/sweep.md a
+table and OUT/sweep.png the curves (see `vtc.sweep_plot`). Quality is one
+metric for all series, so the curves compare.
 
 Like a bundle, the sweep is built in a temporary directory beside OUT and
 renamed into place at the end: an interrupted or failed sweep leaves no
@@ -18,14 +23,12 @@ none decides the exit code.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
-import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +38,8 @@ import vtc
 from vtc import methods
 from vtc.budget import BudgetError, Geometry
 from vtc.errors import InputError
-from vtc.pipeline import Options, check_out_dir, publish, run
+from vtc.output import building, check_out, publish
+from vtc.pipeline import Options, check_source_spec, protected_paths, run
 from vtc.recipe import Recipe, RecipeError, load_recipe
 from vtc.source import resolve
 from vtc.stages.load import load
@@ -50,7 +54,7 @@ from vtc.sweep_plot import (
     write_plot,
 )
 
-__all__ = ["SweepError", "pareto_front", "plan", "run_sweep"]
+__all__ = ["Series", "SweepError", "pareto_front", "plan", "plan_series", "run_sweep"]
 
 
 class SweepError(InputError):
@@ -68,10 +72,32 @@ class Planned:
     label: str  # "r=8", as printed and used for the run directory
     value: Any  # the parsed value
     recipe: Recipe
+    series: str | None = None  # the series' name when the sweep has several
 
     @property
     def dirname(self) -> str:
         return re.sub(r"[^A-Za-z0-9._=,+\-\[\]]", "_", self.label)
+
+    @property
+    def title(self) -> str:
+        """`r=8`, or `pitome r=8` in a sweep of several series (progress lines)."""
+        return f"{self.series} {self.label}" if self.series else self.label
+
+    @property
+    def where(self) -> str:
+        """The point as error messages name it: `r=8` or `series pitome, r=8`."""
+        return f"series {self.series}, {self.label}" if self.series else self.label
+
+
+@dataclass(frozen=True)
+class Series:
+    """One curve of the sweep: a recipe as given and its planned points."""
+
+    name: str  # a safe name of the recipe as given (`tome`, `pitome`): its run directory
+    given: str  # the --recipe argument
+    base: Recipe  # the base recipe with the --set overrides
+    key: str  # the full dotted key in this series (tome.r, pitome.r)
+    points: list[Planned]
 
 
 # ---- parsing and planning ------------------------------------------------------------
@@ -183,6 +209,39 @@ def plan(base_recipe: str, key: str, values: Sequence[Any],
     return base, full, points
 
 
+def series_name(given: str) -> str:
+    """A safe directory name for a --recipe argument: `tome` → tome, `cfg/my.yaml` → my."""
+    path = Path(given)
+    text = path.stem if path.suffix in (".yaml", ".yml") else given
+    name = re.sub(r"[^A-Za-z0-9._+\-]", "_", text).strip(".")
+    return name or "recipe"
+
+
+def plan_series(recipes: str | Sequence[str], key: str, values: Sequence[Any],
+                overrides: Sequence[str] = ()) -> list[Series]:
+    """`plan` for every recipe (one series each; none → tome). With several series, an
+    error names the series, and two recipes with the same name are an error."""
+    given = [recipes] if isinstance(recipes, str) else list(recipes) or ["tome"]
+    names: dict[str, str] = {}
+    for g in given:
+        name = series_name(g)
+        if name in names:
+            raise SweepError(f"--recipe {g}: two series named {name!r} (--recipe {names[name]} "
+                             f"and --recipe {g}); give each recipe once")
+        names[name] = g
+    if len(given) == 1:
+        base, full, points = plan(given[0], key, values, overrides)
+        return [Series(series_name(given[0]), given[0], base, full, points)]
+    out = []
+    for name, g in names.items():
+        try:
+            base, full, points = plan(g, key, values, overrides)
+        except (SweepError, RecipeError) as exc:
+            raise SweepError(f"series {name}: {exc}") from exc
+        out.append(Series(name, g, base, full, [replace(p, series=name) for p in points]))
+    return out
+
+
 def _check_budgets(source: str, points: list[Planned], batch: int | None, allow_pickle: bool,
                    protected: int | None, log: Callable[[str], None]) -> None:
     """Resolve every point's budget against the model, so an impossible value fails first.
@@ -199,17 +258,19 @@ def _check_budgets(source: str, points: list[Planned], batch: int | None, allow_
         try:
             p.recipe.budget(geos[size])
         except BudgetError as exc:
-            raise SweepError(f"{p.label}: {exc}") from exc
+            raise SweepError(f"{p.where}: {exc}") from exc
 
 
-def command_line(source: str, base_recipe: str, key: str, values: Sequence[Any], out: Path,
-                 batch: int | None = None, images: Path | None = None,
+def command_line(source: str, recipes: str | Sequence[str], key: str, values: Sequence[Any],
+                 out: Path, batch: int | None = None, images: Path | None = None,
                  overrides: Sequence[str] = (), force: bool = False,
                  allow_pickle: bool = False, protected: int | None = None) -> str:
-    """The `vtc sweep` command that reproduces a sweep."""
+    """The `vtc sweep` command that reproduces a sweep (every --recipe, in order)."""
     vals = ",".join(_value_text(v)[0] for v in values)
-    args = ["vtc", "sweep", source, "--recipe", base_recipe, "--values", f"{key}={vals}",
-            "--out", str(out)]
+    args = ["vtc", "sweep", source]
+    for r in [recipes] if isinstance(recipes, str) else recipes:
+        args += ["--recipe", r]
+    args += ["--values", f"{key}={vals}", "--out", str(out)]
     args += ["--batch", str(batch)] if batch is not None else []
     args += ["--images", str(images)] if images is not None else []
     for o in overrides:
@@ -223,68 +284,95 @@ def command_line(source: str, base_recipe: str, key: str, values: Sequence[Any],
 # ---- running ---------------------------------------------------------------------------
 
 
-def run_sweep(source: str, base_recipe: str, key: str, values: Sequence[Any], out: Path,
-              batch: int | None = None, images: Path | None = None,
+def run_sweep(source: str, recipes: str | Sequence[str], key: str, values: Sequence[Any],
+              out: Path, batch: int | None = None, images: Path | None = None,
               overrides: Sequence[str] = (), force: bool = False, allow_pickle: bool = False,
               protected: int | None = None,
               log: Callable[[str], None] = _stderr) -> dict[str, Any]:
-    """Run the pipeline once per value of `key` and write OUT/sweep.{json,md,png} and
-    OUT/runs/<key>=<value>/; returns the sweep.json content.
+    """Run the pipeline once per value of `key` in every series (one per recipe of
+    `recipes`, a name or a list of them) and write OUT/sweep.{json,md,png} and
+    OUT/runs/<key>=<value>/ (one series) or OUT/runs/<series>/<key>=<value>/; returns
+    the sweep.json content.
 
     `values` are YAML strings (as on the command line) or Python values. Raises SweepError
     (or the pipeline's own input errors) before anything is written when a value or an
     input is bad; a point whose pipeline fails on an input error aborts the sweep with a
-    SweepError naming the value."""
+    SweepError naming the value (and its series)."""
     out = Path(out)
-    base, full, points = plan(base_recipe, key, values, overrides)
-    check_out_dir(out, force)
-    _check_budgets(source, points, batch, allow_pickle, protected, log)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.sweep-tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "runs").mkdir(parents=True)
-    t0, results, reports = time.perf_counter(), [], []
-    try:
-        for i, p in enumerate(points, 1):
-            head = f"[{i}/{len(points)}] {p.label}"
+    check_source_spec(source)
+    series = plan_series(recipes, key, values, overrides)
+    planned = [p for s in series for p in s.points]
+    check_out(out, force, protected_paths(source))
+    _check_budgets(source, planned, batch, allow_pickle, protected, log)
+    t0, reports = time.perf_counter(), []
+    results: dict[str, list[dict[str, Any]]] = {s.name: [] for s in series}
+    with building(out, force, label="sweep-tmp") as tmp:
+        (tmp / "runs").mkdir()
+        for i, p in enumerate(planned, 1):
+            head = f"[{i}/{len(planned)}] {p.title}"
             log(f"{head}: running the pipeline")
-            opts = Options(source=source, recipe=p.recipe, out=tmp / "runs" / p.dirname,
+            run_dir = f"{p.series}/{p.dirname}" if p.series else p.dirname
+            opts = Options(source=source, recipe=p.recipe, out=tmp / "runs" / run_dir,
                            batch=batch or p.recipe.export.batch, images=images,
                            allow_pickle=allow_pickle, protected=protected, bench=True,
                            log=lambda msg: log(f"    {msg}"))
             try:
                 report = run(opts).report
             except InputError as exc:
-                raise SweepError(f"{p.label}: {exc}") from exc
+                raise SweepError(f"{p.where}: {exc}") from exc
             reports.append(report.to_dict())
-            results.append(point_metrics(p.label, p.value, reports[-1], f"runs/{p.dirname}"))
-            log(f"{head}: {result_line(results[-1])}")
-        quality = set_quality(results)
-        for pt, on in zip(results, pareto_front(results), strict=True):
-            pt["pareto"] = on
-        first = reports[0]
+            pt = point_metrics(p.label, p.value, reports[-1], f"runs/{run_dir}")
+            results[p.series or series[0].name].append({"series": p.series or series[0].name,
+                                                        **pt})
+            log(f"{head}: {result_line(pt)}")
+        quality = set_quality([pt for pts in results.values() for pt in pts])
+        for pts in results.values():  # one front per series: each curve has its own
+            for pt, on in zip(pts, pareto_front(pts), strict=True):
+                pt["pareto"] = on
+        first, fields = reports[0], _series_fields(series, results, key, overrides)
         sweep: dict[str, Any] = {
             "vtc_version": vtc.__version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "command": command_line(source, base_recipe, key, values, out, batch, images,
-                                    overrides, force, allow_pickle, protected),
+            "command": command_line(source, [s.given for s in series], key, values, out, batch,
+                                    images, overrides, force, allow_pickle, protected),
             "source": {**first["source"], "name": _model_name(source)},
-            "base_recipe": {"name": base.name, "given": base_recipe, "overrides": list(overrides),
-                            "recipe": base.to_dict()},
-            "key": full, "key_given": key, "values": [p.value for p in points],
-            "batch": batch, "inputs": first["inputs"],
-            "dataset": dataset_name(results, first["inputs"]),
+            "base_recipe": fields["base_recipe"], "key": fields["key"], "key_given": key,
+            "values": [p.value for p in series[0].points], "batch": batch,
+            "inputs": first["inputs"],
+            "dataset": dataset_name(results[series[0].name], first["inputs"]),
             "quality": quality, "engine": first["engine"], "machine": machine_info(),
-            "points": results, "pareto": [pt["label"] for pt in results if pt["pareto"]],
-            "elapsed_s": round(time.perf_counter() - t0, 2),
+            **fields, "elapsed_s": round(time.perf_counter() - t0, 2),
         }
         (tmp / "sweep.json").write_text(json.dumps(sweep, indent=2) + "\n")
         (tmp / "sweep.md").write_text(render_markdown(sweep))
         write_plot(sweep, tmp / "sweep.png")
-        publish(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        publish(tmp, out, replace=force)
     return sweep
+
+
+def _series_fields(series: list[Series], results: dict[str, list[dict[str, Any]]], key: str,
+                   overrides: Sequence[str]) -> dict[str, Any]:
+    """sweep.json's `base_recipe`, `key`, `points`, `pareto` and `series`. With one series
+    they are that series'; with several, `base_recipe` is null, `key` the full key they
+    share (else the key as given), `points` every point (each names its series) and
+    `pareto` every series' front as `<series>/<label>`."""
+    entries = [{
+        "name": s.name,
+        "recipe": {"name": s.base.name, "given": s.given, "overrides": list(overrides),
+                   "recipe": s.base.to_dict()},
+        "key": s.key, "run_dir": "runs" if len(series) == 1 else f"runs/{s.name}",
+        "points": results[s.name],
+        "pareto": [pt["label"] for pt in results[s.name] if pt["pareto"]],
+    } for s in series]
+    if len(series) == 1:
+        (e,) = entries
+        return {"base_recipe": e["recipe"], "key": e["key"], "points": e["points"],
+                "pareto": e["pareto"], "series": entries}
+    keys = {s.key for s in series}
+    return {"base_recipe": None, "key": keys.pop() if len(keys) == 1 else key,
+            "points": [pt for e in entries for pt in e["points"]],
+            "pareto": [f"{e['name']}/{label}" for e in entries for label in e["pareto"]],
+            "series": entries}
 
 
 def _model_name(source: str) -> str:

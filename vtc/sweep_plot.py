@@ -1,7 +1,9 @@
 """The results side of `vtc sweep`: per-point metrics read off each report, the
-Pareto front, the markdown table (`sweep.md`) and the curve (`sweep.png`).
+Pareto front, the markdown table (`sweep.md`) and the curves (`sweep.png`).
 
-The table and the plot are rendered from the sweep.json content alone. The plot
+The table and the plot are rendered from the sweep.json content alone; a sweep
+of several series (one per --recipe) gets a `series` column in the table and
+one curve per series, in its own colour and marker, in both panels. The plot
 uses matplotlib's Agg canvas directly (no pyplot, no display, no global backend).
 """
 
@@ -137,12 +139,28 @@ def _has(points: list[dict[str, Any]], key: str) -> bool:
     return any(p.get(key) is not None for p in points)
 
 
+def series_points(sweep: dict[str, Any]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """(series name, its points) in sweep order: one entry for a one-series sweep."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for p in sweep["points"]:
+        groups.setdefault(p.get("series") or "", []).append(p)
+    return list(groups.items())
+
+
+def several(sweep: dict[str, Any]) -> bool:
+    """Whether the sweep compares several series (recipes)."""
+    return len(sweep.get("series") or []) > 1
+
+
 def table(sweep: dict[str, Any]) -> list[str]:
-    """The markdown table of every point (Pareto points starred)."""
-    points = sweep["points"]
+    """The markdown table of every point (Pareto points starred, each series' own front);
+    with several series a first `series` column, rows grouped by series."""
+    multi = several(sweep)
+    points = [p for _, pts in series_points(sweep) for p in pts]
     acc = sweep["quality"]["metric"] == "accuracy"
-    head = [sweep["key_given"], "tokens out", "FLOPs ratio", "speed-up (measured)",
-            "efficiency", "baseline img/s", "compressed img/s"]
+    head = ["series"] if multi else []
+    head += [sweep["key_given"], "tokens out", "FLOPs ratio", "speed-up (measured)",
+             "efficiency", "baseline img/s", "compressed img/s"]
     head += ["top-1 acc (%)", "drop (pts)"] if acc else ["fidelity: embedding cosine"]
     agreement = not acc and _has(points, "top1_agreement")
     head += ["top-1 agreement"] if agreement else []
@@ -151,9 +169,10 @@ def table(sweep: dict[str, Any]) -> list[str]:
     head.append("Pareto")
     rows = []
     for p in points:
-        row = [p["label"].split("=", 1)[1], str(p["tokens_out"]), _num(p["flops_ratio"], ".2f"),
-               _num(p["speedup"], ".2f"), _num(p["efficiency"], ".2f"),
-               _num(p["baseline_ips"], ".1f"), _num(p["compressed_ips"], ".1f")]
+        row = [p["series"]] if multi else []
+        row += [p["label"].split("=", 1)[1], str(p["tokens_out"]), _num(p["flops_ratio"], ".2f"),
+                _num(p["speedup"], ".2f"), _num(p["efficiency"], ".2f"),
+                _num(p["baseline_ips"], ".1f"), _num(p["compressed_ips"], ".1f")]
         if acc:
             row += [_num(p["accuracy"]["compressed_acc"], ".2f"),
                     _num(p["accuracy"]["drop_points"], ".2f")]
@@ -168,29 +187,47 @@ def table(sweep: dict[str, Any]) -> list[str]:
     return lines + ["| " + " | ".join(r) + " |" for r in rows]
 
 
+def _describe(sweep: dict[str, Any]) -> tuple[str, str, str]:
+    """(what was swept, the Pareto sentence's list, where the runs are) for sweep.md."""
+    groups = series_points(sweep)
+    values = ", ".join(p["label"].split("=", 1)[1] for p in groups[0][1])
+    if not several(sweep):
+        return (f"base recipe `{sweep['base_recipe']['name']}`, `{sweep['key']}` ∈ {{{values}}}",
+                ", ".join(sweep["pareto"]) or "none", "runs/<value>/")
+    curves = ", ".join(f"`{s['name']}` (recipe `{s['recipe']['name']}`, `{s['key']}`)"
+                       for s in sweep["series"])
+    fronts = "; ".join(f"{s['name']}: {', '.join(s['pareto']) or 'none'}"
+                       for s in sweep["series"])
+    return (f"{len(sweep['series'])} series — {curves} — each over `{sweep['key_given']}` ∈ "
+            f"{{{values}}}", fronts, "runs/<series>/<value>/")
+
+
 def render_markdown(sweep: dict[str, Any]) -> str:
     src, m = sweep["source"], sweep["machine"]
     batches = sorted({p["batch"] for p in sweep["points"] if p.get("batch") is not None})
-    values = ", ".join(p["label"].split("=", 1)[1] for p in sweep["points"])
+    swept, fronts, runs = _describe(sweep)
+    what = (" vs ".join(s["name"] for s in sweep["series"]) + f" over {sweep['key_given']}"
+            if several(sweep) else sweep["key"])
     lines = [
-        f"# vtc sweep: {src['name']} — {sweep['key']}",
+        f"# vtc sweep: {src['name']} — {what}",
         "",
-        f"Model `{src['spec']}` ({src.get('family') or src.get('kind')}), base recipe "
-        f"`{sweep['base_recipe']['name']}`, `{sweep['key']}` ∈ {{{values}}}. "
-        f"Quality: **{sweep['quality']['label']}** on {sweep['dataset']}.",
+        f"Model `{src['spec']}` ({src.get('family') or src.get('kind')}), {swept}. "
+        f"Quality: **{sweep['quality']['label']}** on {sweep['dataset']}"
+        + (" (the same metric for every series)." if several(sweep) else "."),
         "",
         *table(sweep),
         "",
-        "★ Pareto front (no other point is at least as fast, measured, and at least as good, "
-        f"and better in one): {', '.join(sweep['pareto']) or 'none'}.",
+        "★ Pareto front" + (" of each series" if several(sweep) else "")
+        + " (no other point is at least as fast, measured, and at least as good, "
+        f"and better in one): {fronts}.",
         "",
         "Speed-up is measured (ONNX Runtime, interleaved timing, batch "
         f"{', '.join(map(str, batches)) or '?'}, on {m['platform']} with {m['cpu_count']} "
         "CPUs); the FLOPs ratio is analytic; efficiency = speed-up / FLOPs ratio. "
-        "Each point's full bundle and report: `runs/<value>/`.",
+        f"Each point's full bundle and report: `{runs}`.",
         "",
         "Plot: [sweep.png](sweep.png) (quality vs measured speed-up, and vs the analytic "
-        "FLOPs ratio).",
+        "FLOPs ratio" + (", one curve per series)." if several(sweep) else ")."),
         "",
         "![quality vs speed-up](sweep.png)",
         "",
@@ -204,56 +241,71 @@ def render_markdown(sweep: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",
+           "tab:pink", "tab:olive", "tab:cyan", "tab:gray")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*")
+
+
 def write_plot(sweep: dict[str, Any], path: Path) -> None:
-    """Quality vs measured speed-up (Pareto front highlighted) and, beside it, quality vs
-    the analytic FLOPs ratio (dashed) with arrows to the measured points: the gap between
-    what the FLOPs promise and what the engine delivers."""
+    """Quality vs measured speed-up (each series' Pareto front highlighted) and, beside
+    it, quality vs the analytic FLOPs ratio (dashed, hollow markers) with arrows to the
+    measured points (solid): the gap between what the FLOPs promise and what the engine
+    delivers. One colour and marker per series, a legend naming them."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
 
-    pts = [p for p in sweep["points"] if p.get("quality") is not None]
-    measured = [p for p in pts if p.get("speedup") is not None]
-    front = sorted((p for p in measured if p["pareto"]), key=lambda p: p["speedup"])
     ylabel = sweep["quality"]["label"]
-
     fig = Figure(figsize=(12, 5), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
     left, right = fig.subplots(1, 2, sharey=True)
-
-    if front:
-        left.plot([p["speedup"] for p in front], [p["quality"] for p in front], "-",
-                  color="tab:red", lw=7, alpha=0.2, solid_capstyle="round", label="Pareto front")
-        left.scatter([p["speedup"] for p in front], [p["quality"] for p in front], s=170,
-                     facecolors="none", edgecolors="tab:red", linewidths=2, zorder=3)
-    left.plot([p["speedup"] for p in measured], [p["quality"] for p in measured], "o-",
-              color="tab:blue", label="measured speed-up", zorder=4)
-    for p in measured:
-        left.annotate(p["label"], (p["speedup"], p["quality"]), textcoords="offset points",
-                      xytext=(6, 6), fontsize=8)
+    groups = series_points(sweep)
+    for i, (name, points) in enumerate(groups):
+        c, mk = COLOURS[i % len(COLOURS)], MARKERS[i % len(MARKERS)]
+        label = name if several(sweep) else "measured speed-up"
+        pts = [p for p in points if p.get("quality") is not None]
+        measured = [p for p in pts if p.get("speedup") is not None]
+        front = sorted((p for p in measured if p["pareto"]), key=lambda p: p["speedup"])
+        if front:
+            left.plot([p["speedup"] for p in front], [p["quality"] for p in front], "-",
+                      color=c, lw=7, alpha=0.2, solid_capstyle="round")
+            left.scatter([p["speedup"] for p in front], [p["quality"] for p in front], s=170,
+                         facecolors="none", edgecolors=c, linewidths=2, zorder=3)
+        left.plot([p["speedup"] for p in measured], [p["quality"] for p in measured], f"{mk}-",
+                  color=c, label=label, zorder=4)
+        for p in measured:
+            left.annotate(p["label"], (p["speedup"], p["quality"]), textcoords="offset points",
+                          xytext=(6, 6 + 10 * i), fontsize=8, color=c)
+        right.plot([p["flops_ratio"] for p in pts], [p["quality"] for p in pts], f"{mk}--",
+                   color=c, mfc="none", label=f"{name}: analytic FLOPs ratio"
+                   if several(sweep) else "analytic FLOPs ratio")
+        right.plot([p["speedup"] for p in measured], [p["quality"] for p in measured],
+                   f"{mk}-", color=c, alpha=0.45, label=f"{name}: measured"
+                   if several(sweep) else "measured speed-up")
+        for p in pts:
+            right.annotate(p["label"], (p["flops_ratio"], p["quality"]), fontsize=8, color=c,
+                           textcoords="offset points", xytext=(6, -12 - 10 * i))
+            if p.get("speedup") is not None:
+                right.annotate("", xy=(p["speedup"], p["quality"]),
+                               xytext=(p["flops_ratio"], p["quality"]),
+                               arrowprops={"arrowstyle": "->", "color": "gray", "alpha": 0.6})
+    ring = Line2D([], [], ls="none", marker="o", ms=12, mfc="none", mec="gray", mew=2,
+                  label="Pareto front" + (" (per series)" if several(sweep) else ""))
     left.set_xlabel("measured speed-up over the uncompressed engine (×)")
     left.set_ylabel(ylabel)
     left.set_title("quality vs measured speed-up")
-
-    right.plot([p["flops_ratio"] for p in pts], [p["quality"] for p in pts], "s--",
-               color="tab:orange", label="analytic FLOPs ratio")
-    right.plot([p["speedup"] for p in measured], [p["quality"] for p in measured], "o-",
-               color="tab:blue", alpha=0.45, label="measured speed-up")
-    for p in pts:
-        right.annotate(p["label"], (p["flops_ratio"], p["quality"]), textcoords="offset points",
-                       xytext=(6, -12), fontsize=8, color="tab:orange")
-        if p.get("speedup") is not None:
-            right.annotate("", xy=(p["speedup"], p["quality"]),
-                           xytext=(p["flops_ratio"], p["quality"]),
-                           arrowprops={"arrowstyle": "->", "color": "gray", "alpha": 0.6})
     right.set_xlabel("speed-up (×): analytic FLOPs ratio (dashed) → measured (solid)")
     right.set_title("analytic vs measured")
-
     for ax in (left, right):
         ax.axvline(1.0, color="gray", ls=":", lw=1)
         ax.margins(x=0.12, y=0.1)
         ax.grid(True, alpha=0.3)
-        ax.legend(loc="best", fontsize=8)
+    handles, _ = left.get_legend_handles_labels()
+    left.legend(handles=[*handles, ring], loc="best", fontsize=8)
+    right.legend(loc="best", fontsize=8)
     src = sweep["source"]
+    what = (" vs ".join(name for name, _ in groups) + f" over {sweep['key_given']}"
+            if several(sweep) else f"{sweep['key']} sweep")
     fig.suptitle(f"{src['name']} ({src.get('family') or src.get('kind')}): {ylabel} vs "
-                 f"speed-up, {sweep['key']} sweep — {sweep['dataset']}", fontsize=11)
+                 f"speed-up, {what} — {sweep['dataset']}", fontsize=11)
     fig.savefig(path, format="png")

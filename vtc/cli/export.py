@@ -78,7 +78,7 @@ ZOO_RECIPES = {"dinov2-small": "dinov2-small"}  # zoo name -> its shipped recipe
 
 def _resolve_source(source: str | None) -> tuple[str, str | None]:
     """(SOURCE for the pipeline, its zoo name when it is one; `vtc.source` fetches it)."""
-    name = source or DEFAULT_SOURCE
+    name = DEFAULT_SOURCE if source is None else source
     return name, (name if not Path(name).exists() and name in zoo.names() else None)
 
 

@@ -13,10 +13,13 @@ from vtc.sweep_plot import table
 SWEEP_HELP = """Run the pipeline once per budget value; plot quality against speed-up.
 
 --recipe takes a method (tome → the tome-r8 recipe, pitome → pitome-r8, evit →
-evit-keep70) or any recipe name or YAML path. --values KEY=v1,v2,... names a field of the method's
-section (r, flops_ratio, keep_rate, keep, ...) or a full dotted key; r=0 and
-keep_rate=1.0 are the uncompressed point. Every value is validated, and its
-budget resolved against the model, before anything runs.
+evit-keep70) or any recipe name or YAML path. Repeat it to compare methods at the
+same budgets: each recipe is one series (one curve), and every value runs in
+every series. --values KEY=v1,v2,... names a field of the method's section (r,
+flops_ratio, keep_rate, keep, ...), resolved per series (r → tome.r, pitome.r),
+or a full dotted key; r=0 and keep_rate=1.0 are the uncompressed point. Every
+value of every series is validated, and its budget resolved against the model,
+before anything runs.
 
 \b
 Examples:
@@ -26,12 +29,17 @@ Examples:
   vtc sweep model.onnx --recipe tome --values flops_ratio=1.0,1.5,2.0 --out out/fr
   vtc sweep ./ckpt --recipe tome-r16 --values tome.r=8,16 --set validate.repeats=30 \\
       --batch 16 --out out/sweep --force
+  vtc sweep dinov2-small --recipe tome --recipe pitome --values r=0,4,8,12,16,20 \\
+      --out out/cmp --set validate.dataset=fashion-mnist   # ToMe vs PiToMe
 
 \b
 Writes OUT/sweep.json (every point's tokens, FLOPs ratio, measured speed-up,
 img/s, accuracy or fidelity, Pareto flag; the command; the machine),
 OUT/sweep.md (a table), OUT/sweep.png (quality vs measured speed-up and vs
 the analytic FLOPs ratio) and OUT/runs/KEY=VALUE/ (one full bundle each).
+With several series: OUT/runs/SERIES/KEY=VALUE/, a series column in the
+table, one curve and one Pareto front per series, and one quality metric for
+all (accuracy if every point has one, else the embedding cosine).
 Sweeps do not gate: exit 0 when every point ran, 2 on a usage or input error
 (nothing is written), 130 when interrupted (nothing is written).
 """
@@ -39,8 +47,9 @@ Sweeps do not gate: exit 0 when every point ran, 2 on a usage or input error
 
 @click.command("sweep", help=SWEEP_HELP, context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("source")
-@click.option("--recipe", "-r", default="tome", show_default=True,
-              help="a method (tome, pitome, evit) or a recipe name (`vtc recipes`) or YAML path")
+@click.option("--recipe", "-r", "recipes", multiple=True, metavar="RECIPE",
+              help="a method (tome, pitome, evit) or a recipe name (`vtc recipes`) or YAML "
+              "path; repeat to compare series  [default: tome]")
 @click.option("--values", "values_spec", required=True, metavar="KEY=V1,V2,...",
               help="the field to sweep and its values, e.g. r=0,4,8 or keep_rate=1.0,0.7")
 @click.option("--out", "-o", type=click.Path(path_type=Path), required=True,
@@ -56,17 +65,18 @@ Sweeps do not gate: exit 0 when every point ran, 2 on a usage or input error
               help="allow pytorch_model.bin checkpoints (torch.load weights_only=True)")
 @click.option("--protected", type=click.IntRange(min=0), default=None,
               help="ONNX sources: leading tokens never merged [default: guessed]")
-def sweep(source: str, recipe: str, values_spec: str, out: Path, batch: int | None,
+def sweep(source: str, recipes: tuple[str, ...], values_spec: str, out: Path, batch: int | None,
           images: Path | None, overrides: tuple[str, ...], force: bool, allow_pickle: bool,
           protected: int | None) -> None:
     def _run() -> int:
         key, values = parse_values(values_spec)
-        result = run_sweep(source, recipe, key, values, out, batch=batch, images=images,
-                           overrides=overrides, force=force, allow_pickle=allow_pickle,
-                           protected=protected)
+        result = run_sweep(source, list(recipes) or ["tome"], key, values, out, batch=batch,
+                           images=images, overrides=overrides, force=force,
+                           allow_pickle=allow_pickle, protected=protected)
         click.echo("\n".join(table(result)))
+        n = len(result["series"])
         click.echo(f"\nwrote {out}/sweep.json, sweep.md, sweep.png and {len(result['points'])} "
-                   f"bundles under {out}/runs/")
+                   f"bundles under {out}/runs/" + (f" ({n} series)" if n > 1 else ""))
         return 0
 
     guard(_run)

@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from vtc.errors import guard
-from vtc.zoo.fetch import RECORD, fetch, model_dir, vtc_home
+from vtc.zoo.fetch import RECORD, cache_problem, fetch, model_dir, vtc_home
 from vtc.zoo.registry import ENTRIES, ZooError, get
 
 
@@ -46,16 +46,28 @@ def zoo() -> None:
 
 @zoo.command("list")
 def list_cmd() -> None:
-    """List the zoo's models: name, family, licence, source and cache status."""
-    rows = [(e.name, e.family, e.licence, e.requirement, _status(e.name), e.description)
-            for e in ENTRIES.values()]
-    heads = ("name", "family", "licence", "source", "status")
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(heads)]
-    click.echo("  ".join(h.ljust(w) for h, w in zip(heads, widths, strict=True)).rstrip())
-    for r in rows:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip())
-        click.echo(f"  {r[5]}")
-    click.echo(f"cache: {vtc_home()} (set VTC_HOME to move it)")
+    """List the zoo's models: name, family, licence, source and cache status.
+
+    \b
+    Examples:
+      vtc zoo list
+      VTC_HOME=/data/vtc vtc zoo list      # another cache
+    """
+
+    def _do() -> int:
+        home = vtc_home()
+        rows = [(e.name, e.family, e.licence, e.requirement, _status(e.name), e.description)
+                for e in ENTRIES.values()]
+        heads = ("name", "family", "licence", "source", "status")
+        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(heads)]
+        click.echo("  ".join(h.ljust(w) for h, w in zip(heads, widths, strict=True)).rstrip())
+        for r in rows:
+            click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip())
+            click.echo(f"  {r[5]}")
+        click.echo(f"cache: {home} (set VTC_HOME to move it)")
+        return 0
+
+    guard(_do)
 
 
 @zoo.command("fetch")
@@ -96,6 +108,9 @@ def fetch_cmd(name: str, force: bool, wheel: Path | None) -> None:
 def path_cmd(name: str, onnx_: bool) -> None:
     """Print the directory (or --onnx file) of fetched model NAME; fetches nothing.
 
+    Every cached file is re-hashed first: a modified or missing file is an error
+    (`vtc zoo fetch NAME` rebuilds it).
+
     \b
     Examples:
       vtc zoo path dinov2-small
@@ -108,6 +123,10 @@ def path_cmd(name: str, onnx_: bool) -> None:
         path = folder / entry.member_name if onnx_ else folder
         if not (folder / RECORD).is_file() or not path.exists():
             raise ZooError(f"{name} is not fetched; run `vtc zoo fetch {name}`")
+        problem = cache_problem(name)
+        if problem is not None:
+            raise ZooError(f"{name}'s cache does not verify ({problem}); run "
+                           f"`vtc zoo fetch {name}` to rebuild it")
         click.echo(str(path))
         return 0
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vtc.data import DatasetError
+from vtc.data.split import DatasetError
 
 ENV_VAR = "VTC_FASHION_MNIST"
 SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")

@@ -6,7 +6,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from vtc.data import DatasetError
+from vtc.data.split import DatasetError
 
 LFW_CLASSES: tuple[str, ...] = ("face", "non-face")
 LFW_PER_CLASS = 100  # skimage docs: the first 100 images are faces, the next 100 non-faces

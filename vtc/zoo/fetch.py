@@ -39,9 +39,13 @@ def _stderr(msg: str) -> None:
 
 
 def vtc_home() -> Path:
-    """``$VTC_HOME``, or ``~/.cache/vtc`` when unset."""
+    """``$VTC_HOME``, or ``~/.cache/vtc`` when unset (ZooError when it names a file)."""
     env = os.environ.get("VTC_HOME")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "vtc"
+    home = Path(env).expanduser() if env else Path.home() / ".cache" / "vtc"
+    if home.exists() and not home.is_dir():
+        raise ZooError(f"VTC_HOME={home} is a file; point VTC_HOME at a directory (or unset "
+                       "it for ~/.cache/vtc)")
+    return home
 
 
 def model_dir(name: str, home: Path | None = None) -> Path:
