@@ -43,8 +43,8 @@ OPSETS = range(18, 25)
 
 class ExportCfg(_Strict):
     opset: int = 18
-    batch: int = Field(8, ge=1)
-    image_size: int | None = Field(None, ge=1)
+    batch: int = Field(default=8, ge=1)
+    image_size: int | None = Field(default=None, ge=1)
     dynamic_batch: bool = False  # engines accept any batch; --batch is then the one timed
 
     @field_validator("opset")
@@ -61,7 +61,7 @@ class BackendCfg(_Strict):
     kind: str = "ort"  # the engine registry's name: ort | tensorrt
     providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"],
                                  min_length=1)
-    threads: int | None = Field(None, ge=1)  # null: the engine's default
+    threads: int | None = Field(default=None, ge=1)  # null: the engine's default
     fp16: bool = False  # tensorrt: build with FP16 kernels allowed
 
     @field_validator("kind")
@@ -73,16 +73,16 @@ class BackendCfg(_Strict):
 
 
 class ValidateCfg(_Strict):
-    samples: int = Field(16, ge=1)
-    warmup: int = Field(3, ge=0)
-    repeats: int = Field(15, ge=1)
-    min_time_s: float = Field(0.0, ge=0.0, allow_inf_nan=False)
+    samples: int = Field(default=16, ge=1)
+    warmup: int = Field(default=3, ge=0)
+    repeats: int = Field(default=15, ge=1)
+    min_time_s: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
     eager_throughput: bool = True
-    seed: int = Field(0, ge=0)
+    seed: int = Field(default=0, ge=0)
     dataset: str | None = None  # labelled dataset for a linear probe (`vtc data list`)
     # split sizes for the probe, at most what the dataset has (null: all of it)
-    probe_train: int | None = Field(2000, ge=2)
-    probe_test: int | None = Field(2000, ge=1)
+    probe_train: int | None = Field(default=2000, ge=2)
+    probe_test: int | None = Field(default=2000, ge=1)
 
     @field_validator("dataset")
     @classmethod
