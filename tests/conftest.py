@@ -3,15 +3,18 @@ their ONNX exports, made once per session (exports are the slow part)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 
 from tests.tiny import LazyModels
 
@@ -131,7 +134,44 @@ def reports_match_the_schema() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(writer, "write_report", checked)
         mp.setattr(bundle, "write_report", checked)
+        mp.setattr(CliRunner, "invoke", _source_untouched(CliRunner.invoke))
         yield
+
+
+def _tree_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for f in files:
+        h.update(str(f).encode())
+        with f.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+SOURCES_CHECKED: list[Path] = []
+
+
+def _source_untouched(invoke: Any) -> Any:
+    """CliRunner.invoke that hashes every existing path given as an argument before and
+    after the command and fails when a source changed: vtc never writes its inputs (for
+    `vtc-export`/`vtc sweep`: SOURCE, --images, --recipe files)."""
+
+    def wrapped(self: CliRunner, cli: Any, args: Any = None, *a: Any, **k: Any) -> Any:
+        argv = [str(x) for x in (args or [])]
+        outs = {argv[i + 1] for i, x in enumerate(argv[:-1]) if x in ("--out", "-o")}
+        paths = [Path(x) for x in argv if x and x not in outs and not x.startswith("-")
+                 and "=" not in x and Path(x).exists() and Path(x).resolve() != Path("/")]
+        paths = [p for p in paths if not any(Path(o).resolve() == p.resolve() for o in outs)]
+        before = {p: _tree_digest(p) for p in paths}
+        result = invoke(self, cli, args, *a, **k)
+        after = {p: _tree_digest(p) for p in paths}
+        changed = [str(p) for p in paths if before[p] != after[p]]
+        assert not changed, f"the command changed its input(s) {changed}: {argv}"
+        SOURCES_CHECKED.extend(paths)
+        return result
+
+    return wrapped
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -150,7 +190,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None and found:
         reporter.write_line(f"report schema: {len(found)} report.json files on disk and "
-                            f"{len(CHECKED)} written in-process validated; {len(bad)} invalid")
+                            f"{len(CHECKED)} written in-process validated; {len(bad)} invalid;"
+                            f" {len(SOURCES_CHECKED)} command inputs hashed before and after, "
+                            "all unchanged")
     if bad:
         for line in bad:
             print(f"INVALID REPORT {line}")

@@ -1,56 +1,125 @@
-"""Bad input, table-driven: every case exits 2 with one `error:` line naming the problem,
-no traceback, nothing left beside --out, and the source unchanged."""
+"""Bad input, table-driven, across every command: each case exits 2 with exactly one
+`error:` line that names the problem, no traceback, and nothing written or changed
+anywhere under the test's directory (the sources, --out and its neighbours, the zoo
+cache and the crash-log folder all live there)."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import json
+import os
+import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
 import pytest
+import torch
 from click.testing import CliRunner
+from safetensors.torch import load_file, save_file
 
 from tests.conftest import FAST
-from vtc.cli import export_main
+from tests.tiny import build_variant
+from vtc.cli import export_main, main
 
-Case = Callable[[Path, Path], tuple[list[str], str]]  # (tmp, vit_onnx) → (argv, expected)
-
-
-def _tree_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for f in files:
-        h.update(str(f).encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()
+# A case gets (tmp, fixtures) and returns (command, argv, expected regex of the error line)
+Fixtures = dict[str, Path]
+Build = Callable[[Path, Fixtures], tuple[str, list[str], str]]
 
 
-def _text_onnx(tmp: Path, _src: Path) -> tuple[list[str], str]:
-    (tmp / "m.onnx").write_text("this is not a model\n")
-    return [str(tmp / "m.onnx")], "not an ONNX model|not a readable ONNX file"
+@dataclass(frozen=True)
+class Case:
+    build: Build
 
 
-def _empty_onnx(tmp: Path, _src: Path) -> tuple[list[str], str]:
-    (tmp / "m.onnx").write_bytes(b"")
-    return [str(tmp / "m.onnx")], "not an ONNX model"
+def _snapshot(root: Path) -> dict[str, str]:
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = str(p.relative_to(root))
+        if p.is_symlink():
+            out[rel] = "link:" + os.readlink(p)
+        elif p.is_file():
+            out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
+        else:
+            out[rel] = "dir"
+    return out
 
 
-def _truncated_onnx(tmp: Path, src: Path) -> tuple[list[str], str]:
+def _export(*argv: str, expected: str, tome: bool = True) -> Case:
+    """vtc-export SOURCE-from-fixture … (argv may name fixtures as {name})."""
+    def build(tmp: Path, fx: Fixtures) -> tuple[str, list[str], str]:
+        args = [a.format(**{k: str(v) for k, v in fx.items()}, tmp=tmp) for a in argv]
+        extra = ["--set", "tome.r=2"] if tome else []
+        if "--out" not in args:
+            args += ["--out", str(tmp / "out")]
+        return "export", [*args[:1], *FAST, *extra, *args[1:]], expected
+    return Case(build)
+
+
+def _vtc(*argv: str, expected: str) -> Case:
+    def build(tmp: Path, fx: Fixtures) -> tuple[str, list[str], str]:
+        args = [a.format(**{k: str(v) for k, v in fx.items()}, tmp=tmp) for a in argv]
+        return "main", args, expected
+    return Case(build)
+
+
+def _recipe(setting: str, expected: str) -> Case:
+    return _export("{vit}", "--set", setting, expected=expected)
+
+
+def _made(make: Callable[[Path, Fixtures], list[str]], expected: str) -> Case:
+    """A case whose inputs are made on the fly; `make` returns the vtc-export argv."""
+    def build(tmp: Path, fx: Fixtures) -> tuple[str, list[str], str]:
+        args = make(tmp, fx)
+        if "--out" not in args:
+            args += ["--out", str(tmp / "out")]
+        return "export", [*args[:1], *FAST, "--set", "tome.r=2", *args[1:]], expected
+    return Case(build)
+
+
+# ---- inputs made on the fly ------------------------------------------------------------
+
+def _file(name: str, data: bytes) -> Callable[[Path, Fixtures], list[str]]:
+    def make(tmp: Path, _fx: Fixtures) -> list[str]:
+        (tmp / name).write_bytes(data)
+        return [str(tmp / name)]
+    return make
+
+
+def _ckpt(edit: Callable[[Path], None]) -> Callable[[Path, Fixtures], list[str]]:
+    """A copy of the tiny checkpoint, edited."""
+    def make(tmp: Path, fx: Fixtures) -> list[str]:
+        d = tmp / "ckpt"
+        d.mkdir()
+        for f in fx["vit"].iterdir():
+            (d / f.name).write_bytes(f.read_bytes())
+        edit(d)
+        return [str(d)]
+    return make
+
+
+def _onnx_edit(edit: Callable[[Path, Path], None]) -> Callable[[Path, Fixtures], list[str]]:
+    def make(tmp: Path, fx: Fixtures) -> list[str]:
+        path = tmp / "m.onnx"
+        edit(fx["vit_onnx"], path)
+        return [str(path)]
+    return make
+
+
+def _truncate(src: Path, dst: Path) -> None:
     data = src.read_bytes()
-    (tmp / "m.onnx").write_bytes(data[: len(data) // 3])
-    return [str(tmp / "m.onnx")], "not a readable ONNX file|not an ONNX model"
+    dst.write_bytes(data[: len(data) // 3])
 
 
-def _missing_external_data(tmp: Path, src: Path) -> tuple[list[str], str]:
-    model = onnx.load(str(src))
-    onnx.save(model, str(tmp / "m.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
-              location="m.onnx.data", size_threshold=0)
-    (tmp / "m.onnx.data").unlink()
-    return [str(tmp / "m.onnx")], r"external data file\(s\) m\.onnx\.data, not found"
+def _external_missing(src: Path, dst: Path) -> None:
+    onnx.save(onnx.load(str(src)), str(dst), save_as_external_data=True,
+              all_tensors_to_one_file=True, location="m.onnx.data", size_threshold=0)
+    (dst.parent / "m.onnx.data").unlink()
 
 
-def _compressed_again(tmp: Path, src: Path) -> tuple[list[str], str]:
+def _already_compressed(src: Path, dst: Path) -> None:
     import onnx_ir as ir
 
     from tests.budgets import tome_budget
@@ -60,60 +129,338 @@ def _compressed_again(tmp: Path, src: Path) -> tuple[list[str], str]:
 
     m = load(src)
     rewrite(m, tome_budget(Geometry(17, 1, 64, 128, 3), r=2))
-    ir.save(m, tmp / "m.onnx")
-    return [str(tmp / "m.onnx")], "already compressed by vtc"
+    ir.save(m, dst)
 
 
-def _recipe(*sets: str, expected: str) -> Case:
-    def case(_tmp: Path, src: Path) -> tuple[list[str], str]:
-        return [str(src), *[a for s in sets for a in ("--set", s)]], expected
-    return case
+def _no_attention(_src: Path, dst: Path) -> None:
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 32, 32])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3, 32, 32])
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), str(dst))
 
 
-CASES: dict[str, Case] = {
-    "text file as .onnx": _text_onnx,
-    "empty .onnx": _empty_onnx,
-    "truncated .onnx": _truncated_onnx,
-    "external data missing": _missing_external_data,
-    "vtc's own model.onnx as SOURCE": _compressed_again,
-    "chain over overlapping blocks": _recipe(
-        "method=[tome,evit]", "tome.r=2", "evit.layers=[1]",
-        expected=r"tome and evit both act in blocks \[1\]"),
-    "pitome margin above range": _recipe(
-        "method=pitome", "pitome.r=2", "pitome.margin=1.5", expected=r"outside \[-1, 1\)"),
-    "pitome margin below range": _recipe(
-        "method=pitome", "pitome.r=2", "pitome.margin=-2", expected=r"outside \[-1, 1\)"),
-    "pitome margin NaN": _recipe(
-        "method=pitome", "pitome.r=2", "pitome.margin=.nan", expected=r"outside \[-1, 1\)"),
-    "pitome alpha infinite": _recipe(
-        "method=pitome", "pitome.alpha=.inf", expected="finite"),
-    "unknown method": _recipe("method=prune", expected="unknown reduction method 'prune'"),
-    "a method named twice": _recipe("method=[tome,tome]", expected="names a method twice"),
-    "layers outside the model": _recipe("tome.layers=[7]", expected=r"tome.layers \[7\]"),
-    "r list of the wrong length": _recipe("tome.r=[1,1]", expected="one value per block"),
-    "r and flops_ratio both": _recipe("tome.flops_ratio=1.5",
-                                      expected="give r or flops_ratio, not both"),
-    "unknown engine": _recipe("backend.kind=tflite", expected="unknown engine 'tflite'"),
-    "unknown tome split": _recipe("tome.protected=middle", expected="tome.protected"),
-    "malformed --set YAML": _recipe("tome.r=[1,", expected=r"--set tome\.r=\[1,.*not valid YAML"),
+def _wrong_shape(d: Path) -> None:
+    sd = load_file(str(d / "model.safetensors"))
+    key = sorted(k for k in sd if k.endswith("weight") and sd[k].ndim == 2)[1]
+    sd[key] = torch.zeros(3, 3)
+    save_file(sd, str(d / "model.safetensors"), metadata={"format": "pt"})
+
+
+def _pickle_only(garbage: bool) -> Callable[[Path], None]:
+    def edit(d: Path) -> None:
+        (d / "model.safetensors").unlink()
+        (d / "pytorch_model.bin").write_bytes(b"not a pickle" if garbage else b"\x80\x04N.")
+    return edit
+
+
+def _write(name: str, data: bytes) -> Callable[[Path], None]:
+    return lambda d: (d / name).write_bytes(data)
+
+
+def _set_config(**changes: object) -> Callable[[Path], None]:
+    def edit(d: Path) -> None:
+        cfg = json.loads((d / "config.json").read_text())
+        cfg.update(changes)
+        (d / "config.json").write_text(json.dumps(cfg))
+    return edit
+
+
+def _without(name: str) -> Callable[[Path], None]:
+    return lambda d: (d / name).unlink()
+
+
+def _out_symlink(tmp: Path, fx: Fixtures) -> list[str]:
+    (tmp / "dangling").symlink_to(tmp / "nowhere")
+    return [str(fx["vit"]), "--out", str(tmp / "dangling")]
+
+
+def _out_file(tmp: Path, fx: Fixtures) -> list[str]:
+    (tmp / "afile").write_text("x")
+    return [str(fx["vit"]), "--out", str(tmp / "afile")]
+
+
+def _out_not_empty(tmp: Path, fx: Fixtures) -> list[str]:
+    (tmp / "full").mkdir()
+    (tmp / "full" / "keep.txt").write_text("mine")
+    return [str(fx["vit"]), "--out", str(tmp / "full")]
+
+
+def _recipe_file(text: bytes) -> Callable[[Path, Fixtures], list[str]]:
+    def make(tmp: Path, fx: Fixtures) -> list[str]:
+        (tmp / "r.yaml").write_bytes(text)
+        return [str(fx["vit"]), "--recipe", str(tmp / "r.yaml")]
+    return make
+
+
+def _images(files: dict[str, bytes]) -> Callable[[Path, Fixtures], list[str]]:
+    def make(tmp: Path, fx: Fixtures) -> list[str]:
+        folder = tmp / "imgs"
+        folder.mkdir()
+        for name, data in files.items():
+            (folder / name).write_bytes(data)
+        return [str(fx["vit"]), "--images", str(folder)]
+    return make
+
+
+SOURCE_CASES: dict[str, Case] = {
+    "empty SOURCE": _export("", expected="SOURCE is empty"),
+    "blank SOURCE": _export("  ", expected="SOURCE is empty"),
+    "missing path": _export("{tmp}/nope", expected="not a file, a directory, a zoo name"),
+    "missing .onnx": _export("{tmp}/nope.onnx", expected="no such file"),
+    "a file that is not .onnx": _made(_file("notes.txt", b"hi"), "a file that is not .onnx"),
+    "text as .onnx": _made(_file("m.onnx", b"this is not a model\n"),
+                           "not an ONNX model|not a readable ONNX file"),
+    "empty .onnx": _made(_file("m.onnx", b""), "not an ONNX model"),
+    "random bytes as .onnx": _made(_file("m.onnx", os.urandom(4096)),
+                                   "not a readable ONNX file|not an ONNX model"),
+    "truncated .onnx": _made(_onnx_edit(_truncate), "not a readable ONNX file|not an ONNX"),
+    "external data missing": _made(_onnx_edit(_external_missing),
+                                   r"external data file\(s\) m\.onnx\.data, not found"),
+    "vtc's own model.onnx": _made(_onnx_edit(_already_compressed), "already compressed"),
+    "ONNX without attention": _made(_onnx_edit(_no_attention), "no transformer block found"),
+    "directory without config": _made(_ckpt(_without("config.json")), "has no config.json"),
+    "config.json a list": _made(_ckpt(_write("config.json", b"[1, 2]")), "holds a list"),
+    "config.json not UTF-8": _made(_ckpt(_write("config.json", b"\xff\xfe{")),
+                                   "not readable UTF-8 JSON"),
+    "config.json not JSON": _made(_ckpt(_write("config.json", b"{model_type: vit")),
+                                  "not readable UTF-8 JSON"),
+    "config.json without model_type": _made(_ckpt(_set_config(model_type=None)),
+                                            "has no model_type"),
+    "unsupported model_type": _made(_ckpt(_set_config(model_type="swin")),
+                                    "model_type 'swin' is not supported"),
+    "empty safetensors": _made(_ckpt(_write("model.safetensors", b"")),
+                               "not a complete safetensors file"),
+    "garbage safetensors": _made(_ckpt(_write("model.safetensors", os.urandom(2048))),
+                                 "not a complete safetensors file"),
+    "truncated safetensors": _made(_ckpt(lambda d: (d / "model.safetensors").write_bytes(
+        (d / "model.safetensors").read_bytes()[:5000])), "not a complete safetensors file"),
+    "weights of the wrong shape": _made(_ckpt(_wrong_shape), "another shape than its config"),
+    "no weights": _made(_ckpt(_without("model.safetensors")), "has no \\*.safetensors"),
+    "pickle without --allow-pickle": _made(_ckpt(_pickle_only(False)), "--allow-pickle"),
+    "garbage pickle with --allow-pickle": _made(
+        lambda t, f: [*_ckpt(_pickle_only(True))(t, f), "--allow-pickle"],
+        "cannot load the weights"),
+    "--protected on an HF source": _export("{vit}", "--protected", "1",
+                                           expected="--protected is for ONNX sources"),
+    "--protected too large": _export("{vit_onnx}", "--protected", "1000",
+                                     expected="--protected 1000 leaves"),
+    "static batch and --batch": _export("{vit_onnx}", "--batch", "4",
+                                        expected="static batch of 2, not --batch 4"),
+    "dynamic batch from a static file": _export(
+        "{vit_onnx}", "--set", "export.dynamic_batch=true", expected="has a static batch"),
+    "symbolic height without image_size": _export(
+        "{optimum_onnx}", expected=r"symbolic height/width.*--set export\.image_size"),
+    "image_size the graph cannot take": _export(
+        "{optimum_onnx}", "--set", "export.image_size=16",
+        expected="is it a resolution this graph accepts"),
+    "image_size not a multiple of the patch": _recipe("export.image_size=36",
+                                                      "a multiple of 8"),
+    "absurd batch": _export("{vit}", "--batch", "50000000", expected="lower --batch"),
+    "absurd sample count": _recipe("validate.samples=900000000", "lower --batch"),
+    "images folder without images": _made(_images({"a.txt": b"x"}), "no image files"),
+    "images folder of corrupt images": _made(_images({"a.png": b"nope", "b.jpg": b"x"}),
+                                             "no readable images"),
 }
+
+OUT_CASES: dict[str, Case] = {
+    "--out is the source": _export("{vit}", "--out", "{vit}", "--force",
+                                   expected="is the source"),
+    "--out inside the source": _export("{vit}", "--out", "{vit}/sub", "--force",
+                                       expected="lies inside the source"),
+    "--out holds the source": _export("{vit}", "--out", "{vit}/..", "--force",
+                                      expected="contains the source"),
+    "--out holds the .onnx source": _export("{vit_onnx}", "--out", "{tmp}/vit_onnx", "--force",
+                                            expected="contains the source"),
+    "--out is .": _export("{vit}", "--out", ".", "--force", expected="working directory"),
+    "--out is ..": _export("{vit}", "--out", "..", "--force", expected="working directory"),
+    "--out is /": _export("{vit}", "--out", "/", "--force", expected="working directory"),
+    "--out under /proc": _export("{vit}", "--out", "/proc/vtc-out",
+                                 expected="cannot be written|cannot create"),
+    "--out a dangling link": _made(_out_symlink, "dangling symbolic link"),
+    "--out a file": _made(_out_file, "is a file"),
+    "--out not empty": _made(_out_not_empty, "pass --force"),
+    "--out name too long": _export("{vit}", "--out", "{tmp}/" + "n" * 230,
+                                   expected="bytes long"),
+    "--out empty": _export("{vit}", "--out", "", expected="--out is empty|working directory"),
+    "--out is the zoo cache": _export("{vit}", "--out", "{home}", "--force",
+                                      expected="is the zoo cache"),
+    "--out inside the zoo cache": _export("{vit}", "--out", "{home}/models/x",
+                                          expected="lies inside the zoo cache"),
+}
+
+RECIPE_CASES: dict[str, Case] = {
+    **{f"--set {s}": _recipe(s, e) for s, e in [
+        ("export.batch=0", "export.batch: Input should be greater than or equal to 1"),
+        ("export.batch=-3", "greater than or equal to 1"),
+        ("export.opset=5", "opset 5 is not supported"),
+        ("export.opset=99", "opset 99 is not supported"),
+        ("export.image_size=0", "export.image_size"),
+        ("export.image_size=-224", "export.image_size"),
+        ("export.dynamic_batch=maybe", "export.dynamic_batch"),
+        ("validate.samples=0", "validate.samples"),
+        ("validate.samples=-1", "validate.samples"),
+        ("validate.repeats=0", "validate.repeats"),
+        ("validate.warmup=-1", "validate.warmup"),
+        ("validate.min_time_s=-1", "validate.min_time_s"),
+        ("validate.min_time_s=.nan", "validate.min_time_s"),
+        ("validate.seed=-5", "validate.seed"),
+        ("validate.probe_train=1", "validate.probe_train"),
+        ("validate.probe_test=0", "validate.probe_test"),
+        ("validate.dataset=imagenet", "unknown dataset 'imagenet'"),
+        ("backend.threads=-1", "backend.threads"),
+        ("backend.threads=0", "backend.threads"),
+        ("backend.providers=[]", "backend.providers"),
+        ("backend.kind=tflite", "unknown engine 'tflite'"),
+        ("gates.min_speedup=.nan", "not finite"),
+        ("gates.min_speedup=.inf", "not finite"),
+        ("gates.max_latency=3", "unknown gate"),
+        ("gates.max_accuracy_drop=1", "need validate.dataset"),
+        ("tome.r=-1", "r must be >= 0"),
+        ("tome.r=1000", "impossible"),
+        ("tome.r=[1,1]", "one value per block"),
+        ("tome.r=eight", "tome.r"),
+        ("tome.flops_ratio=0.5", "flops_ratio=0.5 must be >= 1.0"),
+        ("tome.layers=[-1]", "negative"),
+        ("tome.layers=[7]", r"tome\.layers \[7\] are outside"),
+        ("tome.layers=[1,1]", "twice"),
+        ("tome.protected=middle", "tome.protected"),
+        ("tome.proportional_attention=perhaps", "tome.proportional_attention"),
+        ("unmerge=sometimes", "unmerge"),
+        ("method=prune", "unknown reduction method 'prune'"),
+        ("method=[tome,tome]", "names a method twice"),
+        ("method=42", "method"),
+        ("name=[1,2]", "name"),
+    ]},
+    "flops_ratio out of reach": _export("{vit}", "--set", "tome.r=null", "--set",
+                                        "tome.flops_ratio=50", expected="cannot be reached"),
+    "a chain over overlapping blocks": _export(
+        "{vit}", "--set", "method=[tome,evit]", "--set", "evit.layers=[1]",
+        expected=r"tome and evit both act in blocks \[1\]"),
+    "evit keep_rate 0": _export("{vit}", "--recipe", "evit-keep70", "--set",
+                                "evit.keep_rate=0", expected="outside"),
+    "evit keep_rate 1.5": _export("{vit}", "--recipe", "evit-keep70", "--set",
+                                  "evit.keep_rate=1.5", expected="outside"),
+    "evit keep and keep_rate": _export("{vit}", "--recipe", "evit-keep70", "--set",
+                                       "evit.keep=3", expected="exactly one of keep_rate"),
+    "evit keep too large": _export("{vit}", "--recipe", "evit-keep70", "--set",
+                                   "evit.keep_rate=null", "--set", "evit.keep=99",
+                                   "--set", "evit.layers=[1]", expected="only 16 unprotected"),
+    "evit fuse unknown": _export("{vit}", "--recipe", "evit-keep70", "--set", "evit.fuse=max",
+                                 expected="evit.fuse"),
+    "evit layers outside": _export("{vit}", "--recipe", "evit-keep70", expected="outside 0..2"),
+    "pitome margin 1.5": _export("{vit}", "--recipe", "pitome-r8", "--set", "pitome.r=2",
+                                 "--set", "pitome.margin=1.5", expected=r"outside \[-1, 1\)"),
+    "pitome margin -2": _export("{vit}", "--recipe", "pitome-r8", "--set", "pitome.r=2",
+                                "--set", "pitome.margin=-2", expected=r"outside \[-1, 1\)"),
+    "pitome margin NaN": _export("{vit}", "--recipe", "pitome-r8", "--set", "pitome.r=2",
+                                 "--set", "pitome.margin=.nan", expected=r"outside \[-1, 1\)"),
+    "pitome alpha inf": _export("{vit}", "--recipe", "pitome-r8", "--set",
+                                "pitome.alpha=.inf", expected="finite"),
+    "pitome r too large": _export("{vit}", "--recipe", "pitome-r8", "--set", "pitome.r=9",
+                                  expected="impossible"),
+    "--set without =": _export("{vit}", "--set", "tome.r", expected="expected key=value"),
+    "--set into a scalar": _export("{vit}", "--set", "name.x=1", expected="is not a section"),
+    "--set malformed YAML": _export("{vit}", "--set", "tome.r=[1,",
+                                    expected=r"--set tome\.r=\[1,.*not valid YAML"),
+    "--set names the --set": _export("{vit}", "--set", "validate.samples=0",
+                                     expected="with --set .*validate.samples=0"),
+    "unknown recipe name": _export("{vit}", "--recipe", "tome-r99", expected="not found"),
+    "recipe file missing": _export("{vit}", "--recipe", "{tmp}/no.yaml", expected="not found"),
+    "binary recipe file": _made(_recipe_file(os.urandom(300) + b"\xff\xfe"),
+                                "not valid YAML text"),
+    "recipe a YAML list": _made(_recipe_file(b"- a\n- b\n"), "a mapping at the top level"),
+    "recipe with a duplicate key": _made(
+        _recipe_file(b"name: x\nmethod: tome\ntome:\n  r: 2\n  r: 3\n"),
+        "'r' is given twice"),
+    "recipe with an unknown key": _made(
+        _recipe_file(b"name: x\nmethod: tome\nspeed: fast\n"), "unknown key 'speed'"),
+    "recipe without a name": _made(_recipe_file(b"method: tome\n"), "name: Field required"),
+    "recipe invalid YAML": _made(_recipe_file(b"name: [unclosed\n"), "not valid YAML"),
+}
+
+OTHER_CASES: dict[str, Case] = {
+    "inspect a missing file": _vtc("inspect", "{tmp}/no.onnx", expected="no such file"),
+    "inspect a text file": Case(lambda t, f: (
+        "main", ["inspect", *_file("m.onnx", b"not a model")(t, f)],
+        "not an ONNX model|not a readable ONNX file")),
+    "inspect a graph without attention": Case(lambda t, f: (
+        "main", ["inspect", *_onnx_edit(_no_attention)(t, f)], "no transformer block")),
+    "inspect symbolic sizes": _vtc("inspect", "{optimum_onnx}",
+                                   expected="vtc inspect: --image-size 224"),
+    "sweep: empty SOURCE": _vtc("sweep", "", "--values", "r=0,2", "--out", "{tmp}/s",
+                                expected="SOURCE is empty"),
+    "sweep: malformed values": _vtc("sweep", "{vit}", "--values", "r=1,,2", "--out",
+                                    "{tmp}/s", expected="expected KEY=v1,v2"),
+    "sweep: a value twice": _vtc("sweep", "{vit}", "--values", "r=2,2", "--out", "{tmp}/s",
+                                 expected="given twice"),
+    "sweep: key of another method": _vtc("sweep", "{vit}", "--values", "keep_rate=0.5",
+                                         "--out", "{tmp}/s", expected="evit setting"),
+    "sweep: impossible value": _vtc("sweep", "{vit}", "--values", "r=0,99", "--out",
+                                    "{tmp}/s", expected="r=99: tome.r=99"),
+    "sweep: --out is the source": _vtc("sweep", "{vit}", "--values", "r=0", "--out", "{vit}",
+                                       "--force", expected="is the source"),
+    "sweep: two series, same name": _vtc("sweep", "{vit}", "-r", "tome", "-r", "tome",
+                                         "--values", "r=0", "--out", "{tmp}/s",
+                                         expected="two series named"),
+    "zoo: unknown model": _vtc("zoo", "fetch", "resnet-50", expected="resnet-50"),
+    "zoo: path not fetched": _vtc("zoo", "path", "dinov2-small", expected="is not fetched"),
+    "data: unknown dataset": _vtc("data", "install", "imagenet", expected="imagenet"),
+}
+
+CASES = {**SOURCE_CASES, **OUT_CASES, **RECIPE_CASES, **OTHER_CASES}
+
+
+def test_the_table_is_large() -> None:
+    assert len(CASES) >= 100
+
+
+@pytest.fixture(scope="module")
+def optimum_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.conftest import export, tiny_vit
+
+    return export(tiny_vit(), tmp_path_factory.mktemp("opt") / "optimum.onnx", dynamo=False,
+                  dynamic_axes=True)
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_bad_input_is_one_line_and_exit_2(name: str, tmp_path: Path, vit_onnx: Path) -> None:
-    src_copy = tmp_path / "src.onnx"
-    src_copy.write_bytes(vit_onnx.read_bytes())
-    argv, expected = CASES[name](tmp_path, src_copy)
-    sources = [Path(a) for a in argv[:1] if Path(a).exists()]
-    before = {p: _tree_digest(p) for p in sources}
-    out = tmp_path / "out"
-    res = CliRunner().invoke(export_main, [argv[0], "--recipe", "tome-r8", "--out", str(out),
-                                           *FAST, "--set", "tome.r=2", *argv[1:]])
-    errors = [ln for ln in res.stderr.splitlines() if ln.startswith(("error:", "internal"))]
+def test_bad_input_is_one_line_and_exit_2(name: str, tmp_path: Path, vit_onnx: Path,
+                                          optimum_onnx: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    _, model = build_variant("vit-cls")
+    model.save_pretrained(work / "vit")
+    (work / "vit_onnx").mkdir()
+    (work / "vit_onnx" / "vit.onnx").write_bytes(vit_onnx.read_bytes())
+    (work / "optimum.onnx").write_bytes(optimum_onnx.read_bytes())
+    home = tmp_path / "home"
+    (home / "models").mkdir(parents=True)
+    fx = {"vit": work / "vit", "vit_onnx": work / "vit_onnx" / "vit.onnx",
+          "optimum_onnx": work / "optimum.onnx", "home": home}
+    monkeypatch.setenv("VTC_HOME", str(home))
+    monkeypatch.setenv("VTC_CRASH_DIR", str(work))
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    command, argv, expected = CASES[name].build(work, fx)
+    before = _snapshot(tmp_path)
+    res = CliRunner().invoke(export_main if command == "export" else main, argv)
+    lines = [ln for ln in res.stderr.splitlines() if ln.startswith(("error:", "internal"))]
     assert res.exit_code == 2, res.output
-    assert len(errors) == 1 and "Traceback" not in res.output, res.output
-    import re
+    assert len(lines) == 1 and "Traceback" not in res.output, res.output
+    assert re.search(expected, lines[0]), lines[0]
+    assert _snapshot(tmp_path) == before  # nothing written, nothing changed
 
-    assert re.search(expected, errors[0]), errors[0]
-    assert not out.exists() and not list(tmp_path.glob(".out*"))  # nothing beside --out
-    assert {p: _tree_digest(p) for p in sources} == before  # the source is unchanged
+
+def test_a_second_writer_is_told_who_holds_the_lock(tmp_path: Path, vit_dir: Path) -> None:
+    out = tmp_path / "out"
+    lock = tmp_path / ".out.lock"
+    with lock.open("w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fh.write(json.dumps({"pid": 4242, "host": "ci", "since": 0, "command": "vtc-export x"}))
+        fh.flush()
+        res = CliRunner().invoke(export_main, [str(vit_dir), "--out", str(out), *FAST])
+    assert res.exit_code == 2
+    assert "being written by another vtc run (pid 4242 on ci" in res.stderr
+    assert not out.exists()

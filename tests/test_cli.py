@@ -252,3 +252,40 @@ def test_dynamic_batch_needs_a_dynamic_source(tmp_path: Path, tiny) -> None:  # 
     text = _bad(tmp_path, str(tiny.onnx("vit-cls")), "--set", "tome.r=3",
                 "--set", "export.dynamic_batch=true")
     assert "static batch" in text
+
+
+def test_no_bench_counts_its_steps_and_says_what_was_not_measured(vit_dir: Path,
+                                                                  tmp_path: Path) -> None:
+    res = CliRunner().invoke(export_main, [str(vit_dir), "--recipe", "tome-r8", "--out",
+                                           str(tmp_path / "o"), *FAST, "--set", "tome.r=2",
+                                           "--no-bench"])
+    assert res.exit_code == 0, res.output
+    steps = [ln for ln in res.stderr.splitlines() if ln.startswith("[")]
+    assert steps[-1].startswith("[6/6] bundle complete") and len(steps) == 6
+    assert "speedup  not measured (--no-bench)" in res.stdout and "n/a" not in res.stdout
+
+
+def test_repeated_sigterm_exits_130_and_leaves_nothing(vit_dir: Path, tmp_path: Path) -> None:
+    """Signals 20-50 ms apart during the build: one unwind, exit 130, no temp dir or lock."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from vtc.cli import export_main; export_main()", str(vit_dir),
+         "--out", str(out), *FAST, "--set", "validate.repeats=400", "--set", "tome.r=2"],
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "VTC_CRASH_DIR": str(tmp_path)})
+    assert proc.stderr is not None
+    for line in proc.stderr:  # wait until the build is well under way
+        if line.startswith("[6/7] timing"):
+            break
+    for _ in range(6):
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.03)
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=60) == 130, rest
+    assert "interrupted" in rest and "Traceback" not in rest
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no bundle, temp dir or lock

@@ -45,9 +45,9 @@ def _describe(path: Path) -> str:
     return str(path) if str(path) else "."
 
 
-def check_out(out: Path, force: bool, sources: Sequence[Path] = ()) -> None:
+def check_out(out: Path, force: bool, protected: Sequence[tuple[Path, str]] = ()) -> None:
     """Refuse an unusable --out before any work (module docstring); OutputError names
-    the problem and the fix."""
+    the problem and the fix. `protected`: (path, what it is) pairs vtc never writes."""
     if not str(out).strip():
         raise OutputError("--out is empty; give a directory for the bundle")
     if out.is_symlink() and not out.exists():
@@ -58,12 +58,11 @@ def check_out(out: Path, force: bool, sources: Sequence[Path] = ()) -> None:
         raise OutputError(f"--out {_describe(out)} is the working directory or one of its "
                           "parents, which a bundle would replace; give a new directory, e.g. "
                           "out/bundle")
-    for src in sources:
-        s = src.resolve()
+    for path, label in protected:
+        s = path.resolve()
         if _inside(real, s) or _inside(s, real):
-            what = "lies inside" if _inside(real, s) and real != s else (
-                "is" if real == s else "contains")
-            raise OutputError(f"--out {out} {what} the source {src}, which vtc never writes; "
+            how = "is" if real == s else "lies inside" if _inside(real, s) else "contains"
+            raise OutputError(f"--out {out} {how} {label} {path}, which vtc never writes; "
                               "give another directory")
     if out.exists() and not out.is_dir():
         raise OutputError(f"--out {out} is a file; give a directory")

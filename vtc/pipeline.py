@@ -28,7 +28,7 @@ from vtc.stages import bundle
 from vtc.stages.compile import compile_engines
 from vtc.stages.compress import compress
 from vtc.stages.export import export
-from vtc.stages.load import Loaded, load
+from vtc.stages.load import Loaded, check_memory, load
 from vtc.stages.validate import is_dense, select_inputs, validate
 from vtc.zoo import vtc_home
 
@@ -60,12 +60,12 @@ class Result:
         return self.report.passed
 
 
-def protected_paths(spec: str) -> list[Path]:
+def protected_paths(spec: str) -> list[tuple[Path, str]]:
     """What an --out must never be, hold or lie inside: the zoo cache and SOURCE (as
     given, before it is resolved: a zoo name is fetched only after the checks)."""
-    paths = [vtc_home()]
+    paths = [(vtc_home(), "the zoo cache ($VTC_HOME)")]
     if spec.strip() and Path(spec).exists():
-        paths.append(Path(spec))
+        paths.append((Path(spec), "the source"))
     return paths
 
 
@@ -93,7 +93,7 @@ def run(opts: Options) -> Result:
     if opts.images is not None:
         _check_images(opts.images)
     src = resolve(opts.source)
-    check_out(opts.out, opts.force, [src.path])
+    check_out(opts.out, opts.force, [(src.path, "the source")])
     with building(opts.out, opts.force) as tmp:
         report = build(opts, src, tmp)
         publish(tmp, opts.out, replace=opts.force)
@@ -123,6 +123,7 @@ def build(opts: Options, src: Source, tmp: Path) -> Report:
     recipe, t0 = opts.recipe, time.perf_counter()
     step = Steps(opts.log, 6 + bool(opts.bench) + bool(recipe.validate_.dataset))
     loaded = _load(opts, src, step)
+    check_memory(loaded, recipe.validate_.samples)
     budget = recipe.budget(loaded.geometry)
     dynamic = recipe.export.dynamic_batch
     step(f"exporting baseline.onnx (opset {recipe.export.opset}, batch "

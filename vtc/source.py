@@ -85,7 +85,37 @@ def resolve(spec: str) -> Source:
             "checkpoint directory (config.json + model.safetensors)"
         )
     try:
-        config = json.loads(cfg.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise SourceError(f"SOURCE {spec}: config.json is unreadable ({exc})") from exc
-    return Source("hf", path, spec, config.get("model_type"))
+        config = json.loads(cfg.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SourceError(f"SOURCE {spec}: config.json is not readable UTF-8 JSON "
+                          f"({type(exc).__name__}: {exc}); give the checkpoint's own "
+                          "config.json") from exc
+    if not isinstance(config, dict):
+        raise SourceError(f"SOURCE {spec}: config.json holds a {type(config).__name__}, not "
+                          "a mapping; give the checkpoint's own config.json")
+    model_type = config.get("model_type")
+    if not isinstance(model_type, str) or not model_type:
+        raise SourceError(f"SOURCE {spec}: config.json has no model_type; give a Hugging "
+                          "Face checkpoint's config.json (e.g. model_type: vit)")
+    check_safetensors(path)
+    return Source("hf", path, spec, model_type)
+
+
+def check_safetensors(folder: Path) -> None:
+    """Every *.safetensors file in `folder` has a complete header and data section
+    (read without loading a tensor): SourceError naming the file otherwise."""
+    for f in sorted(folder.glob("*.safetensors")):
+        size = f.stat().st_size
+        try:
+            with f.open("rb") as fh:
+                head = fh.read(8)
+                n = int.from_bytes(head, "little") if len(head) == 8 else -1
+                header = json.loads(fh.read(n).decode("utf-8")) if 0 < n <= size - 8 else None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            header = None
+        ends = [v.get("data_offsets", [0, 0])[1] for k, v in (header or {}).items()
+                if k != "__metadata__" and isinstance(v, dict)]
+        if not isinstance(header, dict) or not all(isinstance(e, int) for e in ends) or (
+                8 + n + max(ends, default=0) > size):
+            raise SourceError(f"{f}: not a complete safetensors file ({size} bytes: empty, "
+                              "truncated or corrupt); re-download or re-save the checkpoint")

@@ -10,7 +10,8 @@ import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 
-from tests.budgets import evit_budget, tome_budget
+from tests.budgets import evit_budget, pitome_budget, tome_budget
+from vtc import methods
 from vtc.budget import Geometry
 from vtc.passes import GraphError, NoBlocksError, find_blocks, load
 from vtc.passes.emit import PORTABLE_OPS
@@ -49,15 +50,18 @@ def _new_ops(m: ir.Model) -> set[str]:
     return {n.op_type for n in m.graph if (n.name or "").startswith("vtc_")}
 
 
-@pytest.mark.parametrize("method", ["tome", "evit"])
+@pytest.mark.parametrize("method", ["tome", "evit", "pitome"])
 def test_rewrite_is_static_portable_and_checked(vit_onnx: Path, pixels: np.ndarray,
                                                 method: str) -> None:
-    budget = (tome_budget(GEO, r=[4, 3, 2]) if method == "tome"
-              else evit_budget(GEO, 0.5, [0, 2]))
+    budget = {"tome": lambda: tome_budget(GEO, r=[4, 3, 2]),
+              "evit": lambda: evit_budget(GEO, 0.5, [0, 2]),
+              "pitome": lambda: pitome_budget(GEO, r=[4, 3, 2])}[method]()
     m = load(vit_onnx)
     res = compress(m, budget)
     assert res.sites == len(budget.reducing_layers)
-    assert _new_ops(m) and _new_ops(m) <= PORTABLE_OPS
+    # only the portable ops, and the few a method declares (PiToMe: Elu)
+    assert _new_ops(m) and _new_ops(m) <= PORTABLE_OPS | methods.get(method).extra_ops
+    assert ("Elu" in _new_ops(m)) == (method == "pitome")
     ops = {n.op_type for n in m.graph}
     assert not ops & {"NonZero", "ScatterElements", "ScatterND"}
     # TopK's K is always an initializer (a constant)
@@ -142,11 +146,11 @@ def test_large_masks_are_shrunk_not_folded(vit_onnx: Path, pixels: np.ndarray, t
     """At a large batch the exporter leaves the [B, 1, N, N] mask as an Expand of a
     uniform constant, too big to fold; prepare shrinks it to [1, 1, 1, 1] instead,
     so the shape fix-up never meets a computed mask that bakes N."""
-    from vtc.passes import graph
+    from vtc.passes import model_io
 
     src = tmp_path / "unfolded.onnx"
     assert _unfold_masks(vit_onnx, src) >= 1  # the exporter shares one mask between blocks
-    monkeypatch.setattr(graph, "FOLD_LIMIT", 64)  # the tiny mask (2·17·17) is now "large"
+    monkeypatch.setattr(model_io, "FOLD_LIMIT", 64)  # the tiny mask (2·17·17) is now "large"
     m = load(src)
     assert not any(n.op_type == "Expand" for n in m.graph)
     compress(m, tome_budget(GEO, r=3))

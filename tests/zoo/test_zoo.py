@@ -210,8 +210,28 @@ def test_zoo_path(fetched: tuple[Path, list[str]], tmp_path: Path) -> None:
     assert code == 2 and "vtc zoo fetch dinov2-small" in err
 
 
+def test_zoo_path_refuses_a_tampered_cache(fetched: tuple[Path, list[str]]) -> None:
+    d = zoo.model_dir(NAME, fetched[0])
+    good = (d / "config.json").read_bytes()
+    try:
+        (d / "config.json").write_bytes(good.replace(b"384", b"385", 1))
+        code, out, err = _cli(fetched[0], "path", NAME)
+        assert code == 2 and out == "" and "fails its sha256 check" in err
+        assert "vtc zoo fetch dinov2-small" in err
+    finally:
+        (d / "config.json").write_bytes(good)
+    assert zoo.cache_problem(NAME, fetched[0]) is None
+
+
+def test_vtc_home_that_is_a_file_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "home").write_text("not a directory")
+    for args in (("list",), ("path", NAME), ("fetch", NAME)):
+        code, _, err = _cli(tmp_path / "home", *args)
+        assert code == 2 and err.count("\n") == 1 and "is a file" in err, err
+
+
 def test_help_has_examples() -> None:
-    for args in (["zoo", "--help"], ["zoo", "fetch", "--help"]):
+    for args in (["zoo", "--help"], ["zoo", "fetch", "--help"], ["zoo", "list", "--help"],
+                 ["recipes", "--help"], ["methods", "--help"], ["inspect", "--help"]):
         res = CliRunner().invoke(main, args)
-        assert res.exit_code == 0 and "Examples:" in res.output
-        assert "vtc zoo fetch dinov2-small" in res.output
+        assert res.exit_code == 0 and ("Examples:" in res.output or "Example:" in res.output)

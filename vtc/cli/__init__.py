@@ -15,7 +15,8 @@ from vtc.cli.export import demo, export_cmd, export_main
 from vtc.cli.sweep import sweep
 from vtc.cli.zoo import zoo
 from vtc.errors import guard
-from vtc.passes.graph import find_blocks, load, mlp_width
+from vtc.passes.graph import find_blocks, mlp_width
+from vtc.passes.model_io import load
 from vtc.recipe import RecipeError, load_recipe, shipped
 
 __all__ = ["export_main", "main"]

@@ -20,11 +20,27 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (
 )
 
 
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """16- and 32-bit gray images scaled to 8 bits (PIL's convert("RGB") would clip every
+    value above 255 to white)."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(img).astype(np.float64)
+        if img.mode.startswith("I;16") or arr.max(initial=0) > 255:
+            arr = arr * (255.0 / 65535.0)
+        return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L")
+    if img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        scale = 255.0 if arr.max(initial=0) <= 1.0 else 1.0
+        return Image.fromarray(np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8), "L")
+    return img
+
+
 def _preprocess(img: Image.Image, size: int) -> np.ndarray:
-    """RGB; shorter side -> round(size·256/224) (bicubic); center crop.
+    """RGB (16-bit gray scaled, not clipped); shorter side -> round(size·256/224)
+    (bicubic); center crop.
 
     Returns float32 ``[size, size, 3]`` in [0, 1]."""
-    img = img.convert("RGB")
+    img = _to_8bit(img).convert("RGB")
     short = round(size * 256 / 224)
     w, h = img.size
     if w <= h:

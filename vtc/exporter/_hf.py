@@ -49,17 +49,26 @@ def from_pretrained(
     code, with SDPA attention, in eval mode. Raises :class:`MissingWeightsError`
     if any parameter of ``cls`` is absent from the checkpoint."""
     loader: Any = cls
-    with quiet_transformers():
-        model, info = loader.from_pretrained(
-            path,
-            local_files_only=True,
-            use_safetensors=use_safetensors,
-            weights_only=True,
-            trust_remote_code=False,
-            attn_implementation="sdpa",
-            output_loading_info=True,
-            **kwargs,
-        )
+    try:
+        with quiet_transformers():
+            model, info = loader.from_pretrained(
+                path,
+                local_files_only=True,
+                use_safetensors=use_safetensors,
+                weights_only=True,
+                trust_remote_code=False,
+                attn_implementation="sdpa",
+                output_loading_info=True,
+                **kwargs,
+            )
+    except Exception as exc:  # the checkpoint, not vtc: one line, exit 2 (never a traceback)
+        text = " ".join(str(exc).split())
+        if "mismatched" in text or "size mismatch" in text:
+            text = ("a weight has another shape than its config.json implies (hidden size, "
+                    "patch size, heads, image size?)")
+        raise InputError(f"{path}: cannot load the weights into {cls.__name__} "
+                         f"({type(exc).__name__}: {text[:300]}); give a checkpoint whose "
+                         "weights and config.json belong together") from exc
     missing = sorted(info.get("missing_keys") or [])
     if missing:
         raise MissingWeightsError(path, missing)

@@ -149,6 +149,15 @@ class Family:
             return (float(value),) * self.num_channels(model)
         return tuple(float(v) for v in value)
 
+    def check_image_size(self, model: nn.Module, size: int) -> None:
+        """UnsupportedModelError unless `size` is positive and a multiple of the patch size."""
+        ph, pw = patch_hw(self.config_of(model).patch_size)
+        if size < 1 or size % ph or size % pw:
+            near = max(ph, round(size / ph) * ph)
+            raise UnsupportedModelError(
+                f"image size {size} does not fit the {ph}×{pw} patches of this model; "
+                f"give a multiple of {ph}, e.g. --set export.image_size={near}")
+
     def geometry(self, model: nn.Module, image_size: int | None = None) -> Geometry:
         """Token geometry and MAC counts for the budget at ``image_size``."""
         cfg = self.config_of(model)

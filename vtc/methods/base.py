@@ -104,6 +104,9 @@ class Method(abc.ABC):
     recipe: ClassVar[str] = ""
     # settings of which a section gives one: setting one (a sweep) clears the other
     exclusive: ClassVar[dict[str, str]] = {}
+    # ops the method's pass emits beyond the portable list of `vtc.passes.emit` (each
+    # one justified in the method's docstring: ONNX Runtime and TensorRT must run it)
+    extra_ops: ClassVar[frozenset[str]] = frozenset()
 
     # ---- schedule --------------------------------------------------------------------
     def blocks(self, cfg: MethodConfig, geo: Geometry) -> list[int]:

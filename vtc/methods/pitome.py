@@ -27,6 +27,10 @@ After (r merges in this block; T = N − P candidates)::
 High energy marks a token with many similar neighbours (a large cluster): the 2r
 highest-energy tokens are the merge candidates, and every A candidate merges into
 its most similar B candidate. Low-energy (isolated, informative) tokens are kept.
+
+Beyond the portable op list the pass emits `Elu` (the energy's kernel): ONNX
+Runtime runs it on every provider and TensorRT's ONNX parser maps it to its ELU
+activation layer, so no plugin is needed.
 """
 
 from __future__ import annotations
@@ -86,6 +90,7 @@ class PiToMe(MergeMethod):
     name = "pitome"
     config = PiToMeConfig
     recipe = "pitome-r8"
+    extra_ops = frozenset({"Elu"})
     summary = ("energy-ordered merging: merge the 2r highest-energy tokens pairwise, keep the "
                "isolated ones")
 

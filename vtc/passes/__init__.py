@@ -12,9 +12,18 @@ The methods (`vtc.methods`) write the reductions themselves; the compress stage
 """
 
 from vtc.passes.dynamic_batch import PROBES, make_batch_dynamic
-from vtc.passes.graph import Block, GraphError, NoBlocksError, check, find_blocks, load, prepare
+from vtc.passes.graph import Block, GraphError, NoBlocksError, find_blocks
+from vtc.passes.model_io import check, load, prepare, read_onnx
 
 __all__ = [
-    "PROBES", "Block", "GraphError", "NoBlocksError", "check", "find_blocks", "load",
-    "make_batch_dynamic", "prepare",
+    "PROBES",
+    "Block",
+    "GraphError",
+    "NoBlocksError",
+    "check",
+    "find_blocks",
+    "load",
+    "make_batch_dynamic",
+    "prepare",
+    "read_onnx",
 ]

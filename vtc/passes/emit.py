@@ -1,8 +1,7 @@
 """A small node builder for the passes: every op it emits is from the
-portable list in ARCHITECTURE.md (plus `Elu`, which PiToMe's energy needs and
-which ONNX Runtime and TensorRT's ONNX parser both run natively), and every
-constant becomes a named initializer (so that TensorRT sees constants, not
-Constant nodes)."""
+portable list in ARCHITECTURE.md (or from the few extra ops a method declares
+and justifies, `Method.extra_ops`), and every constant becomes a named
+initializer (so that TensorRT sees constants, not Constant nodes)."""
 
 from __future__ import annotations
 
@@ -18,7 +17,7 @@ PORTABLE_OPS = frozenset(
         "MatMul", "Softmax", "ReduceMax", "ReduceSum", "ReduceMean", "ReduceL2", "ArgMax",
         "TopK", "Gather", "GatherElements", "Concat", "Slice", "Where", "Equal", "Cast",
         "Mul", "Div", "Add", "Sub", "Log", "Range", "Transpose", "Unsqueeze", "Squeeze",
-        "Expand", "Reshape", "Shape", "Elu",
+        "Expand", "Reshape", "Shape",
     }
 )
 
@@ -26,9 +25,11 @@ PORTABLE_OPS = frozenset(
 class Emitter:
     """Builds nodes for one rewrite site, then splices them into the graph."""
 
-    def __init__(self, graph: ir.Graph, prefix: str) -> None:
+    def __init__(self, graph: ir.Graph, prefix: str,
+                 extra_ops: frozenset[str] = frozenset()) -> None:
         self.graph = graph
         self.prefix = prefix
+        self.allowed = PORTABLE_OPS | extra_ops
         self.nodes: list[ir.Node] = []
         self._n = 0
         self.opset = graph.opset_imports.get("", 18)
@@ -42,7 +43,7 @@ class Emitter:
 
     def op(self, op_type: str, *inputs: ir.Value | None, outputs: int = 1, **attrs: Any) -> Any:
         """Emit one node; returns its output value (or a tuple when outputs > 1)."""
-        if op_type not in PORTABLE_OPS:
+        if op_type not in self.allowed:
             raise AssertionError(f"{op_type} is not on the portable op list")
         node = ir.node(op_type, list(inputs), attrs or None, num_outputs=outputs,
                        name=self._name(op_type))

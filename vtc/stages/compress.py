@@ -84,8 +84,9 @@ def rewrite(model: ir.Model, budget: Budget, unmerge: str = "auto") -> GraphInfo
             add_size_bias(model.graph, blk, size)
         if plan.method == NONE:
             continue
-        em = Emitter(model.graph, f"vtc_{plan.method}{blk.index}")
-        out = methods.get(plan.method).emit(methods.Site(
+        method = methods.get(plan.method)
+        em = Emitter(model.graph, f"vtc_{plan.method}{blk.index}", method.extra_ops)
+        out = method.emit(methods.Site(
             em, blk, blk.x_mid, size, plan, budget.protected, track))
         size = out.size
         if track:

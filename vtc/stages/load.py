@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import onnx
@@ -21,7 +22,8 @@ from vtc import passes
 from vtc.budget import Geometry
 from vtc.exporter import Family, get_family
 from vtc.exporter.registry import IMAGENET_MEAN, IMAGENET_STD
-from vtc.passes.graph import GraphError, find_blocks, mlp_width, read_onnx
+from vtc.passes.graph import GraphError, find_blocks, mlp_width
+from vtc.passes.model_io import read_onnx
 from vtc.recipe import RecipeBase
 from vtc.source import Source, SourceError
 
@@ -100,10 +102,17 @@ def _load_onnx(src: Source, recipe: RecipeBase, batch: int, batch_given: bool,
                               f"{batch}; pass --batch {fixed} or re-export it")
         log(f"      {src.spec} has a static batch of {fixed}: building and timing at it")
         batch = fixed
-    pinned = passes.prepare(ir.from_proto(proto), passes.PROBES[0] if dynamic else batch,
-                            recipe.export.image_size)
+    size = recipe.export.image_size
+    pinned = passes.prepare(ir.from_proto(proto), passes.PROBES[0] if dynamic else batch, size)
+    try:
+        geometry = onnx_geometry(pinned, protected)
+    except GraphError as exc:
+        if size is None:
+            raise
+        raise GraphError(f"{exc} (with export.image_size={size}: is it a resolution this "
+                         "graph accepts, e.g. the one it was exported at?)") from exc
     return Loaded(source=src, family=None, model=None,
-                  geometry=onnx_geometry(pinned, protected), size=_image_size(pinned),
+                  geometry=geometry, size=_image_size(pinned),
                   batch=batch, mean=IMAGENET_MEAN, std=IMAGENET_STD, proto=proto,
                   graph=None if dynamic else pinned)
 
@@ -125,6 +134,33 @@ def load(src: Source, recipe: RecipeBase, batch: int, batch_given: bool = False,
     family = get_family(src.model_type or "")
     model = family.load(src.path, allow_pickle=allow_pickle)
     size = recipe.export.image_size or family.image_size(model)
+    family.check_image_size(model, size)
     return Loaded(source=src, family=family, model=model, geometry=family.geometry(model, size),
                   size=size, batch=batch, mean=tuple(family.mean(model)),
                   std=tuple(family.std(model)))
+
+
+def _available_bytes() -> int | None:
+    try:
+        text = Path("/proc/meminfo").read_text(encoding="ascii")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return None
+
+
+def check_memory(loaded: Loaded, samples: int) -> None:
+    """Refuse a batch (or a sample count) whose activations cannot fit in memory, before
+    anything is allocated: one forward pass keeps the input, the attention maps and the
+    widest activations of a block alive, for the engine, the baseline and the eager model."""
+    g, b, s = loaded.geometry, loaded.batch, loaded.size
+    per_image = 4 * (3 * s * s + 2 * g.heads * g.tokens ** 2
+                     + 4 * g.tokens * max(3 * g.width, g.mlp_width))
+    need = 3 * b * per_image + 4 * 3 * s * s * max(samples, b)
+    have = _available_bytes()
+    if have is not None and need > have:
+        raise SourceError(f"batch {b} at {s} px needs about {need / 2**30:.1f} GiB of memory "
+                          f"for its activations and inputs; {have / 2**30:.1f} GiB are "
+                          "available: lower --batch (or validate.samples)")

@@ -1,0 +1,210 @@
+"""Reading and preparing an ONNX model for the passes.
+
+`read_onnx` opens a file with its external data and refuses, in one line, what is
+not a readable ONNX model. `prepare` normalises a model in place: symbolic input
+dims pinned (batch, channels, height/width), constants and shape computations
+folded, uniform attention masks shrunk, static shapes inferred for every value:
+
+    before:  pixel_values[batch, 3, height, width] ─► … Shape ─► Gather ─► Reshape(…)
+    after:   pixel_values[8, 3, 224, 224]          ─► … Reshape([8, 197, 6, 64])
+
+so that every baked token count sits in a constant the shape fix-up can rewrite.
+`check` runs strict shape inference and the ONNX checker on a rewritten model.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxscript.optimizer
+from onnx_ir.passes.common import ShapeInferencePass
+
+from vtc.passes.graph import GraphError, initializer, is_const, static_dims
+
+
+def read_onnx(path: Path | str) -> onnx.ModelProto:
+    """Read an ONNX file with its external data (any layout the onnx package writes,
+    e.g. the dynamo exporter's `x.onnx.data`), refusing with one line what is not a
+    readable ONNX model: GraphError names the file and the fix."""
+    path = Path(path)
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise GraphError(f"{path}: not a readable ONNX file ({type(exc).__name__}: {exc}); "
+                         "give a model saved by torch.onnx.export or onnx.save") from exc
+    if not proto.graph.node or not proto.graph.input:
+        raise GraphError(f"{path}: not an ONNX model (no graph nodes or inputs; empty, "
+                         "truncated or another kind of file); give a valid .onnx file")
+    missing = sorted({
+        entry.value for t in _tensors(proto.graph) if t.data_location == onnx.TensorProto.EXTERNAL
+        for entry in t.external_data
+        if entry.key == "location" and not (path.parent / entry.value).is_file()
+    })
+    if missing:
+        raise GraphError(f"{path}: its weights live in external data file(s) "
+                         f"{', '.join(missing)}, not found next to it; copy them beside the "
+                         ".onnx file")
+    try:
+        onnx.load_external_data_for_model(proto, str(path.parent))
+    except Exception as exc:
+        raise GraphError(f"{path}: cannot read its external data ({exc}); check the "
+                         ".onnx.data file beside it") from exc
+    return proto
+
+
+def _tensors(graph: onnx.GraphProto) -> list[onnx.TensorProto]:
+    """Initializers and Constant-node tensors of a graph (subgraphs included)."""
+    out = list(graph.initializer)
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                out.append(attr.t)
+            elif attr.type == onnx.AttributeProto.GRAPH:
+                out += _tensors(attr.g)
+    return out
+
+
+def load(path: Path | str, batch: int | None = None, image_size: int | None = None) -> ir.Model:
+    """Load an ONNX file, pin symbolic input dims (batch → `batch`, channels → 3,
+    height/width → `image_size`), fold constants and shape computations, and
+    infer static shapes for every value."""
+    return prepare(ir.from_proto(read_onnx(path)), batch, image_size)
+
+
+def _pin_inputs(graph: ir.Graph, batch: int | None, image_size: int | None) -> None:
+    """Give every symbolic input dim a static value (exporters such as optimum
+    write `[batch_size, num_channels, height, width]`)."""
+    for inp in graph.inputs:
+        if inp.shape is None:
+            continue
+        dims = list(inp.shape)
+        for i, d in enumerate(dims):
+            if isinstance(d, int):
+                continue
+            if i == 0:
+                if batch is None:
+                    raise GraphError(f"input {inp.name!r} has a symbolic batch; pass --batch N")
+                dims[i] = batch
+            elif i == 1 and len(dims) == 4:
+                dims[i] = 3
+            elif i >= 2 and len(dims) == 4:
+                if image_size is None:
+                    raise GraphError(
+                        f"input {inp.name!r} has a symbolic height/width ({d}); give the "
+                        "resolution to build for (vtc-export: --set export.image_size=224; "
+                        "vtc inspect: --image-size 224)"
+                    )
+                dims[i] = image_size
+            else:
+                raise GraphError(f"input {inp.name!r} has a symbolic dim {d!r} at axis {i}; "
+                                 "export the model with static shapes")
+        inp.shape = ir.Shape(dims)
+
+
+# Constant subgraphs up to this many elements are folded; larger ones (a [B, 1, N, N]
+# attention mask at a large batch) are left to the runtime or shrunk below.
+FOLD_LIMIT = 1 << 22
+# Ops through which a uniform constant only broadcasts.
+_BROADCAST = {"Add", "Sub", "Mul", "Div", "Where", "Cast", "Not", "And", "Or", "Equal"}
+
+
+def _optimize(model: ir.Model) -> ir.Model:
+    log = logging.getLogger("onnxscript")
+    level = log.level
+    log.setLevel(logging.ERROR)  # it logs every constant it declines to fold
+    try:
+        return onnxscript.optimizer.optimize(model, input_size_limit=FOLD_LIMIT,
+                                             output_size_limit=FOLD_LIMIT)
+    finally:
+        log.setLevel(level)
+
+
+def _broadcast_only(v: ir.Value, rank: int, depth: int = 0) -> bool:
+    """v only meets elementwise ops that also see a full-rank non-constant operand
+    (so the result's shape never depends on v's shape)."""
+    for user in v.consumers():
+        if user.op_type not in _BROADCAST or user.outputs[0].is_graph_output():
+            return False
+        others = [i for i in user.inputs if i is not None and i is not v]
+        if any(not is_const(i) and len(static_dims(i) or []) >= rank for i in others):
+            continue
+        if depth >= 4 or not all(_broadcast_only(o, rank, depth + 1) for o in user.outputs):
+            return False
+    return True
+
+
+def _shrink_uniform_expands(graph: ir.Graph) -> int:
+    """Expand(uniform constant, [B, 1, N, N]) feeding only broadcasts → a [1, 1, 1, 1]
+    constant. Exporters write additive attention masks this way; shrunk, they no
+    longer bake the batch and token counts (and fold at any batch size)."""
+    shrunk = 0
+    for node in list(graph):
+        if node.op_type != "Expand" or not is_const(node.inputs[0]):
+            continue
+        arr = node.inputs[0].const_value.numpy()  # type: ignore[union-attr]
+        out = node.outputs[0]
+        dims = static_dims(out)
+        if arr.size == 0 or not (arr == arr.flat[0]).all() or not dims:
+            continue
+        if not _broadcast_only(out, len(dims)):
+            continue
+        small = np.full([1] * len(dims), arr.flat[0], dtype=arr.dtype)
+        out.replace_all_uses_with(initializer(graph, small, f"{out.name}_uniform"))
+        graph.remove(node, safe=True)
+        shrunk += 1
+    return shrunk
+
+
+def _fold_constant_of_shape(graph: ir.Graph) -> int:
+    """ConstantOfShape of a constant shape → an initializer (the optimizer leaves
+    these, and TorchScript exports build `expand(B, -1, -1)` shapes from them)."""
+    folded = 0
+    for node in list(graph):
+        if node.op_type != "ConstantOfShape" or not is_const(node.inputs[0]):
+            continue
+        shape = node.inputs[0].const_value.numpy().astype(np.int64)  # type: ignore[union-attr]
+        if int(np.prod(shape)) > FOLD_LIMIT:
+            continue
+        attr = node.attributes.get("value")
+        fill = attr.value.numpy().ravel() if attr is not None else np.zeros(1, np.float32)
+        arr = np.full(shape, fill[0], dtype=fill.dtype)
+        out = node.outputs[0]
+        out.replace_all_uses_with(initializer(graph, arr, f"{out.name}_folded"))
+        graph.remove(node, safe=True)
+        folded += 1
+    return folded
+
+
+def prepare(model: ir.Model, batch: int | None = None, image_size: int | None = None
+            ) -> ir.Model:
+    """Normalise a model in place for the passes; returns it.
+
+    Shape computations and constant subgraphs are folded so that every baked
+    token count sits in a constant the shape fix-up can rewrite."""
+    _pin_inputs(model.graph, batch, image_size)
+    model = _optimize(model)
+    if _fold_constant_of_shape(model.graph) + _shrink_uniform_expands(model.graph):
+        model = _optimize(model)
+    _clear_shapes(model.graph)
+    ShapeInferencePass(strict_mode=False)(model)
+    return model
+
+
+def _clear_shapes(graph: ir.Graph) -> None:
+    for node in graph:
+        for out in node.outputs:
+            out.shape = None  # graph outputs too: a symbolic batch there is pinned now
+
+
+def check(model: ir.Model) -> None:
+    """Strict shape inference and the ONNX checker on the whole model."""
+    proto = ir.to_proto(model)
+    try:
+        onnx.checker.check_model(proto)
+        onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
+    except Exception as exc:
+        raise GraphError(f"the rewritten graph fails the ONNX checker: {exc}") from exc
