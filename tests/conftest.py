@@ -1,5 +1,8 @@
 """Shared fixtures: tiny models built from configs with a fixed seed, and
-their ONNX exports, made once per session (exports are the slow part)."""
+their ONNX exports, made once per session (exports are the slow part).
+
+The suite runs on two pytest-xdist workers, a test file per worker at a time
+(`--dist loadfile`, so module fixtures are built once)."""
 
 from __future__ import annotations
 
@@ -188,11 +191,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         except (jsonschema.ValidationError, ValueError) as exc:
             bad.append(f"{path}: {str(exc).splitlines()[0]}")
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None and found:
-        reporter.write_line(f"report schema: {len(found)} report.json files on disk and "
-                            f"{len(CHECKED)} written in-process validated; {len(bad)} invalid;"
-                            f" {len(SOURCES_CHECKED)} command inputs hashed before and after, "
-                            "all unchanged")
+    if reporter is not None and found:  # (in-process checks fail the test that wrote it)
+        reporter.write_line(f"report schema: {len(found)} report.json files validated, "
+                            f"{len(bad)} invalid")
     if bad:
         for line in bad:
             print(f"INVALID REPORT {line}")

@@ -280,7 +280,7 @@ def test_repeated_sigterm_exits_130_and_leaves_nothing(vit_dir: Path, tmp_path: 
         stderr=subprocess.PIPE, text=True, env={**os.environ, "VTC_CRASH_DIR": str(tmp_path)})
     assert proc.stderr is not None
     for line in proc.stderr:  # wait until the build is well under way
-        if line.startswith("[6/7] timing"):
+        if line.startswith("[4/7] compiling"):
             break
     for _ in range(6):
         proc.send_signal(signal.SIGTERM)

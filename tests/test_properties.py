@@ -5,6 +5,7 @@ traceback, never an internal error, never a half-written --out."""
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,12 @@ def test_every_section_is_covered() -> None:
         assert key in KEYS
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+# 24 examples per suite run (hypothesis keeps its failures in .hypothesis/ and replays
+# them first); VTC_PROPERTY_EXAMPLES=400 for a deeper search
+EXAMPLES = int(os.environ.get("VTC_PROPERTY_EXAMPLES", "24"))
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 @given(key=st.sampled_from(KEYS), value=VALUES)
 def test_random_set_values_never_crash(vit_dir: Path, tmp_path_factory: Any, key: str,
                                        value: Any) -> None:

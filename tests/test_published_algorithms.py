@@ -71,9 +71,10 @@ def test_deit_splits_agree() -> None:
     assert first_set(1, "inside") == 1 and first_set(1, "outside") == 0
 
 
-@pytest.mark.parametrize("variant", ["vit-cls", "vit-enc"])
-@pytest.mark.parametrize("r", [2, [3, 0, 2], [4, 3, 1]])
-@pytest.mark.parametrize("margin", [0.9, 0.3])
+@pytest.mark.parametrize(("variant", "r", "margin"), [
+    ("vit-cls", 2, 0.9), ("vit-cls", [3, 0, 2], 0.9), ("vit-cls", [4, 3, 1], 0.9),
+    ("vit-enc", [4, 3, 1], 0.9), ("vit-cls", [4, 3, 1], 0.3), ("vit-enc", 2, -0.5),
+])
 def test_pitome_matches_the_published_algorithm(tiny: LazyModels, variant: str,
                                                 r: int | list[int], margin: float) -> None:
     family, model = tiny.model(variant)

@@ -61,7 +61,7 @@ class BackendCfg(_Strict):
     kind: str = "ort"  # the engine registry's name: ort | tensorrt
     providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"],
                                  min_length=1)
-    threads: int | None = Field(default=None, ge=1)  # null: the engine's default
+    threads: int | None = Field(default=None, ge=1, le=1024)  # null: the engine's default
     fp16: bool = False  # tensorrt: build with FP16 kernels allowed
 
     @field_validator("kind")
@@ -74,11 +74,11 @@ class BackendCfg(_Strict):
 
 class ValidateCfg(_Strict):
     samples: int = Field(default=16, ge=1)
-    warmup: int = Field(default=3, ge=0)
-    repeats: int = Field(default=15, ge=1)
-    min_time_s: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
+    warmup: int = Field(default=3, ge=0, le=10_000)
+    repeats: int = Field(default=15, ge=1, le=100_000)
+    min_time_s: float = Field(default=0.0, ge=0.0, le=86_400.0, allow_inf_nan=False)
     eager_throughput: bool = True
-    seed: int = Field(default=0, ge=0)
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)
     dataset: str | None = None  # labelled dataset for a linear probe (`vtc data list`)
     # split sizes for the probe, at most what the dataset has (null: all of it)
     probe_train: int | None = Field(default=2000, ge=2)

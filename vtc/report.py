@@ -108,7 +108,11 @@ class InputsInfo:
 
 @dataclass
 class Stats:
-    """Difference statistics of a candidate output against a reference."""
+    """Difference statistics of a candidate output against a reference
+    (`vtc.validate.parity.compare`); `shape` is the common array shape.
+
+    `max_rel_diff` is `max |c - r| / max(|r|, floor)` with `floor = 1e-6 + 1e-3 · max|r|`
+    so near-zero reference entries do not explode it."""
 
     max_abs_diff: float
     mean_abs_diff: float
@@ -117,6 +121,9 @@ class Stats:
     cosine_min: float
     cosine_mean: float
     shape: list[int]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 @dataclass
@@ -152,7 +159,8 @@ class DenseInfo:
 
 @dataclass
 class TimingInfo:
-    """Latency of one runner for one batch."""
+    """Latency of one runner for a batch of `batch` images over `n` timed calls
+    (`vtc.validate.bench.measure_interleaved`)."""
 
     p50_ms: float
     p95_ms: float
@@ -160,6 +168,9 @@ class TimingInfo:
     img_per_s: float
     n: int
     batch: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 @dataclass

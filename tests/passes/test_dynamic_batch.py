@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -23,15 +24,32 @@ CASES = [(v, m, True) for v in ("vit-cls", "deit-teacher", "dinov2", "clip", "si
          for m in ("tome", "evit")] + [(v, "tome", False) for v in ("vit-cls", "siglip")]
 
 
+@pytest.fixture(scope="module")
+def dynamic_exports(tiny: LazyModels, tmp_path_factory: pytest.TempPathFactory
+                    ) -> Callable[[str, bool], Path]:
+    """(variant, dynamo) → its export with a symbolic batch, made once per module."""
+    folder, made = tmp_path_factory.mktemp("dyn"), {}
+
+    def get(variant: str, dynamo: bool) -> Path:
+        if (variant, dynamo) not in made:
+            family, model = tiny.model(variant)
+            made[variant, dynamo] = export_onnx(
+                family, model, 2, IMAGE, folder / f"{variant}-{dynamo}.onnx", dynamo=dynamo,
+                dynamic_batch=True)
+        return made[variant, dynamo]
+
+    return get
+
+
 @pytest.mark.parametrize(("variant", "method", "dynamo"), CASES,
                          ids=[f"{v}-{m}-{'dynamo' if d else 'torchscript'}" for v, m, d in CASES])
-def test_any_batch_matches_the_eager_reference(tiny: LazyModels, tmp_path: Path, variant: str,
-                                               method: str, dynamo: bool) -> None:
+def test_any_batch_matches_the_eager_reference(tiny: LazyModels,
+                                               dynamic_exports: Callable[[str, bool], Path],
+                                               variant: str, method: str, dynamo: bool) -> None:
     family, model = tiny.model(variant)
     geo = family.geometry(model, IMAGE)
     budget = tome_budget(geo, r=3) if method == "tome" else evit_budget(geo, 0.6, [0, 2])
-    src = export_onnx(family, model, 2, IMAGE, tmp_path / "dyn.onnx", dynamo=dynamo,
-                      dynamic_batch=True)
+    src = dynamic_exports(variant, dynamo)
     m, twin = load(src, PROBES[0]), load(src, PROBES[1])
     compress(m, budget)
     compress(twin, budget)

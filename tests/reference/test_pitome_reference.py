@@ -15,6 +15,8 @@ import pytest
 import torch
 from torch import nn
 
+from tests.reference.models import BUILDERS as _ALL
+from tests.reference.models import LABELS, TINY, _hf_output, _pixels, _vit_cls
 from tests.reference.pitome_reference import (
     PiToMeBlockTrace,
     block_margins,
@@ -24,69 +26,8 @@ from tests.reference.pitome_reference import (
     pitome_merge,
 )
 
-TINY: dict[str, Any] = dict(
-    hidden_size=64,
-    num_hidden_layers=3,
-    num_attention_heads=4,
-    intermediate_size=128,
-    image_size=32,
-    patch_size=8,
-)
-LABELS: dict[str, Any] = {"num_labels": 10}
-
-
-def _perturb(model: Any, seed: int) -> Any:
-    """Add seeded N(0, 0.1) noise to every parameter; return the model in eval mode."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=gen) * 0.1)
-    return model.eval()
-
-
-def _vit_cls() -> Any:
-    from transformers import ViTConfig, ViTForImageClassification
-
-    torch.manual_seed(0)
-    return _perturb(ViTForImageClassification(ViTConfig(**TINY, **LABELS)), 1)
-
-
-def _vit_model() -> Any:
-    from transformers import ViTConfig, ViTModel
-
-    torch.manual_seed(0)
-    return _perturb(ViTModel(ViTConfig(**TINY)), 2)
-
-
-def _vit_model_no_pooler() -> Any:
-    from transformers import ViTConfig, ViTModel
-
-    torch.manual_seed(0)
-    return _perturb(ViTModel(ViTConfig(**TINY), add_pooling_layer=False), 3)
-
-
-BUILDERS: dict[str, Callable[[], Any]] = {
-    "vit_cls": _vit_cls,
-    "vit_model": _vit_model,
-    "vit_model_no_pooler": _vit_model_no_pooler,
-}
-
-
-def _pixels(batch: int = 2, seed: int = 7) -> torch.Tensor:
-    """[batch, 3, 32, 32] seeded standard-normal images."""
-    return torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
-
-
-def _hf_output(model: nn.Module, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The model's own forward, reduced to the key the oracle returns."""
-    with torch.no_grad():
-        out = model(pixel_values=pixels)
-    if getattr(out, "logits", None) is not None:
-        return {"logits": out.logits}
-    if out.pooler_output is not None:
-        return {"pooler_output": out.pooler_output}
-    return {"pooler_output": out.last_hidden_state[:, 0]}
-
+# PiToMe's oracle protects index 0 only: the ViT models.
+BUILDERS = {k: v for k, v in _ALL.items() if k.startswith("vit")}
 
 # ---------------------------------------------------------------- (1) r = 0 is the model
 

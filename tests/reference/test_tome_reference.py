@@ -7,13 +7,10 @@ is far from uniform. ViT sequences have 17 tokens (CLS + 16), DeiT 18 (CLS + dis
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import pytest
 import torch
-from torch import nn
 
+from tests.reference.models import BUILDERS, _deit_teacher, _hf_output, _pixels, _vit_cls
 from tests.reference.tome_reference import (
     BlockTrace,
     bipartite_soft_matching,
@@ -21,94 +18,6 @@ from tests.reference.tome_reference import (
     parse_r,
     tome_forward,
 )
-
-TINY: dict[str, Any] = dict(
-    hidden_size=64,
-    num_hidden_layers=3,
-    num_attention_heads=4,
-    intermediate_size=128,
-    image_size=32,
-    patch_size=8,
-)
-LABELS: dict[str, Any] = {"num_labels": 10}
-
-
-def _perturb(model: Any, seed: int) -> Any:
-    """Add seeded N(0, 0.1) noise to every parameter; return the model in eval mode."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=gen) * 0.1)
-    return model.eval()
-
-
-def _vit_cls() -> Any:
-    from transformers import ViTConfig, ViTForImageClassification
-
-    torch.manual_seed(0)
-    return _perturb(ViTForImageClassification(ViTConfig(**TINY, **LABELS)), 1)
-
-
-def _vit_model() -> Any:
-    from transformers import ViTConfig, ViTModel
-
-    torch.manual_seed(0)
-    return _perturb(ViTModel(ViTConfig(**TINY)), 2)
-
-
-def _vit_model_no_pooler() -> Any:
-    from transformers import ViTConfig, ViTModel
-
-    torch.manual_seed(0)
-    return _perturb(ViTModel(ViTConfig(**TINY), add_pooling_layer=False), 3)
-
-
-def _deit_teacher() -> Any:
-    from transformers import DeiTConfig, DeiTForImageClassificationWithTeacher
-
-    torch.manual_seed(0)
-    return _perturb(DeiTForImageClassificationWithTeacher(DeiTConfig(**TINY, **LABELS)), 4)
-
-
-def _deit_cls() -> Any:
-    from transformers import DeiTConfig, DeiTForImageClassification
-
-    torch.manual_seed(0)
-    return _perturb(DeiTForImageClassification(DeiTConfig(**TINY, **LABELS)), 5)
-
-
-def _deit_model() -> Any:
-    from transformers import DeiTConfig, DeiTModel
-
-    torch.manual_seed(0)
-    return _perturb(DeiTModel(DeiTConfig(**TINY)), 6)
-
-
-BUILDERS: dict[str, Callable[[], Any]] = {
-    "vit_cls": _vit_cls,
-    "vit_model": _vit_model,
-    "vit_model_no_pooler": _vit_model_no_pooler,
-    "deit_teacher": _deit_teacher,
-    "deit_cls": _deit_cls,
-    "deit_model": _deit_model,
-}
-
-
-def _pixels(batch: int = 2, seed: int = 7) -> torch.Tensor:
-    """[batch, 3, 32, 32] seeded standard-normal images."""
-    return torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
-
-
-def _hf_output(model: nn.Module, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The model's own forward, reduced to the key the oracle returns."""
-    with torch.no_grad():
-        out = model(pixel_values=pixels)
-    if getattr(out, "logits", None) is not None:
-        return {"logits": out.logits}
-    if out.pooler_output is not None:
-        return {"pooler_output": out.pooler_output}
-    return {"pooler_output": out.last_hidden_state[:, 0]}
-
 
 # ---------------------------------------------------------------- (1) r = 0 is the model
 

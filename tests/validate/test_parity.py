@@ -13,7 +13,7 @@ def test_compare_hand_made() -> None:
     cand = ref.copy()
     cand[0, 3] = 4.5  # one error of 0.5
     s = compare(ref, cand)
-    assert s.shape == (2, 4)
+    assert s.shape == [2, 4]
     assert s.max_abs_diff == pytest.approx(0.5)
     assert s.mean_abs_diff == pytest.approx(0.5 / 8)
     assert s.max_rel_diff == pytest.approx(0.5 / 4.0)

@@ -103,7 +103,16 @@ def _load_onnx(src: Source, recipe: RecipeBase, batch: int, batch_given: bool,
         log(f"      {src.spec} has a static batch of {fixed}: building and timing at it")
         batch = fixed
     size = recipe.export.image_size
-    pinned = passes.prepare(ir.from_proto(proto), passes.PROBES[0] if dynamic else batch, size)
+    try:
+        pinned = passes.prepare(ir.from_proto(proto), passes.PROBES[0] if dynamic else batch,
+                                size)
+    except GraphError:
+        raise
+    except Exception as exc:  # a third-party graph the folder or shape inference rejects
+        raise GraphError(f"cannot pin and fold the graph at batch {batch}"
+                         f"{f', {size} px' if size else ''} ({type(exc).__name__}: "
+                         f"{' '.join(str(exc).split())[:200]}); export it with static shapes "
+                         "or give the batch and export.image_size it was exported for") from exc
     try:
         geometry = onnx_geometry(pinned, protected)
     except GraphError as exc:

@@ -33,9 +33,7 @@ from vtc.report import (
     FidelityInfo,
     InputsInfo,
     ParityInfo,
-    Stats,
     ThroughputInfo,
-    TimingInfo,
 )
 from vtc.source import SourceError
 from vtc.stages.compile import Compiled
@@ -88,11 +86,6 @@ def select_inputs(recipe: RecipeBase, images: Path | None, loaded: Loaded, dense
     return Inputs(x.astype(np.float32), info)
 
 
-def _stats(reference: np.ndarray, candidate: np.ndarray) -> Stats:
-    d = compare(reference, candidate).to_dict()
-    return Stats(**{k: d[k] for k in Stats.__dataclass_fields__})  # type: ignore[arg-type]
-
-
 def _eager(loaded: Loaded, budget: Budget | None
            ) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
     """The eager model (budget None) or the eager reference at `budget`, as name → tensor."""
@@ -114,7 +107,7 @@ def tiers(loaded: Loaded, budget: Budget, eng: Compiled, inputs: Inputs, dense: 
         with ref_b, ref_c:  # the same batches as the engines saw
             rb = run_engine(ref_b, inputs.x, batch, name)
             rc = run_engine(ref_c, inputs.x, batch, name)
-        parity = ParityInfo(_stats(rb, b), _stats(rc, c))
+        parity = ParityInfo(compare(rb, b), compare(rc, c))
         classifier = loaded.family.is_classifier(loaded.model)
     else:
         parity = ParityInfo(None, None, "ONNX source: no eager model, parity tiers not "
@@ -126,10 +119,6 @@ def tiers(loaded: Loaded, budget: Budget, eng: Compiled, inputs: Inputs, dense: 
         d = dense_report(b, c, name)
         dense_info = DenseInfo(**{k: d[k] for k in DenseInfo.__dataclass_fields__})
     return name, parity, fid, dense_info
-
-
-def _timing(t: object) -> TimingInfo:
-    return TimingInfo(**t.to_dict())  # type: ignore[attr-defined]
 
 
 def throughput(recipe: RecipeBase, loaded: Loaded, budget: Budget, eng: Compiled,
@@ -153,8 +142,7 @@ def throughput(recipe: RecipeBase, loaded: Loaded, budget: Budget, eng: Compiled
     timings = measure_interleaved(runners, batch=loaded.batch, warmup=v.warmup,
                                   repeats=v.repeats, min_time_s=v.min_time_s)
     sp = speedup(timings["baseline"], timings["compressed"])
-    opt = {k: _timing(timings[k]) if k in timings else None
-           for k in ("eager", "eager_compressed")}
+    opt = {k: timings.get(k) for k in ("eager", "eager_compressed")}
     return ThroughputInfo(
         batch=loaded.batch, baseline_ips=timings["baseline"].img_per_s,
         compressed_ips=timings["compressed"].img_per_s,
@@ -162,7 +150,7 @@ def throughput(recipe: RecipeBase, loaded: Loaded, budget: Budget, eng: Compiled
         eager_compressed_ips=(opt["eager_compressed"].img_per_s if opt["eager_compressed"]
                               else None),
         speedup=sp, efficiency=sp / budget.flops_ratio,
-        baseline=_timing(timings["baseline"]), compressed=_timing(timings["compressed"]),
+        baseline=timings["baseline"], compressed=timings["compressed"],
         eager=opt["eager"], eager_compressed=opt["eager_compressed"],
         method="interleaved round-robin after warm-up, median latency per batch")
 

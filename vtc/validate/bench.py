@@ -9,24 +9,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from vtc.report import TimingInfo
 
-@dataclass(frozen=True)
-class Timing:
-    """Latency of one runner for a batch of ``batch`` images over ``n`` timed calls."""
-
-    p50_ms: float
-    p95_ms: float
-    mean_ms: float
-    img_per_s: float
-    n: int
-    batch: int
-
-    def to_dict(self) -> dict[str, float | int]:
-        return asdict(self)
+Timing = TimingInfo  # the report's type: measured here, stored as is
 
 
 def _timing(samples_s: list[float], batch: int) -> Timing:

@@ -7,31 +7,9 @@ output ``[N, K]`` (logits) or ``[N, T, C]`` (hidden states) is flattened to
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import numpy as np
 
-
-@dataclass(frozen=True)
-class Stats:
-    """Difference statistics of one output; ``shape`` is the common array shape.
-
-    ``max_rel_diff`` is ``max |c - r| / max(|r|, floor)`` with
-    ``floor = 1e-6 + 1e-3 · max|r|`` so near-zero reference entries do not explode it.
-    """
-
-    max_abs_diff: float
-    mean_abs_diff: float
-    p99_abs_diff: float
-    max_rel_diff: float
-    cosine_min: float
-    cosine_mean: float
-    shape: tuple[int, ...]
-
-    def to_dict(self) -> dict[str, object]:
-        d = asdict(self)
-        d["shape"] = list(self.shape)
-        return d
+from vtc.report import Stats
 
 
 def per_sample_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -79,7 +57,7 @@ def compare(reference: np.ndarray, candidate: np.ndarray) -> Stats:
         max_rel_diff=float(np.max(rel)),
         cosine_min=float(np.min(cos)),
         cosine_mean=float(np.mean(cos)),
-        shape=tuple(int(s) for s in ref.shape),
+        shape=[int(s) for s in ref.shape],
     )
 
 
