@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -420,6 +421,15 @@ def test_the_table_is_large() -> None:
 
 
 @pytest.fixture(scope="module")
+def vit_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny checkpoint once; each case copies its files."""
+    path = tmp_path_factory.mktemp("ckpt") / "vit"
+    _, model = build_variant("vit-cls")
+    model.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
 def optimum_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.conftest import export, tiny_vit
 
@@ -429,12 +439,10 @@ def optimum_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_input_is_one_line_and_exit_2(name: str, tmp_path: Path, vit_onnx: Path,
-                                          optimum_onnx: Path,
+                                          vit_ckpt: Path, optimum_onnx: Path,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     work = tmp_path / "work"
-    work.mkdir()
-    _, model = build_variant("vit-cls")
-    model.save_pretrained(work / "vit")
+    shutil.copytree(vit_ckpt, work / "vit")
     (work / "vit_onnx").mkdir()
     (work / "vit_onnx" / "vit.onnx").write_bytes(vit_onnx.read_bytes())
     (work / "optimum.onnx").write_bytes(optimum_onnx.read_bytes())

@@ -62,9 +62,9 @@ def test_every_section_is_covered() -> None:
         assert key in KEYS
 
 
-# 24 examples per suite run (hypothesis keeps its failures in .hypothesis/ and replays
+# 16 examples per suite run (hypothesis keeps its failures in .hypothesis/ and replays
 # them first); VTC_PROPERTY_EXAMPLES=400 for a deeper search
-EXAMPLES = int(os.environ.get("VTC_PROPERTY_EXAMPLES", "24"))
+EXAMPLES = int(os.environ.get("VTC_PROPERTY_EXAMPLES", "16"))
 
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
