@@ -29,7 +29,8 @@ from vtc.stages.compile import compile_engines
 from vtc.stages.compress import compress
 from vtc.stages.export import export
 from vtc.stages.load import Loaded, check_memory, load
-from vtc.stages.validate import is_dense, select_inputs, validate
+from vtc.stages.validate import select_inputs, validate
+from vtc.validate.tasks import is_dense
 from vtc.zoo import vtc_home
 
 __all__ = ["Options", "OutputError", "Result", "protected_paths", "run"]

@@ -28,7 +28,7 @@ import onnx_ir as ir
 from pydantic import BaseModel, ConfigDict, field_validator
 from torch import Tensor
 
-from vtc.budget import Geometry, LayerPlan
+from vtc.budget import BudgetError, Geometry, LayerPlan
 from vtc.passes.emit import Emitter
 from vtc.passes.graph import Block
 
@@ -111,8 +111,6 @@ class Method(abc.ABC):
     # ---- schedule --------------------------------------------------------------------
     def blocks(self, cfg: MethodConfig, geo: Geometry) -> list[int]:
         """The blocks this method acts in (BudgetError when outside the model)."""
-        from vtc.budget import BudgetError
-
         if cfg.layers is None:
             return list(range(geo.layers))
         bad = [i for i in cfg.layers if i >= geo.layers]

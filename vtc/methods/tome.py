@@ -82,10 +82,6 @@ class ToMe(MergeMethod):
     recipe = "tome-r8"
     summary = "bipartite soft matching: merge the r most similar A→B pairs per block"
 
-    def limit(self, tokens: int, protected: int) -> int:
-        # r may not exceed |A|: half the candidates, rounded down (ToMe's (N - P) // 2)
-        return (tokens - protected) // 2
-
     def block_params(self, cfg: MergeConfig, geo: Geometry, block: int) -> dict[str, object]:
         assert isinstance(cfg, ToMeConfig)
         return {"first": first_set(geo.protected, cfg.protected), "protected": cfg.protected}

@@ -14,7 +14,7 @@ from typing import Any
 import vtc
 from vtc.budget import Budget
 from vtc.recipe import RecipeBase
-from vtc.report import BudgetInfo, LayerInfo, Report
+from vtc.report import BudgetInfo, LayerInfo, Report, to_jsonable
 from vtc.source import Source
 from vtc.util import sha256_file, write_atomic
 from vtc.validate.gates import evaluate_gates, format_gate
@@ -59,7 +59,7 @@ def manifest(report: Report, src: Source, tmp: Path, input_shape: list[int | str
         "report_schema_version": report.schema_version,
         "source": {"spec": src.spec, "kind": src.kind, "sha256": src.digest()},
         "recipe": report.recipe,
-        "budget": report.to_dict()["budget"],
+        "budget": to_jsonable(report.budget),
         "shapes": {"input": input_shape, "dynamic_batch": not isinstance(input_shape[0], int),
                    "timed_batch": report.throughput.batch if report.throughput else None,
                    "tokens_in": report.budget.tokens_in, "tokens_out": report.budget.tokens_out},

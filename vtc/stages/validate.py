@@ -41,7 +41,7 @@ from vtc.stages.load import Loaded
 from vtc.validate.bench import measure_interleaved, speedup
 from vtc.validate.fidelity import fidelity
 from vtc.validate.parity import compare
-from vtc.validate.tasks import dense_report, is_dense, probe_report, run_engine
+from vtc.validate.tasks import dense_report, probe_report, run_engine
 
 Log = Callable[[str], None]
 
@@ -182,4 +182,4 @@ def validate(recipe: RecipeBase, loaded: Loaded, budget: Budget, eng: Compiled,
     return Validation(name, inputs.info, parity, fid, dense_info, timing, accuracy)
 
 
-__all__ = ["Inputs", "Validation", "is_dense", "select_inputs", "validate"]
+__all__ = ["Inputs", "Validation", "select_inputs", "validate"]
