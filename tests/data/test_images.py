@@ -72,3 +72,14 @@ def test_batches_pad_last() -> None:
     np.testing.assert_array_equal(small[0][0][:, 0], [0, 1, 0, 1, 0])
     with pytest.raises(ValueError):
         list(batches(arr, 0))
+
+
+def test_16_bit_gray_images_are_scaled_not_clipped(tmp_path: Path) -> None:
+    """A 16-bit PNG (PIL mode I;16) used to be clipped to white by convert("RGB")."""
+    ramp = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "g16.png")
+    assert Image.open(tmp_path / "g16.png").mode.startswith("I")
+    x = load_images(tmp_path, 32, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    assert x.shape == (1, 3, 32, 32)
+    assert 0.3 < float(x.mean()) < 0.7 and float(x.min()) < 0.2  # a ramp, not all white
+    np.testing.assert_allclose(x[0, 0], x[0, 1])  # gray copied to every channel

@@ -41,7 +41,8 @@ With several series: OUT/runs/SERIES/KEY=VALUE/, a series column in the
 table, one curve and one Pareto front per series, and one quality metric for
 all (accuracy if every point has one, else the embedding cosine).
 Sweeps do not gate: exit 0 when every point ran, 2 on a usage or input error
-(nothing is written), 130 when interrupted (nothing is written).
+(nothing is written), 3 on an internal error (the traceback goes to a file the
+message names; nothing is written), 130 when interrupted (nothing is written).
 """
 
 
