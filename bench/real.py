@@ -41,6 +41,27 @@ def dinov2_probe(tmp: Path, repeats: int) -> list[tuple[bool | None, str]]:
     return [_tome_line(rep), _pitome_line(pit, rep)]
 
 
+def dinov2_self_check(tmp: Path, repeats: int) -> list[tuple[bool | None, str]]:
+    """The shipped dinov2-small recipe built twice (two separate runs), the second
+    checked against the first with `vtc check`'s defaults: must pass."""
+    from vtc import zoo
+    from vtc.check import compare, read_side
+
+    src = str(zoo.fetch("dinov2-small", log=lambda _m: None))
+    sets = [f"validate.repeats={repeats}", "validate.eager_throughput=false"]
+    _run(src, "dinov2-small", tmp / "dinov2-run1", sets)
+    _run(src, "dinov2-small", tmp / "dinov2-run2", sets)
+    cmp = compare(read_side(tmp / "dinov2-run1", "baseline"), read_side(tmp / "dinov2-run2",
+                                                                         "bundle"))
+    rows = {r.metric: r for r in cmp.rows}
+    sp = rows["throughput.speedup"]
+    failed = ", ".join(r.metric for r in cmp.failed) or "none"
+    return [(cmp.passed, f"vtc check dinov2-small (shipped recipe, lfw probe) run 2 vs run 1: "
+                         f"{'PASS' if cmp.passed else 'FAIL'}, {len(cmp.rows)} metrics, failed: "
+                         f"{failed}; speedup {sp.baseline} → {sp.now}, change {sp.change} "
+                         "[target: pass]")]
+
+
 def _pitome_line(pit: dict[str, Any], tome: dict[str, Any]) -> tuple[bool | None, str]:
     th, b, acc = pit["throughput"], pit["budget"], pit["accuracy"]
     worse = acc["drop_points"] - tome["accuracy"]["drop_points"]

@@ -12,6 +12,9 @@
 4. vtc's ToMe and PiToMe engines against the published algorithms (independent
    implementations in tests/reference) on a seeded ViT-S/16: ≤ 1e-4
    (bench/published.py).
+7. `vtc check` with a planted 15 % slowdown: caught in ≥ 9/10 runs, an unchanged
+   bundle passes in ≥ 9/10 (bench/check_noise.py). 8. the real dinov2-small bundle
+   built twice passes `vtc check` (bench/real.py).
 
 Sections 1-4 use random weights (fixed seed): speed and parity do not depend
 on them. Sections 5-6 (bench/real.py) use the zoo's real dinov2-small weights
@@ -207,12 +210,19 @@ def main() -> int:
             results += published(tmp)
             print("[bench] ViT-B/16 throughput, 4 engines (several minutes) ...", flush=True)
             results += speed(tmp, args.repeats)
+            from bench.check_noise import check_noise
+
+            print("[bench] vtc check: planted slowdown vs unchanged, 10 runs each ...",
+                  flush=True)
+            results += check_noise(tmp, args.repeats)
         if args.only != "synthetic":
-            from bench.real import dinov2_probe, focus_unmerge
+            from bench.real import dinov2_probe, dinov2_self_check, focus_unmerge
 
             print("[bench] dinov2-small: Fashion-MNIST probe + throughput (minutes) ...",
                   flush=True)
             results += dinov2_probe(tmp, args.repeats)
+            print("[bench] dinov2-small built twice, vtc check run 2 vs run 1 ...", flush=True)
+            results += dinov2_self_check(tmp, args.repeats)
             print("[bench] third-party vit_s_focus.onnx: unmerge + saliency fidelity ...",
                   flush=True)
             results += focus_unmerge(tmp, args.repeats)

@@ -17,7 +17,9 @@ from vtc.report import (
     FusionInfo,
     GraphInfo,
     InputsInfo,
+    IntervalInfo,
     LayerInfo,
+    MachineInfo,
     ParityInfo,
     Report,
     SourceInfo,
@@ -43,6 +45,19 @@ def _probe() -> dict[str, Any]:
     return linear_probe(xtr, ytr, xte, xte[::-1].copy(), yte)  # compressed rows reversed
 
 
+def timing(median_ms: float, n: int = 20, batch: int = 8, seed: int = 0) -> TimingInfo:
+    """A timing with `n` seeded samples spread ±5 % around `median_ms`."""
+    samples = 1 + 0.05 * np.random.default_rng(seed).uniform(-1, 1, n)
+    samples *= median_ms / np.median(samples)  # the median is exactly median_ms
+    p50 = median_ms
+    return TimingInfo(p50, float(np.percentile(samples, 95)), float(samples.mean()),
+                      batch / p50 * 1e3, n, batch, [float(v) for v in samples])
+
+
+MACHINE = MachineInfo("Test CPU", 2, "Linux x86_64", "3.12.0", "1.32.0",
+                      ["CPUExecutionProvider"])
+
+
 def sample_report(**changes: Any) -> Report:
     """Every tier measured (ToMe r=8 on a 3-block ViT), fields replaced by `changes`."""
     layers = [LayerInfo(i, 197 - 8 * i, 189 - 8 * i, "tome",
@@ -60,6 +75,7 @@ def sample_report(**changes: Any) -> Report:
                         unmerge=UnmergeInfo(2, 197, ["node_view_16"]),
                         op_counts_before={"MatMul": 10}, op_counts_after={"MatMul": 16}),
         engine=EngineInfo("ort", ["CPUExecutionProvider"], "model.ort.onnx"),
+        machine=MACHINE,
         fusions=FusionInfo({"Gelu": 3}, {"Gelu": 2}, {"Gelu": 1}, {}),
         inputs=InputsInfo("synthetic", 16, "fixed-seed pixels", seed=0),
         output="logits",
@@ -70,9 +86,9 @@ def sample_report(**changes: Any) -> Report:
             "pearson", "iou")}),
         throughput=ThroughputInfo(
             batch=8, baseline_ips=800.0, compressed_ips=1142.9, eager_ips=None,
-            eager_compressed_ips=None, speedup=1.4286, efficiency=1.09,
-            baseline=TimingInfo(10.0, 11.0, 10.2, 800.0, 20, 8),
-            compressed=TimingInfo(7.0, 7.5, 7.1, 1142.9, 20, 8), eager=None,
+            eager_compressed_ips=None, speedup=1.4286,
+            speedup_ci=IntervalInfo(1.38, 1.47, 0.95, 2000, 0), efficiency=1.09,
+            baseline=timing(10.0, seed=1), compressed=timing(7.0, seed=2), eager=None,
             eager_compressed=None, method="interleaved"),
         accuracy=AccuracyInfo(dataset=DatasetInfo(
             "lfw-subset", "skimage.data.lfw_subset()", 40, 20, 2, ["no face", "face"],

@@ -14,7 +14,7 @@ ROOT = Path(__file__).parents[1] / "vtc"
 
 # Lower numbers are lower layers; a module may import its own layer or lower ones only.
 LAYERS: dict[str, int] = {
-    "": 0, "errors": 0, "util": 0,  # "" is the vtc package itself (its version)
+    "": 0, "errors": 0, "util": 0, "stats": 0,  # "" is the vtc package itself (its version)
     "budget": 1, "report": 1, "backends": 1, "data": 1,
     "passes": 2,
     "methods": 3,
@@ -22,7 +22,7 @@ LAYERS: dict[str, int] = {
     "exporter": 5, "validate": 5,
     "zoo": 6,
     "source": 7, "stages": 7, "output": 7,
-    "pipeline": 8, "sweep": 8, "sweep_plot": 8, "demo": 8,
+    "pipeline": 8, "sweep": 8, "sweep_plot": 8, "demo": 8, "check": 8,
     "cli": 9,
 }
 

@@ -46,9 +46,14 @@ def one_line(msg: object) -> str:
     return text or "(no message)"
 
 
+_signalled = False  # set by the first signal: whatever exception follows is the interrupt
+
+
 def _interrupt(signum: int, frame: Any) -> None:
     # The first signal unwinds (temp dirs are removed in `finally` blocks); later ones
     # are ignored so that the clean-up is not cut short and the exit code stays 130.
+    global _signalled
+    _signalled = True
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt
@@ -92,6 +97,10 @@ def guard(fn: Callable[[], int]) -> NoReturn:
         _echo(f"error: {one_line(exc)}")
         sys.exit(EXIT_INPUT)
     except Exception as exc:
+        if _signalled:  # the interrupt surfaced as another exception (e.g. a C extension's
+            # import cut short turns it into "ImportError: initialization failed")
+            _echo("interrupted: nothing was written")
+            sys.exit(EXIT_INTERRUPTED)
         log = crash_log(exc)
         _echo(f"internal error: {type(exc).__name__}: {one_line(exc)} (at {_where(exc)}); "
               f"the full traceback is in {log}; please report it")

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import vtc
+from vtc.backends.machine import machine_info
 from vtc.data.images import IMAGE_EXTENSIONS
 from vtc.errors import OutputError
 from vtc.output import building, check_out, publish
@@ -146,7 +147,8 @@ def build(opts: Options, src: Source, tmp: Path) -> Report:
         source=SourceInfo(src.spec, src.kind, src.model_type,
                           loaded.family.name if loaded.family else None),
         recipe=recipe.to_dict(), budget=bundle.budget_info(budget), graph=comp.graph,
-        engine=eng.info, fusions=eng.fusions, inputs=val.inputs, output=val.output,
+        engine=eng.info, machine=machine_info(eng.info.providers), fusions=eng.fusions,
+        inputs=val.inputs, output=val.output,
         parity=val.parity, fidelity=val.fidelity, dense=val.dense,
         throughput=val.throughput, accuracy=val.accuracy)
     bundle.judge(report, recipe, opts.bench)

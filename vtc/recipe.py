@@ -93,6 +93,22 @@ class ValidateCfg(_Strict):
         return v
 
 
+class CheckCfg(_Strict):
+    """Tolerances of `vtc check` (a bundle against a stored baseline). Drops are
+    baseline minus now; speed drops are relative and judged on a bootstrap interval:
+    a speed metric fails only when its whole interval lies below 1 - the drop."""
+
+    max_speedup_drop: float = Field(default=0.05, ge=0.0, lt=1.0, allow_inf_nan=False)
+    max_throughput_drop: float = Field(default=0.10, ge=0.0, lt=1.0, allow_inf_nan=False)
+    max_cosine_drop: float = Field(default=0.002, ge=0.0, le=2.0, allow_inf_nan=False)
+    max_agreement_drop: float = Field(default=0.02, ge=0.0, le=1.0, allow_inf_nan=False)
+    max_accuracy_drop: float = Field(default=0.5, ge=0.0, le=100.0, allow_inf_nan=False)
+    max_dense_drop: float = Field(default=0.02, ge=0.0, le=2.0, allow_inf_nan=False)
+    # parity limit when the recipe has no max_parity_diff / max_export_diff gate
+    max_parity_diff: float = Field(default=1e-4, gt=0.0, le=1.0, allow_inf_nan=False)
+    confidence: float = Field(default=0.95, ge=0.5, lt=1.0, allow_inf_nan=False)
+
+
 class RecipeBase(_Strict):
     """The method-neutral part of a recipe; `recipe_model()` adds one section per method."""
 
@@ -105,6 +121,7 @@ class RecipeBase(_Strict):
     backend: BackendCfg = Field(default_factory=BackendCfg)
     validate_: ValidateCfg = Field(default_factory=ValidateCfg, alias="validate")
     gates: dict[str, float] = Field(default_factory=dict)
+    check: CheckCfg = Field(default_factory=CheckCfg)
 
     @field_validator("method", mode="before")
     @classmethod

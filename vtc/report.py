@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: timing samples, speedup interval, machine, engine precision
 
 Kind = Literal["min", "max"]
 
@@ -84,6 +84,20 @@ class EngineInfo:
     kind: str  # the engine registry's name: ort, tensorrt
     providers: list[str]  # execution providers in use (ORT); [] for other engines
     file: str  # the compressed engine's file in the bundle
+    precision: str = "fp32"  # the arithmetic the engines run in
+
+
+@dataclass
+class MachineInfo:
+    """Where the figures were measured: absolute throughput is comparable between two
+    reports only when these agree (`vtc check`)."""
+
+    cpu: str  # CPU model name
+    cores: int  # logical CPUs the process may use
+    system: str  # OS and architecture
+    python: str
+    onnxruntime: str | None  # None when onnxruntime is not installed
+    providers: list[str]  # the execution providers the engines used
 
 
 @dataclass
@@ -168,9 +182,22 @@ class TimingInfo:
     img_per_s: float
     n: int
     batch: int
+    samples_ms: list[float] = field(default_factory=list)  # every timed call, in order
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+@dataclass
+class IntervalInfo:
+    """A bootstrap confidence interval: the statistic recomputed on `resamples`
+    resamplings (with replacement, fixed seed) of the interleaved rounds."""
+
+    low: float
+    high: float
+    level: float  # e.g. 0.95
+    resamples: int
+    seed: int
 
 
 @dataclass
@@ -181,6 +208,7 @@ class ThroughputInfo:
     eager_ips: float | None
     eager_compressed_ips: float | None
     speedup: float
+    speedup_ci: IntervalInfo  # of the speedup, over the interleaved (baseline, compressed) pairs
     efficiency: float  # speedup / flops_ratio
     baseline: TimingInfo
     compressed: TimingInfo
@@ -244,6 +272,7 @@ class Report:
     budget: BudgetInfo
     graph: GraphInfo
     engine: EngineInfo
+    machine: MachineInfo
     fusions: FusionInfo | None
     inputs: InputsInfo
     output: str  # the output the tiers compare

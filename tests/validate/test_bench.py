@@ -21,7 +21,10 @@ def test_structure_warmup_and_interleaving() -> None:
         assert t.n == 5 and t.batch == 4
         assert 0 < t.p50_ms <= t.p95_ms
         assert t.img_per_s == pytest.approx(4 / (t.p50_ms / 1e3))
-        assert set(t.to_dict()) == {"p50_ms", "p95_ms", "mean_ms", "img_per_s", "n", "batch"}
+        assert set(t.to_dict()) == {"p50_ms", "p95_ms", "mean_ms", "img_per_s", "n", "batch",
+                                    "samples_ms"}
+        assert len(t.samples_ms) == 5 and t.p50_ms == pytest.approx(
+            sorted(t.samples_ms)[2], rel=1e-6)  # the median is of the kept samples
     assert any("warmup a" in m for m in msgs) and any("round 5" in m for m in msgs)
 
 

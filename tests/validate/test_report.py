@@ -34,6 +34,7 @@ def test_write_report_json_and_md(tmp_path: Path) -> None:
     data = json.loads(json_path.read_text())
     assert data["budget"]["flops_ratio"] == 1.31 and data["schema_version"] == SCHEMA_VERSION
     assert data["throughput"]["baseline"]["p50_ms"] == 10.0
+    assert len(data["throughput"]["baseline"]["samples_ms"]) == 20
     assert data["parity"]["export"]["shape"] == [2, 3]
     assert data["gates"][0]["name"] == "min_speedup" and data["gates"][0]["passed"] is False
     assert data["budget"]["layers"][1]["params"] == {"r": 8, "first": 1, "protected": "inside"}
@@ -51,8 +52,10 @@ def test_write_report_json_and_md(tmp_path: Path) -> None:
         assert f"## {title}\n" in md
     assert "| 0 | 197 | 189 | tome | r=8, first=1, protected=inside |  |" in md
     assert "| 2 | 181 | 173 | tome | r=8, first=1, protected=inside | yes |" in md
-    assert "| baseline | 8 | 800 | 10 | 11 | 20 |" in md
-    assert "speedup: **1.429**" in md
+    assert "| baseline | 8 | 800 | 10 | " in md
+    assert "speedup: **1.429** (95% interval 1.38–1.47, bootstrap over 20 interleaved" in md
+    assert "- Test CPU, 2 cores, Linux x86_64; Python 3.12.0, onnxruntime 1.32.0" in md
+    assert "- ort (fp32), `model.ort.onnx`" in md
     assert "lost fusions: Gelu x1" in md
     assert "**Overall: FAIL**" in md
     assert "FAIL min_speedup: 1.43 < 1.80" in md

@@ -1,6 +1,6 @@
 """Command-line entry points: `vtc-export` and `vtc` (export, inspect, recipes, methods,
-demo, sweep, zoo, data). One module per command group; every command body runs in
-`vtc.errors.guard`, which owns the exit codes (0 success, 1 a gate failed, 2 bad
+demo, sweep, zoo, data, check, report). One module per command group; every command
+body runs in `vtc.errors.guard`, which owns the exit codes (0 success, 1 a gate failed, 2 bad
 input, 3 internal error, 130 interrupted)."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from vtc import methods
+from vtc.cli.check import check, report
 from vtc.cli.data import data
 from vtc.cli.export import demo, export_cmd, export_main
 from vtc.cli.sweep import sweep
@@ -33,6 +34,8 @@ def main() -> None:
     vtc recipes                                      the shipped recipes
     vtc methods                                      the reduction methods
     vtc sweep SOURCE --recipe tome --values r=0,8,16 --out out/sweep
+    vtc check out/new --baseline baselines/model     regression check for CI
+    vtc report show out/new                          report.md in the terminal
     vtc demo --out out/demo                          the main job on a built-in model
 
     \b
@@ -113,3 +116,5 @@ main.add_command(demo)
 main.add_command(sweep)
 main.add_command(zoo)
 main.add_command(data)
+main.add_command(check)
+main.add_command(report)

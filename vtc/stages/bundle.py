@@ -65,7 +65,8 @@ def manifest(report: Report, src: Source, tmp: Path, input_shape: list[int | str
                    "tokens_in": report.budget.tokens_in, "tokens_out": report.budget.tokens_out},
         "opset": opset,
         "engine": {"kind": report.engine.kind, "providers": report.engine.providers,
-                   "file": report.engine.file},
+                   "file": report.engine.file, "precision": report.engine.precision},
+        "machine": to_jsonable(report.machine),
         "files": files,
     }
 

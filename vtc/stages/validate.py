@@ -38,7 +38,7 @@ from vtc.report import (
 from vtc.source import SourceError
 from vtc.stages.compile import Compiled
 from vtc.stages.load import Loaded
-from vtc.validate.bench import measure_interleaved, speedup
+from vtc.validate.bench import measure_interleaved, throughput_info
 from vtc.validate.fidelity import fidelity
 from vtc.validate.parity import compare
 from vtc.validate.tasks import dense_report, probe_report, run_engine
@@ -141,18 +141,7 @@ def throughput(recipe: RecipeBase, loaded: Loaded, budget: Budget, eng: Compiled
             runners[label] = (lambda r: lambda: r.infer({"pixel_values": xb}))(rt)
     timings = measure_interleaved(runners, batch=loaded.batch, warmup=v.warmup,
                                   repeats=v.repeats, min_time_s=v.min_time_s)
-    sp = speedup(timings["baseline"], timings["compressed"])
-    opt = {k: timings.get(k) for k in ("eager", "eager_compressed")}
-    return ThroughputInfo(
-        batch=loaded.batch, baseline_ips=timings["baseline"].img_per_s,
-        compressed_ips=timings["compressed"].img_per_s,
-        eager_ips=opt["eager"].img_per_s if opt["eager"] else None,
-        eager_compressed_ips=(opt["eager_compressed"].img_per_s if opt["eager_compressed"]
-                              else None),
-        speedup=sp, efficiency=sp / budget.flops_ratio,
-        baseline=timings["baseline"], compressed=timings["compressed"],
-        eager=opt["eager"], eager_compressed=opt["eager_compressed"],
-        method="interleaved round-robin after warm-up, median latency per batch")
+    return throughput_info(timings, loaded.batch, budget.flops_ratio)
 
 
 def probe(recipe: RecipeBase, loaded: Loaded, eng: Compiled, log: Log) -> AccuracyInfo:

@@ -12,7 +12,8 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from vtc.report import TimingInfo
+from vtc import stats
+from vtc.report import IntervalInfo, ThroughputInfo, TimingInfo
 
 Timing = TimingInfo  # the report's type: measured here, stored as is
 
@@ -27,6 +28,7 @@ def _timing(samples_s: list[float], batch: int) -> Timing:
         img_per_s=batch / p50 if p50 > 0 else float("inf"),
         n=len(samples_s),
         batch=batch,
+        samples_ms=[t * 1e3 for t in samples_s],
     )
 
 
@@ -84,3 +86,29 @@ def speedup(base: Timing, comp: Timing) -> float:
     if comp.p50_ms <= 0:
         raise ValueError("compressed median latency is zero; cannot form a speedup")
     return base.p50_ms / comp.p50_ms
+
+
+def speedup_interval(base: Timing, comp: Timing, level: float = 0.95,
+                     resamples: int = stats.RESAMPLES, seed: int = stats.SEED) -> IntervalInfo:
+    """Bootstrap interval of `speedup` over the interleaved rounds (`vtc.stats`)."""
+    draws = stats.speedup_draws(base.samples_ms, comp.samples_ms, resamples, seed)
+    low, high = stats.interval(draws, level)
+    return IntervalInfo(low=low, high=high, level=level, resamples=resamples, seed=seed)
+
+
+METHOD = "interleaved round-robin after warm-up, median latency per batch"
+
+
+def throughput_info(timings: Mapping[str, Timing], batch: int, flops_ratio: float
+                    ) -> ThroughputInfo:
+    """The report's throughput tier from `measure_interleaved` results keyed `baseline`,
+    `compressed` and optionally `eager`, `eager_compressed`."""
+    base, comp = timings["baseline"], timings["compressed"]
+    sp = speedup(base, comp)
+    eager, eager_c = timings.get("eager"), timings.get("eager_compressed")
+    return ThroughputInfo(
+        batch=batch, baseline_ips=base.img_per_s, compressed_ips=comp.img_per_s,
+        eager_ips=eager.img_per_s if eager else None,
+        eager_compressed_ips=eager_c.img_per_s if eager_c else None,
+        speedup=sp, speedup_ci=speedup_interval(base, comp), efficiency=sp / flops_ratio,
+        baseline=base, compressed=comp, eager=eager, eager_compressed=eager_c, method=METHOD)

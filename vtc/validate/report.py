@@ -21,6 +21,7 @@ from vtc.report import (
     Gate,
     GraphInfo,
     InputsInfo,
+    MachineInfo,
     ParityInfo,
     Report,
     SourceInfo,
@@ -96,7 +97,13 @@ def _graph(g: GraphInfo) -> list[str]:
 
 
 def _engine(e: EngineInfo) -> list[str]:
-    return [f"- {e.kind}, `{e.file}`; providers: {', '.join(e.providers) or '—'}", ""]
+    return [f"- {e.kind} ({e.precision}), `{e.file}`; providers: "
+            f"{', '.join(e.providers) or '—'}", ""]
+
+
+def _machine(m: MachineInfo) -> list[str]:
+    return [f"- {m.cpu}, {m.cores} cores, {m.system}; Python {m.python}, onnxruntime "
+            f"{m.onnxruntime or 'not installed'}; providers {', '.join(m.providers) or '—'}", ""]
 
 
 def _fusions(f: FusionInfo) -> list[str]:
@@ -159,7 +166,10 @@ def _throughput(t: ThroughputInfo) -> list[str]:
     rows = [[name, r.batch, r.img_per_s, r.p50_ms, r.p95_ms, r.n]
             for name, r in runners.items() if r is not None]
     lines = _table(["runner", "batch", "img/s", "p50 ms", "p95 ms", "n"], rows)
-    return [*lines, f"- speedup: **{_num(t.speedup)}**",
+    ci = t.speedup_ci
+    return [*lines, f"- speedup: **{_num(t.speedup)}** ({ci.level:.0%} interval "
+            f"{_num(ci.low)}–{_num(ci.high)}, bootstrap over {t.compressed.n} interleaved "
+            f"rounds, {ci.resamples} resamples, seed {ci.seed})",
             f"- efficiency: **{_num(t.efficiency)}** (speedup / FLOPs ratio)", f"- {t.method}", ""]
 
 
@@ -178,6 +188,7 @@ SECTIONS: dict[str, tuple[str, Callable[[Any], list[str]]]] = {
     "budget": ("Token budget", _budget),
     "graph": ("Graph rewrite", _graph),
     "engine": ("Engine", _engine),
+    "machine": ("Machine", _machine),
     "fusions": ("ORT fusions", _fusions),
     "inputs": ("Inputs", _inputs),
     "parity": ("Parity", _parity),

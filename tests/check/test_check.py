@@ -1,0 +1,211 @@
+"""`vtc check` / `vtc report`: rows, verdicts, exit codes and the CI outputs, on typed
+reports written to disk (tests/reports.py builds them; every tier measured)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from tests.reports import MACHINE, sample_report, timing
+from vtc.check import compare, read_side
+from vtc.cli import main
+from vtc.report import FusionInfo, Report
+from vtc.validate.gates import evaluate_gates
+from vtc.validate.report import write_report
+
+
+def _slowed(report: Report, factor: float, seed: int = 7) -> Report:
+    """The compressed engine `factor` times slower (fresh noise), speedup and img/s updated."""
+    t = report.throughput
+    assert t is not None
+    comp = timing(t.compressed.p50_ms * factor, seed=seed)
+    base = timing(t.baseline.p50_ms, seed=seed + 1)
+    sp = base.p50_ms / comp.p50_ms
+    return dataclasses.replace(report, throughput=dataclasses.replace(
+        t, baseline=base, compressed=comp, speedup=sp, compressed_ips=comp.img_per_s,
+        baseline_ips=base.img_per_s, speedup_ci=dataclasses.replace(t.speedup_ci,
+                                                                    low=sp * 0.97,
+                                                                    high=sp * 1.03)))
+
+
+def _passing(**changes: Any) -> Report:
+    """The sample report with gates that pass."""
+    report = sample_report(**changes)
+    report.gates = evaluate_gates(report, {"max_parity_diff": 1e-4, "min_speedup": 1.2})
+    report.passed = all(g.passed for g in report.gates)
+    return report
+
+
+def _write(tmp: Path, name: str, report: Report) -> Path:
+    write_report(tmp / name, report)
+    return tmp / name
+
+
+def _cmp(tmp: Path, base: Report, now: Report, **overrides: float) -> dict[str, Any]:
+    c = compare(read_side(_write(tmp, "base", base), "baseline"),
+                read_side(_write(tmp, "now", now), "bundle"), overrides)
+    return {r.metric: r for r in c.rows} | {"passed": c.passed}
+
+
+def test_same_report_passes_every_row(tmp_path: Path) -> None:
+    rows = _cmp(tmp_path, _passing(), _passing())
+    assert rows.pop("passed") is True
+    assert {r.verdict for r in rows.values()} == {"pass"}
+    assert {"budget.tokens_out", "budget.flops_ratio", "parity.engine.max_abs_diff",
+            "fidelity.cosine_mean", "accuracy.compressed_acc", "dense.iou_mean",
+            "throughput.speedup", "throughput.compressed_ips", "fusions.compressed"} <= set(rows)
+
+
+def test_a_slowdown_beyond_noise_fails_and_a_small_one_passes(tmp_path: Path) -> None:
+    slow = _cmp(tmp_path, _passing(), _slowed(_passing(), 1.25))
+    assert not slow["passed"]
+    assert slow["throughput.speedup"].verdict == "FAIL"
+    assert slow["throughput.speedup"].values["ratio_high"] < 0.95
+    assert slow["throughput.compressed_ips"].verdict == "FAIL"
+    small = _cmp(tmp_path, _passing(), _slowed(_passing(), 1.02))
+    assert small["throughput.speedup"].verdict == "pass" and small["passed"]
+    # the same 25 % passes when the allowed drop is 30 %
+    loose = _cmp(tmp_path, _passing(), _slowed(_passing(), 1.25), max_speedup_drop=0.3,
+                 max_throughput_drop=0.3)
+    assert loose["passed"]
+
+
+def test_too_few_rounds_skip_the_speed_rows(tmp_path: Path) -> None:
+    base = _passing()
+    assert base.throughput is not None
+    short = dataclasses.replace(base.throughput, compressed=timing(7.0, n=4))
+    rows = _cmp(tmp_path, _passing(throughput=short), base)
+    assert rows["throughput.speedup"].verdict == "skip"
+    assert "4 timed rounds" in rows["throughput.speedup"].note
+
+
+def test_another_machine_skips_absolute_throughput_but_compares_speedup(tmp_path: Path) -> None:
+    other = dataclasses.replace(MACHINE, cpu="Other CPU", onnxruntime="1.31.1")
+    rows = _cmp(tmp_path, _passing(), _slowed(_passing(machine=other), 1.25))
+    ips = rows["throughput.compressed_ips"]
+    assert ips.verdict == "skip"
+    assert "cpu: Test CPU vs Other CPU" in ips.note and "onnxruntime: 1.32.0 vs 1.31.1" in ips.note
+    assert rows["throughput.speedup"].verdict == "FAIL"
+
+
+def test_budget_parity_quality_fusion_and_gate_regressions(tmp_path: Path) -> None:
+    base = _passing()
+    assert base.fidelity is not None and base.accuracy is not None and base.parity.engine
+    worse = _passing(
+        budget=dataclasses.replace(base.budget, tokens_out=181, flops_ratio=1.2),
+        parity=dataclasses.replace(base.parity, engine=dataclasses.replace(
+            base.parity.engine, max_abs_diff=3e-4)),
+        fidelity=dataclasses.replace(base.fidelity, cosine_mean=0.99),
+        accuracy=dataclasses.replace(base.accuracy,
+                                     compressed_acc=base.accuracy.compressed_acc - 1.0),
+        fusions=FusionInfo({"Gelu": 3}, {}, {"Gelu": 3}, {}))
+    rows = _cmp(tmp_path, base, worse)
+    failed = {m for m, r in rows.items() if m != "passed" and r.verdict == "FAIL"}
+    assert failed == {"budget.tokens_out", "budget.flops_ratio", "parity.engine.max_abs_diff",
+                      "fidelity.cosine_mean", "accuracy.compressed_acc", "fusions.compressed",
+                      "gate.max_parity_diff"}  # its own gate fails as well
+    assert "lost Gelu x2" in rows["fusions.compressed"].change
+    # a drop inside its tolerance passes
+    ok = _cmp(tmp_path, base, _passing(fidelity=dataclasses.replace(
+        base.fidelity, cosine_mean=base.fidelity.cosine_mean - 0.001)))
+    assert ok["fidelity.cosine_mean"].verdict == "pass"
+
+
+def test_the_bundles_own_failed_gate_fails_the_check(tmp_path: Path) -> None:
+    failing = sample_report()
+    failing.gates = evaluate_gates(failing, {"min_speedup": 1.8})
+    rows = _cmp(tmp_path, _passing(), failing)
+    assert rows["gate.min_speedup"].verdict == "FAIL" and not rows["passed"]
+
+
+def test_probe_on_another_split_is_skipped_with_the_reason(tmp_path: Path) -> None:
+    base = _passing()
+    assert base.accuracy is not None
+    rows = _cmp(tmp_path, base, _passing(accuracy=dataclasses.replace(base.accuracy,
+                                                                      n_test=10)))
+    assert rows["accuracy.compressed_acc"].verdict == "skip"
+    assert "another probe" in rows["accuracy.compressed_acc"].note
+
+
+def _run(*args: str) -> Any:
+    return CliRunner().invoke(main, list(args))
+
+
+def test_cli_exit_codes_table_json_and_junit(tmp_path: Path) -> None:
+    base = _write(tmp_path, "base", _passing())
+    slow = _write(tmp_path, "slow", _slowed(_passing(), 1.3))
+    res = _run("check", str(base), "--baseline", str(base / "report.json"))
+    assert res.exit_code == 0, res.output
+    assert "vtc check: PASS" in res.output and "verdict" in res.output.splitlines()[0]
+    out_json, out_xml = tmp_path / "cmp.json", tmp_path / "cmp.xml"
+    res = _run("check", str(slow), "--baseline", str(base), "--json", str(out_json),
+               "--junit", str(out_xml))
+    assert res.exit_code == 1, res.output
+    assert "FAIL, 2 regression(s)" in res.output and "throughput.speedup" in res.output
+    data = json.loads(out_json.read_text())
+    assert data["passed"] is False and data["tolerances"]["max_speedup_drop"] == 0.05
+    suite = ET.parse(out_xml).getroot()
+    cases = suite.findall(".//testcase")
+    assert len(cases) == len(data["rows"]) == int(suite.get("tests", "0"))
+    failed = [c.get("name") for c in cases if c.find("failure") is not None]
+    assert failed == ["throughput.speedup", "throughput.compressed_ips"]
+    assert suite.get("failures") == "2"
+
+
+def test_report_diff_and_show(tmp_path: Path) -> None:
+    base = _write(tmp_path, "base", _passing())
+    slow = _write(tmp_path, "slow", _slowed(_passing(), 1.3))
+    res = _run("report", "diff", str(base), str(slow / "report.json"))
+    assert res.exit_code == 0, res.output
+    header = res.output.splitlines()[0].split()
+    assert header == ["metric", "baseline", "now", "change"]
+    assert "throughput.speedup" in res.output and "FAIL" not in res.output
+    res = _run("report", "show", str(base))
+    assert res.exit_code == 0 and res.output == (base / "report.md").read_text()
+    res = _run("report", "show", str(base / "report.json"))
+    assert res.exit_code == 0 and res.output.startswith("# vtc report")
+
+
+def _schema(tmp: Path, version: int) -> Path:
+    path = _write(tmp, "v", _passing()) / "report.json"
+    data = json.loads(path.read_text())
+    data["schema_version"] = version
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.mark.parametrize(("make", "extra", "message"), [
+    (lambda t: t / "missing", [], r"baseline .*missing: no such file or directory"),
+    (lambda t: (t / "bad.json").write_text("{not json") and t / "bad.json", [],
+     r"bad.json: not valid JSON \(line 1"),
+    (lambda t: (t / "x.json").write_text("[1, 2]") and t / "x.json", [], r"not a vtc report"),
+    (lambda t: _schema(t, 1), [], r"report schema version 1, this vtc reads version 2"),
+    (lambda t: _write(t, "o", _passing(budget=dataclasses.replace(
+        _passing().budget, tokens_in=257))), [], r"another|tokens in: baseline 257, now 197"),
+    (lambda t: _write(t, "p", _passing(engine=dataclasses.replace(
+        _passing().engine, precision="fp16"))), [], r"precision: baseline fp16, now fp32"),
+    (lambda t: _write(t, "b", _slowed(_passing(), 1.0)), ["-t", "max_speedup_drop=1.5"],
+     r"max_speedup_drop=1.5: Input should be less than 1"),
+    (lambda t: _write(t, "c", _passing()), ["-t", "speed=0.1"], r"--tolerance 'speed=0.1'"),
+    (lambda t: _write(t, "d", _passing()), ["--json", "NOW/report.json"],
+     r"one of the reports being compared"),
+])
+def test_bad_baselines_exit_2_and_write_nothing(tmp_path: Path, make: Any, extra: list[str],
+                                                message: str) -> None:
+    now = _write(tmp_path, "now", _passing())
+    baseline = make(tmp_path)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    args = [a.replace("NOW", str(now)) for a in extra]
+    res = _run("check", str(now), "--baseline", str(baseline), *args)
+    assert res.exit_code == 2, res.output
+    errors = [ln for ln in res.output.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in res.output
+    assert re.search(message, errors[0]), errors[0]
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before

@@ -1,0 +1,94 @@
+"""Read one side of a comparison: a bundle directory or a report.json file.
+
+Everything that makes two reports incomparable is an `InputError` (exit 2) with
+one line that names the file and the fix: missing, not JSON, another report
+schema version, not a vtc report; and, for a pair, another model, batch,
+precision or engine (`incomparable`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from vtc.errors import InputError
+from vtc.report import SCHEMA_VERSION, Report
+
+__all__ = ["CheckInputError", "Side", "incomparable", "read_side"]
+
+
+class CheckInputError(InputError):
+    """A report that cannot be read or compared."""
+
+
+@dataclass(frozen=True)
+class Side:
+    report: Report
+    path: Path  # the report.json read
+    label: str  # what the user gave
+
+
+def _report_path(given: Path, role: str) -> Path:
+    if given.is_dir():
+        path = given / "report.json"
+        if not path.is_file():
+            raise CheckInputError(f"{role} {given}: a directory without report.json; give a "
+                                  "bundle directory written by vtc-export or its report.json")
+        return path
+    if not given.exists():
+        raise CheckInputError(f"{role} {given}: no such file or directory; give a bundle "
+                              "directory or its report.json")
+    if not given.is_file():
+        raise CheckInputError(f"{role} {given}: not a regular file; give a report.json")
+    return given
+
+
+def read_side(given: Path, role: str) -> Side:
+    """The report at `given` (a bundle dir or report.json); `role` names it in errors."""
+    path = _report_path(Path(given), role)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CheckInputError(f"{role} {path}: cannot be read ({exc}); give a readable "
+                              "report.json") from None
+    except json.JSONDecodeError as exc:
+        raise CheckInputError(f"{role} {path}: not valid JSON (line {exc.lineno}: {exc.msg}); "
+                              "the file is corrupt: restore it or rebuild the bundle") from None
+    if not isinstance(data, dict) or "schema_version" not in data:
+        raise CheckInputError(f"{role} {path}: not a vtc report (no schema_version); give the "
+                              "report.json of a bundle written by vtc-export")
+    version = data["schema_version"]
+    if version != SCHEMA_VERSION:
+        raise CheckInputError(
+            f"{role} {path}: report schema version {version}, this vtc reads version "
+            f"{SCHEMA_VERSION}; rebuild the {role} with this vtc (vtc-export) to compare")
+    try:
+        report = Report.from_dict(data)
+    except Exception as exc:  # pydantic.ValidationError: name the first problem
+        first = str(exc).splitlines()
+        detail = " ".join(first[1:3]).strip() if len(first) > 2 else str(exc)
+        raise CheckInputError(f"{role} {path}: not a valid vtc report ({detail}); rebuild it "
+                              "with vtc-export") from None
+    return Side(report, path, str(given))
+
+
+def _batch(r: Report) -> int | None:
+    return r.throughput.batch if r.throughput is not None else None
+
+
+def incomparable(base: Report, now: Report) -> list[str]:
+    """Why two reports cannot be compared (empty: they can). A new checkpoint, recipe,
+    vtc or onnxruntime is what a check is for; another model shape, batch, precision
+    or engine is not."""
+    facts = [
+        ("model type", base.source.model_type, now.source.model_type),
+        ("tokens in", base.budget.tokens_in, now.budget.tokens_in),
+        ("transformer blocks", base.graph.blocks, now.graph.blocks),
+        ("compared output", base.output, now.output),
+        ("timed batch", _batch(base), _batch(now)),
+        ("precision", base.engine.precision, now.engine.precision),
+        ("engine", base.engine.kind, now.engine.kind),
+    ]
+    return [f"{what}: baseline {a}, now {b}" for what, a, b in facts
+            if a != b and not (what == "timed batch" and None in (a, b))]

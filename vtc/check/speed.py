@@ -1,0 +1,85 @@
+"""Noise-aware speed verdicts: compare two runs' interleaved timings.
+
+Speedup (compressed vs uncompressed, measured side by side in one run) is
+machine-independent, so it is always compared. Each run's rounds are resampled
+(`vtc.stats`, rounds paired within a run, runs independent) and the verdict reads
+the interval of speedup_now / speedup_baseline:
+
+    whole interval below 1 - max_speedup_drop   → FAIL (a slowdown beyond noise)
+    otherwise                                   → pass
+
+Absolute throughput of the compressed engine (median latency, same bootstrap) is
+compared only on the same machine fingerprint; on another one the row is skipped
+and says which fields differ.
+"""
+
+from __future__ import annotations
+
+from vtc import stats
+from vtc.backends.machine import differences
+from vtc.check.rows import Row
+from vtc.recipe import CheckCfg
+from vtc.report import Report, ThroughputInfo
+
+__all__ = ["MIN_ROUNDS", "speed_rows"]
+
+# fewer interleaved rounds than this give a bootstrap with too few distinct values
+# to stand for the run's noise: the speed rows are skipped and say so
+MIN_ROUNDS = 10
+
+
+def _pct(x: float) -> str:
+    return f"{(x - 1) * 100:+.1f}%"
+
+
+def _ratio_row(metric: str, before: str, now: str, lo: float, hi: float, point: float,
+               allowed: float, level: float) -> Row:
+    floor = 1 - allowed
+    failed = hi < floor
+    change = f"{_pct(point)} [{_pct(lo)}, {_pct(hi)}]"
+    note = (f"the {level:.0%} interval lies below the allowed -{allowed:.0%}" if failed else
+            f"allowed -{allowed:.0%}; the {level:.0%} interval reaches {_pct(hi)}")
+    return Row(metric, before, now, change, "FAIL" if failed else "pass", note,
+               values={"ratio": point, "ratio_low": lo, "ratio_high": hi, "floor": floor})
+
+
+def _speedup(b: ThroughputInfo, n: ThroughputInfo, tol: CheckCfg) -> Row:
+    db = stats.speedup_draws(b.baseline.samples_ms, b.compressed.samples_ms, seed=1)
+    dn = stats.speedup_draws(n.baseline.samples_ms, n.compressed.samples_ms, seed=2)
+    lo, hi = stats.ratio_interval(dn, db, tol.confidence)
+    def show(t: ThroughputInfo) -> str:
+        return f"{t.speedup:.3f}x [{t.speedup_ci.low:.3f}, {t.speedup_ci.high:.3f}]"
+
+    return _ratio_row("throughput.speedup", show(b), show(n), lo, hi, n.speedup / b.speedup,
+                      tol.max_speedup_drop, tol.confidence)
+
+
+def _throughput(base: Report, now: Report, tol: CheckCfg) -> Row:
+    b, n = base.throughput, now.throughput
+    assert b is not None and n is not None
+    metric = "throughput.compressed_ips"
+    before, after = f"{b.compressed_ips:.4g} img/s", f"{n.compressed_ips:.4g} img/s"
+    diff = differences(base.machine, now.machine)
+    if diff:
+        return Row(metric, before, after, "", "skip",
+                   "another machine (" + "; ".join(diff) + "): only the speedup is compared")
+    # images/s ratio now/before = median latency before / now
+    db = stats.median_draws(b.compressed.samples_ms, seed=3)
+    dn = stats.median_draws(n.compressed.samples_ms, seed=4)
+    lo, hi = stats.ratio_interval(db, dn, tol.confidence)
+    return _ratio_row(metric, before, after, lo, hi, n.compressed_ips / b.compressed_ips,
+                      tol.max_throughput_drop, tol.confidence)
+
+
+def speed_rows(base: Report, now: Report, tol: CheckCfg) -> list[Row]:
+    """The speedup row and the absolute-throughput row (skipped rows say why)."""
+    if base.throughput is None or now.throughput is None:
+        which = "the baseline" if base.throughput is None else "this bundle"
+        return [Row(m, "", "", "", "skip", f"not timed in {which} (built with --no-bench)")
+                for m in ("throughput.speedup", "throughput.compressed_ips")]
+    rounds = min(t.compressed.n for t in (base.throughput, now.throughput))
+    if rounds < MIN_ROUNDS:
+        return [Row(m, "", "", "", "skip", f"{rounds} timed rounds; a noise-aware verdict "
+                    f"needs >= {MIN_ROUNDS} (validate.repeats)")
+                for m in ("throughput.speedup", "throughput.compressed_ips")]
+    return [_speedup(base.throughput, now.throughput, tol), _throughput(base, now, tol)]
