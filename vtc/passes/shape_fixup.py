@@ -58,21 +58,15 @@ def _all_values(graph: ir.Graph) -> list[ir.Value]:
 
 
 def _unfold(a: int, b: int, s0: int, oo: list[int], batch: int | None) -> int | None:
-    """The output axis holding the tokens when a Reshape splits an input axis that folded
-    tokens with the batch (`[N·B, C] → [N, B, C]`, nn.MultiheadAttention's
-    sequence-first layout): inside the output run that spans the old axis (`a` elements
-    from offset `s0`), the dim that scales by b/a — not the batch when another one does,
-    else the first (sequence-first order)."""
-    for j in range(len(oo)):
-        if math.prod(oo[:j]) != s0:
-            continue
-        for k in range(j + 2, len(oo) + 1):
-            if math.prod(oo[j:k]) != a:
-                continue
-            fits = [m for m in range(j, k) if oo[m] > 1 and oo[m] * b % a == 0]
-            other = [m for m in fits if oo[m] != batch]
-            return (other or fits or [None])[0]
-    return None
+    """The output axis holding the tokens when a Reshape splits a leading input axis
+    that folded the tokens with the batch, `[N·B, C] → [N, B, C]` (nn.MultiheadAttention's
+    sequence-first layout) or `[B·N, C] → [B, N, C]`: the output pair that spans it
+    holds the batch, and the tokens are the other one (the first when both equal B).
+    None for any other split (a grid: `[B, N, C] → [B, h, w, C]`)."""
+    if batch is None or s0 != 1 or len(oo) < 2 or oo[0] * oo[1] != a or batch not in oo[:2]:
+        return None
+    m = 0 if oo[0] != batch or oo[1] == batch else 1
+    return m if oo[m] * b % a == 0 else None
 
 
 def _reshape_target(io: list[int], in_: list[int], oo: list[int], t: list[int], name: str,
