@@ -22,9 +22,9 @@ from vtc.report import (
     Report,
     SourceInfo,
     Stats,
-    TokensOutInfo,
     ThroughputInfo,
     TimingInfo,
+    TokensOutInfo,
     UnmergeInfo,
 )
 from vtc.validate.dense import dense_fidelity

@@ -66,7 +66,7 @@ class Encoder(nn.Module):
             for _ in range(DEPTH))
         self.norm = nn.LayerNorm(DIM)
         with torch.no_grad():  # random LayerNorm affines and biases: no exporter folds them
-            for name, p in self.named_parameters():
+            for p in self.parameters():
                 if p.ndim == 1:
                     p.add_(torch.randn_like(p) * 0.2)
         self.eval()

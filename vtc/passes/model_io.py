@@ -25,7 +25,6 @@ from onnx_ir.passes.common import ShapeInferencePass
 
 from vtc.passes.graph import GraphError, initializer, is_const, static_dims
 
-
 # Protobuf refuses single files over 2 GiB: a graph whose tensors exceed this many bytes
 # is written with its weights in `<name>.data` beside it (read at call time, so a test
 # can lower it).

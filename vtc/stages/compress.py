@@ -96,8 +96,8 @@ def _reduce(model: ir.Model, blocks: list[Block], budget: Budget, track: bool,
         x = layout.batch_first(em, blk, blk.x_mid)
         if size is None and sizes and not method.merges:
             size = unit_sizes(em, x)
-        out = method.emit(methods.Site(
-            em, layout.method_view(em, blk, plan.tokens_in), x, size, plan, budget.protected, track))
+        view = layout.method_view(em, blk, plan.tokens_in)
+        out = method.emit(methods.Site(em, view, x, size, plan, budget.protected, track))
         size = out.size
         if track:
             assert out.slots is not None, f"{plan.method} gave no slots to unmerge with"
