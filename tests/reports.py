@@ -26,6 +26,7 @@ from vtc.report import (
     Stats,
     ThroughputInfo,
     TimingInfo,
+    TokensOutInfo,
     UnmergeInfo,
 )
 from vtc.validate.dense import dense_fidelity
@@ -73,7 +74,8 @@ def sample_report(**changes: Any) -> Report:
                           flops_overhead=12),
         graph=GraphInfo(blocks=3, sites=3, constants_fixed=9, batch_constants=0,
                         unmerge=UnmergeInfo(2, 197, ["node_view_16"]),
-                        op_counts_before={"MatMul": 10}, op_counts_after={"MatMul": 16}),
+                        op_counts_before={"MatMul": 10}, op_counts_after={"MatMul": 16},
+                        tokens_out=TokensOutInfo("merged", ["tokens"], 173, "token_sizes")),
         engine=EngineInfo("ort", ["CPUExecutionProvider"], "model.ort.onnx"),
         machine=MACHINE,
         fusions=FusionInfo({"Gelu": 3}, {"Gelu": 2}, {"Gelu": 1}, {}),

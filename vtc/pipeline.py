@@ -133,15 +133,17 @@ def build(opts: Options, src: Source, tmp: Path) -> Report:
     exported = export(loaded, recipe, tmp, opts.log)
     step(f"rewriting: {budget.label}, tokens {budget.tokens_in} → {budget.tokens_out}, "
          f"FLOPs ratio {budget.flops_ratio:.2f}")
-    comp = compress(exported, budget, recipe.unmerge, tmp, prepared=loaded.graph)
+    comp = compress(exported, budget, recipe.unmerge, tmp, prepared=loaded.graph,
+                    tokens_out=recipe.tokens_out)
     dense = is_dense(comp.output_shape)
     if recipe.validate_.dataset and dense:
         raise SourceError(f"validate.dataset={recipe.validate_.dataset}: a linear probe needs "
                           "an embedding or logits output, not a dense map; drop the dataset")
     step(f"compiling {recipe.backend.kind} engines")
     inputs = select_inputs(recipe, opts.images, loaded, dense)
-    with compile_engines(recipe, exported.baseline, comp.path, tmp) as eng:
-        val = validate(recipe, loaded, budget, eng, inputs, dense, opts.bench, step, opts.log)
+    with compile_engines(recipe, exported.baseline, comp.path, tmp, twin=comp.twin) as eng:
+        val = validate(recipe, loaded, budget, eng, inputs, dense, opts.bench, step, opts.log,
+                       comp.graph.tokens_out)
     report = Report(
         vtc_version=vtc.__version__,
         source=SourceInfo(src.spec, src.kind, src.model_type,

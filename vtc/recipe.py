@@ -117,6 +117,9 @@ class RecipeBase(_Strict):
     method: list[str]
     # copy merged tokens back to the full grid before a consumer that needs it (dense heads)
     unmerge: Literal["auto", "always", "never"] = "auto"
+    # a graph output that is the token sequence (an encoder a decoder reads): unmerge it to
+    # full length, or keep it merged with a second output, token_sizes [B, N']
+    tokens_out: Literal["unmerge", "merged"] = "unmerge"
     export: ExportCfg = Field(default_factory=ExportCfg)
     backend: BackendCfg = Field(default_factory=BackendCfg)
     validate_: ValidateCfg = Field(default_factory=ValidateCfg, alias="validate")

@@ -67,6 +67,17 @@ class UnmergeInfo:
 
 
 @dataclass
+class TokensOutInfo:
+    """A graph output that is the token sequence (an encoder's memory for a decoder)
+    and what the recipe's `tokens_out` did with it."""
+
+    mode: Literal["unmerge", "merged"]  # full length, or merged + token_sizes
+    outputs: list[str]  # the token-sequence outputs
+    tokens: int  # tokens in those outputs after compression
+    sizes_output: str | None  # merged: the [B, N'] output of each token's size
+
+
+@dataclass
 class GraphInfo:
     """What the compress stage did to the graph."""
 
@@ -77,6 +88,7 @@ class GraphInfo:
     unmerge: UnmergeInfo | None
     op_counts_before: dict[str, int]
     op_counts_after: dict[str, int]
+    tokens_out: TokensOutInfo | None = None  # only when an output is the token sequence
 
 
 @dataclass
@@ -149,13 +161,16 @@ class ParityInfo:
 
 @dataclass
 class FidelityInfo:
-    """Compressed vs uncompressed engine, per sample."""
+    """Compressed vs uncompressed engine: per sample, or per token for a token-sequence
+    output (`basis`: "token" compares every token after unmerge; "pooled" the
+    size-weighted mean token, when pruned tokens cannot be unmerged)."""
 
     n: int
     cosine_mean: float
     cosine_min: float
     top1_agreement: float | None = None  # classifiers only
     top5_agreement: float | None = None  # classifiers with >= 5 classes
+    basis: Literal["sample", "token", "pooled"] = "sample"
 
 
 @dataclass

@@ -12,6 +12,7 @@ from typing import Literal
 
 from vtc import zoo
 from vtc.errors import InputError
+from vtc.passes.model_io import external_files
 from vtc.util import sha256_file
 
 
@@ -27,9 +28,9 @@ class Source:
     model_type: str | None = None
 
     def digest(self) -> str:
-        """sha256 over the weight files (hf) or the .onnx file."""
+        """sha256 over the weight files (hf) or the .onnx file and its external data."""
         h = hashlib.sha256()
-        files = [self.path] if self.kind == "onnx" else sorted(
+        files = [self.path, *external_files(self.path)] if self.kind == "onnx" else sorted(
             p for p in self.path.iterdir()
             if p.suffix in {".safetensors", ".bin", ".json"} and p.is_file()
         )

@@ -62,9 +62,9 @@ def test_dinov2_other_resolution(tmp_path: Path) -> None:
 
 
 def test_large_models_use_external_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from vtc.exporter import export as export_mod
+    from vtc.passes import model_io
 
-    monkeypatch.setattr(export_mod, "INLINE_LIMIT_BYTES", 0)
+    monkeypatch.setattr(model_io, "INLINE_LIMIT_BYTES", 0)
     family, model = build_variant("clip")
     path = export_onnx(family, model, 1, IMAGE, tmp_path / "big.onnx")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.onnx", "big.onnx.data"]

@@ -113,6 +113,14 @@ def test_reshape_target_uses_spans_not_values() -> None:
         2, -1, 4, 16]
     with pytest.raises(GraphError, match="splits the token axis"):
         _reshape_target([2, 16, 64], [2, 12, 64], [2, 4, 4, 64], [2, 4, 4, 64], "grid")
+    # nn.MultiheadAttention, sequence-first: tokens folded with the batch, [N·B, C] → [N, B, C]
+    assert _reshape_target([136, 32], [104, 32], [17, 8, 32], [17, 8, 32], "r", batch=8) == [
+        13, 8, 32]
+    assert _reshape_target([136, 32], [104, 32], [8, 17, 32], [8, 17, 32], "r", batch=8) == [
+        8, 13, 32]
+    # a grid is still a grid when the batch equals one of its sides
+    with pytest.raises(GraphError, match="splits the token axis"):
+        _reshape_target([4, 16, 64], [4, 12, 64], [4, 4, 4, 64], [4, 4, 4, 64], "g", batch=4)
 
 
 def _unfold_masks(src: Path, dst: Path) -> int:

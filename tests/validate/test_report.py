@@ -71,6 +71,9 @@ def test_write_report_json_and_md(tmp_path: Path) -> None:
     assert "output: **depth**, 2 images" in md
     assert "| IoU above the baseline's q0.8 value | 1 | 1 |" in md
     assert "unmerge after block 2 back to 197 tokens, before node_view_16" in md
+    assert ("token-sequence output(s) tokens: tokens_out **merged**, 173 tokens; each "
+            "token's size in output `token_sizes`") in md
+    assert "- basis: sample" in md
     assert "min_dense_iou (not measurable in this run)" in md
     assert md.index("## Fidelity") < md.index("## Dense") < md.index("## Throughput")
     assert not list((tmp_path / "out").glob("*.tmp"))

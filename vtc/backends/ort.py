@@ -107,6 +107,13 @@ class OrtRunner(Runner):
         if self.optimized_model_path is not None:
             self.optimized_model_path.parent.mkdir(parents=True, exist_ok=True)
             opts.optimized_model_filepath = str(self.optimized_model_path)
+            if self.model_path.with_name(self.model_path.name + ".data").is_file():
+                # a graph past protobuf's 2 GB limit: the engine keeps its weights beside it
+                opts.add_session_config_entry(
+                    "session.optimized_model_external_initializers_file_name",
+                    self.optimized_model_path.name + ".data")
+                opts.add_session_config_entry(
+                    "session.optimized_model_external_initializers_min_size_in_bytes", "1024")
         if self.intra_op_threads is not None:
             opts.intra_op_num_threads = self.intra_op_threads
         with warnings.catch_warnings():

@@ -18,10 +18,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .registry import Family
+from vtc.passes import model_io
 
-# Protobuf refuses single files over 2 GiB; stay clear of it.
-INLINE_LIMIT_BYTES = 1_800_000_000
+from .registry import Family
 
 
 @contextlib.contextmanager
@@ -63,7 +62,8 @@ def export_onnx(
     TorchScript exporter (opset capped at 17). ``dynamic_batch`` makes axis 0
     of the input and outputs symbolic (``batch``); ``batch`` is then only the
     example's size. Weights are stored inline unless
-    they exceed ~1.8 GB, in which case they go to ``<path>.data`` next to it.
+    they exceed ``passes.model_io.INLINE_LIMIT_BYTES`` (~1.8 GB, protobuf's 2 GB limit),
+    in which case they go to ``<path>.data`` next to it.
     The file is written to a temporary name in the same directory and moved
     into place, so ``path`` is never left half-written.
     """
@@ -74,7 +74,7 @@ def export_onnx(
     channels = family.num_channels(model)
     example = torch.randn(batch, channels, image_size, image_size, dtype=torch.float32)
     output_names = list(family.output_names(model))
-    inline = _param_bytes(model) < INLINE_LIMIT_BYTES
+    inline = _param_bytes(model) <= model_io.INLINE_LIMIT_BYTES
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with _quiet_exporter(), torch.no_grad():

@@ -25,6 +25,34 @@ from onnx_ir.passes.common import ShapeInferencePass
 
 from vtc.passes.graph import GraphError, initializer, is_const, static_dims
 
+# Protobuf refuses single files over 2 GiB: a graph whose tensors exceed this many bytes
+# is written with its weights in `<name>.data` beside it (read at call time, so a test
+# can lower it).
+INLINE_LIMIT_BYTES = 1_800_000_000
+
+
+def tensor_bytes(model: ir.Model) -> int:
+    """Bytes held by the model's initializers (what an inline file would carry)."""
+    return sum(v.const_value.nbytes for v in model.graph.initializers.values()
+               if v.const_value is not None)
+
+
+def save_model(model: ir.Model, path: Path) -> None:
+    """Write `model` to `path`: inline, or with external data in `<path name>.data`
+    beside it when its tensors exceed `INLINE_LIMIT_BYTES`."""
+    if tensor_bytes(model) > INLINE_LIMIT_BYTES:
+        ir.save(model, path, external_data=f"{path.name}.data")
+    else:
+        ir.save(model, path)
+
+
+def external_files(path: Path) -> list[Path]:
+    """The external data files an ONNX file names (relative to its folder), sorted."""
+    proto = onnx.load(str(path), load_external_data=False)
+    return sorted({path.parent / e.value for t in _tensors(proto.graph)
+                   if t.data_location == onnx.TensorProto.EXTERNAL
+                   for e in t.external_data if e.key == "location"})
+
 
 def read_onnx(path: Path | str) -> onnx.ModelProto:
     """Read an ONNX file with its external data (any layout the onnx package writes,

@@ -17,7 +17,9 @@ input changed shape. Which entry of a Reshape target holds the token count is
 decided from element spans (the product of the dims before it), never from
 the value alone, so a head dimension equal to N is left alone. A reshape that
 splits the token axis (e.g. back to a 2-D grid) cannot be fixed here and is
-reported by name.
+reported by name — except where the split axis folded the tokens with the batch
+(`[N·B, C] → [N, B, C]`, the sequence-first layout of nn.MultiheadAttention):
+that is a token reshape, and the token dim of the output is rewritten.
 """
 
 from __future__ import annotations
@@ -55,8 +57,20 @@ def _all_values(graph: ir.Graph) -> list[ir.Value]:
     return vals
 
 
-def _reshape_target(io: list[int], in_: list[int], oo: list[int], t: list[int], name: str
-                    ) -> list[int]:
+def _unfold(a: int, b: int, s0: int, oo: list[int], batch: int | None) -> int | None:
+    """The output axis holding the tokens when a Reshape splits a leading input axis
+    that folded the tokens with the batch, `[N·B, C] → [N, B, C]` (nn.MultiheadAttention's
+    sequence-first layout) or `[B·N, C] → [B, N, C]`: the output pair that spans it
+    holds the batch, and the tokens are the other one (the first when both equal B).
+    None for any other split (a grid: `[B, N, C] → [B, h, w, C]`)."""
+    if batch is None or s0 != 1 or len(oo) < 2 or oo[0] * oo[1] != a or batch not in oo[:2]:
+        return None
+    m = 0 if oo[0] != batch or oo[1] == batch else 1
+    return m if oo[m] * b % a == 0 else None
+
+
+def _reshape_target(io: list[int], in_: list[int], oo: list[int], t: list[int], name: str,
+                    batch: int | None = None) -> list[int]:
     new = list(t)
     for i, (a, b) in enumerate(zip(io, in_, strict=True)):
         if a == b:
@@ -67,6 +81,11 @@ def _reshape_target(io: list[int], in_: list[int], oo: list[int], t: list[int], 
         for j in range(len(oo)):
             if math.prod(oo[:j]) <= s0 and math.prod(oo[: j + 1]) >= s1 and oo[j] % a == 0:
                 hit = j
+        folded = _unfold(a, b, s0, oo, batch) if hit is None else None
+        if folded is not None:
+            if new[folded] not in (-1, 0):
+                new[folded] = oo[folded] * b // a
+            continue
         if hit is None:
             raise GraphError(
                 f"Reshape {name!r} splits the token axis ({io} → {oo}); vtc cannot give it a "
@@ -84,6 +103,9 @@ class _Fixer:
         self.old = old
         self.opset = model.opset_imports.get("", 18)
         self.fixed = 0
+        shape = model.graph.inputs[0].shape if model.graph.inputs else None
+        first = shape[0] if shape is not None and len(shape) else None
+        self.batch = first if isinstance(first, int) else None
 
     def const(self, arr: np.ndarray, hint: str) -> ir.Value:
         self.fixed += 1
@@ -101,6 +123,8 @@ class _Fixer:
 
     def fix_node(self, node: ir.Node) -> None:
         op = node.op_type
+        if (node.name or "").startswith("vtc_"):
+            return  # written by vtc for the new token counts already
         if op == "Reshape" and is_const(node.inputs[1]):
             ch = self.changed(node.inputs[0])
             if ch is not None:
@@ -108,7 +132,7 @@ class _Fixer:
                 oo = self.old.get(id(node.outputs[0]))
                 if oo is None:
                     raise GraphError(f"Reshape {node.name!r}: output shape unknown before rewrite")
-                new = _reshape_target(ch[0], ch[1], oo, t, node.name or "")
+                new = _reshape_target(ch[0], ch[1], oo, t, node.name or "", self.batch)
                 if new != t:
                     node.replace_input_with(1, self.const(np.array(new, np.int64), "shape"))
         elif op == "Expand" and is_const(node.inputs[1]):

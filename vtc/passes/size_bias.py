@@ -6,7 +6,9 @@ attention weight of s tokens (ToMe §3). Before the Softmax of the block::
     before:  logits[B, H, N, N] ─────────────────────────────► Softmax
     after:   logits[B, H, N, N] ─► Add(log(s)ᵀ[B, 1, 1, N]) ─► Softmax
 
-`s` is the `[B, N, 1]` size tensor the merges carry beside the stream.
+`s` is the `[B, N, 1]` size tensor the merges carry beside the stream. Folded
+heads (logits `[B·H, N, N]`, nn.MultiheadAttention) get the bias as `[B·H, 1, N]`
+(`vtc.passes.layout.logit_bias`).
 """
 
 from __future__ import annotations
@@ -15,13 +17,15 @@ import onnx_ir as ir
 
 from vtc.passes.emit import Emitter
 from vtc.passes.graph import Block
+from vtc.passes.layout import logit_bias
 
 
 def add_size_bias(graph: ir.Graph, blk: Block, size: ir.Value) -> None:
-    """logits[B, H, N, N] += log(s)[B, 1, 1, N] right before the block's Softmax."""
+    """logits[B, H, N, N] += log(s)[B, 1, 1, N] right before the block's Softmax
+    (folded logits `[B·H, N, N]`: += `[B·H, 1, N]`)."""
     em = Emitter(graph, f"vtc_size_bias{blk.index}")
     logs = em.op("Log", em.op("Transpose", size, perm=[0, 2, 1]))  # [B, 1, N]
-    bias = em.op("Unsqueeze", logs, em.const([1]))  # [B, 1, 1, N]
+    bias = logit_bias(em, blk, em.op("Unsqueeze", logs, em.const([1])))  # [B, 1, 1, N]
     logits = blk.softmax.inputs[0]
     assert logits is not None
     new_logits = em.op("Add", logits, bias)

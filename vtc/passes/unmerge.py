@@ -17,7 +17,14 @@ After (each merge k also emits d_k[B, n_k]: the output slot of each input token)
 `find_grid_consumer` walks forward from the last block's output, following
 the token axis through token-wise ops (LayerNorm pieces, Linear MatMuls,
 Slice, Transpose, Reshapes that keep the token axis whole) until a Reshape
-splits it into a grid. A node it cannot see through is reported by name.
+splits it into a grid. A node it cannot see through is reported by name. A
+graph output the walk reaches with the token axis whole is a token sequence
+(an encoder whose memory a decoder reads): it is unmerged the same way, or
+left merged with a `token_sizes` output beside it (`vtc.passes.token_sizes`).
+
+A sequence-first stream (`[N_L, B, C]`, `Block.seq_first`) is transposed to
+`[B, N_L, C]` for the gather and back; when x_L is itself a graph output, the
+gathered `[B, N, C]` takes its place (and its name) among the graph outputs.
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ class GridSearch:
 
     consumers: list[ir.Node] = field(default_factory=list)
     blockers: list[tuple[ir.Node, str]] = field(default_factory=list)
+    outputs: list[ir.Value] = field(default_factory=list)  # token-sequence graph outputs
 
     def describe_blocker(self) -> str:
         node, why = self.blockers[0]
@@ -123,13 +131,16 @@ def _next_axis(node: ir.Node, v: ir.Value, t: int) -> tuple[str, int | str]:
     return "block", "vtc cannot follow the token axis through it"
 
 
-def find_grid_consumer(x: ir.Value) -> GridSearch:
-    """Walk forward from the token stream x `[B, N, C]` (token axis 1)."""
+def find_grid_consumer(x: ir.Value, axis: int = 1) -> GridSearch:
+    """Walk forward from the token stream x `[B, N, C]` (token axis `axis`: 0 for a
+    sequence-first `[N, B, C]`)."""
     res = GridSearch()
-    todo: list[tuple[ir.Value, int]] = [(x, 1)]
+    todo: list[tuple[ir.Value, int]] = [(x, axis)]
     seen: set[tuple[int, int]] = set()
     while todo:
         v, t = todo.pop()
+        if v.is_graph_output() and all(o is not v for o in res.outputs):
+            res.outputs.append(v)
         for node, _idx in v.uses():
             if (id(node), t) in seen:
                 continue
@@ -181,12 +192,24 @@ def compose(em: Emitter, total: ir.Value | None, d: ir.Value) -> ir.Value:
 
 
 def apply_unmerge(model: ir.Model, last: Block, total: ir.Value) -> None:
-    """x_out `[B, N_L, C]` of the last block → `[B, N, C]` for every consumer."""
+    """x_out `[B, N_L, C]` (or `[N_L, B, C]`) of the last block → `[B, N, C]` (or
+    `[N, B, C]`) for every consumer, a graph output included."""
     em = Emitter(model.graph, "vtc_unmerge")
     idx = em.op("Cast", total, to=ir.DataType.INT64)
-    full = em.gather_rows(last.x_out, idx, last.width)
+    x = last.x_out
+    if last.seq_first:
+        x = em.op("Transpose", x, perm=[1, 0, 2])
+    full = em.gather_rows(x, idx, last.width)
+    if last.seq_first:
+        full = em.op("Transpose", full, perm=[1, 0, 2])
     nodes = list(em.nodes)
     anchor = last.x_out.producer()
     assert anchor is not None
     em.insert_after(anchor)
+    outs = model.graph.outputs
+    for i, v in enumerate(outs):
+        if v is last.x_out:  # the merged stream was the output: the full one replaces it
+            name, v.name = v.name, f"{v.name}_merged"
+            full.name, full.type = name, v.type
+            outs[i] = full
     rewire(last.x_out, full, nodes)

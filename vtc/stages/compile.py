@@ -21,10 +21,14 @@ from vtc.report import EngineInfo, FusionInfo
 
 @dataclass
 class Compiled:
+    """Both loaded engines; `twin`: the unmerged twin of a merged token output
+    (fidelity only; its files are removed when the block ends)."""
+
     baseline: Runner
     compressed: Runner
     info: EngineInfo
     fusions: FusionInfo | None
+    twin: Runner | None = None
 
 
 def options(recipe: RecipeBase, input_shape: tuple[int, ...] | None = None
@@ -35,18 +39,40 @@ def options(recipe: RecipeBase, input_shape: tuple[int, ...] | None = None
 
 
 @contextmanager
+def _twin(recipe: RecipeBase, twin: Path | None, tmp: Path, opts: engines.EngineOptions
+          ) -> Iterator[Runner | None]:
+    """The unmerged twin's engine (outside the bundle: every file it made is removed)."""
+    if twin is None:
+        yield None
+        return
+    engine = engines.get(recipe.backend.kind)
+    made = tmp / f".twin{engine.suffix}"
+    try:
+        with engine.runner(twin, made, opts) as rt:
+            yield rt
+    finally:
+        for f in [twin, made]:
+            for p in [f, f.with_name(f.name + ".data")]:
+                p.unlink(missing_ok=True)
+
+
+@contextmanager
 def compile_engines(recipe: RecipeBase, baseline: Path, model: Path, tmp: Path,
-                    input_shape: tuple[int, ...] | None = None) -> Iterator[Compiled]:
-    """Build and load both engines; yields them with what the build reported."""
+                    input_shape: tuple[int, ...] | None = None, twin: Path | None = None
+                    ) -> Iterator[Compiled]:
+    """Build and load both engines (and the unmerged twin's, `twin`); yields them with
+    what the build reported."""
     engine = engines.get(recipe.backend.kind)
     opts = options(recipe, input_shape)
     base_file = tmp / f"baseline{engine.suffix}"
     comp_file = tmp / f"model{engine.suffix}"
     base_rt = engine.runner(baseline, base_file, opts)
     comp_rt = engine.runner(model, comp_file, opts)
-    with base_rt, comp_rt:
+    with base_rt, comp_rt, _twin(recipe, twin, tmp, opts) as twin_rt:
         counts = engine.fusions(base_file, comp_file)
         base_file.unlink(missing_ok=True)
+        base_file.with_name(base_file.name + ".data").unlink(missing_ok=True)
         info = EngineInfo(kind=engine.name, providers=engine.providers(comp_rt),
                           file=comp_file.name)
-        yield Compiled(base_rt, comp_rt, info, FusionInfo(**counts) if counts else None)
+        yield Compiled(base_rt, comp_rt, info, FusionInfo(**counts) if counts else None,
+                       twin_rt)

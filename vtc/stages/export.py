@@ -4,7 +4,8 @@ An HF model is exported by the dynamo exporter (static shapes, or a symbolic
 batch with `export.dynamic_batch`). An ONNX source is written as the passes see
 it: pinned to the build batch and folded (so both engines run the same static
 shapes), or unchanged when the batch stays dynamic; external data is read in and
-the file is written inline.
+the file is written inline — or, past protobuf's 2 GB limit
+(`passes.model_io.INLINE_LIMIT_BYTES`), with its weights in `baseline.onnx.data`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import onnx
 import onnx_ir as ir
 
 from vtc.exporter.export import export_onnx
+from vtc.passes.model_io import save_model
 from vtc.recipe import RecipeBase
 from vtc.stages.load import Loaded
 
@@ -45,8 +47,8 @@ def export(loaded: Loaded, recipe: RecipeBase, tmp: Path,
         export_onnx(loaded.family, loaded.model, loaded.batch, loaded.size, path,
                     opset=recipe.export.opset, dynamic_batch=dynamic)
     elif loaded.graph is not None:
-        ir.save(loaded.graph, path)
+        save_model(loaded.graph, path)
     else:
         assert loaded.proto is not None
-        onnx.save(loaded.proto, str(path))
+        save_model(ir.from_proto(loaded.proto), path)
     return Exported(path, loaded.batch, loaded.size, dynamic, declared_opset(path))

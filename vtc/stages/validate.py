@@ -34,12 +34,13 @@ from vtc.report import (
     InputsInfo,
     ParityInfo,
     ThroughputInfo,
+    TokensOutInfo,
 )
 from vtc.source import SourceError
 from vtc.stages.compile import Compiled
 from vtc.stages.load import Loaded
 from vtc.validate.bench import measure_interleaved, throughput_info
-from vtc.validate.fidelity import fidelity
+from vtc.validate.fidelity import fidelity, pooled_fidelity, token_fidelity
 from vtc.validate.parity import compare
 from vtc.validate.tasks import dense_report, probe_report, run_engine
 
@@ -97,7 +98,24 @@ def _eager(loaded: Loaded, budget: Budget | None
     return lambda t: dict(zip(wrapped.output_names, wrapped(t), strict=True))
 
 
-def tiers(loaded: Loaded, budget: Budget, eng: Compiled, inputs: Inputs, dense: bool
+def _fidelity(b: np.ndarray, c: np.ndarray, classifier: bool, eng: Compiled,
+              inputs: Inputs, batch: int, tokens: TokensOutInfo | None) -> FidelityInfo:
+    """Per sample; for a token-sequence output per token after unmerge (the unmerged
+    twin's tokens when the bundle keeps them merged), or pooled for pruned tokens."""
+    if tokens is None:
+        return FidelityInfo(**fidelity(b, c, classifier))  # type: ignore[arg-type]
+    if tokens.mode == "unmerge":
+        return FidelityInfo(**token_fidelity(b, c))  # type: ignore[arg-type]
+    if eng.twin is not None:
+        full = run_engine(eng.twin, inputs.x, batch, eng.twin.output_names[0])
+        return FidelityInfo(**token_fidelity(b, full))  # type: ignore[arg-type]
+    assert tokens.sizes_output is not None
+    sizes = run_engine(eng.compressed, inputs.x, batch, tokens.sizes_output)
+    return FidelityInfo(**pooled_fidelity(b, c, sizes))  # type: ignore[arg-type]
+
+
+def tiers(loaded: Loaded, budget: Budget, eng: Compiled, inputs: Inputs, dense: bool,
+          tokens: TokensOutInfo | None = None
           ) -> tuple[str, ParityInfo, FidelityInfo, DenseInfo | None]:
     """Parity (both tiers), fidelity and dense fidelity on `inputs`."""
     name, batch = eng.compressed.output_names[0], loaded.batch
@@ -113,7 +131,7 @@ def tiers(loaded: Loaded, budget: Budget, eng: Compiled, inputs: Inputs, dense: 
         parity = ParityInfo(None, None, "ONNX source: no eager model, parity tiers not "
                             "measurable")
         classifier = "logit" in name.lower()
-    fid = FidelityInfo(**fidelity(b, c, classifier))  # type: ignore[arg-type]
+    fid = _fidelity(b, c, classifier, eng, inputs, batch, tokens)
     dense_info = None
     if dense:
         d = dense_report(b, c, name)
@@ -154,10 +172,12 @@ def probe(recipe: RecipeBase, loaded: Loaded, eng: Compiled, log: Log) -> Accura
 
 
 def validate(recipe: RecipeBase, loaded: Loaded, budget: Budget, eng: Compiled,
-             inputs: Inputs, dense: bool, bench: bool, step: Log, log: Log) -> Validation:
-    """All tiers, in the order that keeps the timing honest (module docstring)."""
+             inputs: Inputs, dense: bool, bench: bool, step: Log, log: Log,
+             tokens: TokensOutInfo | None = None) -> Validation:
+    """All tiers, in the order that keeps the timing honest (module docstring).
+    `tokens`: the graph's token-sequence output, when it has one (per-token fidelity)."""
     step("validating: parity, fidelity")
-    name, parity, fid, dense_info = tiers(loaded, budget, eng, inputs, dense)
+    name, parity, fid, dense_info = tiers(loaded, budget, eng, inputs, dense, tokens)
     timing = None
     v = recipe.validate_
     if bench:

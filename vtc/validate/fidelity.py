@@ -38,3 +38,32 @@ def fidelity(base: np.ndarray, comp: np.ndarray, classifier: bool) -> dict[str, 
         c_top5 = np.argpartition(-np.asarray(comp), 4, axis=1)[:, :5]
         out["top5_agreement"] = float(np.mean(np.any(c_top5 == b_top1[:, None], axis=1)))
     return out
+
+
+def _cos_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine of matching rows of a, b `[..., C]`, flattened to `[rows]`."""
+    return per_sample_cosine(a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1]))
+
+
+def token_fidelity(base: np.ndarray, comp: np.ndarray) -> dict[str, float | int | str]:
+    """Per-token cosine of two token sequences `[n, N, C]` (the compressed one unmerged
+    to all N tokens): mean and min over every token of every sample."""
+    if base.shape != comp.shape or base.ndim != 3:
+        raise ValueError(f"token outputs must both be [n, N, C]: {base.shape} vs {comp.shape}")
+    cos = _cos_rows(base, comp)
+    return {"n": int(base.shape[0]), "cosine_mean": float(cos.mean()),
+            "cosine_min": float(cos.min()), "basis": "token"}
+
+
+def pooled_fidelity(base: np.ndarray, comp: np.ndarray, sizes: np.ndarray
+                    ) -> dict[str, float | int | str]:
+    """Cosine of the size-weighted mean token of a merged sequence `comp` `[n, N', C]`
+    (sizes `[n, N']`) against the mean token of `base` `[n, N, C]`, per sample: for
+    pruned tokens, which cannot be unmerged."""
+    if base.ndim != 3 or comp.ndim != 3 or sizes.shape != comp.shape[:2]:
+        raise ValueError(f"expected [n, N, C], [n, N', C] and [n, N']: {base.shape}, "
+                         f"{comp.shape}, {sizes.shape}")
+    pooled = (comp * sizes[..., None]).sum(1) / sizes.sum(1, keepdims=True)
+    cos = _cos_rows(base.mean(1), pooled)
+    return {"n": int(base.shape[0]), "cosine_mean": float(cos.mean()),
+            "cosine_min": float(cos.min()), "basis": "pooled"}

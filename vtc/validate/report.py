@@ -88,6 +88,12 @@ def _graph(g: GraphInfo) -> list[str]:
     if g.unmerge is not None:
         lines.append(f"- unmerge after block {g.unmerge.after_block} back to {g.unmerge.tokens} "
                      f"tokens, before {', '.join(g.unmerge.consumers) or '(forced)'}")
+    if g.tokens_out is not None:
+        t = g.tokens_out
+        lines.append(f"- token-sequence output(s) {', '.join(t.outputs)}: tokens_out "
+                     f"**{t.mode}**, {t.tokens} tokens"
+                     + (f"; each token's size in output `{t.sizes_output}`"
+                        if t.sizes_output else ""))
     grew = {op: n - g.op_counts_before.get(op, 0) for op, n in g.op_counts_after.items()
             if n != g.op_counts_before.get(op, 0)}
     change = ", ".join(f"{k} {v:+d}" for k, v in grew.items()) or "no change"
