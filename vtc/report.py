@@ -57,6 +57,9 @@ class BudgetInfo:
     flops: int  # MACs per image, compressed
     flops_ratio: float
     flops_overhead: int  # the reductions' own bookkeeping MACs (not in flops_ratio)
+    # each attention-ranked method's token score: "cls" (attention from the CLS token) or
+    # "mean" (attention received, averaged over heads and queries)
+    scores: dict[str, Literal["cls", "mean"]] = field(default_factory=dict)
 
 
 @dataclass

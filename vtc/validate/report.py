@@ -73,6 +73,9 @@ def _budget(b: BudgetInfo) -> list[str]:
              f"{b.tokens_out} ({b.protected} protected), FLOPs ratio **{_num(b.flops_ratio)}** "
              f"({_num(b.flops_base)} → {_num(b.flops)} MACs/image; the reductions' own "
              f"bookkeeping: {_num(b.flops_overhead)})", ""]
+    lines += [f"- {m} ranks tokens by **{s}** "
+              f"({'attention from the CLS token' if s == 'cls' else 'attention received'})"
+              for m, s in b.scores.items()] + ([""] if b.scores else [])
     rows = [[lp.index, lp.tokens_in, lp.tokens_out, lp.method,
              ", ".join(f"{k}={_num(v)}" for k, v in lp.params.items()) or "",
              "yes" if lp.attn_bias else ""] for lp in b.layers]
