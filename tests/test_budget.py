@@ -139,7 +139,7 @@ def test_layers_in_a_section_are_checked() -> None:
 
 def test_evit_cls_score_needs_a_protected_token() -> None:
     no_cls = Geometry(tokens=16, protected=0, width=64, mlp_width=128, layers=3)
-    with pytest.raises(BudgetError, match="no CLS .* set evit.score=mean"):
+    with pytest.raises(BudgetError, match=r"no CLS .* set evit.score=mean"):
         evit_budget(no_cls, 0.5, [0], score="cls")
     b = evit_budget(no_cls, 0.5, [0], score="mean")
     assert b.scores == {"evit": "mean"} and b.layers[0].params["score"] == "mean"

@@ -127,8 +127,9 @@ def build(opts: Options, src: Source, tmp: Path) -> Report:
     check_memory(loaded, recipe.validate_.samples)
     budget = recipe.budget(loaded.geometry)
     dynamic = recipe.export.dynamic_batch
+    pre = loaded.pre
     step(f"exporting baseline.onnx (opset {recipe.export.opset}, batch "
-         f"{'dynamic' if dynamic else loaded.batch}, {loaded.size} px)")
+         f"{'dynamic' if dynamic else loaded.batch}, {pre.channels}×{pre.height}×{pre.width})")
     exported = export(loaded, recipe, tmp, opts.log)
     step(f"rewriting: {budget.label}, tokens {budget.tokens_in} → {budget.tokens_out}, "
          f"FLOPs ratio {budget.flops_ratio:.2f}")
@@ -139,7 +140,7 @@ def build(opts: Options, src: Source, tmp: Path) -> Report:
                           "an embedding or logits output, not a dense map; drop the dataset")
     step(f"compiling {recipe.backend.kind} engines")
     inputs = select_inputs(recipe, opts.images, loaded, dense)
-    with compile_engines(recipe, exported.baseline, comp.path, tmp) as eng:
+    with compile_engines(recipe, exported.baseline, comp.path, tmp, pre=pre) as eng:
         val = validate(recipe, loaded, budget, eng, inputs, dense, opts.bench, step, opts.log)
     report = Report(
         vtc_version=vtc.__version__,
@@ -153,8 +154,9 @@ def build(opts: Options, src: Source, tmp: Path) -> Report:
     report.elapsed_s = round(time.perf_counter() - t0, 2)
     for g in report.gates:
         opts.log(bundle.format_gate(g))
-    shape: list[int | str] = ["batch" if dynamic else loaded.batch, 3, loaded.size, loaded.size]
-    bundle.write(tmp, report, bundle.manifest(report, src, tmp, shape, exported.opset))
+    shape: list[int | str] = ["batch" if dynamic else loaded.batch, pre.channels, pre.height,
+                              pre.width]
+    bundle.write(tmp, report, bundle.manifest(report, src, tmp, shape, exported.opset), pre)
     step(f"bundle complete in {report.elapsed_s:.1f} s")
     return report
 

@@ -57,6 +57,31 @@ class ExportCfg(_Strict):
         return v
 
 
+class InputCfg(_Strict):
+    """How images become the model input (resolved against the graph's input at load)."""
+
+    name: str | None = None  # the graph input carrying the image (graphs with several)
+    channels: Literal[1, 3] | None = None  # null: the graph's (or the model config's)
+    # null: crop for --images (and the runtime), stretch for datasets and photos
+    resize: Literal["crop", "pad", "stretch"] | None = None
+    mean: list[float] | None = Field(default=None, min_length=1, max_length=3)
+    std: list[float] | None = Field(default=None, min_length=1, max_length=3)
+
+    @field_validator("mean", "std")
+    @classmethod
+    def _finite(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and not all(math.isfinite(x) for x in v):
+            raise ValueError(f"{v} holds a value that is not a finite number")
+        return v
+
+    @field_validator("std")
+    @classmethod
+    def _positive(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and not all(x > 0 for x in v):
+            raise ValueError(f"std {v} must be positive (it divides the pixels)")
+        return v
+
+
 class BackendCfg(_Strict):
     kind: str = "ort"  # the engine registry's name: ort | tensorrt
     providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"],
@@ -102,6 +127,7 @@ class RecipeBase(_Strict):
     # copy merged tokens back to the full grid before a consumer that needs it (dense heads)
     unmerge: Literal["auto", "always", "never"] = "auto"
     export: ExportCfg = Field(default_factory=ExportCfg)
+    input: InputCfg = Field(default_factory=InputCfg)
     backend: BackendCfg = Field(default_factory=BackendCfg)
     validate_: ValidateCfg = Field(default_factory=ValidateCfg, alias="validate")
     gates: dict[str, float] = Field(default_factory=dict)

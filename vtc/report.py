@@ -100,6 +100,34 @@ class FusionInfo:
 
 
 @dataclass
+class ZeroInput:
+    """A graph input other than the image, fed zeros: `shape` (its first dim follows the
+    image batch) and numpy `dtype`."""
+
+    shape: list[int]
+    dtype: str
+
+
+@dataclass
+class Preprocess:
+    """How an image becomes the model input `name[B, channels, height, width]` (the
+    recipe's `input:` section resolved against the graph; the bundle's preprocess.json).
+
+    resize: `crop` (cover round(H·256/224) × round(W·256/224), center crop), `pad` (fit
+    inside, centred on black) or `stretch` (whole image to H×W); then pixels / 255,
+    `(x - mean) / std` per channel. `zero_inputs`: the graph's other inputs, fed zeros."""
+
+    name: str
+    channels: int
+    height: int
+    width: int
+    resize: Literal["crop", "pad", "stretch"]
+    mean: list[float]
+    std: list[float]
+    zero_inputs: dict[str, ZeroInput] = field(default_factory=dict)
+
+
+@dataclass
 class InputsInfo:
     kind: Literal["synthetic", "images", "photos"]
     count: int
@@ -107,6 +135,7 @@ class InputsInfo:
     seed: int | None = None
     folder: str | None = None
     names: list[str] | None = None
+    preprocess: Preprocess | None = None  # None only in reports of older vtc versions
 
 
 @dataclass

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vtc.backends import engines
-from vtc.backends.base import Runner
+from vtc.backends.base import Runner, ZeroFed
 from vtc.recipe import RecipeBase
-from vtc.report import EngineInfo, FusionInfo
+from vtc.report import EngineInfo, FusionInfo, Preprocess
 
 
 @dataclass
@@ -36,8 +36,11 @@ def options(recipe: RecipeBase, input_shape: tuple[int, ...] | None = None
 
 @contextmanager
 def compile_engines(recipe: RecipeBase, baseline: Path, model: Path, tmp: Path,
-                    input_shape: tuple[int, ...] | None = None) -> Iterator[Compiled]:
-    """Build and load both engines; yields them with what the build reported."""
+                    input_shape: tuple[int, ...] | None = None, pre: Preprocess | None = None
+                    ) -> Iterator[Compiled]:
+    """Build and load both engines; yields them with what the build reported. With
+    `pre` naming other graph inputs than the image, the runners feed those zeros
+    (`ZeroFed`) and take the image alone."""
     engine = engines.get(recipe.backend.kind)
     opts = options(recipe, input_shape)
     base_file = tmp / f"baseline{engine.suffix}"
@@ -49,4 +52,10 @@ def compile_engines(recipe: RecipeBase, baseline: Path, model: Path, tmp: Path,
         base_file.unlink(missing_ok=True)
         info = EngineInfo(kind=engine.name, providers=engine.providers(comp_rt),
                           file=comp_file.name)
-        yield Compiled(base_rt, comp_rt, info, FusionInfo(**counts) if counts else None)
+        fusions = FusionInfo(**counts) if counts else None
+        if pre is not None and pre.zero_inputs:
+            zeros = {k: (z.shape, z.dtype) for k, z in pre.zero_inputs.items()}
+            yield Compiled(ZeroFed(base_rt, pre.name, zeros), ZeroFed(comp_rt, pre.name, zeros),
+                           info, fusions)
+        else:
+            yield Compiled(base_rt, comp_rt, info, fusions)

@@ -130,10 +130,11 @@ def compress(exported: Exported, budget: Budget, unmerge: str, tmp: Path,
     dynamic = exported.dynamic
     batch = passes.PROBES[0] if dynamic else exported.batch
     model = prepared if prepared is not None and not dynamic else passes.load(
-        exported.baseline, batch, exported.size)
+        exported.baseline, batch, exported.size, exported.channels)
     info = rewrite(model, budget, unmerge)
     if dynamic:  # a twin at another batch shows which constants baked it
-        twin = passes.load(exported.baseline, passes.PROBES[1], exported.size)
+        twin = passes.load(exported.baseline, passes.PROBES[1], exported.size,
+                           exported.channels)
         rewrite(twin, budget, unmerge)
         info.batch_constants = passes.make_batch_dynamic(model, twin)
         passes.check(model)

@@ -41,14 +41,14 @@ from vtc.stages.load import Loaded
 from vtc.validate.bench import measure_interleaved, speedup
 from vtc.validate.fidelity import fidelity
 from vtc.validate.parity import compare
-from vtc.validate.tasks import dense_report, probe_report, run_engine
+from vtc.validate.tasks import ModelInput, dense_report, probe_report, run_engine
 
 Log = Callable[[str], None]
 
 
 @dataclass
 class Inputs:
-    x: np.ndarray  # float32 [N, 3, H, W], normalised
+    x: np.ndarray  # float32 [N, C, H, W], normalised (the graph's image input)
     info: InputsInfo
 
 
@@ -65,24 +65,28 @@ class Validation:
 
 def select_inputs(recipe: RecipeBase, images: Path | None, loaded: Loaded, dense: bool
                   ) -> Inputs:
-    """--images, else the photos (dense outputs, probes), else a synthetic batch."""
-    size, batch = loaded.size, loaded.batch
+    """--images, else the photos (dense outputs, probes), else a synthetic batch; each
+    shaped and normalised as the graph's image input `loaded.pre` says."""
+    pre, batch = loaded.pre, loaded.batch
+    size, c = loaded.hw, pre.channels
     n = max(batch, math.ceil(recipe.validate_.samples / batch) * batch)
     if images is not None:
         try:
-            x = load_images(images, size, loaded.mean, loaded.std, limit=None)
+            x = load_images(images, size, pre.mean, pre.std, limit=None, channels=c,
+                            resize=pre.resize)
         except ValueError as exc:
             raise SourceError(f"--images: {exc}") from exc
-        info = InputsInfo("images", len(x), "the last batch is padded with repeats; only real "
-                          "images are scored", folder=str(images))
+        info = InputsInfo("images", len(x), f"resize {pre.resize}; the last batch is padded "
+                          "with repeats; only real images are scored", folder=str(images))
     elif dense or recipe.validate_.dataset:
-        x = photo_batch(size, loaded.mean, loaded.std)
-        info = InputsInfo("photos", len(x), "scikit-image's test photos, resized to the model "
-                          "input", names=list(PHOTOS))
+        x = photo_batch(size, pre.mean, pre.std, c, loaded.dataset_resize)
+        info = InputsInfo("photos", len(x), "scikit-image's test photos, brought to the model "
+                          f"input by resize {loaded.dataset_resize}", names=list(PHOTOS))
     else:
-        x = synthetic_batch(n, size, seed=recipe.validate_.seed)
+        x = synthetic_batch(n, size, seed=recipe.validate_.seed, channels=c)
         info = InputsInfo("synthetic", int(n), "fixed-seed standard normal pixels: fidelity "
                           "on real images may differ", seed=recipe.validate_.seed)
+    info.preprocess = pre
     return Inputs(x.astype(np.float32), info)
 
 
@@ -158,8 +162,10 @@ def throughput(recipe: RecipeBase, loaded: Loaded, budget: Budget, eng: Compiled
 def probe(recipe: RecipeBase, loaded: Loaded, eng: Compiled, log: Log) -> AccuracyInfo:
     v = recipe.validate_
     assert v.dataset is not None
+    pre = loaded.pre
     res = probe_report(v.dataset, v.probe_train, v.probe_test, v.seed, eng.baseline,
-                       eng.compressed, loaded.size, loaded.mean, loaded.std, loaded.batch, log)
+                       eng.compressed, ModelInput(loaded.hw, pre.channels, pre.mean, pre.std,
+                                                  loaded.dataset_resize), loaded.batch, log)
     res["dataset"] = DatasetInfo(**res["dataset"])
     return AccuracyInfo(**res)
 

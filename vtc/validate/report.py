@@ -113,7 +113,14 @@ def _fusions(f: FusionInfo) -> list[str]:
 def _inputs(i: InputsInfo) -> list[str]:
     where = i.folder or (", ".join(i.names) if i.names else None)
     extra = f" ({where})" if where else f" (seed {i.seed})" if i.seed is not None else ""
-    return [f"- {i.kind}{extra}: {i.count} images; {i.note}", ""]
+    lines = [f"- {i.kind}{extra}: {i.count} images; {i.note}"]
+    p = i.preprocess
+    if p is not None:
+        zeros = "; other inputs fed zeros: " + ", ".join(
+            f"`{k}` {z.dtype}{z.shape}" for k, z in p.zero_inputs.items()) if p.zero_inputs else ""
+        lines.append(f"- input `{p.name}` [{p.channels}, {p.height}, {p.width}]: resize "
+                     f"{p.resize}, mean {p.mean}, std {p.std}{zeros}")
+    return [*lines, ""]
 
 
 def _stat_row(label: str, s: Stats | None) -> list[Any]:
