@@ -181,8 +181,7 @@ def load(src: Source, recipe: RecipeBase, batch: int, batch_given: bool = False,
     family.check_image_size(model, hw)
     channels = family.num_channels(model)
     pre = preprocess(recipe.input, "pixel_values", channels, *hw, family.mean(model),
-                     family.std(model), f"the model ({channels} input channel"
-                     f"{'s' * (channels > 1)} in its config)")
+                     family.std(model), "the model (its config's num_channels)")
     return Loaded(source=src, family=family, model=model, geometry=family.geometry(model, hw),
                   batch=batch, pre=pre, dataset_resize=recipe.input.resize or "stretch")
 
