@@ -31,6 +31,7 @@ from vtc.stages.export import export
 from vtc.stages.load import Loaded, check_memory, load
 from vtc.stages.validate import select_inputs, validate
 from vtc.validate.tasks import is_dense
+from vtc.validate.usertask import TaskFn, load_task
 from vtc.zoo import vtc_home
 
 __all__ = ["Options", "OutputError", "Result", "protected_paths", "run"]
@@ -93,10 +94,12 @@ def run(opts: Options) -> Result:
     check_out(opts.out, opts.force, protected_paths(opts.source))
     if opts.images is not None:
         _check_images(opts.images)
+    task = opts.recipe.validate_.task
+    task_fn = load_task(task) if task else None  # before any work: an import error is cheap
     src = resolve(opts.source)
     check_out(opts.out, opts.force, [(src.path, "the source")])
     with building(opts.out, opts.force) as tmp:
-        report = build(opts, src, tmp)
+        report = build(opts, src, tmp, task_fn)
         publish(tmp, opts.out, replace=opts.force)
     return Result(opts.out, report)
 
@@ -119,8 +122,9 @@ def _load(opts: Options, src: Source, step: Steps) -> Loaded:
                 opts.allow_pickle, opts.log)
 
 
-def build(opts: Options, src: Source, tmp: Path) -> Report:
-    """Every stage, writing the bundle into `tmp`; returns the report."""
+def build(opts: Options, src: Source, tmp: Path, task_fn: TaskFn | None = None) -> Report:
+    """Every stage, writing the bundle into `tmp`; returns the report. `task_fn`: the
+    recipe's validate.task, imported."""
     recipe, t0 = opts.recipe, time.perf_counter()
     step = Steps(opts.log, 6 + bool(opts.bench) + bool(recipe.validate_.dataset))
     loaded = _load(opts, src, step)
@@ -141,7 +145,8 @@ def build(opts: Options, src: Source, tmp: Path) -> Report:
     step(f"compiling {recipe.backend.kind} engines")
     inputs = select_inputs(recipe, opts.images, loaded, dense)
     with compile_engines(recipe, exported.baseline, comp.path, tmp, pre=pre) as eng:
-        val = validate(recipe, loaded, budget, eng, inputs, dense, opts.bench, step, opts.log)
+        val = validate(recipe, loaded, budget, eng, inputs, dense, opts.bench, step, opts.log,
+                       task_fn)
     report = Report(
         vtc_version=vtc.__version__,
         source=SourceInfo(src.spec, src.kind, src.model_type,
@@ -149,7 +154,7 @@ def build(opts: Options, src: Source, tmp: Path) -> Report:
         recipe=recipe.to_dict(), budget=bundle.budget_info(budget), graph=comp.graph,
         engine=eng.info, fusions=eng.fusions, inputs=val.inputs, output=val.output,
         parity=val.parity, fidelity=val.fidelity, dense=val.dense,
-        throughput=val.throughput, accuracy=val.accuracy)
+        throughput=val.throughput, accuracy=val.accuracy, task=val.task)
     bundle.judge(report, recipe, opts.bench)
     report.elapsed_s = round(time.perf_counter() - t0, 2)
     for g in report.gates:

@@ -11,6 +11,7 @@ live in `recipes/` inside the package; a path to any YAML file works too.
 from __future__ import annotations
 
 import math
+import re
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -26,7 +27,7 @@ from vtc.budget import Budget, Geometry
 from vtc.data import names as dataset_names
 from vtc.errors import InputError
 from vtc.methods.base import Method, MethodConfig
-from vtc.report import GATES
+from vtc.report import GATES, task_gate
 
 
 class RecipeError(InputError):
@@ -108,6 +109,15 @@ class ValidateCfg(_Strict):
     # split sizes for the probe, at most what the dataset has (null: all of it)
     probe_train: int | None = Field(default=2000, ge=2)
     probe_test: int | None = Field(default=2000, ge=1)
+    # a task metric of the user's own: "package.module:function" (vtc.validate.usertask)
+    task: str | None = None
+
+    @field_validator("task")
+    @classmethod
+    def _import_path(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*", v):
+            raise ValueError(f"{v!r} is not an import path; give 'package.module:function'")
+        return v
 
     @field_validator("dataset")
     @classmethod
@@ -149,9 +159,10 @@ class RecipeBase(_Strict):
     @field_validator("gates")
     @classmethod
     def _known_gates(cls, v: dict[str, float]) -> dict[str, float]:
-        unknown = sorted(set(v) - set(GATES))
+        unknown = sorted(g for g in set(v) - set(GATES) if task_gate(g) is None)
         if unknown:
-            raise ValueError(f"unknown gate(s) {unknown}; known gates: {', '.join(GATES)}")
+            raise ValueError(f"unknown gate(s) {unknown}; known gates: {', '.join(GATES)}, "
+                             "min_task.NAME / max_task.NAME (a validate.task metric)")
         bad = sorted(k for k, limit in v.items() if not math.isfinite(limit))
         if bad:
             raise ValueError(f"gate limit(s) of {bad} are not finite numbers; give a number, "
@@ -163,6 +174,10 @@ class RecipeBase(_Strict):
         probe = [g for g in ("max_accuracy_drop", "min_embedding_cosine") if g in self.gates]
         if probe and self.validate_.dataset is None:
             raise ValueError(f"gate(s) {probe} need validate.dataset (e.g. fashion-mnist)")
+        task = sorted(g for g in self.gates if task_gate(g) is not None)
+        if task and self.validate_.task is None:
+            raise ValueError(f"gate(s) {task} need validate.task "
+                             "('package.module:function' returning those metrics)")
         return self
 
     def section(self, name: str) -> MethodConfig:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -250,6 +251,16 @@ class AccuracyInfo:
     classifier: str
 
 
+@dataclass
+class TaskInfo:
+    """The user's task metric (`validate.task`, `vtc.validate.usertask`): the function's
+    import path, the images it scored and the metrics it returned."""
+
+    function: str
+    n: int
+    metrics: dict[str, float]
+
+
 @dataclass(frozen=True)
 class Gate:
     """One gate: `kind == "min"` passes when `value >= limit`, `"max"` when
@@ -284,6 +295,7 @@ class Report:
     dense: DenseInfo | None
     throughput: ThroughputInfo | None
     accuracy: AccuracyInfo | None
+    task: TaskInfo | None = None
     gates: list[Gate] = field(default_factory=list)
     gates_skipped: list[str] = field(default_factory=list)
     passed: bool = True
@@ -315,6 +327,16 @@ GATES: dict[str, tuple[tuple[str, ...], Kind]] = {
     "min_dense_pearson": (("dense", "pearson_mean"), "min"),
     "min_dense_iou": (("dense", "iou_mean"), "min"),
 }
+
+
+TASK_GATE = re.compile(r"^(min|max)_task\.([A-Za-z_]\w*)$")
+
+
+def task_gate(name: str) -> tuple[str, Kind] | None:
+    """`min_task.NAME` / `max_task.NAME` → (NAME, kind): a gate on a metric the user's
+    task function returns (`report.task.metrics`); None for other names."""
+    m = TASK_GATE.match(name)
+    return (m.group(2), "min" if m.group(1) == "min" else "max") if m else None
 
 
 def lookup(report: Report, path: tuple[str, ...]) -> Any:

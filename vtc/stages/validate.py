@@ -33,6 +33,7 @@ from vtc.report import (
     FidelityInfo,
     InputsInfo,
     ParityInfo,
+    TaskInfo,
     ThroughputInfo,
 )
 from vtc.source import SourceError
@@ -41,7 +42,14 @@ from vtc.stages.load import Loaded
 from vtc.validate.bench import measure_interleaved, speedup
 from vtc.validate.fidelity import fidelity
 from vtc.validate.parity import compare
-from vtc.validate.tasks import ModelInput, dense_report, probe_report, run_engine
+from vtc.validate.tasks import (
+    ModelInput,
+    dense_report,
+    probe_report,
+    run_engine,
+    run_outputs,
+)
+from vtc.validate.usertask import TaskFn, run_task
 
 Log = Callable[[str], None]
 
@@ -61,6 +69,7 @@ class Validation:
     dense: DenseInfo | None
     throughput: ThroughputInfo | None
     accuracy: AccuracyInfo | None
+    task: TaskInfo | None = None
 
 
 def select_inputs(recipe: RecipeBase, images: Path | None, loaded: Loaded, dense: bool
@@ -170,13 +179,25 @@ def probe(recipe: RecipeBase, loaded: Loaded, eng: Compiled, log: Log) -> Accura
     return AccuracyInfo(**res)
 
 
+def task_tier(spec: str, fn: TaskFn, eng: Compiled, inputs: Inputs, batch: int) -> TaskInfo:
+    """The user's task function on every output of both engines for `inputs`."""
+    base = run_outputs(eng.baseline, inputs.x, batch)
+    comp = run_outputs(eng.compressed, inputs.x, batch)
+    return TaskInfo(spec, len(inputs.x), run_task(fn, spec, inputs.x, base, comp))
+
+
 def validate(recipe: RecipeBase, loaded: Loaded, budget: Budget, eng: Compiled,
-             inputs: Inputs, dense: bool, bench: bool, step: Log, log: Log) -> Validation:
+             inputs: Inputs, dense: bool, bench: bool, step: Log, log: Log,
+             task_fn: TaskFn | None = None) -> Validation:
     """All tiers, in the order that keeps the timing honest (module docstring)."""
     step("validating: parity, fidelity")
     name, parity, fid, dense_info = tiers(loaded, budget, eng, inputs, dense)
-    timing = None
     v = recipe.validate_
+    task = None
+    if task_fn is not None and v.task is not None:
+        log(f"      task metric: {v.task}")
+        task = task_tier(v.task, task_fn, eng, inputs, loaded.batch)
+    timing = None
     if bench:
         step(f"timing (batch {loaded.batch}, interleaved, median of {v.repeats})")
         first = next(batches(inputs.x, loaded.batch))[0]
@@ -185,7 +206,7 @@ def validate(recipe: RecipeBase, loaded: Loaded, budget: Budget, eng: Compiled,
     if v.dataset:
         step(f"linear probe on {v.dataset}")
         accuracy = probe(recipe, loaded, eng, log)
-    return Validation(name, inputs.info, parity, fid, dense_info, timing, accuracy)
+    return Validation(name, inputs.info, parity, fid, dense_info, timing, accuracy, task)
 
 
 __all__ = ["Inputs", "Validation", "select_inputs", "validate"]

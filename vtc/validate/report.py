@@ -25,6 +25,7 @@ from vtc.report import (
     Report,
     SourceInfo,
     Stats,
+    TaskInfo,
     ThroughputInfo,
 )
 from vtc.util import write_atomic
@@ -173,6 +174,11 @@ def _throughput(t: ThroughputInfo) -> list[str]:
             f"- efficiency: **{_num(t.efficiency)}** (speedup / FLOPs ratio)", f"- {t.method}", ""]
 
 
+def _task(t: TaskInfo) -> list[str]:
+    lines = [f"function `{t.function}` on {t.n} inputs (both engines' outputs)", ""]
+    return lines + _table(["metric", "value"], [[k, v] for k, v in t.metrics.items()])
+
+
 def _gates(gates: list[Gate]) -> list[str]:
     return [f"- `{format_gate(g)}`" for g in gates] + ([""] if gates else ["no gates", ""])
 
@@ -195,6 +201,7 @@ SECTIONS: dict[str, tuple[str, Callable[[Any], list[str]]]] = {
     "dense": ("Dense output fidelity", _dense),
     "throughput": ("Throughput", _throughput),
     "accuracy": ("Accuracy (linear probe)", _accuracy),
+    "task": ("Task metric (validate.task)", _task),
     "gates": ("Gates", _gates),
     "gates_skipped": ("Gates skipped", _skipped),
 }

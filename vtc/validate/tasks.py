@@ -53,6 +53,17 @@ def run_engine(rt: Any, x: np.ndarray, batch: int, output: str | None = None) ->
     return np.concatenate(outs)
 
 
+def run_outputs(rt: Any, x: np.ndarray, batch: int) -> dict[str, np.ndarray]:
+    """x `[N, C, H, W]` → every output of the runner, `[N, ...]` each (N real rows)."""
+    feed = rt.input_names[0]
+    outs: dict[str, list[np.ndarray]] = {name: [] for name in rt.output_names}
+    for xb, real in batches(x, batch):
+        res = rt.infer({feed: xb})
+        for name in outs:
+            outs[name].append(res[name][:real])
+    return {name: np.concatenate(parts) for name, parts in outs.items()}
+
+
 def _features(runners: Sequence[Any], images: np.ndarray, mi: ModelInput,
               batch: int, log: Log, what: str) -> list[np.ndarray]:
     """images `[N, h, w(, 3)]` uint8 → one pooled feature array `[N, C]` per runner."""
