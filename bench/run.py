@@ -14,7 +14,9 @@
    (bench/published.py).
 7. `vtc check` with a planted 15 % slowdown: caught in ≥ 9/10 runs, an unchanged
    bundle passes in ≥ 9/10 (bench/check_noise.py). 8. the real dinov2-small bundle
-   built twice passes `vtc check` (bench/real.py).
+   built twice passes `vtc check` (bench/real.py). 9. a third-party
+   nn.MultiheadAttention encoder (1×128×512, no CLS) at FLOPs ratio 2.0: ≥ 1.8×
+   (bench/third_party.py).
 
 Sections 1-4 use random weights (fixed seed): speed and parity do not depend
 on them. Sections 5-6 (bench/real.py) use the zoo's real dinov2-small weights
@@ -215,6 +217,11 @@ def main() -> int:
             print("[bench] vtc check: planted slowdown vs unchanged, 10 runs each ...",
                   flush=True)
             results += check_noise(tmp, args.repeats)
+            from bench.third_party import third_party_encoder
+
+            print("[bench] third-party nn.MultiheadAttention encoder, 1x128x512 ...",
+                  flush=True)
+            results += third_party_encoder(tmp, args.repeats)
         if args.only != "synthetic":
             from bench.real import dinov2_probe, dinov2_self_check, focus_unmerge
 

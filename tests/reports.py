@@ -89,7 +89,8 @@ def sample_report(**changes: Any) -> Report:
         throughput=ThroughputInfo(
             batch=8, baseline_ips=800.0, compressed_ips=1142.9, eager_ips=None,
             eager_compressed_ips=None, speedup=1.4286,
-            speedup_ci=IntervalInfo(1.38, 1.47, 0.95, 2000, 0), efficiency=1.09,
+            speedup_ci=IntervalInfo("paired speedup", 1.43, 1.38, 1.47, 0.95, 2000, 0),
+            efficiency=1.09,
             baseline=timing(10.0, seed=1), compressed=timing(7.0, seed=2), eager=None,
             eager_compressed=None, method="interleaved"),
         accuracy=AccuracyInfo(dataset=DatasetInfo(

@@ -142,6 +142,16 @@ def _no_attention(_src: Path, dst: Path) -> None:
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), str(dst))
 
 
+def _two_image_inputs(src: Path, dst: Path) -> None:
+    """The tiny ViT with a second (unused) image-like input."""
+    from onnx import TensorProto, helper
+
+    m = onnx.load(str(src))
+    m.graph.input.append(helper.make_tensor_value_info("aux", TensorProto.FLOAT,
+                                                       [2, 3, 32, 32]))
+    onnx.save(m, str(dst))
+
+
 def _wrong_shape(d: Path) -> None:
     sd = load_file(str(d / "model.safetensors"))
     key = sorted(k for k in sd if k.endswith("weight") and sd[k].ndim == 2)[1]
@@ -354,6 +364,39 @@ RECIPE_CASES: dict[str, Case] = {
     "evit fuse unknown": _export("{vit}", "--recipe", "evit-keep70", "--set", "evit.fuse=max",
                                  expected="evit.fuse"),
     "evit layers outside": _export("{vit}", "--recipe", "evit-keep70", expected="outside 0..2"),
+    "evit cls score without a CLS token": _export(
+        "{vit_onnx}", "--protected", "0", "--recipe", "evit-keep70", "--set", "evit.layers=[1]",
+        expected=r"evit\.score=cls .* no CLS .* set evit\.score=mean"),
+    "evit score unknown": _export("{vit}", "--recipe", "evit-keep70", "--set",
+                                  "evit.score=max", expected="evit.score"),
+    "two image inputs, no input.name": _made(
+        _onnx_edit(_two_image_inputs),
+        expected=r"2 inputs \(pixel_values \[2, 3, 32, 32\], aux \[2, 3, 32, 32\]\); set "
+                 r"input\.name"),
+    "input.name not a graph input": _export(
+        "{vit_onnx}", "--set", "input.name=image",
+        expected=r"input\.name='image' is not an input of the graph; its inputs: pixel_values"),
+    "input.name on an HF model": _recipe("input.name=image", "an HF model takes one input"),
+    "input.channels not the graph's": _recipe(
+        "input.channels=1", r"input\.channels=1 does not match the model .* takes 3 channels"),
+    "input.channels not the ONNX graph's": _export(
+        "{vit_onnx}", "--set", "input.channels=1",
+        expected=r"input\.channels=1 does not match the graph input 'pixel_values'"),
+    "input.mean of the wrong length": _recipe("input.mean=[0.5]",
+                                              r"input\.mean has 1 values .* 3 channels"),
+    "input.std zero": _recipe("input.std=[0.2,0,0.2]", "must be positive"),
+    "input.resize unknown": _recipe("input.resize=fill", "input.resize"),
+    "input.channels 2": _recipe("input.channels=2", "input.channels"),
+    "task cannot be imported": _recipe("validate.task=no_such_pkg_xyz.mod:score",
+                                       r"validate\.task 'no_such_pkg_xyz\.mod:score': cannot "
+                                       "import no_such_pkg_xyz.mod"),
+    "task raises": _recipe("validate.task=tests.task_fns:boom",
+                           r"validate\.task 'tests\.task_fns:boom' raised RuntimeError"),
+    "task returns non-numbers": _recipe("validate.task=tests.task_fns:words",
+                                        r"'tests\.task_fns:words' returned exact_match='high'"),
+    "task not an import path": _recipe("validate.task=task.py", "not an import path"),
+    "task gate without a task": _recipe("gates={{min_task.exact_match: 0.9}}",
+                                        r"need validate\.task"),
     "pitome margin 1.5": _export("{vit}", "--recipe", "pitome-r8", "--set", "pitome.r=2",
                                  "--set", "pitome.margin=1.5", expected=r"outside \[-1, 1\)"),
     "pitome margin -2": _export("{vit}", "--recipe", "pitome-r8", "--set", "pitome.r=2",

@@ -77,7 +77,8 @@ def test_pitome_margin_schedule_and_limits() -> None:
 def test_evit_schedule_and_errors() -> None:
     b = evit_budget(VIT_B, 0.7, [3, 6, 9])
     # ceil(0.7·196) = 138 kept + CLS + fused token = 140, and so on.
-    assert b.tokens_per_layer[4] == 140 and b.layers[3].params == {"keep": 138, "fuse": "sum"}
+    assert b.tokens_per_layer[4] == 140 and b.layers[3].params == {"keep": 138, "fuse": "sum",
+                                                                "score": "cls"}
     assert b.tokens_out == b.layers[9].tokens_out < 140
     assert not any(lp.attn_bias for lp in b.layers)  # no sizes, no proportional attention
     with pytest.raises(ValidationError, match="outside"):
@@ -134,3 +135,13 @@ def test_layers_in_a_section_are_checked() -> None:
         tome_budget(SMALL, r=2, layers=[1, 1])
     with pytest.raises(BudgetError, match=r"one value per block or a single integer"):
         tome_budget(SMALL, r=[2, 2, 2], layers=[0, 1])
+
+
+def test_evit_cls_score_needs_a_protected_token() -> None:
+    no_cls = Geometry(tokens=16, protected=0, width=64, mlp_width=128, layers=3)
+    with pytest.raises(BudgetError, match=r"no CLS .* set evit.score=mean"):
+        evit_budget(no_cls, 0.5, [0], score="cls")
+    b = evit_budget(no_cls, 0.5, [0], score="mean")
+    assert b.scores == {"evit": "mean"} and b.layers[0].params["score"] == "mean"
+    assert evit_budget(VIT_B, 0.7, [3]).scores == {"evit": "cls"}
+    assert tome_budget(VIT_B, r=8).scores == {}  # not attention-ranked: nothing recorded

@@ -22,7 +22,7 @@ from vtc.stages.compress import rewrite as compress
 # Every method on every family variant; the variations of a method (ToMe's earlier split,
 # EViT's mean fuse, chains) on one variant of each token layout (P = 1, 2, 0, registers-free).
 METHODS = ["tome", "pitome", "evit"]
-VARIATIONS = ["tome-outside", "evit-mean", "tome+evit", "pitome+tome"]
+VARIATIONS = ["tome-outside", "evit-mean", "evit-score-mean", "tome+evit", "pitome+tome"]
 LAYOUTS = ["vit-cls", "deit-teacher", "siglip", "dinov2"]
 CASES = [(v, m) for m in METHODS for v in sorted(VARIANTS)] + [
     (v, m) for m in VARIATIONS for v in LAYOUTS]
@@ -36,8 +36,10 @@ def _budget(method: str, family, model) -> Budget:  # type: ignore[no-untyped-de
         "pitome": lambda: pitome_budget(geo, r=3),
         "evit": lambda: evit_budget(geo, 0.6, [0, 2]),
         "evit-mean": lambda: evit_budget(geo, 0.6, [0, 2], fuse="mean"),
+        "evit-score-mean": lambda: evit_budget(geo, 0.6, [0, 2], score="mean"),
         "tome+evit": lambda: chain(geo, ("tome", {"r": 3, "layers": [0, 1]}),
-                                   ("evit", {"keep_rate": 0.6, "layers": [2]})),
+                                   ("evit", {"keep_rate": 0.6, "layers": [2],
+                                             "score": "cls" if geo.protected else "mean"})),
         "pitome+tome": lambda: chain(geo, ("pitome", {"r": 2, "layers": [0]}),
                                      ("tome", {"r": 2, "layers": [1, 2]})),
     }[method]()

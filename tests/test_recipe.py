@@ -29,6 +29,9 @@ def test_set_overrides_a_field() -> None:
     rec = load_recipe("tome-r16", ["tome.r=4", "gates.min_speedup=1.2", "validate.repeats=3"])
     assert rec.section("tome").r == 4 and rec.gates["min_speedup"] == 1.2
     assert rec.validate_.repeats == 3
+    # a task gate's name holds a dot: it stays one key
+    rec = load_recipe("tome-r16", ["validate.task=pkg.mod:fn", "gates.min_task.exact_match=0.9"])
+    assert rec.gates["min_task.exact_match"] == 0.9
     with pytest.raises(RecipeError, match="key=value"):
         load_recipe("tome-r16", ["tome.r"])
 

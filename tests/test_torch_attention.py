@@ -60,8 +60,10 @@ def exports(tmp_path_factory: pytest.TempPathFactory) -> Exports:
     return Exports(tmp_path_factory.mktemp("torch-attention"))
 
 
-def _pixels(batch: int, seed: int = 3) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal((batch, 3, 32, 32)).astype(np.float32)
+def _pixels(batch: int, seed: int = 3, variant: str = "mha-bf") -> np.ndarray:
+    s = SPECS[variant]
+    return np.random.default_rng(seed).standard_normal(
+        (batch, s.channels, s.height, s.width)).astype(np.float32)
 
 
 def _run(path: Path, x: np.ndarray) -> dict[str, np.ndarray]:
@@ -91,7 +93,7 @@ def test_every_method_rewrites_the_graph(exports: Exports, tmp_path: Path, varia
     tokens whose sizes add up to N."""
     spec, batch = SPECS[variant], 8
     src = exports.path(variant, dynamo, batch)
-    x = _pixels(batch)
+    x = _pixels(batch, variant=variant)
     base = _run(src, x)["tokens"]
     prepared = ir.to_proto(passes.load(src, batch))  # each rewrite gets a fresh copy
     blocks = passes.find_blocks(ir.from_proto(prepared))
@@ -103,7 +105,9 @@ def test_every_method_rewrites_the_graph(exports: Exports, tmp_path: Path, varia
             ["unmerge", "merged"] if method == "tome" else ["unmerge"])
         for mode in modes:
             model = ir.from_proto(prepared)
-            budget = _recipe(method, []).budget(onnx_geometry(model, None))
+            # no CLS token: EViT must be told to rank by the mean attention received
+            extra = ["evit.score=mean"] if method == "evit" and not spec.cls else []
+            budget = _recipe(method, extra).budget(onnx_geometry(model, None))
             assert budget.tokens_out < budget.tokens_in
             info = rewrite(model, budget, "auto", mode)
             assert info.sites == 1 and info.tokens_out is not None
@@ -177,11 +181,14 @@ def _cli(src: Path, out: Path, batch: int, *sets: str) -> tuple[int, str]:
 
 @pytest.mark.parametrize("batch", [1, 8])
 @pytest.mark.parametrize("dynamo", [True, False], ids=["dynamo", "torchscript"])
-@pytest.mark.parametrize("variant", ["mha-bf", "tel-post-sf"])
+@pytest.mark.parametrize("variant", ["mha-bf", "tel-post-sf", "mha-gray-wide"])
 def test_vtc_export_end_to_end(exports: Exports, tmp_path: Path, variant: str, dynamo: bool,
                                batch: int) -> None:
     """vtc-export on the exported file (dynamo: with its .onnx.data beside it): exit 0,
-    the bundle's engine runs, report.json says what became of the token output."""
+    the bundle's engine runs, report.json says what became of the token output.
+    `mha-gray-wide` is the issue's encoder in small (1×16×64, no CLS): every route
+    that failed there (external data, [B·H, N, N] attention, sequence-first reshapes,
+    validation inputs of the wrong shape) runs."""
     src = exports.path(variant, dynamo, batch)
     merged = batch == 8  # one of each per variant and exporter
     code, text = _cli(src, tmp_path / "b", batch, *LIGHT["tome"],
@@ -192,7 +199,11 @@ def test_vtc_export_end_to_end(exports: Exports, tmp_path: Path, variant: str, d
     assert tok["mode"] == ("merged" if merged else "unmerge") and tok["outputs"] == ["tokens"]
     assert report["budget"]["tokens_out"] < report["budget"]["tokens_in"]
     assert report["fidelity"]["basis"] == "token" and report["fidelity"]["cosine_mean"] > 0.9
-    out = _run(tmp_path / "b" / "model.ort.onnx", _pixels(batch))
+    out = _run(tmp_path / "b" / "model.ort.onnx", _pixels(batch, variant=variant))
+    spec = SPECS[variant]
+    assert report["inputs"]["preprocess"]["channels"] == spec.channels
+    assert [report["inputs"]["preprocess"][k] for k in ("height", "width")] == [spec.height,
+                                                                              spec.width]
     assert out["tokens"].shape[1] == (tok["tokens"])
     assert ("token_sizes" in out) == merged
     files = json.loads((tmp_path / "b" / "manifest.json").read_text())["files"]

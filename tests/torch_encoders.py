@@ -22,6 +22,12 @@ class Spec:
     cls: bool = True
     need_weights: bool = False  # mha: ask for the (head-averaged) attention weights too
     norm_first: bool = True  # tel: pre-norm (True) or post-norm (False)
+    channels: int = 3
+    height: int = IMAGE
+    width: int = IMAGE
+    dim: int = DIM
+    heads: int = HEADS
+    depth: int = DEPTH
 
 
 SPECS = {
@@ -29,6 +35,8 @@ SPECS = {
     "mha-sf-weights": Spec("mha", batch_first=False, need_weights=True),
     "tel-pre-bf-nocls": Spec("tel", batch_first=True, cls=False),
     "tel-post-sf": Spec("tel", batch_first=False, norm_first=False),
+    # the issue's image-to-text encoder in small: gray, non-square (16×64 → 2×8 patches), no CLS
+    "mha-gray-wide": Spec("mha", batch_first=True, cls=False, channels=1, height=16, width=64),
 }
 
 
@@ -37,9 +45,11 @@ class MHABlock(nn.Module):
 
     def __init__(self, spec: Spec) -> None:
         super().__init__()
-        self.n1, self.n2 = nn.LayerNorm(DIM), nn.LayerNorm(DIM)
-        self.attn = nn.MultiheadAttention(DIM, HEADS, batch_first=spec.batch_first)
-        self.mlp = nn.Sequential(nn.Linear(DIM, 2 * DIM), nn.GELU(), nn.Linear(2 * DIM, DIM))
+        d = spec.dim
+        self.n1, self.n2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.attn = nn.MultiheadAttention(d, spec.heads, batch_first=spec.batch_first)
+        self.mlp = nn.Sequential(nn.Linear(d, 4 * d if d > DIM else 2 * d), nn.GELU(),
+                                 nn.Linear(4 * d if d > DIM else 2 * d, d))
         self.need_weights = spec.need_weights
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -49,22 +59,24 @@ class MHABlock(nn.Module):
 
 
 class Encoder(nn.Module):
-    """pixels `[B, 3, 32, 32]` → tokens `[B, N, C]` (N = 16, or 17 with a CLS token)."""
+    """pixels `[B, C_in, H, W]` (default 3×32×32) → tokens `[B, N, C]` (N = H·W/64, plus
+    one with a CLS token)."""
 
     def __init__(self, spec: Spec, seed: int = 0) -> None:
         super().__init__()
         torch.manual_seed(seed)
         self.spec = spec
-        self.patch = nn.Conv2d(3, DIM, PATCH, PATCH)
-        n = (IMAGE // PATCH) ** 2 + spec.cls
-        self.cls = nn.Parameter(torch.randn(1, 1, DIM)) if spec.cls else None
-        self.pos = nn.Parameter(torch.randn(1, n, DIM) * 0.5)
+        d = spec.dim
+        self.patch = nn.Conv2d(spec.channels, d, PATCH, PATCH)
+        n = (spec.height // PATCH) * (spec.width // PATCH) + spec.cls
+        self.cls = nn.Parameter(torch.randn(1, 1, d)) if spec.cls else None
+        self.pos = nn.Parameter(torch.randn(1, n, d) * 0.5)
         self.blocks = nn.ModuleList(
             MHABlock(spec) if spec.kind == "mha" else nn.TransformerEncoderLayer(
-                DIM, HEADS, 2 * DIM, dropout=0.0, batch_first=spec.batch_first,
+                d, spec.heads, 2 * d, dropout=0.0, batch_first=spec.batch_first,
                 norm_first=spec.norm_first)
-            for _ in range(DEPTH))
-        self.norm = nn.LayerNorm(DIM)
+            for _ in range(spec.depth))
+        self.norm = nn.LayerNorm(d)
         with torch.no_grad():  # random LayerNorm affines and biases: no exporter folds them
             for p in self.parameters():
                 if p.ndim == 1:
@@ -88,9 +100,10 @@ class Encoder(nn.Module):
         return self.norm(t)
 
 
-def export(model: nn.Module, path: Path, batch: int, dynamo: bool) -> Path:
+def export(model: Encoder, path: Path, batch: int, dynamo: bool) -> Path:
     """Static-shape export; dynamo writes the weights to `path.data` (its default)."""
-    x = torch.randn(batch, 3, IMAGE, IMAGE)
+    s = model.spec
+    x = torch.randn(batch, s.channels, s.height, s.width)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(model, (x,), str(path), dynamo=dynamo, opset_version=18 if dynamo

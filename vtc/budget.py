@@ -93,8 +93,11 @@ class Budget:
     flops_base: int = 0
     flops: int = 0
     flops_overhead: int = 0
+    # attention-ranked methods → the score that ranked their tokens (e.g. evit: "mean")
+    scores: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "scores", MappingProxyType(dict(self.scores)))
         frozen = {k: MappingProxyType(dict(v)) for k, v in self.settings.items()}
         object.__setattr__(self, "settings", MappingProxyType(frozen))
 
@@ -142,6 +145,7 @@ class Budget:
             "flops": self.flops,
             "flops_ratio": round(self.flops_ratio, 4),
             "flops_overhead": self.flops_overhead,
+            "scores": dict(self.scores),
         }
 
 
@@ -161,12 +165,12 @@ def uniform(geo: Geometry) -> list[LayerPlan]:
 
 
 def finish(geo: Geometry, plans: list[LayerPlan], methods: tuple[str, ...] = (),
-           settings: Mapping[str, Mapping[str, Any]] | None = None, overhead: int = 0
-           ) -> Budget:
+           settings: Mapping[str, Mapping[str, Any]] | None = None, overhead: int = 0,
+           scores: Mapping[str, str] | None = None) -> Budget:
     """The budget of a finished per-block schedule, with its FLOPs."""
     return Budget(geometry=geo, layers=tuple(plans), methods=methods, settings=settings or {},
                   flops_base=total_flops(geo, uniform(geo)), flops=total_flops(geo, plans),
-                  flops_overhead=overhead)
+                  flops_overhead=overhead, scores=scores or {})
 
 
 def no_budget(geo: Geometry) -> Budget:

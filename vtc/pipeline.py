@@ -32,6 +32,7 @@ from vtc.stages.export import export
 from vtc.stages.load import Loaded, check_memory, load
 from vtc.stages.validate import select_inputs, validate
 from vtc.validate.tasks import is_dense
+from vtc.validate.usertask import TaskFn, load_task
 from vtc.zoo import vtc_home
 
 __all__ = ["Options", "OutputError", "Result", "protected_paths", "run"]
@@ -94,10 +95,12 @@ def run(opts: Options) -> Result:
     check_out(opts.out, opts.force, protected_paths(opts.source))
     if opts.images is not None:
         _check_images(opts.images)
+    task = opts.recipe.validate_.task
+    task_fn = load_task(task) if task else None  # before any work: an import error is cheap
     src = resolve(opts.source)
     check_out(opts.out, opts.force, [(src.path, "the source")])
     with building(opts.out, opts.force) as tmp:
-        report = build(opts, src, tmp)
+        report = build(opts, src, tmp, task_fn)
         publish(tmp, opts.out, replace=opts.force)
     return Result(opts.out, report)
 
@@ -120,16 +123,18 @@ def _load(opts: Options, src: Source, step: Steps) -> Loaded:
                 opts.allow_pickle, opts.log)
 
 
-def build(opts: Options, src: Source, tmp: Path) -> Report:
-    """Every stage, writing the bundle into `tmp`; returns the report."""
+def build(opts: Options, src: Source, tmp: Path, task_fn: TaskFn | None = None) -> Report:
+    """Every stage, writing the bundle into `tmp`; returns the report. `task_fn`: the
+    recipe's validate.task, imported."""
     recipe, t0 = opts.recipe, time.perf_counter()
     step = Steps(opts.log, 6 + bool(opts.bench) + bool(recipe.validate_.dataset))
     loaded = _load(opts, src, step)
     check_memory(loaded, recipe.validate_.samples)
     budget = recipe.budget(loaded.geometry)
     dynamic = recipe.export.dynamic_batch
+    pre = loaded.pre
     step(f"exporting baseline.onnx (opset {recipe.export.opset}, batch "
-         f"{'dynamic' if dynamic else loaded.batch}, {loaded.size} px)")
+         f"{'dynamic' if dynamic else loaded.batch}, {pre.channels}×{pre.height}×{pre.width})")
     exported = export(loaded, recipe, tmp, opts.log)
     step(f"rewriting: {budget.label}, tokens {budget.tokens_in} → {budget.tokens_out}, "
          f"FLOPs ratio {budget.flops_ratio:.2f}")
@@ -141,9 +146,10 @@ def build(opts: Options, src: Source, tmp: Path) -> Report:
                           "an embedding or logits output, not a dense map; drop the dataset")
     step(f"compiling {recipe.backend.kind} engines")
     inputs = select_inputs(recipe, opts.images, loaded, dense)
-    with compile_engines(recipe, exported.baseline, comp.path, tmp, twin=comp.twin) as eng:
+    with compile_engines(recipe, exported.baseline, comp.path, tmp, twin=comp.twin,
+                         pre=pre) as eng:
         val = validate(recipe, loaded, budget, eng, inputs, dense, opts.bench, step, opts.log,
-                       comp.graph.tokens_out)
+                       comp.graph.tokens_out, task_fn)
     report = Report(
         vtc_version=vtc.__version__,
         source=SourceInfo(src.spec, src.kind, src.model_type,
@@ -152,13 +158,14 @@ def build(opts: Options, src: Source, tmp: Path) -> Report:
         engine=eng.info, machine=machine_info(eng.info.providers), fusions=eng.fusions,
         inputs=val.inputs, output=val.output,
         parity=val.parity, fidelity=val.fidelity, dense=val.dense,
-        throughput=val.throughput, accuracy=val.accuracy)
+        throughput=val.throughput, accuracy=val.accuracy, task=val.task)
     bundle.judge(report, recipe, opts.bench)
     report.elapsed_s = round(time.perf_counter() - t0, 2)
     for g in report.gates:
         opts.log(bundle.format_gate(g))
-    shape: list[int | str] = ["batch" if dynamic else loaded.batch, 3, loaded.size, loaded.size]
-    bundle.write(tmp, report, bundle.manifest(report, src, tmp, shape, exported.opset))
+    shape: list[int | str] = ["batch" if dynamic else loaded.batch, pre.channels, pre.height,
+                              pre.width]
+    bundle.write(tmp, report, bundle.manifest(report, src, tmp, shape, exported.opset), pre)
     step(f"bundle complete in {report.elapsed_s:.1f} s")
     return report
 

@@ -11,6 +11,7 @@ live in `recipes/` inside the package; a path to any YAML file works too.
 from __future__ import annotations
 
 import math
+import re
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -26,7 +27,7 @@ from vtc.budget import Budget, Geometry
 from vtc.data import names as dataset_names
 from vtc.errors import InputError
 from vtc.methods.base import Method, MethodConfig
-from vtc.report import GATES
+from vtc.report import GATES, task_gate
 
 
 class RecipeError(InputError):
@@ -57,6 +58,31 @@ class ExportCfg(_Strict):
         return v
 
 
+class InputCfg(_Strict):
+    """How images become the model input (resolved against the graph's input at load)."""
+
+    name: str | None = None  # the graph input carrying the image (graphs with several)
+    channels: Literal[1, 3] | None = None  # null: the graph's (or the model config's)
+    # null: crop for --images (and the runtime), stretch for datasets and photos
+    resize: Literal["crop", "pad", "stretch"] | None = None
+    mean: list[float] | None = Field(default=None, min_length=1, max_length=3)
+    std: list[float] | None = Field(default=None, min_length=1, max_length=3)
+
+    @field_validator("mean", "std")
+    @classmethod
+    def _finite(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and not all(math.isfinite(x) for x in v):
+            raise ValueError(f"{v} holds a value that is not a finite number")
+        return v
+
+    @field_validator("std")
+    @classmethod
+    def _positive(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and not all(x > 0 for x in v):
+            raise ValueError(f"std {v} must be positive (it divides the pixels)")
+        return v
+
+
 class BackendCfg(_Strict):
     kind: str = "ort"  # the engine registry's name: ort | tensorrt
     providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"],
@@ -83,6 +109,15 @@ class ValidateCfg(_Strict):
     # split sizes for the probe, at most what the dataset has (null: all of it)
     probe_train: int | None = Field(default=2000, ge=2)
     probe_test: int | None = Field(default=2000, ge=1)
+    # a task metric of the user's own: "package.module:function" (vtc.validate.usertask)
+    task: str | None = None
+
+    @field_validator("task")
+    @classmethod
+    def _import_path(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*", v):
+            raise ValueError(f"{v!r} is not an import path; give 'package.module:function'")
+        return v
 
     @field_validator("dataset")
     @classmethod
@@ -121,6 +156,7 @@ class RecipeBase(_Strict):
     # full length, or keep it merged with a second output, token_sizes [B, N']
     tokens_out: Literal["unmerge", "merged"] = "unmerge"
     export: ExportCfg = Field(default_factory=ExportCfg)
+    input: InputCfg = Field(default_factory=InputCfg)
     backend: BackendCfg = Field(default_factory=BackendCfg)
     validate_: ValidateCfg = Field(default_factory=ValidateCfg, alias="validate")
     gates: dict[str, float] = Field(default_factory=dict)
@@ -143,9 +179,10 @@ class RecipeBase(_Strict):
     @field_validator("gates")
     @classmethod
     def _known_gates(cls, v: dict[str, float]) -> dict[str, float]:
-        unknown = sorted(set(v) - set(GATES))
+        unknown = sorted(g for g in set(v) - set(GATES) if task_gate(g) is None)
         if unknown:
-            raise ValueError(f"unknown gate(s) {unknown}; known gates: {', '.join(GATES)}")
+            raise ValueError(f"unknown gate(s) {unknown}; known gates: {', '.join(GATES)}, "
+                             "min_task.NAME / max_task.NAME (a validate.task metric)")
         bad = sorted(k for k, limit in v.items() if not math.isfinite(limit))
         if bad:
             raise ValueError(f"gate limit(s) of {bad} are not finite numbers; give a number, "
@@ -157,6 +194,10 @@ class RecipeBase(_Strict):
         probe = [g for g in ("max_accuracy_drop", "min_embedding_cosine") if g in self.gates]
         if probe and self.validate_.dataset is None:
             raise ValueError(f"gate(s) {probe} need validate.dataset (e.g. fashion-mnist)")
+        task = sorted(g for g in self.gates if task_gate(g) is not None)
+        if task and self.validate_.task is None:
+            raise ValueError(f"gate(s) {task} need validate.task "
+                             "('package.module:function' returning those metrics)")
         return self
 
     def section(self, name: str) -> MethodConfig:
@@ -204,6 +245,8 @@ def _set(data: dict[str, Any], dotted: str) -> None:
         raise RecipeError(f"--set {dotted!r}: expected key=value, e.g. --set tome.r=8")
     key, raw = dotted.split("=", 1)
     parts = [("validate" if p == "validate_" else p) for p in key.strip().split(".")]
+    if parts[0] == "gates" and len(parts) > 2:  # gate names may hold dots: min_task.NAME
+        parts = ["gates", ".".join(parts[1:])]
     cur = data
     for p in parts[:-1]:
         nxt = cur.setdefault(p, {})

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -57,6 +58,9 @@ class BudgetInfo:
     flops: int  # MACs per image, compressed
     flops_ratio: float
     flops_overhead: int  # the reductions' own bookkeeping MACs (not in flops_ratio)
+    # each attention-ranked method's token score: "cls" (attention from the CLS token) or
+    # "mean" (attention received, averaged over heads and queries)
+    scores: dict[str, Literal["cls", "mean"]] = field(default_factory=dict)
 
 
 @dataclass
@@ -123,6 +127,34 @@ class FusionInfo:
 
 
 @dataclass
+class ZeroInput:
+    """A graph input other than the image, fed zeros: `shape` (its first dim follows the
+    image batch) and numpy `dtype`."""
+
+    shape: list[int]
+    dtype: str
+
+
+@dataclass
+class Preprocess:
+    """How an image becomes the model input `name[B, channels, height, width]` (the
+    recipe's `input:` section resolved against the graph; the bundle's preprocess.json).
+
+    resize: `crop` (cover round(H·256/224) × round(W·256/224), center crop), `pad` (fit
+    inside, centred on black) or `stretch` (whole image to H×W); then pixels / 255,
+    `(x - mean) / std` per channel. `zero_inputs`: the graph's other inputs, fed zeros."""
+
+    name: str
+    channels: int
+    height: int
+    width: int
+    resize: Literal["crop", "pad", "stretch"]
+    mean: list[float]
+    std: list[float]
+    zero_inputs: dict[str, ZeroInput] = field(default_factory=dict)
+
+
+@dataclass
 class InputsInfo:
     kind: Literal["synthetic", "images", "photos"]
     count: int
@@ -130,6 +162,7 @@ class InputsInfo:
     seed: int | None = None
     folder: str | None = None
     names: list[str] | None = None
+    preprocess: Preprocess | None = None  # None only in reports of older vtc versions
 
 
 @dataclass
@@ -208,6 +241,8 @@ class IntervalInfo:
     """A bootstrap confidence interval: the statistic recomputed on `resamples`
     resamplings (with replacement, fixed seed) of the interleaved rounds."""
 
+    statistic: str  # what `estimate`, `low` and `high` measure
+    estimate: float  # the statistic on the run's own rounds
     low: float
     high: float
     level: float  # e.g. 0.95
@@ -223,7 +258,7 @@ class ThroughputInfo:
     eager_ips: float | None
     eager_compressed_ips: float | None
     speedup: float
-    speedup_ci: IntervalInfo  # of the speedup, over the interleaved (baseline, compressed) pairs
+    speedup_ci: IntervalInfo  # the paired speedup estimate and its interval (vtc.stats)
     efficiency: float  # speedup / flops_ratio
     baseline: TimingInfo
     compressed: TimingInfo
@@ -261,6 +296,16 @@ class AccuracyInfo:
     classifier: str
 
 
+@dataclass
+class TaskInfo:
+    """The user's task metric (`validate.task`, `vtc.validate.usertask`): the function's
+    import path, the images it scored and the metrics it returned."""
+
+    function: str
+    n: int
+    metrics: dict[str, float]
+
+
 @dataclass(frozen=True)
 class Gate:
     """One gate: `kind == "min"` passes when `value >= limit`, `"max"` when
@@ -296,6 +341,7 @@ class Report:
     dense: DenseInfo | None
     throughput: ThroughputInfo | None
     accuracy: AccuracyInfo | None
+    task: TaskInfo | None = None
     gates: list[Gate] = field(default_factory=list)
     gates_skipped: list[str] = field(default_factory=list)
     passed: bool = True
@@ -327,6 +373,16 @@ GATES: dict[str, tuple[tuple[str, ...], Kind]] = {
     "min_dense_pearson": (("dense", "pearson_mean"), "min"),
     "min_dense_iou": (("dense", "iou_mean"), "min"),
 }
+
+
+TASK_GATE = re.compile(r"^(min|max)_task\.([A-Za-z_]\w*)$")
+
+
+def task_gate(name: str) -> tuple[str, Kind] | None:
+    """`min_task.NAME` / `max_task.NAME` → (NAME, kind): a gate on a metric the user's
+    task function returns (`report.task.metrics`); None for other names."""
+    m = TASK_GATE.match(name)
+    return (m.group(2), "min" if m.group(1) == "min" else "max") if m else None
 
 
 def lookup(report: Report, path: tuple[str, ...]) -> Any:

@@ -121,7 +121,8 @@ def test_evit_hand_example(fuse: str, fused: list[list[float]] | None) -> None:
 def test_evit_counts_and_protected(n: int, p: int, k: int, fuse: str) -> None:
     x = _rand(2, n, 4)
     attn = _rand(2, 3, n, n, seed=4).softmax(dim=-1)
-    out, _ = evit_prune(x, None, attn, k, p, fuse)  # type: ignore[arg-type]
+    out, _ = evit_prune(x, None, attn, k, p, fuse,  # type: ignore[arg-type]
+                        "cls" if p else "mean")
     assert out.shape == (2, p + k + (0 if fuse == "none" else 1), 4)
     assert torch.equal(out[:, :p], x[:, :p])
     # kept tokens are original tokens, in increasing original position
@@ -137,10 +138,26 @@ def test_evit_ties_prefer_lower_index() -> None:
     torch.testing.assert_close(out, torch.tensor([[[0.0], [1.0], [2.0]]]))
 
 
-def test_evit_scores_without_protected_tokens() -> None:
+def test_evit_scores_cls_and_mean() -> None:
     attn = _rand(2, 3, 4, 4).softmax(dim=-1)
-    torch.testing.assert_close(evit_scores(attn, 0), attn.mean(dim=1).mean(dim=1))
+    torch.testing.assert_close(evit_scores(attn, 0, "mean"), attn.mean(dim=1).mean(dim=1))
     torch.testing.assert_close(evit_scores(attn, 1), attn[:, :, 0, 1:].mean(dim=1))
+    torch.testing.assert_close(evit_scores(attn, 1, "mean"),
+                               attn[:, :, :, 1:].mean(dim=1).mean(dim=1))
+    with pytest.raises(ValueError, match="needs a protected"):
+        evit_scores(attn, 0, "cls")  # no silent fallback
+
+
+def test_evit_mean_score_keeps_the_most_attended_tokens() -> None:
+    x = torch.arange(5, dtype=torch.float32).view(1, 5, 1)
+    attn = torch.zeros(1, 1, 5, 5)
+    attn[0, 0, :, 3] = 0.6  # every query attends to token 3 most, then token 1
+    attn[0, 0, :, 1] = 0.4
+    attn[0, 0, 0] = torch.tensor([0.0, 0.0, 0.9, 0.0, 0.1])  # but CLS prefers token 2
+    out, _ = evit_prune(x, None, attn, keep=2, protected=1, fuse="none", score="mean")
+    assert out[0, :, 0].tolist() == [0.0, 1.0, 3.0]
+    cls, _ = evit_prune(x, None, attn, keep=2, protected=1, fuse="none", score="cls")
+    assert cls[0, :, 0].tolist() == [0.0, 2.0, 4.0]
 
 
 def test_evit_rejects_bad_arguments() -> None:

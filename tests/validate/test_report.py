@@ -53,7 +53,8 @@ def test_write_report_json_and_md(tmp_path: Path) -> None:
     assert "| 0 | 197 | 189 | tome | r=8, first=1, protected=inside |  |" in md
     assert "| 2 | 181 | 173 | tome | r=8, first=1, protected=inside | yes |" in md
     assert "| baseline | 8 | 800 | 10 | " in md
-    assert "speedup: **1.429** (95% interval 1.38–1.47, bootstrap over 20 interleaved" in md
+    assert "speedup: **1.429** (median latencies); paired speedup: 1.43, 95% interval " \
+        "1.38–1.47 (bootstrap over 20 interleaved" in md
     assert "- Test CPU, 2 cores, Linux x86_64; Python 3.12.0, onnxruntime 1.32.0" in md
     assert "- ort (fp32), `model.ort.onnx`" in md
     assert "lost fusions: Gelu x1" in md

@@ -69,3 +69,42 @@ class Runner(abc.ABC):
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+class ZeroFed(Runner):
+    """A runner of a graph that takes inputs besides the image: `input_names` is the image
+    input alone, and every other input is fed zeros of its `(shape, numpy dtype)` (the
+    first dim follows the image's batch). Other attributes are the wrapped runner's."""
+
+    def __init__(self, inner: Runner, image: str, zeros: dict[str, tuple[list[int], str]]
+                 ) -> None:
+        self.inner, self.image, self.zeros = inner, image, zeros
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    @property
+    def input_names(self) -> list[str]:
+        return [self.image]
+
+    @property
+    def output_names(self) -> list[str]:
+        return self.inner.output_names
+
+    def load(self) -> None:
+        self.inner.load()
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        b = int(feeds[self.image].shape[0])
+        extra = {k: np.zeros([b, *shape[1:]] if shape else [], dtype=np.dtype(dtype))
+                 for k, (shape, dtype) in self.zeros.items()}
+        return self.inner.infer({**feeds, **extra})
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def __getattr__(self, attr: str) -> object:
+        if attr == "inner":  # not set yet (during copy/unpickle): no recursion
+            raise AttributeError(attr)
+        return getattr(self.inner, attr)

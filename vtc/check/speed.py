@@ -1,14 +1,16 @@
 """Noise-aware speed verdicts: compare two runs' interleaved timings.
 
 Speedup (compressed vs uncompressed, measured side by side in one run) is
-machine-independent, so it is always compared. Each run's rounds are resampled
-(`vtc.stats`, rounds paired within a run, runs independent) and the verdict reads
-the interval of speedup_now / speedup_baseline:
+machine-independent, so it is always compared, as the paired estimate (`vtc.stats`:
+geometric mean of per-round ratios, trimmed). Each run's rounds are resampled
+(paired within a run, runs independent) and the verdict reads the interval of
+speedup_now / speedup_baseline:
 
     whole interval below 1 - max_speedup_drop   → FAIL (a slowdown beyond noise)
     otherwise                                   → pass
 
-Absolute throughput of the compressed engine (median latency, same bootstrap) is
+Absolute throughput of the compressed engine (trimmed geometric-mean latency, same
+bootstrap) is
 compared only on the same machine fingerprint; on another one the row is skipped
 and says which fields differ.
 """
@@ -48,9 +50,11 @@ def _speedup(b: ThroughputInfo, n: ThroughputInfo, tol: CheckCfg) -> Row:
     dn = stats.speedup_draws(n.baseline.samples_ms, n.compressed.samples_ms, seed=2)
     lo, hi = stats.ratio_interval(dn, db, tol.confidence)
     def show(t: ThroughputInfo) -> str:
-        return f"{t.speedup:.3f}x [{t.speedup_ci.low:.3f}, {t.speedup_ci.high:.3f}]"
+        ci = t.speedup_ci
+        return f"{ci.estimate:.3f}x [{ci.low:.3f}, {ci.high:.3f}]"
 
-    return _ratio_row("throughput.speedup", show(b), show(n), lo, hi, n.speedup / b.speedup,
+    point = n.speedup_ci.estimate / b.speedup_ci.estimate
+    return _ratio_row("throughput.speedup", show(b), show(n), lo, hi, point,
                       tol.max_speedup_drop, tol.confidence)
 
 
@@ -63,12 +67,13 @@ def _throughput(base: Report, now: Report, tol: CheckCfg) -> Row:
     if diff:
         return Row(metric, before, after, "", "skip",
                    "another machine (" + "; ".join(diff) + "): only the speedup is compared")
-    # images/s ratio now/before = median latency before / now
-    db = stats.median_draws(b.compressed.samples_ms, seed=3)
-    dn = stats.median_draws(n.compressed.samples_ms, seed=4)
+    # images/s ratio now/before = typical latency before / now
+    db = stats.location_draws(b.compressed.samples_ms, seed=3)
+    dn = stats.location_draws(n.compressed.samples_ms, seed=4)
     lo, hi = stats.ratio_interval(db, dn, tol.confidence)
-    return _ratio_row(metric, before, after, lo, hi, n.compressed_ips / b.compressed_ips,
-                      tol.max_throughput_drop, tol.confidence)
+    point = stats.location(b.compressed.samples_ms) / stats.location(n.compressed.samples_ms)
+    return _ratio_row(metric, before, after, lo, hi, point, tol.max_throughput_drop,
+                      tol.confidence)
 
 
 def speed_rows(base: Report, now: Report, tol: CheckCfg) -> list[Row]:

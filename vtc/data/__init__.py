@@ -14,11 +14,14 @@ Submodules are imported lazily so that ``import vtc.data`` stays cheap.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from vtc.data.split import DatasetError, Split
+
+if TYPE_CHECKING:
+    from vtc.data.images import Size
 
 _ALIASES = {"fashion-mnist": "fashion-mnist", "fashionmnist": "fashion-mnist",
             "lfw-subset": "lfw-subset", "lfw": "lfw-subset"}
@@ -147,9 +150,11 @@ def photos() -> dict[str, np.ndarray]:
     return sk.photos()
 
 
-def photo_batch(size: int, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """The photos as one model input, float32 ``[4, 3, size, size]`` (see to_model_input)."""
-    return np.concatenate([to_model_input(p[None], size, mean, std) for p in photos().values()])
+def photo_batch(size: Size, mean: Sequence[float], std: Sequence[float], channels: int = 3,
+                resize: str = "stretch") -> np.ndarray:
+    """The photos as one model input, float32 ``[4, channels, H, W]`` (see to_model_input)."""
+    return np.concatenate([to_model_input(p[None], size, mean, std, channels, resize)
+                           for p in photos().values()])
 
 
 def describe() -> list[dict[str, Any]]:
@@ -183,28 +188,30 @@ def describe() -> list[dict[str, Any]]:
     ]
 
 
-def to_model_input(images: np.ndarray, size: int, mean: Sequence[float],
-                   std: Sequence[float]) -> np.ndarray:
-    """uint8 images ``[N, H, W]`` (gray) or ``[N, H, W, 3]`` -> normalised float32
-    ``[N, 3, size, size]``: gray copied to RGB, the whole image resized to
-    size×size (bicubic, PIL; no crop), scaled to [0, 1], then ``(x - mean) / std``.
-    Memory is N·3·size²·4 bytes: subsample first."""
+def to_model_input(images: np.ndarray, size: Size, mean: Sequence[float],
+                   std: Sequence[float], channels: int = 3, resize: str = "stretch"
+                   ) -> np.ndarray:
+    """uint8 images ``[N, h, w]`` (gray) or ``[N, h, w, 3]`` -> normalised float32
+    ``[N, channels, H, W]``: each image brought to ``channels`` (gray copied to RGB,
+    RGB to luma) and to H×W by ``resize`` (`vtc.data.images.fit`; default: the whole
+    image resized, no crop), scaled to [0, 1], then ``(x - mean) / std``.
+    Memory is N·channels·H·W·4 bytes: subsample first."""
     from PIL import Image
 
-    from vtc.data.images import normalize
+    from vtc.data.images import fit, hw, normalize
 
     arr = np.asarray(images)
     if arr.dtype != np.uint8:
         raise ValueError(f"expected uint8 images, got {arr.dtype}")
     if not (arr.ndim == 3 or (arr.ndim == 4 and arr.shape[-1] == 3)):
         raise ValueError(f"expected [N, H, W] or [N, H, W, 3] images, got {list(arr.shape)}")
-    if size < 1:
+    h, w = hw(size)
+    if h < 1 or w < 1:
         raise ValueError(f"size must be >= 1, got {size}")
-    out = np.empty((arr.shape[0], size, size, 3), dtype=np.float32)
+    out = np.empty((arr.shape[0], h, w, channels), dtype=np.float32)
     for i, img in enumerate(arr):
         pil = Image.fromarray(np.ascontiguousarray(img), "L" if img.ndim == 2 else "RGB")
-        pil = pil.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
-        out[i] = np.asarray(pil, dtype=np.float32) / 255.0
+        out[i] = fit(pil, (h, w), resize, channels)
     return normalize(out, mean, std)
 
 

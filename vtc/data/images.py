@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -35,56 +36,88 @@ def _to_8bit(img: Image.Image) -> Image.Image:
     return img
 
 
-def _preprocess(img: Image.Image, size: int) -> np.ndarray:
-    """RGB (16-bit gray scaled, not clipped); shorter side -> round(size·256/224)
-    (bicubic); center crop.
+Size = int | tuple[int, int]  # a square side, or (height, width)
+Resize = Literal["crop", "pad", "stretch"]
+RESIZE_MODES: tuple[str, ...] = ("crop", "pad", "stretch")
 
-    Returns float32 ``[size, size, 3]`` in [0, 1]."""
-    img = _to_8bit(img).convert("RGB")
-    short = round(size * 256 / 224)
-    w, h = img.size
-    if w <= h:
-        nw, nh = short, max(1, round(h * short / w))
+
+def hw(size: Size) -> tuple[int, int]:
+    """A size as ``(height, width)``."""
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def fit(img: Image.Image, size: Size, resize: str = "crop", channels: int = 3) -> np.ndarray:
+    """One image → float32 ``[H, W, channels]`` in [0, 1] (16-bit gray scaled, not
+    clipped; ``channels`` 1: PIL's luma ``L``, 3: RGB, gray copied).
+
+    ``crop``: scale (bicubic) until the image covers ``round(H·256/224) ×
+    round(W·256/224)``, then center-crop H×W (the ImageNet convention); ``pad``: scale
+    to fit inside H×W keeping the aspect ratio, centred on black; ``stretch``: resize
+    the whole image to H×W."""
+    h, w = hw(size)
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    img = _to_8bit(img).convert("L" if channels == 1 else "RGB")
+    iw, ih = img.size
+    if resize == "stretch":
+        img = img.resize((w, h), Image.Resampling.BICUBIC)
+    elif resize == "crop":
+        th, tw = round(h * 256 / 224), round(w * 256 / 224)
+        s = max(tw / iw, th / ih)
+        nw, nh = max(tw, round(iw * s)), max(th, round(ih * s))
+        img = img.resize((nw, nh), Image.Resampling.BICUBIC)
+        left, top = round((nw - w) / 2.0), round((nh - h) / 2.0)
+        img = img.crop((left, top, left + w, top + h))
+    elif resize == "pad":
+        s = min(w / iw, h / ih)
+        nw, nh = min(w, max(1, round(iw * s))), min(h, max(1, round(ih * s)))
+        canvas = Image.new(img.mode, (w, h), 0)
+        canvas.paste(img.resize((nw, nh), Image.Resampling.BICUBIC),
+                     ((w - nw) // 2, (h - nh) // 2))
+        img = canvas
     else:
-        nw, nh = max(1, round(w * short / h)), short
-    img = img.resize((nw, nh), Image.Resampling.BICUBIC)
-    left = round((nw - size) / 2.0)
-    top = round((nh - size) / 2.0)
-    img = img.crop((left, top, left + size, top + size))
-    return np.asarray(img, dtype=np.float32) / 255.0
+        raise ValueError(f"resize {resize!r} is not one of {', '.join(RESIZE_MODES)}")
+    arr = np.asarray(img, dtype=np.float32) / 255.0
+    return arr[..., None] if arr.ndim == 2 else arr
 
 
-def _check_mean_std(mean: Sequence[float], std: Sequence[float]) -> None:
-    if len(mean) != 3 or len(std) != 3:
-        raise ValueError(f"mean and std need 3 values (RGB), got {list(mean)} / {list(std)}")
+def _check_mean_std(mean: Sequence[float], std: Sequence[float], channels: int = 3) -> None:
+    if len(mean) != channels or len(std) != channels:
+        what = "RGB" if channels == 3 else f"{channels} channel{'s' * (channels > 1)}"
+        raise ValueError(f"mean and std need {channels} values ({what}), got {list(mean)} / "
+                         f"{list(std)}")
 
 
 def normalize(rgb: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """``(rgb - mean) / std`` per channel, channels moved first.
+    """``(x - mean) / std`` per channel, channels moved first.
 
-    ``rgb`` is float ``[N, H, W, 3]`` in [0, 1]; returns contiguous float32
-    ``[N, 3, H, W]``. Raises ValueError unless mean and std have 3 values."""
-    _check_mean_std(mean, std)
-    if rgb.ndim != 4 or rgb.shape[-1] != 3:
-        raise ValueError(f"expected [N, H, W, 3] RGB values, got shape {list(rgb.shape)}")
-    m = np.asarray(mean, dtype=np.float32).reshape(1, 1, 1, 3)
-    s = np.asarray(std, dtype=np.float32).reshape(1, 1, 1, 3)
+    ``rgb`` is float ``[N, H, W, C]`` in [0, 1] (C = 1 or 3); returns contiguous
+    float32 ``[N, C, H, W]``. Raises ValueError unless mean and std have C values."""
+    if rgb.ndim != 4 or rgb.shape[-1] not in (1, 3):
+        raise ValueError(f"expected [N, H, W, 3] RGB or [N, H, W, 1] gray values, got shape "
+                         f"{list(rgb.shape)}")
+    c = int(rgb.shape[-1])
+    _check_mean_std(mean, std, c)
+    m = np.asarray(mean, dtype=np.float32).reshape(1, 1, 1, c)
+    s = np.asarray(std, dtype=np.float32).reshape(1, 1, 1, c)
     out = (rgb.astype(np.float32, copy=False) - m) / s
     return np.ascontiguousarray(out.transpose(0, 3, 1, 2), dtype=np.float32)
 
 
 def load_images(
     folder: Path,
-    size: int,
+    size: Size,
     mean: Sequence[float],
     std: Sequence[float],
     limit: int | None = None,
+    channels: int = 3,
+    resize: str = "crop",
 ) -> np.ndarray:
     """Load images under ``folder`` (recursively, sorted by path) as normalized
-    float32 ``[N, 3, size, size]``. Unreadable files are skipped; a ValueError is
-    raised when none can be read."""
+    float32 ``[N, channels, H, W]`` (``fit`` with ``resize``). Unreadable files are
+    skipped; a ValueError is raised when none can be read."""
     folder = Path(folder)
-    _check_mean_std(mean, std)
+    _check_mean_std(mean, std, channels)
     if not folder.is_dir():
         raise ValueError(f"image folder {folder} does not exist or is not a directory")
     files = sorted(
@@ -96,7 +129,7 @@ def load_images(
             break
         try:
             with Image.open(path) as img:
-                arr = _preprocess(img, size)
+                arr = fit(img, size, resize, channels)
         except (UnidentifiedImageError, OSError):
             continue
         out.append(arr)
@@ -108,10 +141,10 @@ def load_images(
     return normalize(np.stack(out), mean, std)
 
 
-def synthetic_batch(n: int, size: int, seed: int = 0) -> np.ndarray:
-    """Fixed-seed standard-normal float32 ``[n, 3, size, size]`` (already 'normalized')."""
+def synthetic_batch(n: int, size: Size, seed: int = 0, channels: int = 3) -> np.ndarray:
+    """Fixed-seed standard-normal float32 ``[n, channels, H, W]`` (already 'normalized')."""
     rng = np.random.default_rng(seed)
-    return rng.standard_normal((n, 3, size, size), dtype=np.float32)
+    return rng.standard_normal((n, channels, *hw(size)), dtype=np.float32)
 
 
 def batches(arr: np.ndarray, batch: int) -> Iterator[tuple[np.ndarray, int]]:

@@ -70,11 +70,11 @@ class Dinov2Family(Family):
     def is_classifier(self, model: nn.Module) -> bool:
         return isinstance(model, Dinov2ForImageClassification)
 
-    def image_size(self, model: nn.Module) -> int:
+    def image_hw(self, model: nn.Module) -> tuple[int, int]:
         pre = getattr(self.config_of(model), "vtc_preprocessor", None) or {}
         if pre.get("crop_size"):
-            return int(pre["crop_size"])
-        return super().image_size(model)
+            return int(pre["crop_size"]), int(pre["crop_size"])
+        return super().image_hw(model)
 
     def registers(self, model: nn.Module) -> int:
         return int(getattr(self.config_of(model), "num_register_tokens", 0) or 0)

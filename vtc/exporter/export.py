@@ -1,6 +1,6 @@
 """Export a family's model to ONNX with static shapes.
 
-The exported graph takes ``pixel_values[batch, C, image_size, image_size]``
+The exported graph takes ``pixel_values[batch, C, H, W]``
 (float32) and returns the family's outputs (``logits`` or ``pooler_output``)
 with every dimension static, so the token dimension of every block is a
 constant the ONNX passes can rewrite.
@@ -48,7 +48,7 @@ def export_onnx(
     family: Family,
     model: nn.Module,
     batch: int,
-    image_size: int,
+    image_size: int | tuple[int, int],
     path: Path,
     opset: int = 18,
     dynamo: bool = True,
@@ -56,7 +56,7 @@ def export_onnx(
 ) -> Path:
     """Export ``model`` (a model of ``family``) to ``path`` and return ``path``.
 
-    Input ``pixel_values[batch, C, image_size, image_size]``; outputs named
+    Input ``pixel_values[batch, C, H, W]`` (``image_size``: a side, or (H, W)); outputs named
     ``family.output_names(model)``; all shapes static (the model is put in float32
     eval mode in place). ``dynamo=False`` uses the
     TorchScript exporter (opset capped at 17). ``dynamic_batch`` makes axis 0
@@ -72,7 +72,8 @@ def export_onnx(
     model = model.float().eval()
     wrapper = family.wrap_for_export(model)
     channels = family.num_channels(model)
-    example = torch.randn(batch, channels, image_size, image_size, dtype=torch.float32)
+    h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
+    example = torch.randn(batch, channels, h, w, dtype=torch.float32)
     output_names = list(family.output_names(model))
     inline = _param_bytes(model) <= model_io.INLINE_LIMIT_BYTES
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

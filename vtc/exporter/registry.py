@@ -122,9 +122,13 @@ class Family:
     def config_of(self, model: nn.Module) -> Any:
         return model.config
 
+    def image_hw(self, model: nn.Module) -> tuple[int, int]:
+        """(height, width) of the input image the model expects (its config's)."""
+        return image_hw(self.config_of(model).image_size)
+
     def image_size(self, model: nn.Module) -> int:
-        """Side of the square input image the model expects (its config's)."""
-        return image_hw(self.config_of(model).image_size)[0]
+        """Height of the input image the model expects (= width for square models)."""
+        return self.image_hw(model)[0]
 
     def num_channels(self, model: nn.Module) -> int:
         return int(getattr(self.config_of(model), "num_channels", 3))
@@ -149,21 +153,27 @@ class Family:
             return (float(value),) * self.num_channels(model)
         return tuple(float(v) for v in value)
 
-    def check_image_size(self, model: nn.Module, size: int) -> None:
-        """UnsupportedModelError unless `size` is positive and a multiple of the patch size."""
+    def check_image_size(self, model: nn.Module, size: int | tuple[int, int]) -> None:
+        """UnsupportedModelError unless `size` (a side, or (height, width)) is positive and
+        a multiple of the patch size."""
         ph, pw = patch_hw(self.config_of(model).patch_size)
-        if size < 1 or size % ph or size % pw:
-            near = max(ph, round(size / ph) * ph)
+        h, w = image_hw(size)
+        if h < 1 or w < 1 or h % ph or w % pw:
+            bad = h if h < 1 or h % ph else w
+            near = max(ph, round(bad / ph) * ph)
+            shown = f"{h}" if h == w else f"{h}×{w}"
             raise UnsupportedModelError(
-                f"image size {size} does not fit the {ph}×{pw} patches of this model; "
+                f"image size {shown} does not fit the {ph}×{pw} patches of this model; "
                 f"give a multiple of {ph}, e.g. --set export.image_size={near}")
 
-    def geometry(self, model: nn.Module, image_size: int | None = None) -> Geometry:
-        """Token geometry and MAC counts for the budget at ``image_size``."""
+    def geometry(self, model: nn.Module, image_size: int | tuple[int, int] | None = None
+                 ) -> Geometry:
+        """Token geometry and MAC counts for the budget at ``image_size`` (a side, or
+        (height, width); None: the model's own)."""
         cfg = self.config_of(model)
-        side = image_size if image_size is not None else self.image_size(model)
+        h, w = image_hw(image_size) if image_size is not None else self.image_hw(model)
         ph, pw = patch_hw(cfg.patch_size)
-        patches = (side // ph) * (side // pw)
+        patches = (h // ph) * (w // pw)
         width = int(cfg.hidden_size)
         tokens = self.prefix_tokens(model) + patches
         return Geometry(

@@ -131,6 +131,12 @@ class Method(abc.ABC):
         """The reduction in `block` (the `nth` of this method's blocks, from 0) when
         `tokens` enter it; None when it keeps every token."""
 
+    def token_score(self, cfg: MethodConfig, geo: Geometry) -> str | None:
+        """For a method that ranks tokens by attention: the score it ranks them by (e.g.
+        EViT's ``cls`` or ``mean``), recorded in the report; None for other methods.
+        Raises BudgetError when the score cannot apply to this model."""
+        return None
+
     def attn_bias(self, cfg: MethodConfig) -> bool:
         """True when the blocks after this method's merges add log(size) to their
         attention logits (proportional attention)."""

@@ -7,6 +7,13 @@ Recipe section::
       keep_rate: 0.7             # or keep: 50 (absolute k per pruning block)
       layers: [3, 6, 9]          # the pruning blocks
       fuse: sum                  # sum | mean | none
+      score: cls                 # cls | mean: how tokens are ranked (below)
+
+Scores: ``cls`` ranks the unprotected tokens by the attention the first (CLS) token
+pays them, averaged over heads (the paper's); ``mean`` ranks them by the attention
+they receive, averaged over heads and every query (for models without a CLS token).
+``cls`` on a model with no protected token is refused: the recipe must say
+``score: mean``, so the report never hides which score ranked the tokens.
 
 Before (one block, N tokens)::
 
@@ -14,7 +21,8 @@ Before (one block, N tokens)::
 
 After (k kept at this block, P protected, one fused token)::
 
-    A ─► Slice(row 0, cols P:) ─► ReduceMean(H) ─► score[B, N-P]   (P = 0: mean over H, queries)
+    A ─► Slice(row 0, cols P:) ─► ReduceMean(H) ─► score[B, N-P]          (score: cls)
+    A ─► Slice(cols P:) ─► ReduceMean(H, queries) ─► score[B, N-P]        (score: mean)
     score ─► TopK(k) ─► sort ─► idx[B, k] ─► GatherElements ─► kept[B, k, C]
     score · (1 - one-hot-mask(idx)) ─► MatMul with x_mid[:, P:] ─► fused[B, 1, C]  (÷ Σw: "mean")
     x' = concat(x_mid[:, :P], kept, fused)[B, P+k+1, C] ─► LN ─► MLP ─► Add
@@ -39,6 +47,7 @@ from vtc.methods.merging import gather_tokens
 from vtc.methods.registry import register
 
 Fuse = Literal["sum", "mean", "none"]
+Score = Literal["cls", "mean"]
 
 
 class EViTConfig(MethodConfig):
@@ -46,6 +55,7 @@ class EViTConfig(MethodConfig):
     keep: int | None = None  # absolute k per pruning block (set keep_rate: null)
     layers: list[int] | None = [3, 6, 9]  # noqa: RUF012 - pydantic copies defaults
     fuse: Fuse = "sum"
+    score: Score = "cls"  # cls: attention from the CLS token; mean: attention received
 
     @field_validator("keep_rate")
     @classmethod
@@ -74,7 +84,18 @@ class EViT(Method):
     config = EViTConfig
     recipe = "evit-keep70"
     exclusive: ClassVar[dict[str, str]] = {"keep_rate": "keep", "keep": "keep_rate"}
-    summary = "attentive token keeping: keep the k tokens the CLS attends to most, fuse the rest"
+    summary = ("attentive token keeping: keep the k tokens the CLS attends to most (or that "
+               "receive the most attention: score mean), fuse the rest")
+
+    def token_score(self, cfg: MethodConfig, geo: Geometry) -> str | None:
+        """The score that ranks tokens: `cls` (refused with no protected token) or `mean`."""
+        assert isinstance(cfg, EViTConfig)
+        if cfg.score == "cls" and geo.protected < 1:
+            raise BudgetError("evit.score=cls ranks tokens by the CLS token's attention, but "
+                              "this model has no CLS (protected) token; set evit.score=mean to "
+                              "rank them by the attention they receive (or give --protected N "
+                              "for an ONNX source that has one)")
+        return cfg.score
 
     def plan_block(self, cfg: MethodConfig, geo: Geometry, block: int, nth: int,
                    tokens: int) -> BlockStep | None:
@@ -94,7 +115,9 @@ class EViT(Method):
             k = math.ceil(cfg.keep_rate * cand)
         if k + extra >= cand:  # nothing to prune (or the fused token would save nothing)
             return None
-        return BlockStep(geo.protected + k + extra, {"keep": k, "fuse": cfg.fuse})
+        score = self.token_score(cfg, geo)
+        return BlockStep(geo.protected + k + extra, {"keep": k, "fuse": cfg.fuse,
+                                                     "score": score})
 
     def overhead(self, plan: LayerPlan, geo: Geometry) -> int:
         return (plan.tokens_in - geo.protected) * geo.width  # the fused token's weighted sum
@@ -106,11 +129,11 @@ class EViT(Method):
             str(site.plan.params["fuse"])
         c = blk.width
         probs = blk.probs
-        if p > 0:
+        if str(site.plan.params.get("score", "cls")) == "cls":
             row = em.op("Slice", probs, em.const([0, p]), em.const([1, n]), em.const([2, 3]))
-            score = em.reduce("ReduceMean", row, [1, 2], 0)  # [B, N-P]
-        else:
-            score = em.reduce("ReduceMean", probs, [1, 2], 0)  # [B, N]
+        else:  # the attention each token receives, from every query
+            row = em.slice(probs, p, n, axis=3) if p else probs
+        score = em.reduce("ReduceMean", row, [1, 2], 0)  # [B, N-P]
         _, top = em.op("TopK", score, em.const([k]), outputs=2, axis=-1, largest=1, sorted=1)
         idx = em.sort_ascending(top, k)
         xp = em.slice(x, p, n, axis=1)
@@ -138,21 +161,25 @@ class EViT(Method):
     def eager(self, x: Tensor, sizes: Tensor | None, keys: Tensor, probs: Tensor,
               plan: LayerPlan, protected: int) -> tuple[Tensor, Tensor | None]:
         return evit_prune(x, sizes, probs, int(plan.params["keep"]), protected,
-                          str(plan.params["fuse"]))
+                          str(plan.params["fuse"]), str(plan.params.get("score", "cls")))
 
 
-def evit_scores(attn: Tensor, protected: int) -> Tensor:
+def evit_scores(attn: Tensor, protected: int, score: str = "cls") -> Tensor:
     """EViT token scores `[B, N - protected]` from attention probabilities
-    `attn[B, H, N, N]`: attention from the first protected token (CLS), averaged over
-    heads; with no protected token, the attention each token receives, averaged over
-    heads and queries."""
-    if protected >= 1:
+    `attn[B, H, N, N]`. `"cls"`: the attention the first token (CLS) pays each
+    unprotected token, averaged over heads (needs `protected >= 1`); `"mean"`: the
+    attention each unprotected token receives, averaged over heads and queries."""
+    if score == "cls":
+        if protected < 1:
+            raise ValueError("EViT score 'cls' needs a protected (CLS) token; use 'mean'")
         return attn[:, :, 0, protected:].mean(dim=1)
-    return attn.mean(dim=(1, 2))
+    if score != "mean":
+        raise ValueError(f"EViT score={score!r} is not one of cls, mean")
+    return attn[:, :, :, protected:].mean(dim=(1, 2))
 
 
 def evit_prune(x: Tensor, sizes: Tensor | None, attn: Tensor, keep: int, protected: int,
-               fuse: str = "sum") -> tuple[Tensor, Tensor | None]:
+               fuse: str = "sum", score: str = "cls") -> tuple[Tensor, Tensor | None]:
     """EViT attentive token keeping.
 
     Args:
@@ -163,6 +190,7 @@ def evit_prune(x: Tensor, sizes: Tensor | None, attn: Tensor, keep: int, protect
         protected: leading tokens kept in front untouched.
         fuse: `"sum"` adds `Σ w_j x_j` over the dropped tokens (`w` = score),
             `"mean"` adds `Σ w_j x_j / Σ w_j`, `"none"` adds nothing.
+        score: `"cls"` or `"mean"` (`evit_scores`).
 
     Returns:
         (`[B, protected + keep (+ 1), C]`: protected tokens, kept tokens in their
@@ -173,17 +201,17 @@ def evit_prune(x: Tensor, sizes: Tensor | None, attn: Tensor, keep: int, protect
         raise ValueError(f"EViT keep={keep} is outside 0..{cand}")
     if fuse not in ("sum", "mean", "none"):
         raise ValueError(f"EViT fuse={fuse!r} is not one of sum, mean, none")
-    score = evit_scores(attn, protected)  # [B, cand]
+    rank = evit_scores(attn, protected, score)  # [B, cand]
     # top-k with ties -> lower index first, then back to spatial order
-    top = torch.sort(score, dim=-1, descending=True, stable=True).indices[:, :keep]
+    top = torch.sort(rank, dim=-1, descending=True, stable=True).indices[:, :keep]
     idx = torch.sort(top, dim=-1).values
     body = x[:, protected:]
     parts = [x[:, :protected], gather_tokens(body, idx)]
     s_parts = [] if sizes is None else [sizes[:, :protected],
                                         gather_tokens(sizes[:, protected:], idx)]
     if fuse != "none":
-        dropped = torch.ones_like(score).scatter(1, idx, 0.0)
-        w = (score * dropped).unsqueeze(-1)  # [B, cand, 1]
+        dropped = torch.ones_like(rank).scatter(1, idx, 0.0)
+        w = (rank * dropped).unsqueeze(-1)  # [B, cand, 1]
         fused = (w * body).sum(dim=1, keepdim=True)
         if fuse == "mean":
             fused = fused / w.sum(dim=1, keepdim=True)

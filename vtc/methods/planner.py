@@ -52,7 +52,8 @@ def schedule(geo: Geometry, sections: Sequence[Section]) -> Budget:
             bias = method.attn_bias(cfg)
         n = step.tokens_out
     settings = {m.name: cfg.model_dump(mode="json") for m, cfg in sections}
-    return finish(geo, plans, tuple(m.name for m, _ in sections), settings, overhead)
+    scores = {m.name: s for m, cfg in sections if (s := m.token_score(cfg, geo)) is not None}
+    return finish(geo, plans, tuple(m.name for m, _ in sections), settings, overhead, scores)
 
 
 def plan_budget(geo: Geometry, sections: Sequence[Section]) -> Budget:

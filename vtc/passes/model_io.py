@@ -96,16 +96,22 @@ def _tensors(graph: onnx.GraphProto) -> list[onnx.TensorProto]:
     return out
 
 
-def load(path: Path | str, batch: int | None = None, image_size: int | None = None) -> ir.Model:
-    """Load an ONNX file, pin symbolic input dims (batch → `batch`, channels → 3,
-    height/width → `image_size`), fold constants and shape computations, and
-    infer static shapes for every value."""
-    return prepare(ir.from_proto(read_onnx(path)), batch, image_size)
+ImageSize = int | tuple[int, int]  # a square side, or (height, width)
 
 
-def _pin_inputs(graph: ir.Graph, batch: int | None, image_size: int | None) -> None:
+def load(path: Path | str, batch: int | None = None, image_size: ImageSize | None = None,
+         channels: int | None = None) -> ir.Model:
+    """Load an ONNX file, pin symbolic input dims (batch → `batch`, channels →
+    `channels` or 3, height/width → `image_size`), fold constants and shape
+    computations, and infer static shapes for every value."""
+    return prepare(ir.from_proto(read_onnx(path)), batch, image_size, channels)
+
+
+def _pin_inputs(graph: ir.Graph, batch: int | None, image_size: ImageSize | None,
+                channels: int | None = None) -> None:
     """Give every symbolic input dim a static value (exporters such as optimum
     write `[batch_size, num_channels, height, width]`)."""
+    hw = (image_size, image_size) if isinstance(image_size, int) else image_size
     for inp in graph.inputs:
         if inp.shape is None:
             continue
@@ -118,15 +124,15 @@ def _pin_inputs(graph: ir.Graph, batch: int | None, image_size: int | None) -> N
                     raise GraphError(f"input {inp.name!r} has a symbolic batch; pass --batch N")
                 dims[i] = batch
             elif i == 1 and len(dims) == 4:
-                dims[i] = 3
+                dims[i] = channels or 3
             elif i >= 2 and len(dims) == 4:
-                if image_size is None:
+                if hw is None:
                     raise GraphError(
                         f"input {inp.name!r} has a symbolic height/width ({d}); give the "
                         "resolution to build for (vtc-export: --set export.image_size=224; "
                         "vtc inspect: --image-size 224)"
                     )
-                dims[i] = image_size
+                dims[i] = hw[i - 2]
             else:
                 raise GraphError(f"input {inp.name!r} has a symbolic dim {d!r} at axis {i}; "
                                  "export the model with static shapes")
@@ -207,13 +213,13 @@ def _fold_constant_of_shape(graph: ir.Graph) -> int:
     return folded
 
 
-def prepare(model: ir.Model, batch: int | None = None, image_size: int | None = None
-            ) -> ir.Model:
+def prepare(model: ir.Model, batch: int | None = None, image_size: ImageSize | None = None,
+            channels: int | None = None) -> ir.Model:
     """Normalise a model in place for the passes; returns it.
 
     Shape computations and constant subgraphs are folded so that every baked
     token count sits in a constant the shape fix-up can rewrite."""
-    _pin_inputs(model.graph, batch, image_size)
+    _pin_inputs(model.graph, batch, image_size, channels)
     model = _optimize(model)
     if _fold_constant_of_shape(model.graph) + _shrink_uniform_expands(model.graph):
         model = _optimize(model)

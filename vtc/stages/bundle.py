@@ -2,7 +2,8 @@
 
 `judge` evaluates the recipe's gates against the typed report (skipping, and
 listing, the gates a run cannot measure); `write` puts manifest.json,
-report.json and report.md beside the graphs and the engine.
+preprocess.json (how a runtime turns an image into the model input), report.json
+and report.md beside the graphs and the engine.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 import vtc
 from vtc.budget import Budget
 from vtc.recipe import RecipeBase
-from vtc.report import BudgetInfo, LayerInfo, Report, to_jsonable
+from vtc.report import BudgetInfo, LayerInfo, Preprocess, Report, to_jsonable
 from vtc.source import Source
 from vtc.util import sha256_file, write_atomic
 from vtc.validate.gates import evaluate_gates, format_gate
@@ -64,6 +65,7 @@ def manifest(report: Report, src: Source, tmp: Path, input_shape: list[int | str
                    "timed_batch": report.throughput.batch if report.throughput else None,
                    "tokens_in": report.budget.tokens_in, "tokens_out": report.budget.tokens_out},
         "opset": opset,
+        "input": to_jsonable(report.inputs.preprocess),
         "engine": {"kind": report.engine.kind, "providers": report.engine.providers,
                    "file": report.engine.file, "precision": report.engine.precision},
         "machine": to_jsonable(report.machine),
@@ -71,6 +73,27 @@ def manifest(report: Report, src: Source, tmp: Path, input_shape: list[int | str
     }
 
 
-def write(tmp: Path, report: Report, manifest_data: dict[str, Any]) -> None:
+def preprocess_json(pre: Preprocess) -> dict[str, Any]:
+    """preprocess.json: the image input and the steps that make it, for a runtime."""
+    data = to_jsonable(pre)
+    data["steps"] = [
+        f"decode; convert to {'gray (PIL L: ITU-R 601-2 luma)' if pre.channels == 1 else 'RGB'}"
+        " (16-bit gray scaled to 8 bits)",
+        {"crop": "resize (bicubic) to cover round(height*256/224) x round(width*256/224), "
+                 "then center-crop height x width",
+         "pad": "resize (bicubic) to fit inside height x width keeping the aspect ratio, "
+                "centred on black (0)",
+         "stretch": "resize (bicubic) to height x width"}[pre.resize],
+        "pixels / 255, then (x - mean) / std per channel; layout [batch, channels, height, "
+        "width] float32",
+    ]
+    return data  # type: ignore[no-any-return]
+
+
+def write(tmp: Path, report: Report, manifest_data: dict[str, Any],
+          pre: Preprocess | None = None) -> None:
     write_atomic(tmp / "manifest.json", json.dumps(manifest_data, indent=2, sort_keys=True) + "\n")
+    if pre is not None:
+        write_atomic(tmp / "preprocess.json",
+                     json.dumps(preprocess_json(pre), indent=2, sort_keys=True) + "\n")
     write_report(tmp, report)

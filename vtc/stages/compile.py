@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vtc.backends import engines
-from vtc.backends.base import Runner
+from vtc.backends.base import Runner, ZeroFed
 from vtc.recipe import RecipeBase
-from vtc.report import EngineInfo, FusionInfo
+from vtc.report import EngineInfo, FusionInfo, Preprocess
 
 
 @dataclass
@@ -58,10 +58,11 @@ def _twin(recipe: RecipeBase, twin: Path | None, tmp: Path, opts: engines.Engine
 
 @contextmanager
 def compile_engines(recipe: RecipeBase, baseline: Path, model: Path, tmp: Path,
-                    input_shape: tuple[int, ...] | None = None, twin: Path | None = None
-                    ) -> Iterator[Compiled]:
+                    input_shape: tuple[int, ...] | None = None, twin: Path | None = None,
+                    pre: Preprocess | None = None) -> Iterator[Compiled]:
     """Build and load both engines (and the unmerged twin's, `twin`); yields them with
-    what the build reported."""
+    what the build reported. With `pre` naming other graph inputs than the image, the
+    runners feed those zeros (`ZeroFed`) and take the image alone."""
     engine = engines.get(recipe.backend.kind)
     opts = options(recipe, input_shape)
     base_file = tmp / f"baseline{engine.suffix}"
@@ -74,5 +75,11 @@ def compile_engines(recipe: RecipeBase, baseline: Path, model: Path, tmp: Path,
         base_file.with_name(base_file.name + ".data").unlink(missing_ok=True)
         info = EngineInfo(kind=engine.name, providers=engine.providers(comp_rt),
                           file=comp_file.name)
-        yield Compiled(base_rt, comp_rt, info, FusionInfo(**counts) if counts else None,
-                       twin_rt)
+        fusions = FusionInfo(**counts) if counts else None
+        if pre is not None and pre.zero_inputs:
+            zeros = {k: (z.shape, z.dtype) for k, z in pre.zero_inputs.items()}
+            yield Compiled(ZeroFed(base_rt, pre.name, zeros), ZeroFed(comp_rt, pre.name, zeros),
+                           info, fusions,
+                           ZeroFed(twin_rt, pre.name, zeros) if twin_rt is not None else None)
+        else:
+            yield Compiled(base_rt, comp_rt, info, fusions, twin_rt)

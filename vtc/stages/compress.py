@@ -180,10 +180,11 @@ def _rewrite_at(exported: Exported, budget: Budget, unmerge: str, tokens_out: st
     dynamic = exported.dynamic
     batch = passes.PROBES[0] if dynamic else exported.batch
     model = prepared if prepared is not None and not dynamic else passes.load(
-        exported.baseline, batch, exported.size)
+        exported.baseline, batch, exported.size, exported.channels)
     info = rewrite(model, budget, unmerge, tokens_out)
     if dynamic:  # a twin at another batch shows which constants baked it
-        twin = passes.load(exported.baseline, passes.PROBES[1], exported.size)
+        twin = passes.load(exported.baseline, passes.PROBES[1], exported.size,
+                           exported.channels)
         rewrite(twin, budget, unmerge, tokens_out)
         info.batch_constants = passes.make_batch_dynamic(model, twin)
         passes.check(model)

@@ -27,7 +27,8 @@ from vtc.stages.load import Loaded
 class Exported:
     baseline: Path  # baseline.onnx
     batch: int  # the build (and timing) batch
-    size: int  # input side, pixels
+    size: tuple[int, int]  # the image input's (height, width), pixels
+    channels: int  # the image input's channels
     dynamic: bool  # the graph's batch is symbolic
     opset: int | None  # the default-domain opset the file declares
 
@@ -44,11 +45,12 @@ def export(loaded: Loaded, recipe: RecipeBase, tmp: Path,
     path = tmp / "baseline.onnx"
     dynamic = recipe.export.dynamic_batch
     if loaded.family is not None:
-        export_onnx(loaded.family, loaded.model, loaded.batch, loaded.size, path,
+        export_onnx(loaded.family, loaded.model, loaded.batch, loaded.hw, path,
                     opset=recipe.export.opset, dynamic_batch=dynamic)
     elif loaded.graph is not None:
         save_model(loaded.graph, path)
     else:
         assert loaded.proto is not None
         save_model(ir.from_proto(loaded.proto), path)
-    return Exported(path, loaded.batch, loaded.size, dynamic, declared_opset(path))
+    return Exported(path, loaded.batch, loaded.hw, loaded.pre.channels, dynamic,
+                    declared_opset(path))

@@ -25,7 +25,15 @@ from vtc.exporter.registry import IMAGENET_MEAN, IMAGENET_STD
 from vtc.passes.graph import GraphError, find_blocks, mlp_width
 from vtc.passes.model_io import read_onnx
 from vtc.recipe import RecipeBase
+from vtc.report import Preprocess
 from vtc.source import Source, SourceError
+from vtc.stages.inputs import (
+    image_dims,
+    pick_image_input,
+    preprocess,
+    real_inputs,
+    zero_inputs,
+)
 
 Log = Callable[[str], None]
 
@@ -43,18 +51,42 @@ class Loaded:
     family: Family | None
     model: Any
     geometry: Geometry
-    size: int  # input height = width, pixels
     batch: int  # the batch the engines are built (and timed) at
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
+    pre: Preprocess  # the image input [C, H, W] and how images become it
+    dataset_resize: str = "stretch"  # datasets and photos: input.resize, else stretch
     proto: onnx.ModelProto | None = None
     graph: ir.Model | None = None
 
+    @property
+    def hw(self) -> tuple[int, int]:
+        """The image input's (height, width), pixels."""
+        return self.pre.height, self.pre.width
 
-def onnx_geometry(model: ir.Model, protected: int | None) -> Geometry:
-    """Budget geometry read off a prepared ONNX graph (no eager model to ask)."""
+
+def _grid_prefix(n: int, hw: tuple[int, int] | None) -> int | None:
+    """Leading non-patch tokens (1, else 0) when the other tokens tile the `hw` image
+    in square patches that divide it (e.g. 128×512 in 8-pixel patches: 1024 tokens)."""
+    if hw is None:
+        return None
+    h, w = hw
+    for prefix in (1, 0):
+        patches = n - prefix
+        if patches < 1 or (h * w) % patches:
+            continue
+        p = math.isqrt(h * w // patches)
+        if p * p * patches == h * w and h % p == 0 and w % p == 0:
+            return prefix
+    return None
+
+
+def onnx_geometry(model: ir.Model, protected: int | None,
+                  hw: tuple[int, int] | None = None) -> Geometry:
+    """Budget geometry read off a prepared ONNX graph (no eager model to ask); `hw`, the
+    image input's (height, width), tells a non-square patch grid's CLS token apart."""
     blocks = find_blocks(model)
     n = blocks[0].tokens
+    if protected is None:
+        protected = _grid_prefix(n, hw)
     if protected is None:
         if math.isqrt(n - 1) ** 2 == n - 1:
             protected = 1  # a square grid plus a CLS token
@@ -70,19 +102,11 @@ def onnx_geometry(model: ir.Model, protected: int | None) -> Geometry:
                     mlp_width=mlp_width(blocks[0]), layers=len(blocks), heads=blocks[0].heads)
 
 
-def _static_batch(proto: onnx.ModelProto) -> int | None:
-    """The first input's batch when it is a fixed number, else None (symbolic)."""
-    dims = proto.graph.input[0].type.tensor_type.shape.dim
+def _static_batch(proto: onnx.ModelProto, name: str) -> int | None:
+    """Input `name`'s batch when it is a fixed number, else None (symbolic)."""
+    dims = next(i for i in proto.graph.input if i.name == name).type.tensor_type.shape.dim
     first = dims[0] if len(dims) else None
     return int(first.dim_value) if first is not None and first.HasField("dim_value") else None
-
-
-def _image_size(model: ir.Model) -> int:
-    shape = model.graph.inputs[0].shape
-    dims = [d for d in shape if isinstance(d, int)] if shape is not None else []
-    if shape is None or len(dims) != len(shape) or len(dims) != 4:
-        raise SourceError("the ONNX model's first input is not a static [B, 3, H, W] image")
-    return dims[-1]
 
 
 def _load_onnx(src: Source, recipe: RecipeBase, batch: int, batch_given: bool,
@@ -92,7 +116,11 @@ def _load_onnx(src: Source, recipe: RecipeBase, batch: int, batch_given: bool,
         raise SourceError(f"SOURCE {src.spec} was already compressed by vtc; give the original "
                           "model (a bundle's baseline.onnx is the uncompressed graph)")
     dynamic = recipe.export.dynamic_batch
-    fixed = _static_batch(proto)
+    name = pick_image_input(proto, recipe.input.name)
+    if dynamic and len(real_inputs(proto)) > 1:
+        raise SourceError(f"{src.spec} has several inputs; export.dynamic_batch supports "
+                          "one-input graphs only: build at a static --batch")
+    fixed = _static_batch(proto, name)
     if dynamic and fixed is not None:
         raise SourceError(f"{src.spec} has a static batch; export.dynamic_batch needs a "
                           "source exported with a dynamic batch axis")
@@ -105,7 +133,7 @@ def _load_onnx(src: Source, recipe: RecipeBase, batch: int, batch_given: bool,
     size = recipe.export.image_size
     try:
         pinned = passes.prepare(ir.from_proto(proto), passes.PROBES[0] if dynamic else batch,
-                                size)
+                                size, recipe.input.channels)
     except GraphError:
         raise
     except Exception as exc:  # a third-party graph the folder or shape inference rejects
@@ -113,16 +141,19 @@ def _load_onnx(src: Source, recipe: RecipeBase, batch: int, batch_given: bool,
                          f"{f', {size} px' if size else ''} ({type(exc).__name__}: "
                          f"{' '.join(str(exc).split())[:200]}); export it with static shapes "
                          "or give the batch and export.image_size it was exported for") from exc
+    channels, h, w = image_dims(pinned, name)
     try:
-        geometry = onnx_geometry(pinned, protected)
+        geometry = onnx_geometry(pinned, protected, (h, w))
     except GraphError as exc:
         if size is None:
             raise
         raise GraphError(f"{exc} (with export.image_size={size}: is it a resolution this "
                          "graph accepts, e.g. the one it was exported at?)") from exc
-    return Loaded(source=src, family=None, model=None,
-                  geometry=geometry, size=_image_size(pinned),
-                  batch=batch, mean=IMAGENET_MEAN, std=IMAGENET_STD, proto=proto,
+    pre = preprocess(recipe.input, name, channels, h, w, IMAGENET_MEAN, IMAGENET_STD,
+                     f"the graph input {name!r} [{batch}, {channels}, {h}, {w}]",
+                     zero_inputs(pinned, name))
+    return Loaded(source=src, family=None, model=None, geometry=geometry, batch=batch,
+                  pre=pre, dataset_resize=recipe.input.resize or "stretch", proto=proto,
                   graph=None if dynamic else pinned)
 
 
@@ -140,13 +171,19 @@ def load(src: Source, recipe: RecipeBase, batch: int, batch_given: bool = False,
     if protected is not None:
         raise SourceError("--protected is for ONNX sources only: an HF model's family knows "
                           "its protected tokens; leave the flag out")
+    if recipe.input.name not in (None, "pixel_values"):
+        raise SourceError(f"input.name={recipe.input.name!r}: an HF model takes one input, "
+                          "pixel_values; leave input.name out")
     family = get_family(src.model_type or "")
     model = family.load(src.path, allow_pickle=allow_pickle)
-    size = recipe.export.image_size or family.image_size(model)
-    family.check_image_size(model, size)
-    return Loaded(source=src, family=family, model=model, geometry=family.geometry(model, size),
-                  size=size, batch=batch, mean=tuple(family.mean(model)),
-                  std=tuple(family.std(model)))
+    size = recipe.export.image_size
+    hw = (size, size) if size else family.image_hw(model)
+    family.check_image_size(model, hw)
+    channels = family.num_channels(model)
+    pre = preprocess(recipe.input, "pixel_values", channels, *hw, family.mean(model),
+                     family.std(model), "the model (its config's num_channels)")
+    return Loaded(source=src, family=family, model=model, geometry=family.geometry(model, hw),
+                  batch=batch, pre=pre, dataset_resize=recipe.input.resize or "stretch")
 
 
 def _available_bytes() -> int | None:
@@ -164,12 +201,13 @@ def check_memory(loaded: Loaded, samples: int) -> None:
     """Refuse a batch (or a sample count) whose activations cannot fit in memory, before
     anything is allocated: one forward pass keeps the input, the attention maps and the
     widest activations of a block alive, for the engine, the baseline and the eager model."""
-    g, b, s = loaded.geometry, loaded.batch, loaded.size
-    per_image = 4 * (3 * s * s + 2 * g.heads * g.tokens ** 2
+    g, b, (h, w) = loaded.geometry, loaded.batch, loaded.hw
+    pixels = loaded.pre.channels * h * w
+    per_image = 4 * (pixels + 2 * g.heads * g.tokens ** 2
                      + 4 * g.tokens * max(3 * g.width, g.mlp_width))
-    need = 3 * b * per_image + 4 * 3 * s * s * max(samples, b)
+    need = 3 * b * per_image + 4 * pixels * max(samples, b)
     have = _available_bytes()
     if have is not None and need > have:
-        raise SourceError(f"batch {b} at {s} px needs about {need / 2**30:.1f} GiB of memory "
+        raise SourceError(f"batch {b} at {h}×{w} px needs about {need / 2**30:.1f} GiB of memory "
                           f"for its activations and inputs; {have / 2**30:.1f} GiB are "
                           "available: lower --batch (or validate.samples)")

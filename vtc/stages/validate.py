@@ -33,6 +33,7 @@ from vtc.report import (
     FidelityInfo,
     InputsInfo,
     ParityInfo,
+    TaskInfo,
     ThroughputInfo,
     TokensOutInfo,
 )
@@ -42,14 +43,21 @@ from vtc.stages.load import Loaded
 from vtc.validate.bench import measure_interleaved, throughput_info
 from vtc.validate.fidelity import fidelity, pooled_fidelity, token_fidelity
 from vtc.validate.parity import compare
-from vtc.validate.tasks import dense_report, probe_report, run_engine
+from vtc.validate.tasks import (
+    ModelInput,
+    dense_report,
+    probe_report,
+    run_engine,
+    run_outputs,
+)
+from vtc.validate.usertask import TaskFn, run_task
 
 Log = Callable[[str], None]
 
 
 @dataclass
 class Inputs:
-    x: np.ndarray  # float32 [N, 3, H, W], normalised
+    x: np.ndarray  # float32 [N, C, H, W], normalised (the graph's image input)
     info: InputsInfo
 
 
@@ -62,28 +70,33 @@ class Validation:
     dense: DenseInfo | None
     throughput: ThroughputInfo | None
     accuracy: AccuracyInfo | None
+    task: TaskInfo | None = None
 
 
 def select_inputs(recipe: RecipeBase, images: Path | None, loaded: Loaded, dense: bool
                   ) -> Inputs:
-    """--images, else the photos (dense outputs, probes), else a synthetic batch."""
-    size, batch = loaded.size, loaded.batch
+    """--images, else the photos (dense outputs, probes), else a synthetic batch; each
+    shaped and normalised as the graph's image input `loaded.pre` says."""
+    pre, batch = loaded.pre, loaded.batch
+    size, c = loaded.hw, pre.channels
     n = max(batch, math.ceil(recipe.validate_.samples / batch) * batch)
     if images is not None:
         try:
-            x = load_images(images, size, loaded.mean, loaded.std, limit=None)
+            x = load_images(images, size, pre.mean, pre.std, limit=None, channels=c,
+                            resize=pre.resize)
         except ValueError as exc:
             raise SourceError(f"--images: {exc}") from exc
-        info = InputsInfo("images", len(x), "the last batch is padded with repeats; only real "
-                          "images are scored", folder=str(images))
+        info = InputsInfo("images", len(x), f"resize {pre.resize}; the last batch is padded "
+                          "with repeats; only real images are scored", folder=str(images))
     elif dense or recipe.validate_.dataset:
-        x = photo_batch(size, loaded.mean, loaded.std)
-        info = InputsInfo("photos", len(x), "scikit-image's test photos, resized to the model "
-                          "input", names=list(PHOTOS))
+        x = photo_batch(size, pre.mean, pre.std, c, loaded.dataset_resize)
+        info = InputsInfo("photos", len(x), "scikit-image's test photos, brought to the model "
+                          f"input by resize {loaded.dataset_resize}", names=list(PHOTOS))
     else:
-        x = synthetic_batch(n, size, seed=recipe.validate_.seed)
+        x = synthetic_batch(n, size, seed=recipe.validate_.seed, channels=c)
         info = InputsInfo("synthetic", int(n), "fixed-seed standard normal pixels: fidelity "
                           "on real images may differ", seed=recipe.validate_.seed)
+    info.preprocess = pre
     return Inputs(x.astype(np.float32), info)
 
 
@@ -165,21 +178,36 @@ def throughput(recipe: RecipeBase, loaded: Loaded, budget: Budget, eng: Compiled
 def probe(recipe: RecipeBase, loaded: Loaded, eng: Compiled, log: Log) -> AccuracyInfo:
     v = recipe.validate_
     assert v.dataset is not None
+    pre = loaded.pre
     res = probe_report(v.dataset, v.probe_train, v.probe_test, v.seed, eng.baseline,
-                       eng.compressed, loaded.size, loaded.mean, loaded.std, loaded.batch, log)
+                       eng.compressed, ModelInput(loaded.hw, pre.channels, pre.mean, pre.std,
+                                                  loaded.dataset_resize), loaded.batch, log)
     res["dataset"] = DatasetInfo(**res["dataset"])
     return AccuracyInfo(**res)
 
 
+def task_tier(spec: str, fn: TaskFn, eng: Compiled, inputs: Inputs, batch: int) -> TaskInfo:
+    """The user's task function on every output of both engines for `inputs`."""
+    base = run_outputs(eng.baseline, inputs.x, batch)
+    comp = run_outputs(eng.compressed, inputs.x, batch)
+    return TaskInfo(spec, len(inputs.x), run_task(fn, spec, inputs.x, base, comp))
+
+
 def validate(recipe: RecipeBase, loaded: Loaded, budget: Budget, eng: Compiled,
              inputs: Inputs, dense: bool, bench: bool, step: Log, log: Log,
-             tokens: TokensOutInfo | None = None) -> Validation:
+             tokens: TokensOutInfo | None = None, task_fn: TaskFn | None = None
+             ) -> Validation:
     """All tiers, in the order that keeps the timing honest (module docstring).
-    `tokens`: the graph's token-sequence output, when it has one (per-token fidelity)."""
+    `tokens`: the graph's token-sequence output, when it has one (per-token fidelity);
+    `task_fn`: the recipe's validate.task, imported."""
     step("validating: parity, fidelity")
     name, parity, fid, dense_info = tiers(loaded, budget, eng, inputs, dense, tokens)
-    timing = None
     v = recipe.validate_
+    task = None
+    if task_fn is not None and v.task is not None:
+        log(f"      task metric: {v.task}")
+        task = task_tier(v.task, task_fn, eng, inputs, loaded.batch)
+    timing = None
     if bench:
         step(f"timing (batch {loaded.batch}, interleaved, median of {v.repeats})")
         first = next(batches(inputs.x, loaded.batch))[0]
@@ -188,7 +216,7 @@ def validate(recipe: RecipeBase, loaded: Loaded, budget: Budget, eng: Compiled,
     if v.dataset:
         step(f"linear probe on {v.dataset}")
         accuracy = probe(recipe, loaded, eng, log)
-    return Validation(name, inputs.info, parity, fid, dense_info, timing, accuracy)
+    return Validation(name, inputs.info, parity, fid, dense_info, timing, accuracy, task)
 
 
 __all__ = ["Inputs", "Validation", "select_inputs", "validate"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from vtc.report import GATES, Gate, Report, lookup
+from vtc.report import GATES, Gate, Report, lookup, task_gate
 
 __all__ = ["GATES", "Gate", "evaluate_gates", "format_gate"]
 
@@ -16,13 +16,19 @@ def evaluate_gates(report: Report, gates: dict[str, float]) -> list[Gate]:
     Raises ValueError for an unknown gate name. A value absent from the report
     (or not a number) gives a failed gate with note ``"not measured"``.
     """
-    unknown = [g for g in gates if g not in GATES]
+    unknown = [g for g in gates if g not in GATES and task_gate(g) is None]
     if unknown:
         raise ValueError(f"unknown gate(s) {unknown}; known gates: {', '.join(GATES)}")
     result: list[Gate] = []
     for name, limit in gates.items():
-        path, kind = GATES[name]
-        raw = lookup(report, path)
+        tg = task_gate(name)
+        if tg is not None:
+            metric, kind = tg
+            path: tuple[str, ...] = ("task", "metrics", metric)
+            raw = report.task.metrics.get(metric) if report.task is not None else None
+        else:
+            path, kind = GATES[name]
+            raw = lookup(report, path)
         if isinstance(raw, bool) or not isinstance(raw, int | float):
             note = f"not measured (report has no {'.'.join(path)})"
             result.append(Gate(name, None, float(limit), False, kind, note))

@@ -26,6 +26,7 @@ from vtc.report import (
     Report,
     SourceInfo,
     Stats,
+    TaskInfo,
     ThroughputInfo,
 )
 from vtc.util import write_atomic
@@ -74,6 +75,9 @@ def _budget(b: BudgetInfo) -> list[str]:
              f"{b.tokens_out} ({b.protected} protected), FLOPs ratio **{_num(b.flops_ratio)}** "
              f"({_num(b.flops_base)} → {_num(b.flops)} MACs/image; the reductions' own "
              f"bookkeeping: {_num(b.flops_overhead)})", ""]
+    lines += [f"- {m} ranks tokens by **{s}** "
+              f"({'attention from the CLS token' if s == 'cls' else 'attention received'})"
+              for m, s in b.scores.items()] + ([""] if b.scores else [])
     rows = [[lp.index, lp.tokens_in, lp.tokens_out, lp.method,
              ", ".join(f"{k}={_num(v)}" for k, v in lp.params.items()) or "",
              "yes" if lp.attn_bias else ""] for lp in b.layers]
@@ -123,7 +127,14 @@ def _fusions(f: FusionInfo) -> list[str]:
 def _inputs(i: InputsInfo) -> list[str]:
     where = i.folder or (", ".join(i.names) if i.names else None)
     extra = f" ({where})" if where else f" (seed {i.seed})" if i.seed is not None else ""
-    return [f"- {i.kind}{extra}: {i.count} images; {i.note}", ""]
+    lines = [f"- {i.kind}{extra}: {i.count} images; {i.note}"]
+    p = i.preprocess
+    if p is not None:
+        zeros = "; other inputs fed zeros: " + ", ".join(
+            f"`{k}` {z.dtype}{z.shape}" for k, z in p.zero_inputs.items()) if p.zero_inputs else ""
+        lines.append(f"- input `{p.name}` [{p.channels}, {p.height}, {p.width}]: resize "
+                     f"{p.resize}, mean {p.mean}, std {p.std}{zeros}")
+    return [*lines, ""]
 
 
 def _stat_row(label: str, s: Stats | None) -> list[Any]:
@@ -173,10 +184,16 @@ def _throughput(t: ThroughputInfo) -> list[str]:
             for name, r in runners.items() if r is not None]
     lines = _table(["runner", "batch", "img/s", "p50 ms", "p95 ms", "n"], rows)
     ci = t.speedup_ci
-    return [*lines, f"- speedup: **{_num(t.speedup)}** ({ci.level:.0%} interval "
-            f"{_num(ci.low)}–{_num(ci.high)}, bootstrap over {t.compressed.n} interleaved "
-            f"rounds, {ci.resamples} resamples, seed {ci.seed})",
+    return [*lines, f"- speedup: **{_num(t.speedup)}** (median latencies); {ci.statistic}: "
+            f"{_num(ci.estimate)}, {ci.level:.0%} interval {_num(ci.low)}–{_num(ci.high)} "
+            f"(bootstrap over {t.compressed.n} interleaved rounds, {ci.resamples} resamples, "
+            f"seed {ci.seed})",
             f"- efficiency: **{_num(t.efficiency)}** (speedup / FLOPs ratio)", f"- {t.method}", ""]
+
+
+def _task(t: TaskInfo) -> list[str]:
+    lines = [f"function `{t.function}` on {t.n} inputs (both engines' outputs)", ""]
+    return lines + _table(["metric", "value"], [[k, v] for k, v in t.metrics.items()])
 
 
 def _gates(gates: list[Gate]) -> list[str]:
@@ -202,6 +219,7 @@ SECTIONS: dict[str, tuple[str, Callable[[Any], list[str]]]] = {
     "dense": ("Dense output fidelity", _dense),
     "throughput": ("Throughput", _throughput),
     "accuracy": ("Accuracy (linear probe)", _accuracy),
+    "task": ("Task metric (validate.task)", _task),
     "gates": ("Gates", _gates),
     "gates_skipped": ("Gates skipped", _skipped),
 }

@@ -12,6 +12,7 @@ kept); images are converted to model input chunk by chunk to bound memory.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,8 +22,28 @@ from vtc.data.images import batches
 Log = Callable[[str], None]
 
 
+@dataclass(frozen=True)
+class ModelInput:
+    """How dataset images become the engines' input `[N, channels, H, W]`."""
+
+    hw: tuple[int, int]
+    channels: int
+    mean: Sequence[float]
+    std: Sequence[float]
+    resize: str = "stretch"
+
+    def key(self) -> tuple[Any, ...]:
+        return (self.hw, self.channels, tuple(self.mean), tuple(self.std), self.resize)
+
+    def convert(self, images: np.ndarray) -> np.ndarray:
+        """uint8 images `[N, h, w(, 3)]` → normalised float32 `[N, channels, H, W]`."""
+        from vtc.data import to_model_input
+
+        return to_model_input(images, self.hw, self.mean, self.std, self.channels, self.resize)
+
+
 def run_engine(rt: Any, x: np.ndarray, batch: int, output: str | None = None) -> np.ndarray:
-    """x `[N, 3, H, W]` → the runner's output `output` (default: its first) for the N
+    """x `[N, C, H, W]` → the runner's output `output` (default: its first) for the N
     real rows, run in full static batches."""
     feed = rt.input_names[0]
     outs = []
@@ -32,17 +53,27 @@ def run_engine(rt: Any, x: np.ndarray, batch: int, output: str | None = None) ->
     return np.concatenate(outs)
 
 
-def _features(runners: Sequence[Any], images: np.ndarray, size: int, mean: Any, std: Any,
+def run_outputs(rt: Any, x: np.ndarray, batch: int) -> dict[str, np.ndarray]:
+    """x `[N, C, H, W]` → every output of the runner, `[N, ...]` each (N real rows)."""
+    feed = rt.input_names[0]
+    outs: dict[str, list[np.ndarray]] = {name: [] for name in rt.output_names}
+    for xb, real in batches(x, batch):
+        res = rt.infer({feed: xb})
+        for name in outs:
+            outs[name].append(res[name][:real])
+    return {name: np.concatenate(parts) for name, parts in outs.items()}
+
+
+def _features(runners: Sequence[Any], images: np.ndarray, mi: ModelInput,
               batch: int, log: Log, what: str) -> list[np.ndarray]:
     """images `[N, h, w(, 3)]` uint8 → one pooled feature array `[N, C]` per runner."""
-    from vtc.data import to_model_input
     from vtc.validate.probe import pool
 
     chunk = batch * max(1, 128 // batch)
     feats: list[list[np.ndarray]] = [[] for _ in runners]
     n = len(images)
     for start in range(0, n, chunk):
-        x = to_model_input(images[start:start + chunk], size, mean, std)
+        x = mi.convert(images[start:start + chunk])
         for out, rt in zip(feats, runners, strict=True):
             out.append(pool(run_engine(rt, x, batch)))
         done = min(start + chunk, n)
@@ -64,7 +95,7 @@ def _cap(want: int | None, have: int | None) -> int | None:
 
 
 def probe_report(dataset: str, n_train: int | None, n_test: int | None, seed: int,
-                 base_rt: Any, comp_rt: Any, size: int, mean: Any, std: Any, batch: int,
+                 base_rt: Any, comp_rt: Any, mi: ModelInput, batch: int,
                  log: Log) -> dict[str, Any]:
     """Linear-probe accuracy of the baseline and compressed engines (see module doc)."""
     from vtc import data
@@ -76,18 +107,17 @@ def probe_report(dataset: str, n_train: int | None, n_test: int | None, seed: in
     log(f"      linear probe on {dataset}: {n_train} train / {n_test} test images "
         f"(of {avail.get('n_train')} / {avail.get('n_test')})")
     split = data.load(dataset, n_train=n_train, n_test=n_test, seed=seed)
-    key = (sha256_file(base_rt.model_path), dataset, n_train, n_test, seed, size, tuple(mean),
-           tuple(std))
+    key = (sha256_file(base_rt.model_path), dataset, n_train, n_test, seed, *mi.key())
     if key in _BASELINE_FEATURES:  # same baseline engine, same images (a sweep's points)
         log("      baseline features: reused from an earlier run in this process")
         f_train, f_base = _BASELINE_FEATURES[key]
-        (f_comp,) = _features([comp_rt], split.test_images, size, mean, std, batch, log,
+        (f_comp,) = _features([comp_rt], split.test_images, mi, batch, log,
                               f"{dataset} test features")
     else:
-        (f_train,) = _features([base_rt], split.train_images, size, mean, std, batch, log,
+        (f_train,) = _features([base_rt], split.train_images, mi, batch, log,
                                f"{dataset} train features")
-        f_base, f_comp = _features([base_rt, comp_rt], split.test_images, size, mean, std,
-                                   batch, log, f"{dataset} test features")
+        f_base, f_comp = _features([base_rt, comp_rt], split.test_images, mi, batch, log,
+                                   f"{dataset} test features")
         _BASELINE_FEATURES.clear()
         _BASELINE_FEATURES[key] = (f_train, f_base)
     res = linear_probe(f_train, split.train_labels, f_base, f_comp, split.test_labels, seed=seed)
