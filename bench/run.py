@@ -138,7 +138,9 @@ def parity(tmp: Path) -> list[tuple[bool, str]]:
     for fam in FAMILY_CONFIGS:
         ckpt = save_checkpoint(fam, tmp / f"ckpt-{fam}")
         for recipe in ("tome-r8", "pitome-r8", "evit-keep70"):
-            rep = _run(ckpt, recipe, tmp / f"p-{fam}-{recipe}", False, batch=4)
+            # SigLIP has no CLS token: EViT ranks by the mean attention received
+            sets = ["evit.score=mean"] if recipe.startswith("evit") and fam == "siglip" else []
+            rep = _run(ckpt, recipe, tmp / f"p-{fam}-{recipe}", False, sets, batch=4)
             d = rep["parity"]["engine"]["max_abs_diff"]
             e = rep["parity"]["export"]["max_abs_diff"]
             b = rep["budget"]
