@@ -111,6 +111,9 @@ def test_budget_parity_quality_fusion_and_gate_regressions(tmp_path: Path) -> No
                       "fidelity.cosine_mean", "accuracy.compressed_acc", "fusions.compressed",
                       "gate.max_parity_diff"}  # its own gate fails as well
     assert "lost Gelu x2" in rows["fusions.compressed"].change
+    layers = _cmp(tmp_path, base, _passing(budget=dataclasses.replace(
+        base.budget, tokens_per_layer=[197, 189, 185])))["budget.tokens_per_layer"]
+    assert layers.verdict == "FAIL" and layers.change == "changed from block 2"
     # a drop inside its tolerance passes
     ok = _cmp(tmp_path, base, _passing(fidelity=dataclasses.replace(
         base.fidelity, cosine_mean=base.fidelity.cosine_mean - 0.001)))

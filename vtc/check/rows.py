@@ -50,11 +50,18 @@ def budget_rows(base: Report, now: Report) -> list[Row]:
     """Tokens and FLOPs: a static budget is reproduced exactly or it changed."""
     b, n = base.budget, now.budget
 
-    def per_layer(x: list[int]) -> str:
-        return "→".join(str(t) for t in x)
+    def per_layer(x: list[int]) -> str:  # the whole list is in --json (values)
+        if len(x) <= 4:
+            return "→".join(str(t) for t in x)
+        return f"{x[0]}→…→{x[-1]} ({len(x)} blocks)"
 
-    return [_exact("budget.tokens_out", b.tokens_out, n.tokens_out),
-            _exact("budget.tokens_per_layer", b.tokens_per_layer, n.tokens_per_layer, per_layer),
+    layers = _exact("budget.tokens_per_layer", b.tokens_per_layer, n.tokens_per_layer,
+                    per_layer)
+    diff = [i for i, (u, v) in enumerate(zip(b.tokens_per_layer, n.tokens_per_layer,
+                                             strict=False)) if u != v]
+    if diff:
+        layers.change = f"changed from block {diff[0]}"
+    return [_exact("budget.tokens_out", b.tokens_out, n.tokens_out), layers,
             _exact("budget.flops_ratio", b.flops_ratio, n.flops_ratio)]
 
 
@@ -135,8 +142,8 @@ def fusion_rows(base: Report, now: Report) -> list[Row]:
         return []
     b, n = base.fusions.compressed, now.fusions.compressed
     lost = {op: b[op] - n.get(op, 0) for op in sorted(b) if n.get(op, 0) < b[op]}
-    def show(d: dict[str, int]) -> str:
-        return ", ".join(f"{k} {v}" for k, v in sorted(d.items())) or "none"
+    def show(d: dict[str, int]) -> str:  # the op list is in --json (values)
+        return f"{sum(d.values())} ops, {len(d)} kinds" if d else "none"
 
     return [Row("fusions.compressed", show(b), show(n),
                 "lost " + ", ".join(f"{k} x{v}" for k, v in lost.items()) if lost else "=",
