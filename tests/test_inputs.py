@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from PIL import Image
 from transformers import ViTConfig, ViTForImageClassification
 
+from tests.conftest import _Wrap
 from tests.tiny import LazyModels, build_variant, perturb
 from vtc.cli import export_main
 from vtc.data.images import fit, load_images
@@ -32,15 +33,6 @@ def gray_vit() -> torch.nn.Module:
                     intermediate_size=64, image_size=(H, W), patch_size=8, num_channels=1,
                     num_labels=5, architectures=["ViTForImageClassification"])
     return perturb(ViTForImageClassification(cfg).eval())
-
-
-class _Logits(torch.nn.Module):
-    def __init__(self, m: torch.nn.Module) -> None:
-        super().__init__()
-        self.m = m
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.m(pixel_values).logits
 
 
 class _TwoInputs(torch.nn.Module):
@@ -80,8 +72,8 @@ def gray(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     _, rgb = build_variant("vit-cls")
     pix = torch.randn(2, 3, 32, 32)
     return {"ckpt": root / "ckpt",
-            "dynamo": _onnx(_Logits(model), (x,), ["pixel_values"], root / "d.onnx", True),
-            "ts": _onnx(_Logits(model), (x,), ["pixel_values"], root / "t.onnx", False),
+            "dynamo": _onnx(_Wrap(model), (x,), ["pixel_values"], root / "d.onnx", True),
+            "ts": _onnx(_Wrap(model), (x,), ["pixel_values"], root / "t.onnx", False),
             "two": _onnx(_TwoInputs(rgb), (pix, pix), ["pixel_values", "aux"],
                          root / "two.onnx", True)}
 
