@@ -108,8 +108,7 @@ def check_noise(tmp: Path, repeats: int) -> list[tuple[bool | None, str]]:
     for i in range(RUNS):
         for kind, model in (("same", bundle / "model.onnx"), ("slow", slowed)):
             now = _time(bundle, model, batch, repeats, f"{kind}{i}")
-            cmp = compare(Side(baseline, bundle / "report.json", "baseline"),
-                          Side(now, bundle / "report.json", kind))
+            cmp = compare(Side(baseline, "baseline"), Side(now, kind))
             row = next(r for r in cmp.rows if r.metric == "throughput.speedup")
             (same_v if kind == "same" else slow_v).append(row.verdict)
             print(f"  run {i} {kind}: {row.now}, change {row.change}: {row.verdict}",

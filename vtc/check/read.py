@@ -25,8 +25,7 @@ class CheckInputError(InputError):
 @dataclass(frozen=True)
 class Side:
     report: Report
-    path: Path  # the report.json read
-    label: str  # what the user gave
+    label: str  # what the user gave: named in the table and in errors
 
 
 def _report_path(given: Path, role: str) -> Path:
@@ -70,7 +69,7 @@ def read_side(given: Path, role: str) -> Side:
         detail = " ".join(first[1:3]).strip() if len(first) > 2 else str(exc)
         raise CheckInputError(f"{role} {path}: not a valid vtc report ({detail}); rebuild it "
                               "with vtc-export") from None
-    return Side(report, path, str(given))
+    return Side(report, str(given))
 
 
 def _batch(r: Report) -> int | None:
