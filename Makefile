@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 # ORT package: onnxruntime (CPU) here; set ORT=onnxruntime-gpu on a CUDA machine (never both).
 ORT     ?= onnxruntime
 
-.PHONY: setup demo data test bench lint clean
+.PHONY: setup demo data test bench bench-gpu lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -33,6 +33,11 @@ test: $(STAMP)
 
 bench: $(STAMP) data
 	$(BIN)/python -m bench.run
+
+# issue 9's GPU table (onnxruntime-gpu on a CUDA machine: make bench-gpu ORT=onnxruntime-gpu);
+# without the CUDA execution provider it says so and exits 0.
+bench-gpu: $(STAMP)
+	$(BIN)/python -m bench.gpu
 
 lint: $(STAMP)
 	$(BIN)/ruff check vtc tests bench

@@ -12,6 +12,7 @@ from vtc.report import (
     BudgetInfo,
     DatasetInfo,
     DenseInfo,
+    DeploymentInfo,
     EngineInfo,
     FidelityInfo,
     FusionInfo,
@@ -22,6 +23,7 @@ from vtc.report import (
     MachineInfo,
     ParityInfo,
     Report,
+    RunConfigInfo,
     SourceInfo,
     Stats,
     ThroughputInfo,
@@ -76,7 +78,13 @@ def sample_report(**changes: Any) -> Report:
                         unmerge=UnmergeInfo(2, 197, ["node_view_16"]),
                         op_counts_before={"MatMul": 10}, op_counts_after={"MatMul": 16},
                         tokens_out=TokensOutInfo("merged", ["tokens"], 173, "token_sizes")),
-        engine=EngineInfo("ort", ["CPUExecutionProvider"], "model.ort.onnx"),
+        engine=EngineInfo("ort", ["CUDAExecutionProvider", "CPUExecutionProvider"],
+                          "model.ort.onnx", "fp16",
+                          {"CUDAExecutionProvider": {"enable_cuda_graph": "1"}}, True, True,
+                          RunConfigInfo("fp32", {"CUDAExecutionProvider": {"use_tf32": "0"}}),
+                          {"baseline": 480, "compressed": 560},
+                          {"CUDAExecutionProvider": 560}, [], {"fp16": 400, "fp32": 160,
+                                                               "casts": 15}),
         machine=MACHINE,
         fusions=FusionInfo({"Gelu": 3}, {"Gelu": 2}, {"Gelu": 1}, {}),
         inputs=InputsInfo("synthetic", 16, "fixed-seed pixels", seed=0),
@@ -96,5 +104,6 @@ def sample_report(**changes: Any) -> Report:
         accuracy=AccuracyInfo(dataset=DatasetInfo(
             "lfw-subset", "skimage.data.lfw_subset()", 40, 20, 2, ["no face", "face"],
             [25, 25], 0, "class-stratified fixed-seed split"), **_probe()),
+        deployment=DeploymentInfo("fp16", 64, 0.9995, 0.998, 1.0, "sample", 85.0, 0.0),
     )
     return dataclasses.replace(report, **changes)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import vtc
+from vtc.backends import engines
 from vtc.backends.machine import machine_info
 from vtc.data.images import IMAGE_EXTENSIONS
 from vtc.errors import OutputError
@@ -27,6 +28,7 @@ from vtc.report import Report, SourceInfo
 from vtc.source import Source, SourceError, resolve
 from vtc.stages import bundle
 from vtc.stages.compile import compile_engines
+from vtc.stages.compile import options as engine_options
 from vtc.stages.compress import compress
 from vtc.stages.export import export
 from vtc.stages.load import Loaded, check_memory, load
@@ -79,6 +81,13 @@ def check_source_spec(spec: str) -> None:
                           "the zoo's dinov2-small")
 
 
+def check_engine(recipe: RecipeBase) -> None:
+    """Refuse engine options the installed engine cannot honour (a provider this
+    onnxruntime lacks, an unknown provider option, a CUDA graph without CUDA) before
+    any work."""
+    engines.get(recipe.backend.kind).check(engine_options(recipe))
+
+
 def _check_images(folder: Path) -> None:
     """Fail before any heavy work when --images holds no image files."""
     if not folder.is_dir() or not any(
@@ -92,6 +101,7 @@ def run(opts: Options) -> Result:
     """Check every input, then build the bundle in a temp dir beside --out (holding its
     lock) and rename it into place; nothing is left behind on a failure."""
     check_source_spec(opts.source)
+    check_engine(opts.recipe)
     check_out(opts.out, opts.force, protected_paths(opts.source))
     if opts.images is not None:
         _check_images(opts.images)
@@ -158,7 +168,8 @@ def build(opts: Options, src: Source, tmp: Path, task_fn: TaskFn | None = None) 
         engine=eng.info, machine=machine_info(eng.info.providers), fusions=eng.fusions,
         inputs=val.inputs, output=val.output,
         parity=val.parity, fidelity=val.fidelity, dense=val.dense,
-        throughput=val.throughput, accuracy=val.accuracy, task=val.task)
+        throughput=val.throughput, accuracy=val.accuracy, task=val.task,
+        deployment=val.deployment)
     bundle.judge(report, recipe, opts.bench)
     report.elapsed_s = round(time.perf_counter() - t0, 2)
     for g in report.gates:

@@ -88,7 +88,37 @@ class BackendCfg(_Strict):
     providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"],
                                  min_length=1)
     threads: int | None = Field(default=None, ge=1, le=1024)  # null: the engine's default
-    fp16: bool = False  # tensorrt: build with FP16 kernels allowed
+    # fp16: fp16 arithmetic with fp32 inputs, outputs and merge/prune decisions; parity
+    # still runs an fp32 engine (vtc.backends.options)
+    precision: Literal["fp32", "fp16"] = "fp32"
+    # per execution provider, passed through: {CUDAExecutionProvider: {use_tf32: 0}}
+    provider_options: dict[str, dict[str, str | int | float | bool]] = Field(
+        default_factory=dict)
+    cuda_graph: Literal["auto", "on", "off"] = "auto"  # auto: when every node runs on CUDA
+    io_binding: bool = True  # timing keeps inputs and outputs on the device
+
+    @_model_validator(mode="before")
+    @classmethod
+    def _fp16_alias(cls, data: Any) -> Any:
+        """`fp16: true` (vtc ≤ 0.x recipes) is `precision: fp16`."""
+        if isinstance(data, dict) and "fp16" in data:
+            data = dict(data)
+            if data.pop("fp16") is True:
+                if data.get("precision", "fp16") != "fp16":
+                    raise ValueError("fp16: true contradicts precision: "
+                                     f"{data['precision']}; give precision only")
+                data["precision"] = "fp16"
+        return data
+
+    @field_validator("cuda_graph", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, v: Any) -> Any:
+        """YAML 1.1 reads a bare `on` / `off` as a boolean."""
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
+
+    @property
+    def fp16(self) -> bool:
+        return self.precision == "fp16"
 
     @field_validator("kind")
     @classmethod
@@ -194,6 +224,16 @@ class RecipeBase(_Strict):
         probe = [g for g in ("max_accuracy_drop", "min_embedding_cosine") if g in self.gates]
         if probe and self.validate_.dataset is None:
             raise ValueError(f"gate(s) {probe} need validate.dataset (e.g. fashion-mnist)")
+        if "max_deploy_accuracy_drop" in self.gates and self.validate_.dataset is None:
+            raise ValueError("gate max_deploy_accuracy_drop needs validate.dataset (e.g. "
+                             "fashion-mnist)")
+        deploy = sorted(g for g in self.gates if g.startswith(("min_deploy", "max_deploy")))
+        b = self.backend
+        cuda = "CUDAExecutionProvider" in b.providers
+        if deploy and b.precision == "fp32" and not cuda:
+            raise ValueError(f"gate(s) {deploy} judge a deployed engine that differs from the "
+                             "fp32 reference one; set backend.precision: fp16 (or deploy on "
+                             "the CUDA execution provider), or drop them")
         task = sorted(g for g in self.gates if task_gate(g) is not None)
         if task and self.validate_.task is None:
             raise ValueError(f"gate(s) {task} need validate.task "

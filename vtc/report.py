@@ -96,11 +96,33 @@ class GraphInfo:
 
 
 @dataclass
+class RunConfigInfo:
+    """How an engine computes: its arithmetic and the provider options passed through."""
+
+    precision: Literal["fp32", "fp16"]
+    provider_options: dict[str, dict[str, str]] = field(default_factory=dict)
+
+
+@dataclass
 class EngineInfo:
+    """The deployed engines (the bundle's file; throughput is timed on them) and, when
+    they compute differently (fp16, TF32), the reference engines parity and fidelity
+    ran on (`reference`: fp32, TF32 off; `vtc.backends.options`)."""
+
     kind: str  # the engine registry's name: ort, tensorrt
     providers: list[str]  # execution providers in use (ORT); [] for other engines
     file: str  # the compressed engine's file in the bundle
-    precision: str = "fp32"  # the arithmetic the engines run in
+    precision: str = "fp32"  # the arithmetic the deployed engines run in
+    provider_options: dict[str, dict[str, str]] = field(default_factory=dict)
+    cuda_graph: bool = False  # the deployed engines replay a CUDA graph
+    io_binding: bool = False  # timing kept inputs and outputs on the device
+    reference: RunConfigInfo | None = None  # null: parity ran on the deployed engines
+    nodes: dict[str, int] = field(default_factory=dict)  # per built engine: baseline, compressed
+    # nodes per execution provider in the deployed compressed engine (one profiled run;
+    # measured when a provider other than the CPU is requested)
+    placement: dict[str, int] = field(default_factory=dict)
+    fallback: list[str] = field(default_factory=list)  # nodes off the CUDA EP (first 50)
+    conversion: dict[str, int] = field(default_factory=dict)  # fp16: nodes fp16/fp32, casts
 
 
 @dataclass
@@ -204,6 +226,22 @@ class FidelityInfo:
     top1_agreement: float | None = None  # classifiers only
     top5_agreement: float | None = None  # classifiers with >= 5 classes
     basis: Literal["sample", "token", "pooled"] = "sample"
+
+
+@dataclass
+class DeploymentInfo:
+    """The deployed compressed engine (`EngineInfo.precision`, provider options)
+    against the reference compressed engine (fp32, TF32 off) on the same inputs: what
+    deploying in that arithmetic costs. Parity is never judged on it."""
+
+    precision: str
+    n: int
+    cosine_mean: float
+    cosine_min: float
+    top1_agreement: float | None = None  # classifiers only
+    basis: Literal["sample", "token", "pooled"] = "sample"
+    accuracy: float | None = None  # the probe on the deployed engine, percent
+    accuracy_drop_points: float | None = None  # reference engine's accuracy minus it
 
 
 @dataclass
@@ -342,6 +380,7 @@ class Report:
     throughput: ThroughputInfo | None
     accuracy: AccuracyInfo | None
     task: TaskInfo | None = None
+    deployment: DeploymentInfo | None = None  # null: the deployed engines are the reference
     gates: list[Gate] = field(default_factory=list)
     gates_skipped: list[str] = field(default_factory=list)
     passed: bool = True
@@ -372,6 +411,9 @@ GATES: dict[str, tuple[tuple[str, ...], Kind]] = {
     "min_embedding_cosine": (("accuracy", "embedding_cosine_mean"), "min"),
     "min_dense_pearson": (("dense", "pearson_mean"), "min"),
     "min_dense_iou": (("dense", "iou_mean"), "min"),
+    "min_deploy_cosine": (("deployment", "cosine_min"), "min"),
+    "min_deploy_top1": (("deployment", "top1_agreement"), "min"),
+    "max_deploy_accuracy_drop": (("deployment", "accuracy_drop_points"), "max"),
 }
 
 

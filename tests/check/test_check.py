@@ -192,7 +192,9 @@ def _schema(tmp: Path, version: int) -> Path:
     (lambda t: _write(t, "o", _passing(budget=dataclasses.replace(
         _passing().budget, tokens_in=257))), [], r"another|tokens in: baseline 257, now 197"),
     (lambda t: _write(t, "p", _passing(engine=dataclasses.replace(
-        _passing().engine, precision="fp16"))), [], r"precision: baseline fp16, now fp32"),
+        _passing().engine, precision="fp32"))), [], r"precision: baseline fp32, now fp16"),
+    (lambda t: _write(t, "g", _passing(engine=dataclasses.replace(
+        _passing().engine, cuda_graph=False))), [], r"CUDA graph: baseline False, now True"),
     (lambda t: _write(t, "b", _slowed(_passing(), 1.0)), ["-t", "max_speedup_drop=1.5"],
      r"max_speedup_drop=1.5: Input should be less than 1"),
     (lambda t: _write(t, "c", _passing()), ["-t", "speed=0.1"], r"--tolerance 'speed=0.1'"),

@@ -56,7 +56,11 @@ def test_write_report_json_and_md(tmp_path: Path) -> None:
     assert "speedup: **1.429** (median latencies); paired speedup: 1.43, 95% interval " \
         "1.38–1.47 (bootstrap over 20 interleaved" in md
     assert "- Test CPU, 2 cores, Linux x86_64; Python 3.12.0, onnxruntime 1.32.0" in md
-    assert "- ort (fp32), `model.ort.onnx`" in md
+    assert "- deployed: ort (fp16), `model.ort.onnx`; providers: CUDAExecutionProvider, " \
+        "CPUExecutionProvider; provider options: CUDAExecutionProvider: enable_cuda_graph=1" in md
+    assert "- CUDA graph: yes; timing with I/O binding: yes" in md
+    assert "reference engines: fp32, provider options: CUDAExecutionProvider: use_tf32=0" in md
+    assert "- cosine: mean 0.999500, min 0.998000" in md
     assert "lost fusions: Gelu x1" in md
     assert "**Overall: FAIL**" in md
     assert "FAIL min_speedup: 1.43 < 1.80" in md

@@ -9,6 +9,7 @@ logits or ``[B, N, C]`` hidden states.
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from types import TracebackType
 from typing import TypeVar
 
@@ -54,6 +55,11 @@ class Runner(abc.ABC):
         """Run once. ``feeds`` maps input name to array (e.g. float32 ``[B, 3, H, W]``);
         the result maps every output name to a host numpy array."""
 
+    def timed(self, feeds: dict[str, np.ndarray]) -> Callable[[], object]:
+        """A zero-argument call that runs one batch of `feeds`, for timing; engines that
+        can keep inputs and outputs on the device (ORT I/O binding) do so."""
+        return lambda: self.infer(feeds)
+
     @abc.abstractmethod
     def close(self) -> None:
         """Release the session / engine; safe to call more than once."""
@@ -95,11 +101,17 @@ class ZeroFed(Runner):
     def load(self) -> None:
         self.inner.load()
 
-    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _fed(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         b = int(feeds[self.image].shape[0])
         extra = {k: np.zeros([b, *shape[1:]] if shape else [], dtype=np.dtype(dtype))
                  for k, (shape, dtype) in self.zeros.items()}
-        return self.inner.infer({**feeds, **extra})
+        return {**feeds, **extra}
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.inner.infer(self._fed(feeds))
+
+    def timed(self, feeds: dict[str, np.ndarray]) -> Callable[[], object]:
+        return self.inner.timed(self._fed(feeds))
 
     def close(self) -> None:
         self.inner.close()

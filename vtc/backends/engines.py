@@ -9,27 +9,27 @@ Runtime or TensorRT; it asks the registry. Adding an engine is one class here
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
 from vtc.backends.base import Runner
+from vtc.backends.options import EngineOptions
 from vtc.errors import InputError
 
-
-@dataclass(frozen=True)
-class EngineOptions:
-    """The recipe's `backend:` section, as the engines read it."""
-
-    providers: tuple[str, ...] = ("CPUExecutionProvider",)  # ORT execution providers
-    threads: int | None = None  # ORT intra-op threads
-    fp16: bool = False  # TensorRT: allow FP16 kernels
-    input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # TensorRT profile
+__all__ = ["Engine", "EngineOptions", "get", "names", "register"]
 
 
 class Engine(abc.ABC):
     name: ClassVar[str] = ""
     suffix: ClassVar[str] = ""  # the built engine's file suffix in the bundle
+    # True: the engine runs the graph in the arithmetic it holds, so an fp16 deployment
+    # needs the graph converted first (vtc.passes.precision); False: the engine's builder
+    # takes the precision as a flag (TensorRT --fp16).
+    converts_precision: ClassVar[bool] = False
+
+    def check(self, opts: EngineOptions) -> None:  # noqa: B027 - most engines check nothing
+        """Refuse options this engine (as installed) cannot honour, before any work
+        (`vtc.errors.InputError`, one line). The default accepts every option."""
 
     @abc.abstractmethod
     def runner(self, onnx_path: Path, engine_path: Path, opts: EngineOptions) -> Runner:
@@ -76,12 +76,22 @@ class OrtEngine(Engine):
 
     name = "ort"
     suffix = ".ort.onnx"
+    converts_precision = True
+
+    def check(self, opts: EngineOptions) -> None:
+        import onnxruntime as ort
+
+        from vtc.backends.options import check_ort
+
+        check_ort(opts, list(ort.get_available_providers()), ort.__version__)
 
     def runner(self, onnx_path: Path, engine_path: Path, opts: EngineOptions) -> Runner:
         from vtc.backends.ort import OrtRunner
 
         return OrtRunner(onnx_path, providers=list(opts.providers),
-                         optimized_model_path=engine_path, intra_op_threads=opts.threads)
+                         optimized_model_path=engine_path, intra_op_threads=opts.threads,
+                         provider_options={p: opts.options_for(p) for p in opts.providers},
+                         io_binding=opts.io_binding)
 
     def fusions(self, baseline_engine: Path, compressed_engine: Path
                 ) -> dict[str, dict[str, int]] | None:

@@ -8,9 +8,11 @@ reads so a report can show whether token compression broke any fusion.
 
 from __future__ import annotations
 
+import json
+import tempfile
 import warnings
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,7 @@ import onnxruntime as ort
 from vtc.backends.base import BackendUnavailable, Runner
 
 CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
 
 # Ops ORT's optimizer produces by fusing several ONNX nodes. Anything in a
 # com.microsoft* domain counts as fused too (see _is_fused).
@@ -66,6 +69,8 @@ class OrtRunner(Runner):
         optimized_model_path: Path | None = None,
         intra_op_threads: int | None = None,
         allow_fallback: bool = False,
+        provider_options: Mapping[str, Mapping[str, str]] | None = None,
+        io_binding: bool = True,
     ) -> None:
         self.model_path = Path(model_path)
         # CPU is always last: nodes another provider cannot take run there.
@@ -75,7 +80,20 @@ class OrtRunner(Runner):
         self.optimized_model_path = optimized_model_path
         self.intra_op_threads = intra_op_threads
         self.allow_fallback = allow_fallback
+        self.provider_options = {p: dict((provider_options or {}).get(p, {}))
+                                 for p in self.requested_providers}
+        self.io_binding = io_binding
         self._session: ort.InferenceSession | None = None
+        self._bound: _Bound | None = None  # the persistent binding of a CUDA-graph session
+
+    @property
+    def device(self) -> str:
+        """Where inputs and outputs live when bound: "cuda" on the CUDA EP, else "cpu"."""
+        return "cuda" if CUDA in self.providers else "cpu"
+
+    @property
+    def cuda_graph(self) -> bool:
+        return self.provider_options.get(CUDA, {}).get("enable_cuda_graph", "0") not in ("0", "")
 
     @property
     def name(self) -> str:
@@ -116,11 +134,14 @@ class OrtRunner(Runner):
                     "session.optimized_model_external_initializers_min_size_in_bytes", "1024")
         if self.intra_op_threads is not None:
             opts.intra_op_num_threads = self.intra_op_threads
+        if CUDA in self.requested_providers:
+            preload_cuda()
         with warnings.catch_warnings():
             # ORT warns about missing providers; we check and report them below.
             warnings.filterwarnings("ignore", message=".*provider.*", category=UserWarning)
             session = ort.InferenceSession(
-                str(self.model_path), sess_options=opts, providers=self.requested_providers
+                str(self.model_path), sess_options=opts, providers=self.requested_providers,
+                provider_options=[self.provider_options[p] for p in self.requested_providers],
             )
         used = list(session.get_providers())
         missing = [p for p in self.requested_providers if p != CPU and p not in used]
@@ -136,14 +157,123 @@ class OrtRunner(Runner):
         self._session = session
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run the session; returns every output as a numpy array (e.g. ``[B, K]``)."""
+        """Run the session; returns every output as a numpy array (e.g. ``[B, K]``).
+        A CUDA-graph session replays from fixed device buffers: the feeds are copied
+        into them and the outputs copied out."""
         sess = self._sess()
+        if self.cuda_graph:
+            if self._bound is None:
+                self._bound = _Bound(sess, feeds, self.device, self._device_id())
+            self._bound.update(feeds)
+            self._bound.run()
+            return self._bound.outputs()
         names = self.output_names
         values = sess.run(names, feeds)
         return {n: np.asarray(v) for n, v in zip(names, values, strict=True)}
 
+    def timed(self, feeds: dict[str, np.ndarray]) -> Callable[[], object]:
+        """One call = one batch with inputs and outputs bound on the device (I/O
+        binding), so that the timing leaves out host↔device copies and output
+        allocation; without `io_binding` the plain `infer`."""
+        if not self.io_binding:
+            return super().timed(feeds)
+        sess = self._sess()
+        if self.cuda_graph:
+            if self._bound is None:
+                self._bound = _Bound(sess, feeds, self.device, self._device_id())
+            self._bound.update(feeds)
+            return self._bound.run
+        return _Bound(sess, feeds, self.device, self._device_id()).run
+
+    def _device_id(self) -> int:
+        return int(self.provider_options.get(CUDA, {}).get("device_id", "0") or 0)
+
     def close(self) -> None:
+        self._bound = None
         self._session = None
+
+
+class _Bound:
+    """Inputs and outputs of one session bound to device buffers (ORT I/O binding).
+    The output buffers are allocated once, shaped by one plain run."""
+
+    def __init__(self, sess: ort.InferenceSession, feeds: dict[str, np.ndarray], device: str,
+                 device_id: int) -> None:
+        self.sess, self.device, self.device_id = sess, device, device_id
+        self.io = sess.io_binding()
+        self.inputs = {k: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v), device,
+                                                           device_id) for k, v in feeds.items()}
+        for k, v in self.inputs.items():
+            self.io.bind_ortvalue_input(k, v)
+        names = [o.name for o in sess.get_outputs()]
+        first = sess.run(names, feeds)  # output shapes and dtypes (static in vtc's engines)
+        self.outs = {n: ort.OrtValue.ortvalue_from_shape_and_type(list(a.shape), a.dtype, device,
+                                                                 device_id)
+                     for n, a in zip(names, first, strict=True)}
+        for n, v in self.outs.items():
+            self.io.bind_ortvalue_output(n, v)
+
+    def update(self, feeds: dict[str, np.ndarray]) -> None:
+        for k, v in feeds.items():
+            self.inputs[k].update_inplace(np.ascontiguousarray(v))
+
+    def run(self) -> None:
+        self.sess.run_with_iobinding(self.io)
+        if self.device != "cpu":
+            self.io.synchronize_outputs()
+
+    def outputs(self) -> dict[str, np.ndarray]:
+        return {n: v.numpy() for n, v in self.outs.items()}
+
+
+def preload_cuda() -> None:
+    """Load the CUDA and cuDNN libraries onnxruntime-gpu needs from the pip packages
+    (or torch) that ship them; a no-op where onnxruntime has no `preload_dlls`."""
+    pre = getattr(ort, "preload_dlls", None)
+    if pre is not None:
+        try:
+            pre()
+        except Exception:
+            pass
+
+
+def node_placement(model_path: str | Path, providers: list[str],
+                   provider_options: Mapping[str, Mapping[str, str]],
+                   feeds: dict[str, np.ndarray]) -> dict[str, str]:
+    """Node name → execution provider, read from ONNX Runtime's profile of one run of
+    the optimised graph (the only place the Python API reports where each node ran).
+    No CUDA graph in this session: a graph capture hides the nodes."""
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    opts.enable_profiling = True
+    with tempfile.TemporaryDirectory(prefix="vtc-profile-") as tmp:
+        opts.profile_file_prefix = str(Path(tmp) / "run")
+        plain = {p: {k: v for k, v in o.items() if k != "enable_cuda_graph"}
+                 for p, o in provider_options.items()}
+        if CUDA in providers:
+            preload_cuda()
+        sess = ort.InferenceSession(str(model_path), sess_options=opts, providers=providers,
+                                    provider_options=[plain.get(p, {}) for p in providers])
+        sess.run(None, feeds)
+        events = json.loads(Path(sess.end_profiling()).read_text())
+    return placement_from_profile(events)
+
+
+def placement_from_profile(events: list[dict[str, object]]) -> dict[str, str]:
+    """The node → provider map of an ORT profile (its `Node` events carry
+    `args.provider`; a node's `_kernel_time` / `_fence_*` events share its name)."""
+    out: dict[str, str] = {}
+    for e in events:
+        args = e.get("args")
+        if e.get("cat") != "Node" or not isinstance(args, dict) or "provider" not in args:
+            continue
+        name = str(e.get("name", ""))
+        for suffix in ("_kernel_time", "_fence_before", "_fence_after"):
+            if name.endswith(suffix):
+                name = name[: -len(suffix)]
+        out[name] = str(args["provider"])
+    return out
 
 
 def _iter_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:

@@ -3,7 +3,7 @@
 Everything that makes two reports incomparable is an `InputError` (exit 2) with
 one line that names the file and the fix: missing, not JSON, another report
 schema version, not a vtc report; and, for a pair, another model, batch,
-precision or engine (`incomparable`).
+precision, CUDA graph or engine (`incomparable`).
 """
 
 from __future__ import annotations
@@ -87,6 +87,7 @@ def incomparable(base: Report, now: Report) -> list[str]:
         ("compared output", base.output, now.output),
         ("timed batch", _batch(base), _batch(now)),
         ("precision", base.engine.precision, now.engine.precision),
+        ("CUDA graph", base.engine.cuda_graph, now.engine.cuda_graph),
         ("engine", base.engine.kind, now.engine.kind),
     ]
     return [f"{what}: baseline {a}, now {b}" for what, a, b in facts

@@ -30,6 +30,7 @@ from vtc.report import (
     AccuracyInfo,
     DatasetInfo,
     DenseInfo,
+    DeploymentInfo,
     FidelityInfo,
     InputsInfo,
     ParityInfo,
@@ -71,6 +72,7 @@ class Validation:
     throughput: ThroughputInfo | None
     accuracy: AccuracyInfo | None
     task: TaskInfo | None = None
+    deployment: DeploymentInfo | None = None
 
 
 def select_inputs(recipe: RecipeBase, images: Path | None, loaded: Loaded, dense: bool
@@ -154,12 +156,12 @@ def tiers(loaded: Loaded, budget: Budget, eng: Compiled, inputs: Inputs, dense: 
 
 def throughput(recipe: RecipeBase, loaded: Loaded, budget: Budget, eng: Compiled,
                xb: np.ndarray) -> ThroughputInfo:
-    """Interleaved timing of both engines (and eager torch) on one batch `xb`."""
-    feeds_b = {eng.baseline.input_names[0]: xb}
-    feeds_c = {eng.compressed.input_names[0]: xb}
+    """Interleaved timing of both deployed engines (and eager torch) on one batch `xb`;
+    engines that can bind inputs and outputs on the device do (`Runner.timed`)."""
+    base, comp = eng.timed
     runners: dict[str, Callable[[], object]] = {
-        "baseline": lambda: eng.baseline.infer(feeds_b),
-        "compressed": lambda: eng.compressed.infer(feeds_c),
+        "baseline": base.timed({base.input_names[0]: xb}),
+        "compressed": comp.timed({comp.input_names[0]: xb}),
     }
     v = recipe.validate_
     eager: list[Runner] = []
@@ -175,15 +177,36 @@ def throughput(recipe: RecipeBase, loaded: Loaded, budget: Budget, eng: Compiled
     return throughput_info(timings, loaded.batch, budget.flops_ratio)
 
 
-def probe(recipe: RecipeBase, loaded: Loaded, eng: Compiled, log: Log) -> AccuracyInfo:
+def probe(recipe: RecipeBase, loaded: Loaded, eng: Compiled, log: Log,
+          compressed: Runner | None = None) -> AccuracyInfo:
+    """The linear probe on the reference engines (or with `compressed` in place of the
+    reference compressed engine: the deployed one, scored by the same probe)."""
     v = recipe.validate_
     assert v.dataset is not None
     pre = loaded.pre
     res = probe_report(v.dataset, v.probe_train, v.probe_test, v.seed, eng.baseline,
-                       eng.compressed, ModelInput(loaded.hw, pre.channels, pre.mean, pre.std,
-                                                  loaded.dataset_resize), loaded.batch, log)
+                       compressed or eng.compressed,
+                       ModelInput(loaded.hw, pre.channels, pre.mean, pre.std,
+                                  loaded.dataset_resize), loaded.batch, log)
     res["dataset"] = DatasetInfo(**res["dataset"])
     return AccuracyInfo(**res)
+
+
+def deployment(eng: Compiled, inputs: Inputs, batch: int, classifier: bool,
+               tokens: TokensOutInfo | None) -> DeploymentInfo | None:
+    """The deployed compressed engine against the reference compressed engine on
+    `inputs` (None when they are one engine): per sample, or per token / pooled for a
+    token-sequence output as the fidelity tier does."""
+    if eng.deployed is None:
+        return None
+    ref = run_engine(eng.compressed, inputs.x, batch)
+    dep = run_engine(eng.deployed, inputs.x, batch)
+    if tokens is not None and ref.ndim == 3:
+        res: dict[str, object] = dict(token_fidelity(ref, dep))
+    else:
+        res = dict(fidelity(ref, dep, classifier and ref.ndim == 2))
+    res.pop("top5_agreement", None)
+    return DeploymentInfo(precision=eng.info.precision, **res)  # type: ignore[arg-type]
 
 
 def task_tier(spec: str, fn: TaskFn, eng: Compiled, inputs: Inputs, batch: int) -> TaskInfo:
@@ -212,11 +235,20 @@ def validate(recipe: RecipeBase, loaded: Loaded, budget: Budget, eng: Compiled,
         step(f"timing (batch {loaded.batch}, interleaved, median of {v.repeats})")
         first = next(batches(inputs.x, loaded.batch))[0]
         timing = throughput(recipe, loaded, budget, eng, first)
+    classifier = (loaded.family.is_classifier(loaded.model) if loaded.family is not None
+                  else "logit" in name.lower())
+    deployed = deployment(eng, inputs, loaded.batch, classifier, tokens)
     accuracy = None
     if v.dataset:
         step(f"linear probe on {v.dataset}")
         accuracy = probe(recipe, loaded, eng, log)
-    return Validation(name, inputs.info, parity, fid, dense_info, timing, accuracy, task)
+        if deployed is not None and eng.deployed is not None:
+            log(f"      the deployed ({eng.info.precision}) compressed engine on the same probe")
+            dep_acc = probe(recipe, loaded, eng, log, eng.deployed).compressed_acc
+            deployed.accuracy = dep_acc
+            deployed.accuracy_drop_points = accuracy.compressed_acc - dep_acc
+    return Validation(name, inputs.info, parity, fid, dense_info, timing, accuracy, task,
+                      deployed)
 
 
 __all__ = ["Inputs", "Validation", "select_inputs", "validate"]

@@ -15,6 +15,7 @@ from vtc.report import (
     AccuracyInfo,
     BudgetInfo,
     DenseInfo,
+    DeploymentInfo,
     EngineInfo,
     FidelityInfo,
     FusionInfo,
@@ -106,9 +107,44 @@ def _graph(g: GraphInfo) -> list[str]:
     return [*lines, ""]
 
 
+def _opts(po: dict[str, dict[str, str]]) -> str:
+    return "; ".join(f"{p}: " + ", ".join(f"{k}={v}" for k, v in o.items())
+                     for p, o in po.items()) or "none"
+
+
 def _engine(e: EngineInfo) -> list[str]:
-    return [f"- {e.kind} ({e.precision}), `{e.file}`; providers: "
-            f"{', '.join(e.providers) or '—'}", ""]
+    lines = [f"- deployed: {e.kind} ({e.precision}), `{e.file}`; providers: "
+             f"{', '.join(e.providers) or '—'}; provider options: {_opts(e.provider_options)}",
+             f"- CUDA graph: {'yes' if e.cuda_graph else 'no'}; timing with I/O binding: "
+             f"{'yes' if e.io_binding else 'no'}"]
+    if e.reference is not None:
+        lines.append(f"- parity and fidelity ran on reference engines: {e.reference.precision}, "
+                     f"provider options: {_opts(e.reference.provider_options)}")
+    else:
+        lines.append("- parity and fidelity ran on the deployed engines")
+    if e.nodes:
+        lines.append("- engine nodes: " + ", ".join(f"{k} {v}" for k, v in e.nodes.items()))
+    if e.conversion:
+        lines.append("- fp16 conversion: " + ", ".join(f"{k} {v}" for k, v in
+                                                       e.conversion.items()))
+    if e.placement:
+        lines.append("- node placement: " + ", ".join(f"{k} {v}" for k, v in
+                                                      e.placement.items()))
+    if e.fallback:
+        lines.append("- off the CUDA EP: " + ", ".join(f"`{n}`" for n in e.fallback))
+    return [*lines, ""]
+
+
+def _deployment(d: DeploymentInfo) -> list[str]:
+    lines = [f"deployed ({d.precision}) compressed engine vs the reference compressed engine, "
+             f"{d.n} inputs ({d.basis}):",
+             f"- cosine: mean {_cos(d.cosine_mean)}, min {_cos(d.cosine_min)}"]
+    if d.top1_agreement is not None:
+        lines.append(f"- top-1 agreement: {_num(d.top1_agreement)}")
+    if d.accuracy is not None and d.accuracy_drop_points is not None:
+        lines.append(f"- probe accuracy: {_num(d.accuracy)} % (drop vs the reference engine "
+                     f"{_num(d.accuracy_drop_points)} points)")
+    return [*lines, ""]
 
 
 def _machine(m: MachineInfo) -> list[str]:
@@ -216,6 +252,7 @@ SECTIONS: dict[str, tuple[str, Callable[[Any], list[str]]]] = {
     "inputs": ("Inputs", _inputs),
     "parity": ("Parity", _parity),
     "fidelity": ("Fidelity", _fidelity),
+    "deployment": ("Deployed engine vs reference engine", _deployment),
     "dense": ("Dense output fidelity", _dense),
     "throughput": ("Throughput", _throughput),
     "accuracy": ("Accuracy (linear probe)", _accuracy),
