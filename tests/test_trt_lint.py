@@ -92,18 +92,30 @@ def test_nonzero_custom_domain_and_unsupported_ops_are_errors() -> None:
 
 def test_warnings_argmax_resize_unknown_op_double_and_dynamic_input() -> None:
     m = _model([oh.make_node("ArgMax", ["x"], ["a"], name="am", select_last_index=1),
+                oh.make_node("Shape", ["x"], ["xs"]),
+                oh.make_node("Cast", ["xs"], ["sc"], to=TP.FLOAT),
                 oh.make_node("Resize", ["x", "", "sc"], ["r"], name="rs", mode="cubic"),
                 oh.make_node("Cast", ["x"], ["d"], name="to_double", to=TP.DOUBLE),
                 oh.make_node("Hardmax", ["x"], ["y"], name="hm")],
-               [_const("sc", [1.0, 2.0], np.float32)], x_shape=["batch", 16],
-               outputs=["a", "r", "d", "y"])
+               x_shape=["batch", 16], outputs=["a", "r", "d", "y"])
     found = lint(m)
     assert {f.severity for f in found} == {"warning"}
     by = _by_node(found)
-    assert "select_last_index" in by["am"].problem and "cubic" in by["rs"].problem
+    assert "select_last_index" in by["am"].problem and "not known statically" in by["rs"].problem
     assert "not in vtc's TensorRT table" in by["hm"].problem
     assert "FLOAT" in by["to_double"].problem and by["to_double"].op == "dtype"
     assert "--minShapes" in by["x"].fix and by["x"].op == "input"
+
+
+def test_cubic_resize_only_on_the_innermost_two_dims() -> None:
+    def resize(scales: list[float]) -> onnx.ModelProto:
+        return _model([oh.make_node("Resize", ["x", "", "sc"], ["r"], name="rs", mode="cubic")],
+                      [_const("sc", scales, np.float32)], x_shape=[2, 3, 8, 8],
+                      outputs=["r"])
+
+    assert lint(resize([1.0, 1.0, 2.0, 2.0])) == []
+    f = _by_node(lint(resize([1.0, 2.0, 2.0, 2.0])))["rs"]
+    assert f.severity == "error" and "dims [1, 2, 3]" in f.problem
 
 
 def test_runtime_axes_and_antialias_are_errors() -> None:
@@ -188,7 +200,7 @@ def test_tensorrt_recipe_with_a_lint_error_stops_before_the_engine(
     res = CliRunner().invoke(export_main, [str(vit_dir), "--recipe", "tome-r8", "--out",
                                            str(out), *FAST, "--set", "backend.kind=tensorrt"])
     assert res.exit_code == 2, res.output
-    line = [ln for ln in res.output.splitlines() if ln.startswith("error:")][0]
+    line = next(ln for ln in res.output.splitlines() if ln.startswith("error:"))
     assert "backend.kind tensorrt" in line and "(Softmax): planted limit; fix: planted fix" \
         in line and "vtc lint-trt" in line
     assert not out.exists()

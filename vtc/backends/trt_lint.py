@@ -4,13 +4,17 @@ against the parser's documented limits, without TensorRT installed (onnx + numpy
 Sources (facts taken from them; the wording and code here are vtc's own):
 
 * onnx/onnx-tensorrt `docs/operators.md` at commit 6d0ab7be324d02c7feb3a306b6fdbeae84f71ddc
-  (the support matrix: which ops the parser refuses, per-op restrictions such as TopK's
-  `K` being an initializer, the `axes` inputs of Slice/Squeeze/Unsqueeze and CumSum's
-  `axis` being constants, Resize's modes, DequantizeLinear's zero point; DOUBLE is cast
-  down to FLOAT, clamped at ±FLT_MAX);
+  (its TensorRT 8.5 matrix, the newest revision that could be read here: which ops the
+  parser refuses; per-op restrictions such as TopK's `K` being an initializer, the
+  `axes` inputs of Slice/Squeeze/Unsqueeze and CumSum's `axis` being constants, Resize's
+  modes, DequantizeLinear's zero point; DOUBLE cast down to FLOAT, clamped at ±FLT_MAX);
 * NVIDIA's TensorRT operator reference, TopK (docs.nvidia.com/deeplearning/tensorrt,
-  10.x): `k <= 3840` and `k <=` the axis length; `DataType` (10.x): FLOAT, HALF, BF16,
-  INT8, INT32, INT64, BOOL, UINT8 (network inputs/outputs only), FP8, INT4;
+  10.x): `k <= 3840` and `k <=` the axis length; and the TensorRT 10.13 Python API as
+  `tensorrt-stubs` 10.13.0.35.1 ships it (`tensorrt_bindings/tensorrt.pyi`): TopK "only
+  values of K up to 3840", `InterpolationMode.CUBIC` resizing the innermost 2 dims only
+  (cubic was not in the 8.5 matrix), `DataType` FLOAT, HALF, BF16, INT8, INT32, INT64,
+  BOOL, UINT8 (network inputs/outputs only), FP8, INT4 — so INT64 is a TensorRT 10 type
+  and is not flagged (TensorRT 8 narrowed INT64 to INT32, clamping at ±INT32_MAX);
 * NVIDIA/TensorRT issues #2396, #3650, #3750 and onnx/onnx-tensorrt #957: TensorRT's
   scatter layer has no reduction; ScatterElements/ScatterND with `reduction` other than
   `none` are refused (or, in some releases, silently computed as `none`).
@@ -55,7 +59,8 @@ PLAIN: frozenset[str] = frozenset({
     "ConstantOfShape", "Conv", "ConvTranspose", "Cos", "Cosh", "DepthToSpace", "Div",
     "Dropout", "Elu", "Equal", "Erf", "Exp", "Expand", "EyeLike", "Flatten", "Floor",
     "Gather", "GatherElements", "GatherND", "Gelu", "Gemm", "GlobalAveragePool",
-    "GlobalLpPool", "GlobalMaxPool", "Greater", "GreaterOrEqual", "GridSample", "GroupNormalization",
+    "GlobalLpPool", "GlobalMaxPool", "Greater", "GreaterOrEqual", "GridSample",
+    "GroupNormalization",
     "HardSigmoid", "HardSwish", "Identity", "InstanceNormalization", "IsNaN",
     "LayerNormalization", "LeakyRelu", "Less", "LessOrEqual", "Log", "LogSoftmax", "LRN",
     "LpNormalization", "LpPool", "MatMul", "Max", "Mean", "MeanVarianceNormalization", "Min",
@@ -177,16 +182,36 @@ _RESIZE_COORD = {"half_pixel", "pytorch_half_pixel", "tf_half_pixel_for_nn", "as
 _RESIZE_NEAREST = {"floor", "ceil", "round_prefer_floor", "round_prefer_ceil"}
 
 
+def _resized_axes(node: onnx.NodeProto, g: Graph) -> list[int] | None:
+    """Axes a Resize changes (constant scales or sizes), or None when not known."""
+    scales = g.const(node.input[2]) if len(node.input) > 2 else None
+    if scales is not None and scales.size:
+        return [i for i, s in enumerate(scales.reshape(-1)) if s != 1.0]
+    sizes = g.const(node.input[3]) if len(node.input) > 3 else None
+    shape = g.shapes.get(node.input[0])
+    if sizes is not None and shape is not None and len(shape) == sizes.size:
+        return [i for i, (a, b) in enumerate(zip(shape, sizes.reshape(-1), strict=True))
+                if a != int(b)]
+    return None
+
+
 def _resize(node: onnx.NodeProto, g: Graph) -> list[TrtFinding]:
     out: list[TrtFinding] = []
     mode = _attr(node, "mode", "nearest")
     coord = _attr(node, "coordinate_transformation_mode", "half_pixel")
     if mode not in ("nearest", "linear", "cubic"):
         out.append(_f(node, f"mode={mode!r} is not a Resize mode TensorRT knows",
-                      "use nearest or linear"))
+                      "use nearest, linear or cubic"))
     if mode == "cubic":
-        out.append(_f(node, "mode='cubic': TensorRT's ONNX parser documents nearest and "
-                      "linear only", "use linear (or resize before the graph)", "warning"))
+        axes, rank = _resized_axes(node, g), len(g.shapes.get(node.input[0]) or [])
+        if axes is None:
+            out.append(_f(node, "mode='cubic' resizes only the innermost 2 dims in TensorRT; "
+                          "which dims this node resizes is not known statically",
+                          "constant-fold its scales/sizes (static shapes)", "warning"))
+        elif rank and any(a < rank - 2 for a in axes):
+            out.append(_f(node, f"mode='cubic' on dims {axes}: TensorRT's cubic resize acts "
+                          "on the innermost 2 dims only", "resize the last two dims (move "
+                          "the axes with a Transpose) or use linear"))
     if coord not in _RESIZE_COORD:
         out.append(_f(node, f"coordinate_transformation_mode={coord!r} is not supported",
                       f"use one of {', '.join(sorted(_RESIZE_COORD))}"))

@@ -112,7 +112,9 @@ class Bundle:
             raise BundleError(f"{path / graph}: no such file; give --graph model.onnx or "
                               "model.ort.onnx")
         first = man["shapes"]["input"][0]
-        session = ort.InferenceSession(str(path / graph),
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3  # errors only: stdout/stderr stay one line per image
+        session = ort.InferenceSession(str(path / graph), opts,
                                        providers=list(providers or ["CPUExecutionProvider"]))
         return cls(path, pre["name"], int(pre["channels"]), int(pre["height"]),
                    int(pre["width"]), pre["resize"], np.asarray(pre["mean"], np.float32),

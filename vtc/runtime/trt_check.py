@@ -182,7 +182,9 @@ def build_plan(trt: Any, onnx_path: Path, fp16: bool, shapes: dict[str, tuple[in
 def ort_runner(ort: Any, gpu: bool) -> tuple[Any, str]:
     providers = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider")
                  if gpu and p in ort.get_available_providers()] + ["CPUExecutionProvider"]
-    sess = ort.InferenceSession(str(BUNDLE / "model.onnx"), providers=providers)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3  # errors only: keep the check's output readable
+    sess = ort.InferenceSession(str(BUNDLE / "model.onnx"), opts, providers=providers)
     outs = [o.name for o in sess.get_outputs()]
     return (lambda feeds: dict(zip(outs, sess.run(None, feeds), strict=True)),
             f"onnxruntime {ort.__version__} ({sess.get_providers()[0]})")
