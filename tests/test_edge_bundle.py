@@ -85,6 +85,16 @@ def test_build_sh_profile_for_a_dynamic_batch() -> None:
     assert "Shapes=" not in static and "pixel_values 8x3x224x224" in static
 
 
+def test_sample_count_is_capped_by_bytes() -> None:
+    x = np.zeros((8, 3, 224, 224), np.float32)  # 602 kB per image
+    dense = {"engine": np.zeros((8, 384, 37, 37), np.float32)}  # 2.1 MB per image
+    assert edge._count(x[:3], {}) == 3
+    assert edge._count(x, {}) == edge.SAMPLES_BYTES // x[0].nbytes
+    assert edge._count(x, dense) == edge.SAMPLES_BYTES // (x[0].nbytes + dense["engine"][0].nbytes)
+    huge = np.zeros((4, 3, 2048, 2048), np.float32)
+    assert edge._count(huge, {}) == 1
+
+
 def test_npz_bytes_are_deterministic(tmp_path: Path) -> None:
     arrays = {"b": np.arange(6, dtype=np.float32).reshape(2, 3), "a": np.ones(3)}
     edge._write_npz(tmp_path / "1.npz", arrays)

@@ -38,7 +38,7 @@ from vtc.util import sha256_file, write_atomic
 __all__ = ["SAMPLES_BYTES", "SAMPLES_MAX", "build_sh", "edge_files", "lint", "write"]
 
 SAMPLES_MAX = 8  # samples in the bundle at most
-SAMPLES_BYTES = 4 << 20  # and at most this many bytes of inputs (at least one sample)
+SAMPLES_BYTES = 4 << 20  # and at most this many bytes of inputs + references
 CHECK_TEMPLATE = Path(__file__).parents[1] / "runtime" / "trt_check.py"
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 
@@ -75,14 +75,16 @@ def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     write_atomic(path, buf.getvalue())
 
 
-def _count(x: np.ndarray) -> int:
-    per = max(1, int(x[:1].nbytes))
+def _count(x: np.ndarray, refs: dict[str, np.ndarray]) -> int:
+    """Samples to keep: at most SAMPLES_MAX, and inputs + references of at most
+    SAMPLES_BYTES (uncompressed) — but always one."""
+    per = max(1, int(x[:1].nbytes) + sum(int(v[:1].nbytes) for v in refs.values()))
     return max(1, min(len(x), SAMPLES_MAX, SAMPLES_BYTES // per))
 
 
 def _samples(tmp: Path, x: np.ndarray, refs: dict[str, np.ndarray], pre: Preprocess,
              output: str, batch: int, gate: float | None) -> None:
-    n = _count(x)
+    n = _count(x, refs)
     (tmp / "samples").mkdir(exist_ok=True)
     _write_npz(tmp / "samples" / "inputs.npz", {pre.name: x[:n].astype(np.float32)})
     _write_npz(tmp / "samples" / "reference.npz", {k: v[:n] for k, v in refs.items()})
