@@ -244,3 +244,145 @@ def test_python_m_vtc_runtime_bad_input(bundle: Path, tmp_path: Path) -> None:
         res = _run(["-m", "vtc.runtime", *args], cwd=ROOT, env=env)
         assert res.returncode == 2 and words in res.stderr, (args, res.stderr)
         assert "Traceback" not in res.stderr
+
+
+# ---- trt/check.py's TensorRT plumbing against a stand-in (no GPU here) ------------------
+
+class _FakeCudart:
+    """libcudart's calls check.py makes, on host memory (a 'device pointer' is an address)."""
+
+    def __init__(self) -> None:
+        self.blocks: list[object] = []
+
+    def cudaMalloc(self, ref: object, size: object) -> int:  # the C names
+        import ctypes
+
+        buf = ctypes.create_string_buffer(int(size.value))  # type: ignore[attr-defined]
+        self.blocks.append(buf)
+        ref._obj.value = ctypes.addressof(buf)  # type: ignore[attr-defined]
+        return 0
+
+    def cudaMemcpy(self, dst: object, src: object, size: object, kind: int) -> int:
+        import ctypes
+
+        ctypes.memmove(dst, src, size.value)  # type: ignore[attr-defined, arg-type]
+        return 0
+
+    def cudaStreamCreate(self, ref: object) -> int:
+        ref._obj.value = 1  # type: ignore[attr-defined]
+        return 0
+
+    def cudaStreamSynchronize(self, stream: object) -> int:
+        return 0
+
+
+def _fake_tensorrt(onnx_path: Path) -> object:
+    """The TensorRT 10 names check.py uses; the 'engine' runs model.onnx in onnxruntime
+    on the buffers check.py filled, so the plumbing (shapes, dtypes, copies) is real."""
+    import ctypes
+    import types
+
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    ins, outs = sess.get_inputs(), sess.get_outputs()
+    io = {t.name: t for t in [*ins, *outs]}
+    trt = types.SimpleNamespace(__version__="10.fake", Builder=None)
+    trt.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, level: None})
+    trt.TensorIOMode = types.SimpleNamespace(INPUT="in", OUTPUT="out")
+    trt.BuilderFlag = types.SimpleNamespace(FP16="fp16")
+    trt.nptype = lambda dt: np.float32 if dt == "tensor(float)" else np.int64
+
+    class Ctx:
+        def __init__(self) -> None:
+            self.shapes = {t.name: tuple(t.shape) for t in [*ins, *outs]}
+            self.addr: dict[str, int] = {}
+
+        def set_input_shape(self, name: str, shape: tuple[int, ...]) -> bool:
+            self.shapes[name] = tuple(shape)
+            return True
+
+        def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+            return self.shapes[name]
+
+        def set_tensor_address(self, name: str, ptr: int) -> bool:
+            self.addr[name] = ptr
+            return True
+
+        def _array(self, name: str) -> np.ndarray:
+            dtype = np.dtype(trt.nptype(io[name].type))
+            shape = self.shapes[name]
+            n = int(np.prod(shape)) * dtype.itemsize
+            raw = (ctypes.c_char * n).from_address(self.addr[name])
+            return np.frombuffer(raw, dtype).reshape(shape)
+
+        def execute_async_v3(self, stream: int) -> bool:
+            res = sess.run(None, {t.name: self._array(t.name).copy() for t in ins})
+            for t, v in zip(outs, res, strict=True):
+                self._array(t.name)[...] = v
+            return True
+
+    engine = types.SimpleNamespace(
+        num_io_tensors=len(io), get_tensor_name=lambda i: list(io)[i],
+        get_tensor_mode=lambda n: "in" if n in {t.name for t in ins} else "out",
+        get_tensor_dtype=lambda n: io[n].type, create_execution_context=Ctx)
+    trt.Runtime = lambda logger: types.SimpleNamespace(
+        deserialize_cuda_engine=lambda plan: engine if plan == b"fake-plan" else None)
+
+    class Config:
+        def set_flag(self, flag: str) -> None:
+            trt.flags = [flag]
+
+        def create_timing_cache(self, data: bytes) -> bytes:
+            return data
+
+        def set_timing_cache(self, cache: bytes, ignore_mismatch: bool) -> None:
+            return None
+
+        def get_timing_cache(self) -> object:
+            return types.SimpleNamespace(serialize=lambda: b"cache")
+
+        def add_optimization_profile(self, profile: object) -> None:
+            return None
+
+    network = types.SimpleNamespace(num_inputs=len(ins), get_input=lambda i: types.SimpleNamespace(
+        name=ins[i].name, shape=tuple(ins[i].shape)))
+    trt.OnnxParser = lambda net, log: types.SimpleNamespace(
+        parse_from_file=lambda p: Path(p).resolve() == onnx_path.resolve(), num_errors=0)
+    trt.Builder = lambda log: types.SimpleNamespace(
+        create_network=lambda flags: network, create_builder_config=Config,
+        create_optimization_profile=lambda: types.SimpleNamespace(),
+        build_serialized_network=lambda net, cfg: b"fake-plan")
+    return trt
+
+
+def test_check_py_tensorrt_plumbing_with_a_stand_in(bundle: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """No GPU here: check.py's TensorRT path (build, plan and timing cache written, load,
+    device buffers, copies both ways) against a stand-in that computes with onnxruntime.
+    What it cannot show: that TensorRT 10 itself behaves as the stand-in assumes."""
+    import importlib.util
+    import shutil
+
+    copy = tmp_path / "b"
+    shutil.copytree(bundle, copy)
+    spec = importlib.util.spec_from_file_location("trt_check_copy", copy / "trt" / "check.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    fake = _fake_tensorrt(copy / "model.onnx")
+    monkeypatch.setattr(mod, "tensorrt_module", lambda: fake)
+    monkeypatch.setattr(mod, "_cudart", _FakeCudart)
+    assert mod.main(["--runtime", "tensorrt", "--seconds", "0.1", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["runtime"] == "TensorRT 10.fake, built trt/model.plan (fp16 allowed)"
+    assert out["parity"]["passed"] and out["tiers"]["engine"]["max_abs_diff"] < 1e-4
+    assert fake.flags == ["fp16"]  # type: ignore[attr-defined]
+    assert (copy / "trt" / "model.plan").read_bytes() == b"fake-plan"
+    assert (copy / "trt" / "timing.cache").read_bytes() == b"cache"
+    assert mod.main(["--runtime", "tensorrt", "--seconds", "0.1"]) == 0  # loads the plan now
+    assert "loaded trt/model.plan" in capsys.readouterr().out
+    (copy / "trt" / "model.plan").write_bytes(b"stale")
+    assert mod.main(["--runtime", "tensorrt"]) == 2
+    assert "delete it and run again" in capsys.readouterr().err
