@@ -212,3 +212,18 @@ def test_tensorrt_recipe_with_a_lint_error_stops_before_the_engine(
     assert rep["trt_lint"]["errors"] == 3 and rep["trt_lint"]["findings"][0]["fix"] == \
         "planted fix"
     assert "planted limit" in (out / "report.md").read_text()
+
+
+def test_a_tensorrt_recipe_refuses_a_baseline_error_too(tmp_path: Path) -> None:
+    from vtc.errors import InputError
+    from vtc.stages import edge
+
+    model = _save(_model([oh.make_node("Relu", ["x"], ["y"], name="r")]), tmp_path / "m.onnx")
+    base = _save(_model([oh.make_node("NonZero", ["x"], ["y"], name="nz")]),
+                 tmp_path / "baseline.onnx")
+    logged: list[str] = []
+    assert edge.lint(model, "ort", logged.append, base).errors == 0 and logged == []
+    with pytest.raises(InputError, match=r"baseline\.onnx breaks .* nz \(NonZero\)"):
+        edge.lint(model, "tensorrt", logged.append, base)
+    info = edge.lint(base, "ort", logged.append)
+    assert info.errors == 1 and "1 error(s)" in logged[0]

@@ -140,7 +140,7 @@ def build(opts: Options, src: Source, tmp: Path, task_fn: TaskFn | None = None) 
          f"FLOPs ratio {budget.flops_ratio:.2f}")
     comp = compress(exported, budget, recipe.unmerge, tmp, prepared=loaded.graph,
                     tokens_out=recipe.tokens_out)
-    trt_lint = edge.lint(comp.path, recipe.backend.kind, opts.log)  # before any engine
+    trt_lint = edge.lint(comp.path, recipe.backend.kind, opts.log, exported.baseline)
     dense = is_dense(comp.output_shape)
     if recipe.validate_.dataset and dense:
         raise SourceError(f"validate.dataset={recipe.validate_.dataset}: a linear probe needs "

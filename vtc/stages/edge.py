@@ -47,14 +47,24 @@ class TrtLintError(InputError):
     """model.onnx breaks a TensorRT parser limit and the recipe asks for TensorRT."""
 
 
-def lint(model: Path, kind: str, log: Callable[[str], None]) -> TrtLintInfo:
-    """Lint `model` for TensorRT 10; with `kind == "tensorrt"` an error is refused."""
-    info = lint_file(model)
-    if info.errors and kind == "tensorrt":
+def _refuse(path: Path, info: TrtLintInfo) -> None:
+    if info.errors:
         first = next(f for f in info.findings if f.severity == "error")
-        raise TrtLintError(f"backend.kind tensorrt: {model.name} breaks a TensorRT parser "
+        raise TrtLintError(f"backend.kind tensorrt: {path.name} breaks a TensorRT parser "
                            f"limit ({info.errors} error(s)); first: {format_finding(first)}; "
-                           f"`vtc lint-trt {model}` lists all")
+                           f"`vtc lint-trt {path}` lists all")
+
+
+def lint(model: Path, kind: str, log: Callable[[str], None], baseline: Path | None = None
+         ) -> TrtLintInfo:
+    """Lint `model` for TensorRT 10 (the report's finding list). With `kind ==
+    "tensorrt"` an error in `model` — or in `baseline`, whose engine is built too — is
+    refused before any engine is built."""
+    info = lint_file(model)
+    if kind == "tensorrt":
+        _refuse(model, info)
+        if baseline is not None:
+            _refuse(baseline, lint_file(baseline))
     if info.errors or info.warnings:
         log(f"      TensorRT lint of {model.name}: {info.errors} error(s), {info.warnings} "
             "warning(s) (report.json: trt_lint)")
