@@ -2,9 +2,10 @@
 """trt/check.py of a vtc bundle: build or load a TensorRT engine, run the bundled
 samples, print parity against the bundled references and throughput.
 
-Needs numpy and one runtime: `tensorrt` (10.x; CUDA buffers through libcudart, which
-the tensorrt wheels install) or `onnxruntime-gpu` (CUDA or TensorRT execution
-provider). `--runtime ort-cpu` runs the same check on plain onnxruntime (CPU).
+Needs numpy and one runtime: `tensorrt` (10.x; CUDA buffers through libcudart via
+ctypes: the CUDA toolkit's, or the nvidia-cuda-runtime wheel's) or `onnxruntime-gpu`
+(CUDA or TensorRT execution provider). `--runtime ort-cpu` runs the same check on
+plain onnxruntime (CPU).
 
     python3 trt/check.py                      # trt/model.plan, or build it from model.onnx
     python3 trt/check.py --fp32               # build without FP16 kernels
@@ -68,7 +69,7 @@ def ort_module(gpu: bool) -> Any:
 # ---- TensorRT (10.x API: named I/O tensors, execute_async_v3) ------------------------
 
 def _cudart() -> Any:
-    """libcudart through ctypes (the tensorrt wheels depend on nvidia-cuda-runtime)."""
+    """libcudart through ctypes: the system's, or the nvidia-cuda-runtime wheel's."""
     names = [ctypes.util.find_library("cudart"), "libcudart.so", "libcudart.so.13",
              "libcudart.so.12", "libcudart.so.11.0"]
     for entry in sys.path:
@@ -328,7 +329,7 @@ def check(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runtime", choices=["auto", "tensorrt", "ort-gpu", "ort-cpu"],
                     default="auto", help="auto: TensorRT, else onnxruntime-gpu")
