@@ -26,7 +26,7 @@ from vtc.output import building, check_out, publish
 from vtc.recipe import RecipeBase
 from vtc.report import Report, SourceInfo
 from vtc.source import Source, SourceError, resolve
-from vtc.stages import bundle
+from vtc.stages import bundle, edge
 from vtc.stages.compile import compile_engines
 from vtc.stages.compile import options as engine_options
 from vtc.stages.compress import compress
@@ -150,6 +150,7 @@ def build(opts: Options, src: Source, tmp: Path, task_fn: TaskFn | None = None) 
          f"FLOPs ratio {budget.flops_ratio:.2f}")
     comp = compress(exported, budget, recipe.unmerge, tmp, prepared=loaded.graph,
                     tokens_out=recipe.tokens_out)
+    trt_lint = edge.lint(comp.path, recipe.backend.kind, opts.log, exported.baseline)
     dense = is_dense(comp.output_shape)
     if recipe.validate_.dataset and dense:
         raise SourceError(f"validate.dataset={recipe.validate_.dataset}: a linear probe needs "
@@ -169,13 +170,14 @@ def build(opts: Options, src: Source, tmp: Path, task_fn: TaskFn | None = None) 
         inputs=val.inputs, output=val.output,
         parity=val.parity, fidelity=val.fidelity, dense=val.dense,
         throughput=val.throughput, accuracy=val.accuracy, task=val.task,
-        deployment=val.deployment)
+        deployment=val.deployment, trt_lint=trt_lint)
     bundle.judge(report, recipe, opts.bench)
     report.elapsed_s = round(time.perf_counter() - t0, 2)
     for g in report.gates:
         opts.log(bundle.format_gate(g))
     shape: list[int | str] = ["batch" if dynamic else loaded.batch, pre.channels, pre.height,
                               pre.width]
+    edge.write(tmp, report, inputs.x, val.references, pre, shape, loaded.batch)
     bundle.write(tmp, report, bundle.manifest(report, src, tmp, shape, exported.opset), pre)
     step(f"bundle complete in {report.elapsed_s:.1f} s")
     return report

@@ -344,6 +344,28 @@ class TaskInfo:
     metrics: dict[str, float]
 
 
+@dataclass
+class TrtFinding:
+    """One TensorRT 10 ONNX-parser finding (`vtc.backends.trt_lint`): the node (or
+    tensor / graph input) it is about, its op, what TensorRT does with it and the fix."""
+
+    node: str
+    op: str
+    problem: str
+    fix: str
+    severity: Literal["error", "warning"]
+
+
+@dataclass
+class TrtLintInfo:
+    """`vtc lint-trt` on the bundle's model.onnx: counts and every finding (an error
+    stops a `backend.kind: tensorrt` build before the engine is built)."""
+
+    errors: int
+    warnings: int
+    findings: list[TrtFinding] = field(default_factory=list)
+
+
 @dataclass(frozen=True)
 class Gate:
     """One gate: `kind == "min"` passes when `value >= limit`, `"max"` when
@@ -381,6 +403,7 @@ class Report:
     accuracy: AccuracyInfo | None
     task: TaskInfo | None = None
     deployment: DeploymentInfo | None = None  # null: the deployed engines are the reference
+    trt_lint: TrtLintInfo | None = None  # model.onnx against TensorRT 10's ONNX parser
     gates: list[Gate] = field(default_factory=list)
     gates_skipped: list[str] = field(default_factory=list)
     passed: bool = True

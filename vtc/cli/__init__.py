@@ -1,5 +1,5 @@
 """Command-line entry points: `vtc-export` and `vtc` (export, inspect, recipes, methods,
-demo, sweep, zoo, data, check, report). One module per command group; every command
+demo, sweep, zoo, data, check, report, lint-trt). One module per command group; every command
 body runs in `vtc.errors.guard`, which owns the exit codes (0 success, 1 a gate failed, 2 bad
 input, 3 internal error, 130 interrupted)."""
 
@@ -13,6 +13,7 @@ from vtc import methods
 from vtc.cli.check import check, report
 from vtc.cli.data import data
 from vtc.cli.export import demo, export_cmd, export_main
+from vtc.cli.lint import lint_trt
 from vtc.cli.sweep import sweep
 from vtc.cli.zoo import zoo
 from vtc.errors import guard
@@ -31,6 +32,7 @@ def main() -> None:
     \b
     vtc export SOURCE --recipe tome-r16 --out out/   (same as vtc-export)
     vtc inspect model.onnx                           blocks and token counts
+    vtc lint-trt model.onnx                          TensorRT 10 parser limits
     vtc recipes                                      the shipped recipes
     vtc methods                                      the reduction methods
     vtc sweep SOURCE --recipe tome --values r=0,8,16 --out out/sweep
@@ -118,3 +120,4 @@ main.add_command(zoo)
 main.add_command(data)
 main.add_command(check)
 main.add_command(report)
+main.add_command(lint_trt)

@@ -3,7 +3,8 @@
 `judge` evaluates the recipe's gates against the typed report (skipping, and
 listing, the gates a run cannot measure); `write` puts manifest.json,
 preprocess.json (how a runtime turns an image into the model input), report.json
-and report.md beside the graphs and the engine.
+and report.md beside the graphs and the engine. The edge files (samples/, trt/) are
+`vtc.stages.edge`'s; the manifest lists them with their sha256 under `edge`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from vtc.budget import Budget
 from vtc.recipe import RecipeBase
 from vtc.report import BudgetInfo, LayerInfo, Preprocess, Report, to_jsonable
 from vtc.source import Source
+from vtc.stages.edge import edge_files
 from vtc.util import sha256_file, write_atomic
 from vtc.validate.gates import evaluate_gates, format_gate
 from vtc.validate.report import write_report
@@ -70,6 +72,7 @@ def manifest(report: Report, src: Source, tmp: Path, input_shape: list[int | str
                    "file": report.engine.file, "precision": report.engine.precision},
         "machine": to_jsonable(report.machine),
         "files": files,
+        "edge": edge_files(tmp),  # samples/ and trt/ (vtc.stages.edge)
     }
 
 

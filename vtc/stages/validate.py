@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +73,9 @@ class Validation:
     accuracy: AccuracyInfo | None
     task: TaskInfo | None = None
     deployment: DeploymentInfo | None = None
+    # the compared output of the tiers, per sample: "engine" (the compressed engine) and,
+    # with an eager model, "eager_reference" (the eager reference at the same budget)
+    references: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def select_inputs(recipe: RecipeBase, images: Path | None, loaded: Loaded, dense: bool
@@ -131,16 +134,20 @@ def _fidelity(b: np.ndarray, c: np.ndarray, classifier: bool, eng: Compiled,
 
 def tiers(loaded: Loaded, budget: Budget, eng: Compiled, inputs: Inputs, dense: bool,
           tokens: TokensOutInfo | None = None
-          ) -> tuple[str, ParityInfo, FidelityInfo, DenseInfo | None]:
-    """Parity (both tiers), fidelity and dense fidelity on `inputs`."""
+          ) -> tuple[str, ParityInfo, FidelityInfo, DenseInfo | None, dict[str, np.ndarray]]:
+    """Parity (both tiers), fidelity and dense fidelity on `inputs`; the last item is
+    the compared output of the compressed engine and the eager reference (the bundle's
+    samples/reference.npz)."""
     name, batch = eng.compressed.output_names[0], loaded.batch
     b, c = run_engine(eng.baseline, inputs.x, batch), run_engine(eng.compressed, inputs.x, batch)
+    refs = {"engine": c}
     if loaded.family is not None:
         ref_b, ref_c = TorchRunner(_eager(loaded, None)), TorchRunner(_eager(loaded, budget))
         with ref_b, ref_c:  # the same batches as the engines saw
             rb = run_engine(ref_b, inputs.x, batch, name)
             rc = run_engine(ref_c, inputs.x, batch, name)
         parity = ParityInfo(compare(rb, b), compare(rc, c))
+        refs["eager_reference"] = rc
         classifier = loaded.family.is_classifier(loaded.model)
     else:
         parity = ParityInfo(None, None, "ONNX source: no eager model, parity tiers not "
@@ -151,7 +158,7 @@ def tiers(loaded: Loaded, budget: Budget, eng: Compiled, inputs: Inputs, dense: 
     if dense:
         d = dense_report(b, c, name)
         dense_info = DenseInfo(**{k: d[k] for k in DenseInfo.__dataclass_fields__})
-    return name, parity, fid, dense_info
+    return name, parity, fid, dense_info, refs
 
 
 def throughput(recipe: RecipeBase, loaded: Loaded, budget: Budget, eng: Compiled,
@@ -224,7 +231,7 @@ def validate(recipe: RecipeBase, loaded: Loaded, budget: Budget, eng: Compiled,
     `tokens`: the graph's token-sequence output, when it has one (per-token fidelity);
     `task_fn`: the recipe's validate.task, imported."""
     step("validating: parity, fidelity")
-    name, parity, fid, dense_info = tiers(loaded, budget, eng, inputs, dense, tokens)
+    name, parity, fid, dense_info, refs = tiers(loaded, budget, eng, inputs, dense, tokens)
     v = recipe.validate_
     task = None
     if task_fn is not None and v.task is not None:
@@ -248,7 +255,7 @@ def validate(recipe: RecipeBase, loaded: Loaded, budget: Budget, eng: Compiled,
             deployed.accuracy = dep_acc
             deployed.accuracy_drop_points = accuracy.compressed_acc - dep_acc
     return Validation(name, inputs.info, parity, fid, dense_info, timing, accuracy, task,
-                      deployed)
+                      deployed, refs)
 
 
 __all__ = ["Inputs", "Validation", "select_inputs", "validate"]

@@ -29,6 +29,7 @@ from vtc.report import (
     Stats,
     TaskInfo,
     ThroughputInfo,
+    TrtLintInfo,
 )
 from vtc.util import write_atomic
 from vtc.validate.gates import format_gate
@@ -232,6 +233,19 @@ def _task(t: TaskInfo) -> list[str]:
     return lines + _table(["metric", "value"], [[k, v] for k, v in t.metrics.items()])
 
 
+_LINT_ROWS_MAX = 40
+
+
+def _trt_lint(t: TrtLintInfo) -> list[str]:
+    lines = [f"model.onnx against TensorRT 10's ONNX parser: **{t.errors} error(s)**, "
+             f"{t.warnings} warning(s) (`vtc lint-trt model.onnx`)", ""]
+    rows = [[f.severity, f"`{f.node}`", f.op, f.problem, f.fix]
+            for f in t.findings[:_LINT_ROWS_MAX]]
+    more = len(t.findings) - len(rows)
+    return lines + (_table(["severity", "node", "op", "problem", "fix"], rows) if rows else []) \
+        + ([f"({more} more in report.json)", ""] if more > 0 else [])
+
+
 def _gates(gates: list[Gate]) -> list[str]:
     return [f"- `{format_gate(g)}`" for g in gates] + ([""] if gates else ["no gates", ""])
 
@@ -257,6 +271,7 @@ SECTIONS: dict[str, tuple[str, Callable[[Any], list[str]]]] = {
     "throughput": ("Throughput", _throughput),
     "accuracy": ("Accuracy (linear probe)", _accuracy),
     "task": ("Task metric (validate.task)", _task),
+    "trt_lint": ("TensorRT lint", _trt_lint),
     "gates": ("Gates", _gates),
     "gates_skipped": ("Gates skipped", _skipped),
 }
