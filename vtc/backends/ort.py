@@ -195,7 +195,7 @@ class OrtRunner(Runner):
 
 class _Bound:
     """Inputs and outputs of one session bound to device buffers (ORT I/O binding).
-    The output buffers are allocated once, shaped by one plain run."""
+    The output buffers are allocated once, shaped as the session declares them."""
 
     def __init__(self, sess: ort.InferenceSession, feeds: dict[str, np.ndarray], device: str,
                  device_id: int) -> None:
@@ -205,11 +205,12 @@ class _Bound:
                                                            device_id) for k, v in feeds.items()}
         for k, v in self.inputs.items():
             self.io.bind_ortvalue_input(k, v)
-        names = [o.name for o in sess.get_outputs()]
-        first = sess.run(names, feeds)  # output shapes and dtypes (static in vtc's engines)
-        self.outs = {n: ort.OrtValue.ortvalue_from_shape_and_type(list(a.shape), a.dtype, device,
-                                                                 device_id)
-                     for n, a in zip(names, first, strict=True)}
+        batch = next(iter(feeds.values())).shape[0] if feeds else 1
+        # shapes from the session (static in vtc's engines; a symbolic dim is the batch):
+        # a plain run to learn them is not allowed once a CUDA graph is enabled
+        self.outs = {o.name: ort.OrtValue.ortvalue_from_shape_and_type(
+            [d if isinstance(d, int) else batch for d in o.shape], _np_dtype(o.type), device,
+            device_id) for o in sess.get_outputs()}
         for n, v in self.outs.items():
             self.io.bind_ortvalue_output(n, v)
 
@@ -224,6 +225,18 @@ class _Bound:
 
     def outputs(self) -> dict[str, np.ndarray]:
         return {n: v.numpy() for n, v in self.outs.items()}
+
+
+_NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
+             "tensor(double)": np.float64, "tensor(int64)": np.int64, "tensor(int32)": np.int32,
+             "tensor(bool)": np.bool_, "tensor(uint8)": np.uint8, "tensor(int8)": np.int8}
+
+
+def _np_dtype(onnx_type: str) -> type:
+    try:
+        return _NP_TYPES[onnx_type]
+    except KeyError:
+        raise ValueError(f"no I/O binding for an output of type {onnx_type}") from None
 
 
 def preload_cuda() -> None:
