@@ -136,6 +136,7 @@ class MachineInfo:
     python: str
     onnxruntime: str | None  # None when onnxruntime is not installed
     providers: list[str]  # the execution providers the engines used
+    gpu: str | None = None  # the GPU's name when the engines ran on CUDA
 
 
 @dataclass

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
 from importlib import metadata
 from pathlib import Path
 
@@ -43,12 +44,25 @@ def _version(package: str) -> str | None:
     return None
 
 
+def _gpu(providers: list[str]) -> str | None:
+    """The GPU's name when the engines ran on a CUDA provider (nvidia-smi's first
+    device), else None: on the CPU it does not bear on the figures."""
+    if not any(p in ("CUDAExecutionProvider", "TensorrtExecutionProvider") for p in providers):
+        return None
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unknown CUDA device"
+    return out.strip().splitlines()[0] if out.strip() else "unknown CUDA device"
+
+
 def machine_info(providers: list[str]) -> MachineInfo:
     """This machine, with the execution providers the engines used."""
     return MachineInfo(cpu=_cpu_model(), cores=_cores(),
                        system=f"{platform.system()} {platform.machine()}",
                        python=platform.python_version(), onnxruntime=_version("onnxruntime"),
-                       providers=list(providers))
+                       providers=list(providers), gpu=_gpu(providers))
 
 
 def differences(a: MachineInfo, b: MachineInfo) -> list[str]:
