@@ -89,6 +89,9 @@ class BackendCfg(_Strict):
                                  min_length=1)
     threads: int | None = Field(default=None, ge=1, le=1024)  # null: the engine's default
     fp16: bool = False  # tensorrt: build with FP16 kernels allowed
+    # engines that run com.microsoft ops (ort): each attention block as one fused
+    # MultiHeadAttention node in both engines (model.onnx itself stays portable)
+    fuse_attention: bool = True
 
     @field_validator("kind")
     @classmethod

@@ -30,6 +30,9 @@ class EngineOptions:
 class Engine(abc.ABC):
     name: ClassVar[str] = ""
     suffix: ClassVar[str] = ""  # the built engine's file suffix in the bundle
+    # runs com.microsoft ops: the compile stage gives it both graphs with attention fused
+    # (vtc.passes.fuse_attention) unless the recipe says backend.fuse_attention: false
+    fuses_attention: ClassVar[bool] = False
 
     @abc.abstractmethod
     def runner(self, onnx_path: Path, engine_path: Path, opts: EngineOptions) -> Runner:
@@ -76,6 +79,7 @@ class OrtEngine(Engine):
 
     name = "ort"
     suffix = ".ort.onnx"
+    fuses_attention = True
 
     def runner(self, onnx_path: Path, engine_path: Path, opts: EngineOptions) -> Runner:
         from vtc.backends.ort import OrtRunner

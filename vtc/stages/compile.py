@@ -3,11 +3,15 @@
 The engine comes from the registry (`vtc.backends.engines`, `backend.kind`); the
 stage never names one. Both runners are loaded here and closed when the block
 ends; the compressed engine's file stays in the bundle, the baseline's is removed
-once its fusions are counted.
+once its fusions are counted. An engine whose class says `fuses_attention` (ort) builds
+both graphs with attention fused (`vtc.passes.fuse_attention`), from temp copies outside
+the bundle, unless the recipe says `backend.fuse_attention: false`.
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,6 +19,8 @@ from pathlib import Path
 
 from vtc.backends import engines
 from vtc.backends.base import Runner, ZeroFed
+from vtc.passes.fuse_attention import fuse_file
+from vtc.passes.graph import GraphError
 from vtc.recipe import RecipeBase
 from vtc.report import EngineInfo, FusionInfo, Preprocess
 
@@ -57,6 +63,28 @@ def _twin(recipe: RecipeBase, twin: Path | None, tmp: Path, opts: engines.Engine
 
 
 @contextmanager
+def _fused(recipe: RecipeBase, engine: engines.Engine, *graphs: Path) -> Iterator[list[Path]]:
+    """The graphs the engine builds: attention-fused temp copies (removed when the block
+    ends) for an engine that `fuses_attention`, else the graphs themselves. A graph the
+    pass cannot fuse is built as it is (its engine then shows fewer fused ops)."""
+    if not (engine.fuses_attention and recipe.backend.fuse_attention):
+        yield list(graphs)
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="vtc-fused-"))
+    try:
+        out = []
+        for g in graphs:
+            try:
+                fuse_file(g, tmp / g.name)
+                out.append(tmp / g.name)
+            except GraphError:
+                out.append(g)
+        yield out
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
 def compile_engines(recipe: RecipeBase, baseline: Path, model: Path, tmp: Path,
                     input_shape: tuple[int, ...] | None = None, twin: Path | None = None,
                     pre: Preprocess | None = None) -> Iterator[Compiled]:
@@ -67,9 +95,10 @@ def compile_engines(recipe: RecipeBase, baseline: Path, model: Path, tmp: Path,
     opts = options(recipe, input_shape)
     base_file = tmp / f"baseline{engine.suffix}"
     comp_file = tmp / f"model{engine.suffix}"
-    base_rt = engine.runner(baseline, base_file, opts)
-    comp_rt = engine.runner(model, comp_file, opts)
-    with base_rt, comp_rt, _twin(recipe, twin, tmp, opts) as twin_rt:
+    with (_fused(recipe, engine, baseline, model) as (base_src, comp_src),
+          engine.runner(base_src, base_file, opts) as base_rt,
+          engine.runner(comp_src, comp_file, opts) as comp_rt,
+          _twin(recipe, twin, tmp, opts) as twin_rt):
         counts = engine.fusions(base_file, comp_file)
         base_file.unlink(missing_ok=True)
         base_file.with_name(base_file.name + ".data").unlink(missing_ok=True)
