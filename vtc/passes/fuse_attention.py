@@ -47,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
-from onnx_ir.passes.common import RemoveUnusedNodesPass
+from onnx_ir.passes.common import RemoveUnusedNodesPass, ShapeInferencePass
 
 from vtc.passes.dynamic_batch import PROBES, make_batch_dynamic
 from vtc.passes.emit import Emitter
@@ -309,6 +309,7 @@ def fuse_attention(model: ir.Model) -> FuseResult:
         model.opset_imports[DOMAIN] = 1
         RemoveUnusedNodesPass()(model)
         model.graph.sort()
+        ShapeInferencePass(strict_mode=False)(model)  # the emitted values' static shapes
     return res
 
 
