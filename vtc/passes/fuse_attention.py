@@ -116,7 +116,7 @@ def _logit_chain(blk: Block) -> _Logits | str:
         k = path[0]
         chain.insert(0, (node, k))
         if node.op_type == "Identity" or (
-                node.op_type == "Cast" and node.outputs[0].dtype == ins[0].dtype):  # type: ignore[union-attr]
+                node.op_type == "Cast" and node.outputs[0].dtype == ins[k].dtype):  # type: ignore[union-attr]
             pass
         elif node.op_type in ("Mul", "Div"):
             f = scalar_factor(node, k)
@@ -212,37 +212,41 @@ def _recompute(em: Emitter, blk: Block, lg: _Logits, readers: list[ir.Node], row
 def _attention_bias(em: Emitter, lay: Layout, terms: list[tuple[ir.Value, float]]
                     ) -> ir.Value | None:
     """Σ coefficient·term as `[B|1, H|1, N, N]` (None when it is all zeros)."""
-    consts = [(t, c) for t, c in terms if is_const(t)]
     total: np.ndarray | None = None
-    for t, c in consts:
-        arr = bias_4d(lay, c * t.const_value.numpy().astype(np.float32))  # type: ignore[union-attr]
-        total = arr if total is None else total + arr
-    parts: list[ir.Value] = []
-    if total is not None and np.any(total):
-        parts.append(em.const(total, np.float32, "attention_bias"))
     for t, c in terms:
         if is_const(t):
-            continue
-        v = t if c == 1.0 else em.op("Mul", t, em.const(c, np.float32))
-        parts.append(canonical_bias(em, lay, v))
+            arr = bias_4d(lay, c * t.const_value.numpy().astype(np.float32))  # type: ignore[union-attr]
+            total = arr if total is None else total + arr
+    parts: list[tuple[ir.Value, list[int]]] = []
+    if total is not None and np.any(total):
+        parts.append((em.const(total, np.float32, "attention_bias"), list(total.shape)))
+    for t, c in terms:
+        if not is_const(t):
+            v = t if c == 1.0 else em.op("Mul", t, em.const(c, np.float32))
+            parts.append(canonical_bias(em, lay, v, static_dims(t) or []))
     if not parts:
         return None
-    out = parts[0]
-    for v in parts[1:]:
-        out = em.op("Add", out, v)
+    out, shape = parts[0]
+    for v, d in parts[1:]:
+        out, shape = em.op("Add", out, v), [max(a, b) for a, b in zip(shape, d, strict=True)]
+    if shape[2:] == [lay.n, lay.n]:
+        return out
     return em.op("Expand", out, em.const([1, 1, lay.n, lay.n]))
 
 
-def canonical_bias(em: Emitter, lay: Layout, v: ir.Value) -> ir.Value:
-    """A dynamic logit bias broadcastable to the logits → 4-D `[B|1, H|1, r, N]`."""
-    d = static_dims(v) or []
+def canonical_bias(em: Emitter, lay: Layout, v: ir.Value, dims: list[int]
+                   ) -> tuple[ir.Value, list[int]]:
+    """A dynamic logit bias `dims`, broadcastable to the logits → 4-D `[B|1, H|1, r, N]`
+    (and that shape)."""
     if lay.folded:
-        d = [1] * (3 - len(d)) + d
-        head = [-1, lay.heads] if d[0] != 1 else [1, 1]
-        return em.op("Reshape", v, em.const([*head, d[1], d[2]]))
-    if len(d) < 4:
-        return em.op("Reshape", v, em.const([1] * (4 - len(d)) + d))
-    return v
+        d = [1] * (3 - len(dims)) + dims
+        head = [lay.batch, lay.heads] if d[0] != 1 else [1, 1]
+        shape = [*head, d[1], d[2]]
+        return em.op("Reshape", v, em.const([-1, *shape[1:]] if d[0] != 1 else shape)), shape
+    if len(dims) < 4:
+        shape = [1] * (4 - len(dims)) + dims
+        return em.op("Reshape", v, em.const(shape)), shape
+    return v, dims
 
 
 def _fuse_block(graph: ir.Graph, blk: Block) -> str | int:
@@ -267,6 +271,8 @@ def _fuse_block(graph: ir.Graph, blk: Block) -> str | int:
     guards = _guard_path(blk, av)
     if isinstance(lg, str) or isinstance(guards, str):
         return lg if isinstance(lg, str) else str(guards)
+    if any(static_dims(t) is None for t, _ in lg.terms):
+        return "a logit bias without a static shape"
     em = Emitter(graph, f"vtc_mha{blk.index}")
     q, fq = source_of(em, q4, lay, "q")
     k, fk = source_of(em, kt, lay, "kt")
