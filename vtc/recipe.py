@@ -119,6 +119,9 @@ class BackendCfg(_Strict):
     @property
     def fp16(self) -> bool:
         return self.precision == "fp16"
+    # engines that run com.microsoft ops (ort): each attention block as one fused
+    # MultiHeadAttention node in both engines (model.onnx itself stays portable)
+    fuse_attention: bool = True
 
     @field_validator("kind")
     @classmethod

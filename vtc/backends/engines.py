@@ -30,6 +30,9 @@ class Engine(abc.ABC):
     def check(self, opts: EngineOptions) -> None:  # noqa: B027 - most engines check nothing
         """Refuse options this engine (as installed) cannot honour, before any work
         (`vtc.errors.InputError`, one line). The default accepts every option."""
+    # runs com.microsoft ops: the compile stage gives it both graphs with attention fused
+    # (vtc.passes.fuse_attention) unless the recipe says backend.fuse_attention: false
+    fuses_attention: ClassVar[bool] = False
 
     @abc.abstractmethod
     def runner(self, onnx_path: Path, engine_path: Path, opts: EngineOptions) -> Runner:
@@ -84,6 +87,7 @@ class OrtEngine(Engine):
         from vtc.backends.options import check_ort
 
         check_ort(opts, list(ort.get_available_providers()), ort.__version__)
+    fuses_attention = True
 
     def runner(self, onnx_path: Path, engine_path: Path, opts: EngineOptions) -> Runner:
         from vtc.backends.ort import OrtRunner

@@ -5,23 +5,29 @@
 * `shape_fixup` — rewrite constants that baked the old token count;
 * `size_bias` — proportional attention (log sizes added to the logits);
 * `unmerge` — copy merged tokens back to the full grid before a dense consumer;
-* `dynamic_batch` — give a rewritten static-batch graph a symbolic batch again.
+* `dynamic_batch` — give a rewritten static-batch graph a symbolic batch again;
+* `fuse_attention` — each attention block as one com.microsoft.MultiHeadAttention
+  (for engines that run contrib ops; never in the bundle's portable graph).
 
 The methods (`vtc.methods`) write the reductions themselves; the compress stage
 (`vtc.stages.compress`) puts it all together.
 """
 
 from vtc.passes.dynamic_batch import PROBES, make_batch_dynamic
+from vtc.passes.fuse_attention import FuseResult, fuse_attention, fuse_file
 from vtc.passes.graph import Block, GraphError, NoBlocksError, find_blocks
 from vtc.passes.model_io import check, load, prepare, read_onnx
 
 __all__ = [
     "PROBES",
     "Block",
+    "FuseResult",
     "GraphError",
     "NoBlocksError",
     "check",
     "find_blocks",
+    "fuse_attention",
+    "fuse_file",
     "load",
     "make_batch_dynamic",
     "prepare",

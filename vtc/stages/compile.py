@@ -10,7 +10,10 @@ stage never names one. Two configurations (`vtc.backends.options`):
   throughput is timed on both. When the recipe asks for nothing the reference does
   not already do (fp32 on the CPU, or TF32 off), they are the same engines.
 
-An fp16 deployment on an engine that runs the graph as written (ORT) gets a graph
+An engine whose class says `fuses_attention` (ort) builds both graphs with attention
+fused (`vtc.passes.fuse_attention`), from temp copies outside the bundle, unless the
+recipe says `backend.fuse_attention: false`; `model.onnx` stays portable. An fp16
+deployment on an engine that runs the graph as written (ORT) then gets that graph
 converted by `vtc.passes.precision` (decisions stay fp32); a builder that takes a
 flag (TensorRT) gets the flag. All runners are loaded here and closed when the block
 ends; only the deployed compressed engine's file stays in the bundle.
@@ -18,6 +21,8 @@ ends; only the deployed compressed engine's file stays in the bundle.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
@@ -29,6 +34,8 @@ import onnx
 from vtc.backends import engines
 from vtc.backends.base import Runner, ZeroFed
 from vtc.backends.options import CUDA, EngineOptions, cuda_graph_decision
+from vtc.passes.fuse_attention import fuse_file
+from vtc.passes.graph import GraphError
 from vtc.passes.precision import to_fp16
 from vtc.recipe import RecipeBase
 from vtc.report import EngineInfo, FusionInfo, Preprocess, RunConfigInfo
@@ -94,6 +101,28 @@ def _twin(recipe: RecipeBase, twin: Path | None, tmp: Path, opts: EngineOptions
             yield rt
     finally:
         _remove(twin, made)
+
+
+@contextmanager
+def _fused(recipe: RecipeBase, engine: engines.Engine, *graphs: Path) -> Iterator[list[Path]]:
+    """The graphs the engine builds: attention-fused temp copies (removed when the block
+    ends) for an engine that `fuses_attention`, else the graphs themselves. A graph the
+    pass cannot fuse is built as it is (its engine then shows fewer fused ops)."""
+    if not (engine.fuses_attention and recipe.backend.fuse_attention):
+        yield list(graphs)
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="vtc-fused-"))
+    try:
+        out = []
+        for g in graphs:
+            try:
+                fuse_file(g, tmp / g.name)
+                out.append(tmp / g.name)
+            except GraphError:
+                out.append(g)
+        yield out
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _zero_feeds(path: Path) -> dict[str, np.ndarray]:
@@ -173,6 +202,7 @@ def compile_engines(recipe: RecipeBase, baseline: Path, model: Path, tmp: Path,
     fallback: list[str] = []
     conversion: dict[str, int] = {}
     with ExitStack() as stack:
+        baseline, model = stack.enter_context(_fused(recipe, engine, baseline, model))
         base_g, model_g = baseline, model
         if _wants_own_engines(deploy):
             base_g, model_g, conversion = _deployed_graphs(engine, deploy, baseline, model, tmp)
