@@ -153,3 +153,53 @@ def test_site_node_bound_is_tight(method: str) -> None:
     params = {"first": 0} if method == "tome" else {"margin": 0.5, "alpha": 1.0}
     _, nodes = _site(method, 12, 1, 3, params, sized=True, track=False)
     assert nodes + 3 == (TOME_SITE_NODES if method == "tome" else PITOME_SITE_NODES)
+
+
+def _evit_site(n: int, p: int, k: int, fuse: str, score: str, sized: bool
+               ) -> tuple[ort.InferenceSession, int]:
+    def inp(name: str, shape: list[int]) -> ir.Value:
+        return ir.Value(name=name, shape=ir.Shape(shape), type=ir.TensorType(ir.DataType.FLOAT))
+
+    probs, x, size = inp("probs", [B, H, n, n]), inp("x", [B, n, C]), inp("size", [B, n, 1])
+    graph = ir.Graph([probs, x, size], [], nodes=[], opset_imports={"": 18})
+    em = Emitter(graph, "vtc_evit0")
+    n_out = p + k + (fuse != "none")
+    plan = LayerPlan(0, n, n_out, "evit", {"keep": k, "fuse": fuse, "score": score}, False)
+    block: Any = SimpleNamespace(probs=probs, width=C)
+    out = methods.get("evit").emit(methods.Site(em, block, x, size if sized else None, plan,
+                                                p, False))
+    graph.extend(em.nodes)
+    graph.outputs.extend([out.x] + ([out.size] if sized else []))
+    for i, v in enumerate(graph.outputs):
+        v.name = f"out{i}"
+    proto = ir.to_proto(ir.Model(graph, ir_version=9))
+    return ort.InferenceSession(proto.SerializeToString(),
+                                providers=["CPUExecutionProvider"]), len(em.nodes)
+
+
+@pytest.mark.parametrize("fuse", ["sum", "mean", "none"])
+@pytest.mark.parametrize(("n", "p", "k", "score"), [(9, 1, 4, "cls"), (10, 2, 3, "mean"),
+                                                    (8, 0, 5, "mean"), (12, 1, 1, "cls")])
+def test_an_evit_site_keeps_what_the_eager_op_keeps(n: int, p: int, k: int, score: str,
+                                                    fuse: str) -> None:
+    """Tied scores included: several keys repeat, so their attention columns are equal."""
+    from vtc.methods.evit import evit_prune
+
+    g = torch.Generator().manual_seed(n + k)
+    logits = torch.randn(B, H, n, n, generator=g)
+    logits[..., p + 1] = logits[..., p]  # two candidates every query attends to alike
+    logits[..., n - 1] = logits[..., n - 2]
+    probs = logits.softmax(-1)
+    x = torch.randn(B, n, C, generator=g)
+    for sized in (False, True):
+        sizes = torch.randint(1, 5, (B, n, 1), generator=g).float() if sized else None
+        sess, _ = _evit_site(n, p, k, fuse, score, sized)
+        feeds = {"probs": probs.numpy(), "x": x.numpy(),
+                 "size": (sizes if sizes is not None else torch.ones(B, n, 1)).numpy()}
+        got = sess.run(None, feeds)
+        want_x, want_s = evit_prune(x, sizes, probs, k, p, fuse, score)
+        np.testing.assert_allclose(got[0], want_x.numpy(), rtol=0, atol=1e-6)
+        np.testing.assert_array_equal(got[0][:, :p + k], want_x[:, :p + k].numpy())  # copies
+        if sized:
+            assert want_s is not None
+            np.testing.assert_array_equal(got[1], want_s.numpy())
