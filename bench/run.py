@@ -103,7 +103,10 @@ def _speed_text(recipe: str, rep: dict[str, Any]) -> str:
             f"{th['compressed_ips']:.1f} img/s, speedup {th['speedup']:.2f}×, efficiency "
             f"{th['efficiency']:.2f}; eager torch {th['eager_ips']:.1f} img/s uncompressed, "
             f"{th['eager_compressed_ips']:.1f} img/s with the same budget; "
-            f"ORT fused ops lost: {lost or 'none'}")
+            f"ORT fused ops lost: {lost or 'none'}; MultiHeadAttention "
+            f"{rep['fusions']['baseline'].get('MultiHeadAttention', 0)}/"
+            f"{rep['fusions']['compressed'].get('MultiHeadAttention', 0)}; nodes per reduction "
+            f"site ≤ {max(rep['graph']['site_nodes'] or [0])}")
 
 
 def speed(tmp: Path, repeats: int) -> list[tuple[bool | None, str]]:

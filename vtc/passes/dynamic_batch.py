@@ -147,10 +147,36 @@ def make_batch_dynamic(model: ir.Model, twin: ir.Model, batch: int = PROBES[0]) 
     for v in [*ga.inputs, *ga.outputs]:
         if v.shape is not None and len(v.shape) and v.shape[0] == batch:
             v.shape = ir.Shape([ir.SymbolicDim(BATCH), *list(v.shape)[1:]])
-    for node in ga:
-        for out in node.outputs:
-            if not out.is_graph_output():
-                out.shape = None
+    pinned = {}  # value → its shapes at both probe batches
+    for na, nb in zip(nodes_a, nodes_b, strict=True):
+        for oa, ob in zip(na.outputs, nb.outputs, strict=True):
+            pinned[id(oa)] = (oa.shape, ob.shape)
+            if not oa.is_graph_output():
+                oa.shape = None
     # Record the new (batch-symbolic) shapes in the file: ORT's fusions read them.
     ShapeInferencePass(strict_mode=False)(model)
+    _restore_past_unknown_ops(ga, pinned, batch)
     return relax.fixed
+
+
+def _restore_past_unknown_ops(graph: ir.Graph, pinned: dict[int, tuple[ir.Shape | None,
+                                                                      ir.Shape | None]],
+                              batch: int) -> None:
+    """ONNX shape inference stops at ops it has no schema for (com.microsoft ones, e.g.
+    a fused MultiHeadAttention), leaving every value downstream shapeless, and ORT then
+    misses fusions that read shapes (SkipLayerNormalization). A value whose two pinned
+    shapes differ only in a leading batch dim gets that shape with the batch symbolic;
+    one whose shapes agree keeps it."""
+    for node in graph:
+        for out in node.outputs:
+            if out.shape is not None or id(out) not in pinned:
+                continue
+            sa, sb = pinned[id(out)]
+            if sa is None or sb is None or len(sa) != len(sb) or not sa.is_static() \
+                    or not sb.is_static():
+                continue
+            a, b = list(sa), list(sb)
+            if a == b:
+                out.shape = ir.Shape(a)
+            elif a[0] == batch and a[1:] == b[1:]:
+                out.shape = ir.Shape([ir.SymbolicDim(BATCH), *a[1:]])
