@@ -93,9 +93,6 @@ class GraphInfo:
     op_counts_before: dict[str, int]
     op_counts_after: dict[str, int]
     tokens_out: TokensOutInfo | None = None  # only when an output is the token sequence
-    # nodes each reduction site added, in block order (with the log-size biases its sizes
-    # cause in the blocks after it, up to the next site): kernel launches per merge step
-    site_nodes: list[int] = field(default_factory=list)
 
 
 @dataclass

@@ -19,19 +19,13 @@ Before (one block, N tokens)::
 
     x_in ─► LN ─► attn ─► Softmax ─► A[B,H,N,N] ─► … ─► Add ─► x_mid[B,N,C] ─► LN ─► MLP ─► Add
 
-After (k kept at this block, P protected, one fused token; per-token vectors are rows
-`[B, 1, N]` in the original token order)::
+After (k kept at this block, P protected, one fused token)::
 
-    A ─► Slice(row 0) ─► ReduceMean(H) ─► score[B,1,N]                    (score: cls)
-    A ─► ReduceMean(H, queries) ─► Unsqueeze ─► score[B,1,N]              (score: mean)
-    score ─► Where(protected, 2, score) ─► TopK ─► Cast ─► TopK (inverse) ─► rank
-    kept = rank < P + k;  slot = Where(kept, kept · before, P + k)   (before[i, j] = i < j)
-    W = Equal(slot, rows[1,N',1]) ─► Where(W, Where(kept, 1, score), 0)  (÷ ΣW: "mean")
-    x' = W · x_mid [B, P+k+1, C]: protected, kept (position order), fused Σ score_j x_j
-    x' ─► LN ─► MLP ─► Add
-
-14 nodes (fuse: sum), 16 (mean); 3 more with sizes. Kept tokens are copied bit for bit
-(weight 1); the fused row is the MatMul's weighted sum.
+    A ─► Slice(row 0, cols P:) ─► ReduceMean(H) ─► score[B, N-P]          (score: cls)
+    A ─► Slice(cols P:) ─► ReduceMean(H, queries) ─► score[B, N-P]        (score: mean)
+    score ─► TopK(k) ─► sort ─► idx[B, k] ─► GatherElements ─► kept[B, k, C]
+    score · (1 - one-hot-mask(idx)) ─► MatMul with x_mid[:, P:] ─► fused[B, 1, C]  (÷ Σw: "mean")
+    x' = concat(x_mid[:, :P], kept, fused)[B, P+k+1, C] ─► LN ─► MLP ─► Add
 
 After a merge method (a chained recipe) tokens carry sizes: kept tokens keep theirs
 and the fused token's size is the sum of the dropped tokens' sizes.
@@ -40,18 +34,16 @@ and the fused token's size is the sum of the dropped tokens' sizes.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import numpy as np
-import onnx_ir as ir
 import torch
 from pydantic import field_validator, model_validator
 from torch import Tensor
 
 from vtc.budget import BudgetError, Geometry, LayerPlan
 from vtc.methods.base import BlockStep, Method, MethodConfig, Site, SiteOut
-from vtc.methods.merging import emit_ranks, emit_table, gather_tokens, merge_macs
+from vtc.methods.merging import gather_tokens
 from vtc.methods.registry import register
 
 Fuse = Literal["sum", "mean", "none"]
@@ -84,38 +76,6 @@ class EViTConfig(MethodConfig):
         if (self.keep_rate is None) == (self.keep is None):
             raise ValueError("give exactly one of keep_rate and keep (set the other to null)")
         return self
-
-
-PROTECTED_SCORE = 2.0  # above any attention probability: the protected tokens rank first
-
-
-@dataclass(frozen=True)
-class EViTTables:
-    """The constants of one EViT block (N tokens, P protected, k kept).
-
-    protected `[N]` bool. kept_b / kept_f `[N]` over ranks: rank < P + k (bool / float).
-    before `[N, N]`: `[i < j]`, so kept · before counts the kept tokens before each one
-    (its slot: the protected, then the kept in position order). drop_slot: where a
-    dropped token goes, the fused row P + k (−1 for fuse: none, no row). rows
-    `[1, N', 1]`: the output rows 0..N'−1.
-    """
-
-    protected: np.ndarray
-    kept_b: np.ndarray
-    kept_f: np.ndarray
-    before: np.ndarray
-    drop_slot: float
-    rows: np.ndarray
-
-
-def evit_tables(n: int, protected: int, k: int, fuse: str) -> EViTTables:
-    """`EViTTables` for N tokens, P protected, k kept and the fuse mode."""
-    kept = np.arange(n) < protected + k
-    n_out = protected + k + (0 if fuse == "none" else 1)
-    return EViTTables(np.arange(n) < protected, kept, kept.astype(np.float32),
-                      np.triu(np.ones((n, n), dtype=np.float32), k=1),
-                      -1.0 if fuse == "none" else float(protected + k),
-                      np.arange(n_out, dtype=np.float32).reshape(1, n_out, 1))
 
 
 @register
@@ -160,44 +120,42 @@ class EViT(Method):
                                                      "score": score})
 
     def overhead(self, plan: LayerPlan, geo: Geometry) -> int:
-        """The kept-token count (N²) and the assignment MatMul (N'·N·C), which also
-        forms the fused token's weighted sum."""
-        n = plan.tokens_in
-        return n * n + merge_macs(n, plan.tokens_out, geo.width)
+        return (plan.tokens_in - geo.protected) * geo.width  # the fused token's weighted sum
 
     # ---- ONNX -------------------------------------------------------------------------
     def emit(self, site: Site) -> SiteOut:
-        em, p = site.em, site.protected
+        em, blk, x, size, p = site.em, site.block, site.x, site.size, site.protected
         n, k, fuse = site.plan.tokens_in, int(site.plan.params["keep"]), \
             str(site.plan.params["fuse"])
-        tab = evit_tables(n, p, k, fuse)
-        probs = site.block.probs  # [B, H, N, N]
+        c = blk.width
+        probs = blk.probs
         if str(site.plan.params.get("score", "cls")) == "cls":
-            score = em.reduce("ReduceMean", em.slice(probs, 0, 1, axis=2), [1], 0)  # [B, 1, N]
+            row = em.op("Slice", probs, em.const([0, p]), em.const([1, n]), em.const([2, 3]))
         else:  # the attention each token receives, from every query
-            score = em.op("Unsqueeze", em.reduce("ReduceMean", probs, [1, 2], 0),
-                          em.const([1]))  # [B, 1, N]
-        ranked = em.op("Where", em.const(tab.protected, np.bool_),
-                       em.const(PROTECTED_SCORE, np.float32), score)
-        _, rank = emit_ranks(em, ranked, n)  # protected first, then by score
-        kept = emit_table(em, tab.kept_b, rank)  # [B, 1, N] bool
-        keep_slot = em.op("MatMul", emit_table(em, tab.kept_f, rank),
-                          em.const(tab.before, np.float32))
-        slot = em.op("Where", kept, keep_slot, em.const(tab.drop_slot, np.float32))
-        hit = em.op("Equal", slot, em.const(tab.rows, np.float32))  # [B, N', N]
-        if fuse == "none":
-            w = em.op("Cast", hit, to=ir.DataType.FLOAT)
-        else:  # the dropped tokens' row: Σ score_j x_j (÷ Σ score_j for mean)
-            w = em.op("Where", hit, em.op("Where", kept, em.const(1.0, np.float32), score),
-                      em.const(0.0, np.float32))
+            row = em.slice(probs, p, n, axis=3) if p else probs
+        score = em.reduce("ReduceMean", row, [1, 2], 0)  # [B, N-P]
+        _, top = em.op("TopK", score, em.const([k]), outputs=2, axis=-1, largest=1, sorted=1)
+        idx = em.sort_ascending(top, k)
+        xp = em.slice(x, p, n, axis=1)
+        front = [em.slice(x, 0, p, axis=1)] if p else []
+        parts = [*front, em.gather_rows(xp, idx, c)]
+        sp = em.slice(size, p, n, axis=1) if size is not None else None
+        s_parts = ([em.slice(size, 0, p, axis=1)] if p and size is not None else []) + (
+            [em.gather_rows(sp, idx, 1)] if sp is not None else [])
+        if fuse != "none":
+            mask = em.reduce("ReduceMax", em.one_hot(idx, n - p), [1], 0)  # [B, N-P]
+            dropped = em.op("Sub", em.const(1.0, np.float32), mask)
+            w3 = em.op("Unsqueeze", em.op("Mul", score, dropped), em.const([1]))  # [B, 1, N-P]
+            fused = em.op("MatMul", w3, xp)  # [B, 1, C]
             if fuse == "mean":
-                w = em.op("Div", w, em.reduce("ReduceSum", w, [2], 1))
-        s_new = None
-        if site.size is not None:  # kept tokens keep their sizes; the fused one sums them
-            s_row = em.op("Reshape", site.size, em.const([0, 1, -1]))
-            s_new = em.reduce("ReduceSum", em.op("Where", hit, s_row,
-                                                 em.const(0.0, np.float32)), [2], 1)
-        return SiteOut(em.op("MatMul", w, site.x), s_new)
+                fused = em.op("Div", fused, em.reduce("ReduceSum", w3, [2], 1))
+            parts.append(fused)
+            if sp is not None:
+                d3 = em.op("Unsqueeze", dropped, em.const([1]))  # [B, 1, N-P]
+                s_parts.append(em.op("MatMul", d3, sp))  # [B, 1, 1]
+        x_new = em.op("Concat", *parts, axis=1)
+        s_new = em.op("Concat", *s_parts, axis=1) if size is not None else None
+        return SiteOut(x_new, s_new)
 
     # ---- torch ------------------------------------------------------------------------
     def eager(self, x: Tensor, sizes: Tensor | None, keys: Tensor, probs: Tensor,

@@ -1,23 +1,17 @@
 """What the size-weighted merge methods (ToMe, PiToMe) share: a static `r` per
-block, its schedule and FLOPs solve, and the merge itself, in ONNX and in torch.
+block, its schedule and FLOPs solve, and the weighted average that folds the
+merged tokens into their destinations, in ONNX and in torch.
 
-In ONNX a merge works in the original token order. The method computes each input
-token's **slot** — the output row it goes to, merged tokens sharing their
-destination's slot — as a float vector `[B, 1, N]`; one assignment matrix then does
-every gather, weighted sum and concat at once (`emit_slot_merge`)::
+Weighted merge, for source tokens `xa[src]` `[B, r, C]` with sizes `sa[src]`
+merging into destinations `xb` `[B, Nb, C]` (sizes `sb`), `dst[B, r]` giving each
+source's destination:
 
-    slot[B,1,N] ─► Equal(rows[1,N',1]) ─► W[B,N',N]          (W[o, j] = slot_j == o)
-    W, s[B,N,1] ─► Where(W, sᵀ, 0) ─► W_s ─► ReduceSum(axis 2) ─► s'[B,N',1]
-    W_s / s' ─► MatMul(·, x[B,N,C]) ─► x'[B,N',C]
+    num_b  = xb·sb + Σ_{src→dst} xa[src]·sa[src]      size_b = sb + Σ_{src→dst} sa[src]
+    xb'    = num_b / size_b                           (sums, then divide: never
+                                                       scatter_reduce(mean))
 
-A row that receives one token has the weight s/s = 1 exactly, so kept tokens are
-copied bit for bit; a merged row is Σ (s_i / S)·x_i, the size-weighted average. The
-slot vector is also the block's unmerge slot map. Slots come from constant tables
-and data-dependent ranks (`emit_ranks`: the inverse permutation of a sort, two TopKs),
-so no scatter and no data-dependent shape is needed.
-
-In torch the merge is a `scatter_add` of `x·s` and `s`, then a divide (sums, then
-divide: never `scatter_reduce(mean)`).
+In ONNX the sums are a MatMul with the transposed one-hot assignment
+`Equal(dst, range(Nb))` `[B, r, Nb]`; in torch a `scatter_add`.
 """
 
 from __future__ import annotations
@@ -135,70 +129,23 @@ class MergeMethod(Method):
         return cfg.proportional_attention
 
 
-# ---- the merge, twice ---------------------------------------------------------------------
+# ---- the weighted merge, twice ------------------------------------------------------------
 
-MASKED = -10.0  # a similarity no pair of tokens has: cosines lie in [-1, 1]
-
-
-def emit_metric(em: Emitter, key_t: ir.Value) -> ir.Value:
-    """Kᵀ `[B, H, D, N]` → the keys averaged over heads, L2-normalised along D, `[B, D, N]`."""
-    k = em.reduce("ReduceMean", key_t, [1], 0)
-    return em.op("Div", k, em.reduce("ReduceL2", k, [1], 1))
-
-
-def emit_similarity(em: Emitter, m: ir.Value) -> ir.Value:
-    """Cosine similarities of every token pair, `mᵀ·m` `[B, N, N]` (m from `emit_metric`)."""
-    return em.op("MatMul", em.op("Transpose", m, perm=[0, 2, 1]), m)
-
-
-def emit_ranks(em: Emitter, score: ir.Value, n: int) -> tuple[ir.Value, ir.Value]:
-    """score `[B, 1, N]` → (order, rank), both int64 `[B, 1, N]`: order[k] is the token of
-    the k-th highest score (ties: the lower index first, as a stable descending sort),
-    rank[j] the place of token j in that order (the inverse permutation, a TopK over
-    the order: exact below 2**24 tokens)."""
-    n_ = em.const([n])
-    _, order = em.op("TopK", score, n_, outputs=2, axis=-1, largest=1, sorted=1)
-    _, rank = em.op("TopK", em.op("Cast", order, to=ir.DataType.FLOAT), n_, outputs=2,
-                    axis=-1, largest=0, sorted=1)
-    return order, rank
-
-
-def emit_best(em: Emitter, scores: ir.Value) -> tuple[ir.Value, ir.Value]:
-    """scores `[B, M, N]` → (max, argmax) over axis 1, `[B, 1, N]` each (TopK with K=1:
-    ties go to the lower index, as ArgMax's first occurrence)."""
-    best, idx = em.op("TopK", scores, em.const([1]), outputs=2, axis=1, largest=1, sorted=1)
-    return best, idx
-
-
-def emit_table(em: Emitter, table: np.ndarray, idx: ir.Value) -> ir.Value:
-    """`table[idx]`: a constant 1-D table looked up at int64 indices (Gather)."""
-    return em.op("Gather", em.const(table, table.dtype), idx, axis=0)
-
-
-def emit_slot_merge(em: Emitter, x: ir.Value, size: ir.Value | None, slot: ir.Value,
-                    n_out: int) -> tuple[ir.Value, ir.Value]:
-    """x `[B, N, C]` (sizes `[B, N, 1]`, None: all 1) and slot `[B, 1, N]` (float: the
-    output row of every token) → (x' `[B, N', C]`, sizes' `[B, N', 1]`), each output row
-    the size-weighted average of the tokens whose slot it is (module docstring)."""
-    rows = em.const(np.arange(n_out, dtype=np.float32).reshape(1, n_out, 1), np.float32)
-    hit = em.op("Equal", slot, rows)  # [B, N', N]
-    if size is None:
-        w = em.op("Cast", hit, to=ir.DataType.FLOAT)
+def emit_weighted_merge(em: Emitter, xs: ir.Value, ss: ir.Value | None, xb: ir.Value,
+                        sb: ir.Value | None, dst: ir.Value, nb: int
+                        ) -> tuple[ir.Value, ir.Value]:
+    """xs `[B, r, C]` (sizes ss `[B, r, 1]`) merge into xb `[B, Nb, C]` (sizes sb) at
+    dst `[B, r]`; None sizes are all 1. Returns (xb' `[B, Nb, C]`, size_b `[B, Nb, 1]`)."""
+    assign_t = em.op("Transpose", em.one_hot(dst, nb), perm=[0, 2, 1])  # [B, Nb, r]
+    if ss is None or sb is None:
+        assert ss is None and sb is None, "sizes travel together"
+        num_b = em.op("Add", xb, em.op("MatMul", assign_t, xs))
+        size_b = em.op("Add", em.reduce("ReduceSum", assign_t, [2], 1),
+                       em.const(1.0, np.float32))
     else:
-        s_row = em.op("Reshape", size, em.const([0, 1, -1]))  # [B, 1, N]
-        w = em.op("Where", hit, s_row, em.const(0.0, np.float32))
-    s_new = em.reduce("ReduceSum", w, [2], 1)  # [B, N', 1]
-    return em.op("MatMul", em.op("Div", w, s_new), x), s_new
-
-
-def slot_map(em: Emitter, slot: ir.Value) -> ir.Value:
-    """slot `[B, 1, N]` → the unmerge slot map `[B, N]` (float)."""
-    return em.op("Reshape", slot, em.const([0, -1]))
-
-
-def merge_macs(tokens_in: int, tokens_out: int, width: int) -> int:
-    """MACs per image of the assignment MatMul of `emit_slot_merge`: N'·N·C."""
-    return tokens_out * tokens_in * width
+        num_b = em.op("Add", em.op("Mul", xb, sb), em.op("MatMul", assign_t, em.op("Mul", xs, ss)))
+        size_b = em.op("Add", sb, em.op("MatMul", assign_t, ss))
+    return em.op("Div", num_b, size_b), size_b
 
 
 def unit_sizes(em: Emitter, like: ir.Value) -> ir.Value:
@@ -215,8 +162,7 @@ def gather_tokens(x: Tensor, idx: Tensor) -> Tensor:
 
 def weighted_merge(xs: Tensor, ss: Tensor, xb: Tensor, sb: Tensor, dst: Tensor
                    ) -> tuple[Tensor, Tensor]:
-    """xs `[B, r, C]` (sizes ss `[B, r, 1]`) merge into xb `[B, Nb, C]` (sizes sb) at
-    dst `[B, r]`: → (xb' `[B, Nb, C]`, size_b `[B, Nb, 1]`), sums then a divide."""
+    """Torch twin of `emit_weighted_merge` (sizes given): → (xb' `[B, Nb, C]`, size_b)."""
     c = xb.shape[-1]
     num_b = (xb * sb).scatter_add(1, dst.unsqueeze(-1).expand(-1, -1, c), xs * ss)
     size_b = sb.scatter_add(1, dst.unsqueeze(-1), ss)

@@ -15,21 +15,14 @@ Before (one block, N tokens, P protected)::
 
     x_in ─► LN ─► attn(K) ─► proj ─► Add ─► x_mid[B,N,C] ─► LN ─► MLP ─► Add ─► x_out
 
-After (r merges in this block; T = N − P candidates; per-token vectors are rows
-`[B, 1, N]` in the original token order)::
+After (r merges in this block; T = N − P candidates)::
 
-    Kᵀ[B,H,D,N] ─► ReduceMean(H) ─► ÷ReduceL2(D) ─► m ─► S = mᵀ·m [B,N,N]
-    S ─► Sub(margin row) ─► Elu(α) ─► MatMul(mean row) ─► energy[B,1,N]
-         (protected tokens: margin −2²⁶, so they rank first, in position order)
-    energy ─► TopK ─► order ─► Cast ─► TopK (inverse) ─► rank
-         ranks P, P+2, … < P+2r: A;  P+1, P+3, …: B;  ≥ P+2r: kept (energy order)
-    order[B ranks] ─► Expand ─► GatherElements(S rows) [B,r,N] ─► TopK(K=1) ─► dst
-    slot = Where(A rank, slot_of_b[dst], slot_of_rank[rank])               [B,1,N]
-    W = Equal(slot, rows) ─► Where(W, sᵀ, 0) ─► ÷ΣW ─► MatMul(·, x_mid)
-    x'[B, N−r, C] = (protected, kept, B') ─► LN ─► MLP ─► Add
-
-25 nodes without sizes, 26 with, plus the 3 of the next block's log-size bias: at most
-29 per site (`pitome_tables` holds the constants).
+    Kᵀ[B,H,D,N] ─► ReduceMean(H) ─► slice P: ─► L2-normalise ─► S = m·mᵀ [B,T,T]
+    S ─► Sub(m_i) ─► Elu(α) ─► ReduceMean ─► energy[B,T] ─► TopK(T) ─► order
+         order[:2r] ─► A = ranks 0,2,…  B = ranks 1,3,…        order[2r:] ─► kept (energy order)
+    S ─► GatherElements(A rows, B cols) ─► ArgMax ─► dst[B,r]
+    x_mid, s ─► gather A, B, kept ─► one-hot(dst) MatMul (weighted sums) ─► Div
+    x'[B, N−r, C] = concat(protected, kept, B') ─► LN ─► MLP ─► Add
 
 High energy marks a token with many similar neighbours (a large cluster): the 2r
 highest-energy tokens are the merge candidates, and every A candidate merges into
@@ -42,9 +35,8 @@ activation layer, so no plugin is needed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
+import onnx_ir as ir
 import torch
 import torch.nn.functional as F
 from pydantic import field_validator
@@ -55,19 +47,15 @@ from vtc.methods.base import Site, SiteOut
 from vtc.methods.merging import (
     MergeConfig,
     MergeMethod,
-    emit_best,
-    emit_metric,
-    emit_ranks,
-    emit_similarity,
-    emit_slot_merge,
-    emit_table,
+    emit_weighted_merge,
     gather_tokens,
-    merge_macs,
     ones_like_sizes,
-    slot_map,
+    unit_sizes,
     weighted_merge,
 )
 from vtc.methods.registry import register
+from vtc.passes.emit import Emitter
+from vtc.passes.unmerge import ramp, slots
 
 
 class PiToMeConfig(MergeConfig):
@@ -91,44 +79,6 @@ class PiToMeConfig(MergeConfig):
         return v
 
 
-@dataclass(frozen=True)
-class PiToMeTables:
-    """The constants of one PiToMe block (N tokens, P protected, T = N − P candidates).
-
-    margin `[1, N]`: m_i at candidates; at protected tokens −2²⁶, so that their kernel
-    column is S + 2²⁶ = 2²⁶ exactly (S ∈ [−1, 1]) and their energy, equal for all of
-    them and far above any candidate's, ranks them first, in position order.
-    mean `[1, N]`: 1/T at candidates, 0 at protected tokens (energy = mean · kernel).
-    is_a `[N]` bool over ranks: the A candidates (ranks P, P+2, …, P+2r−2; the B
-    candidates are the odd ranks between). slot_of_rank `[N]` float: the slot of the
-    token at each rank (the protected, then the kept candidates — ranks ≥ P+2r — in
-    energy order). slot_of_b `[r]` float: the slot of the m-th B candidate, N − 2r + m.
-    """
-
-    margin: np.ndarray
-    mean: np.ndarray
-    is_a: np.ndarray
-    slot_of_rank: np.ndarray
-    slot_of_b: np.ndarray
-
-
-PROTECTED_SHIFT = float(2 ** 26)  # S − (−2²⁶) rounds to 2²⁶ for every S in [−1, 1]
-
-
-def pitome_tables(n: int, protected: int, r: int, margin: float) -> PiToMeTables:
-    """`PiToMeTables` for N tokens, P protected, r merges and this block's margin."""
-    p, t = protected, n - protected
-    k = np.arange(n)
-    cand = k >= p
-    m_row = np.where(cand, margin, -PROTECTED_SHIFT).astype(np.float32).reshape(1, n)
-    mean = np.where(cand, 1.0 / t, 0.0).astype(np.float32).reshape(1, n)
-    merging, odd = cand & (k < p + 2 * r), (k - p) % 2 == 1
-    slot = np.where(cand, k - 2 * r, k)  # protected; kept (A ranks: never read)
-    slot = np.where(merging & odd, n - 2 * r + (k - p) // 2, slot)  # B candidates
-    return PiToMeTables(m_row, mean, merging & ~odd, slot.astype(np.float32),
-                        (n - 2 * r + np.arange(r)).astype(np.float32))
-
-
 def margin_at(m0: float, block: int, layers: int) -> float:
     """The reference schedule: m_i = m0 · (1 − i / L), block i of L (0-based)."""
     return m0 * (1.0 - block / layers)
@@ -148,33 +98,57 @@ class PiToMe(MergeMethod):
         return {"margin": margin_at(cfg.margin, block, geo.layers), "alpha": cfg.alpha}
 
     def overhead(self, plan: LayerPlan, geo: Geometry) -> int:
-        """Similarities of all N² pairs and their energy (N²·(D + 1)) and the assignment
-        MatMul (N'·N·C)."""
-        n = plan.tokens_in
-        return n * n * (geo.width // max(geo.heads, 1) + 1) + merge_macs(
-            n, plan.tokens_out, geo.width)
+        t = plan.tokens_in - geo.protected
+        return t * t * (geo.width // max(geo.heads, 1) + 1)
 
     # ---- ONNX -------------------------------------------------------------------------
     def emit(self, site: Site) -> SiteOut:
-        em, p = site.em, site.protected
+        em, blk, x, size, p = site.em, site.block, site.x, site.size, site.protected
         n, r = site.plan.tokens_in, int(site.plan.params["r"])
         margin, alpha = float(site.plan.params["margin"]), float(site.plan.params["alpha"])
-        tab = pitome_tables(n, p, r, margin)
-        sim = emit_similarity(em, emit_metric(em, site.block.key_t))  # [B, N, N]
-        kernel = em.op("Elu", em.op("Sub", sim, em.const(tab.margin, np.float32)), alpha=alpha)
-        energy = em.op("MatMul", em.const(tab.mean, np.float32), kernel)  # [B, 1, N]
-        order, rank = emit_ranks(em, energy, n)  # [B, 1, N]: protected first, then by energy
-        # the B candidates' rows of the similarities, in rank order: [B, r, N]
-        b_rows = em.op("Reshape", em.slice(order, p + 1, p + 2 * r, axis=2, step=2),
-                       em.const([0, -1, 1]))  # [B, r, 1]
-        b_sim = em.op("GatherElements", sim, em.op("Expand", b_rows, em.const([1, 1, n])),
-                      axis=1)
-        _, dst = emit_best(em, b_sim)  # [B, 1, N]: each token's best B (ties: lower rank)
-        slot = em.op("Where", emit_table(em, tab.is_a, rank),
-                     emit_table(em, tab.slot_of_b, dst),
-                     emit_table(em, tab.slot_of_rank, rank))  # [B, 1, N]
-        x, size = emit_slot_merge(em, site.x, site.size, slot, n - r)
-        return SiteOut(x, size, slot_map(em, slot) if site.track else None)
+        t, c, k = n - p, blk.width, n - p - 2 * r
+        metric = em.op("Transpose", em.reduce("ReduceMean", blk.key_t, [1], 0), perm=[0, 2, 1])
+        m = em.slice(metric, p, n, axis=1)
+        m = em.op("Div", m, em.reduce("ReduceL2", m, [-1], 1))
+        sim = em.op("MatMul", m, em.op("Transpose", m, perm=[0, 2, 1]))  # [B, T, T]
+        shifted = em.op("Sub", sim, em.const(margin, np.float32))
+        energy = em.reduce("ReduceMean", em.op("Elu", shifted, alpha=alpha), [-1], 0)  # [B, T]
+        _, order = em.op("TopK", energy, em.const([t]), outputs=2, axis=-1, largest=1, sorted=1)
+        kept = em.slice(order, 2 * r, t, axis=1)  # [B, T-2r], energy order
+        a_idx = em.slice(order, 0, 2 * r, axis=1, step=2)  # [B, r]
+        b_idx = em.slice(order, 1, 2 * r, axis=1, step=2)  # [B, r]
+        rows = em.gather_rows(sim, a_idx, t)  # [B, r, T]
+        cols = em.op("Expand", em.op("Unsqueeze", b_idx, em.const([1])), em.const([1, r, 1]))
+        scores = em.op("GatherElements", rows, cols, axis=2)  # [B, r, r]
+        dst = em.op("ArgMax", scores, axis=-1, keepdims=0, select_last_index=0)  # [B, r]
+
+        xc = em.slice(x, p, n, axis=1)
+        xa, xb = em.gather_rows(xc, a_idx, c), em.gather_rows(xc, b_idx, c)
+        if size is None:
+            xb_new, size_b = emit_weighted_merge(em, xa, None, xb, None, dst, r)
+            keep_sizes = [unit_sizes(em, em.slice(x, 0, p + k, axis=1))]
+        else:
+            sc = em.slice(size, p, n, axis=1)
+            xb_new, size_b = emit_weighted_merge(em, xa, em.gather_rows(sc, a_idx, 1), xb,
+                                                 em.gather_rows(sc, b_idx, 1), dst, r)
+            keep_sizes = ([em.slice(size, 0, p, axis=1)] if p else []) + [
+                em.gather_rows(sc, kept, 1)]
+        front = [em.slice(x, 0, p, axis=1)] if p else []
+        x_new = em.op("Concat", *front, em.gather_rows(xc, kept, c), xb_new, axis=1)
+        out = SiteOut(x_new, em.op("Concat", *keep_sizes, size_b, axis=1))
+        if site.track:
+            out.slots = self._slots(em, p, t, k, r, kept, a_idx, b_idx, dst)
+        return out
+
+    @staticmethod
+    def _slots(em: Emitter, p: int, t: int, k: int, r: int, kept: ir.Value, a_idx: ir.Value,
+               b_idx: ir.Value, dst: ir.Value) -> ir.Value:
+        """Output: [protected, kept (k), B' (r)]; A token j lands on B token dst[j]."""
+        pos = em.op("Concat", kept, b_idx, a_idx, axis=1)  # [B, T]: every candidate once
+        dst_slot = em.op("Add", em.op("Cast", dst, to=ir.DataType.FLOAT),
+                         em.const(float(p + k), np.float32))
+        val = em.op("Concat", ramp(em, kept, p, k), ramp(em, b_idx, p + k, r), dst_slot, axis=1)
+        return slots(em, p, pos, val, t)
 
     # ---- torch ------------------------------------------------------------------------
     def eager(self, x: Tensor, sizes: Tensor | None, keys: Tensor, probs: Tensor,

@@ -9,8 +9,7 @@ Before (ToMe has left N_L < N tokens; the grid Reshape cannot be fixed)::
 
     x_L[B, N_L, C] ─► LN ─► Slice(1:) ─► Transpose ─► Reshape[B, C, h, w] ─► ConvTranspose …
 
-After (each merge k also gives d_k[B, n_k]: the output slot of each input token, the
-slot vector its assignment matrix is built from, `vtc.methods.merging`)::
+After (each merge k also emits d_k[B, n_k]: the output slot of each input token)::
 
     D_1 = d_1,   D_k = GatherElements(d_k, D_{k-1})            [B, N]  (original → final slot)
     x_L ─► GatherElements(x_L, Expand(D_L, [1, 1, C])) ─► x_full[B, N, C] ─► LN ─► … (unchanged)
@@ -33,6 +32,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import onnx_ir as ir
 
 from vtc.passes.emit import Emitter, rewire
@@ -153,6 +153,35 @@ def find_grid_consumer(x: ir.Value, axis: int = 1) -> GridSearch:
             elif kind == "block":
                 res.blockers.append((node, str(arg)))
     return res
+
+
+def slots(em: Emitter, p: int, pos: ir.Value, val: ir.Value, t: int) -> ir.Value:
+    """Output slot of every input token of one reduction, as float `[B, p + t]`.
+
+    The reduction keeps the `p` protected tokens at slots 0..p-1. Its `t` candidate
+    tokens are listed in any order by `pos` `[B, t]` (int64, their positions among the
+    candidates: a permutation of 0..t-1) with `val` `[B, t]` (float, the slot each one
+    lands in, merged tokens sharing their destination's slot). The inverse permutation
+    is a TopK over the positions (ascending), so no scatter is needed.
+    """
+    f32 = np.float32
+    _, inv = em.op("TopK", em.op("Cast", pos, to=ir.DataType.FLOAT), em.const([t]),
+                   outputs=2, axis=-1, largest=0, sorted=1)
+    d = em.op("GatherElements", val, inv, axis=1)  # [B, t]: slot of candidate i
+    if not p:
+        return d
+    zero = em.op("Mul", em.slice(val, 0, 1, axis=1), em.const(0.0, f32))  # [B, 1]
+    front = em.op("Add", zero, em.const(np.arange(p).reshape(1, -1), f32))
+    return em.op("Concat", front, d, axis=1)
+
+
+def ramp(em: Emitter, like: ir.Value, start: float, count: int, step: float = 1.0,
+         dtype: type = np.float32) -> ir.Value:
+    """`[B, count]` rows of `start, start + step, …` (B taken from like `[B, …]`)."""
+    zero = em.op("Mul", em.op("Cast", em.slice(like, 0, 1, axis=1),
+                              to=ir.DataType.from_numpy(np.dtype(dtype))),
+                 em.const(0, dtype))
+    return em.op("Add", zero, em.const((start + step * np.arange(count)).reshape(1, -1), dtype))
 
 
 def compose(em: Emitter, total: ir.Value | None, d: ir.Value) -> ir.Value:

@@ -80,19 +80,15 @@ def _want_unmerge(budget: Budget, search: GridSearch | None, mode: str, tokens_o
 
 
 def _reduce(model: ir.Model, blocks: list[Block], budget: Budget, track: bool,
-            sizes: bool) -> tuple[list[int], ir.Value | None, ir.Value | None]:
-    """Write every block's reduction; returns (nodes of each site, sizes `[B, N', 1]`,
-    slot map `[B, N]`). `sizes`: carry sizes from the first reduction on, even for a
-    prune. A site's nodes include the log-size biases its sizes cause in the blocks
-    after it, up to the next site."""
+            sizes: bool) -> tuple[int, ir.Value | None, ir.Value | None]:
+    """Write every block's reduction; returns (sites, sizes `[B, N', 1]`, slot map
+    `[B, N]`). `sizes`: carry sizes from the first reduction on, even for a prune."""
     size: ir.Value | None = None
     total: ir.Value | None = None
-    site_nodes: list[int] = []
+    sites = 0
     for blk, plan in zip(blocks, budget.layers, strict=True):
         if plan.attn_bias and size is not None:
-            bias = add_size_bias(model.graph, blk, size)
-            if site_nodes:
-                site_nodes[-1] += bias
+            add_size_bias(model.graph, blk, size)
         if plan.method == NONE:
             continue
         method = methods.get(plan.method)
@@ -110,8 +106,8 @@ def _reduce(model: ir.Model, blocks: list[Block], budget: Budget, track: bool,
         new_nodes = list(em.nodes)
         em.insert_after(blk.attn_add)
         rewire(blk.x_mid, x_new, new_nodes)
-        site_nodes.append(len(new_nodes))
-    return site_nodes, size, total
+        sites += 1
+    return sites, size, total
 
 
 def _tokens_info(search: GridSearch | None, unmerged: bool, tokens: int) -> TokensOutInfo | None:
@@ -142,8 +138,7 @@ def rewrite(model: ir.Model, budget: Budget, unmerge: str = "auto",
         raise GraphError("vtc found no MLP residual Add after the last block's attention, so "
                          "it has no place to unmerge the tokens; set tokens_out: merged")
     merged_seq = search is not None and bool(search.outputs) and not track
-    site_nodes, size, total = _reduce(model, blocks, budget, track, merged_seq)
-    sites = len(site_nodes)
+    sites, size, total = _reduce(model, blocks, budget, track, merged_seq)
     info = None
     if track and total is not None and search is not None:
         apply_unmerge(model, last, total)
@@ -163,8 +158,7 @@ def rewrite(model: ir.Model, budget: Budget, unmerge: str = "auto",
     return GraphInfo(blocks=len(blocks), sites=sites, constants_fixed=fixed, batch_constants=0,
                      unmerge=info, op_counts_before=before, op_counts_after=_op_counts(model),
                      tokens_out=_tokens_info(search, track, budget.tokens_in if track
-                                             else budget.tokens_out),
-                     site_nodes=site_nodes)
+                                             else budget.tokens_out))
 
 
 @dataclass

@@ -91,9 +91,6 @@ def _budget(b: BudgetInfo) -> list[str]:
 def _graph(g: GraphInfo) -> list[str]:
     lines = [f"- blocks found: {g.blocks}; reductions inserted: {g.sites}; constants fixed: "
              f"{g.constants_fixed}; batch constants made dynamic: {g.batch_constants}"]
-    if g.site_nodes:
-        lines.append(f"- nodes per reduction site (with the log-size biases it causes): "
-                     f"at most {max(g.site_nodes)} ({', '.join(map(str, g.site_nodes))})")
     if g.unmerge is not None:
         lines.append(f"- unmerge after block {g.unmerge.after_block} back to {g.unmerge.tokens} "
                      f"tokens, before {', '.join(g.unmerge.consumers) or '(forced)'}")
