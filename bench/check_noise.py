@@ -7,9 +7,10 @@ unchanged), sized so that the compressed engine's latency grows by ≈ 1/0.85, i
 the speedup drops ≈ 15 %; the actual drop is measured and printed. Then, ten
 times, alternating: the unchanged bundle is re-timed (its engines are
 byte-identical to a rebuild's: tests/check/test_ci_script.py) and the slowed one
-is timed, exactly as `vtc-export` times (`measure_interleaved`, the same
-repeats), each into a copy of the baseline report, and `vtc.check.compare`
-judges it against the baseline with the default tolerances.
+is timed, exactly as `vtc-export` times (the compile stage's engines, their
+I/O-bound timing calls, `measure_interleaved`, the same repeats), each into a copy
+of the baseline report, and `vtc.check.compare` judges it against the baseline
+with the default tolerances.
 
 Targets: the slowdown is caught in ≥ 9/10 runs; the unchanged bundle passes in
 ≥ 9/10 runs.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -26,14 +28,14 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from vtc.backends.engines import EngineOptions, get
 from vtc.check.compare import compare
 from vtc.check.read import Side
 from vtc.passes.graph import find_blocks
 from vtc.passes.model_io import load as load_model
 from vtc.pipeline import Options, run
-from vtc.recipe import load_recipe
+from vtc.recipe import RecipeBase, load_recipe
 from vtc.report import Report
+from vtc.stages.compile import compile_engines
 from vtc.validate.bench import measure_interleaved, throughput_info
 
 TARGET_DROP = 0.15
@@ -62,18 +64,20 @@ def _plant(model_path: Path, out: Path, macs_per_image: float, batch: int) -> No
     onnx.save(m, str(out))
 
 
-def _time(bundle: Path, model: Path, batch: int, repeats: int, tag: str) -> Report:
-    """Time baseline.onnx against `model` as the pipeline does; a report copy with it."""
+def _time(bundle: Path, model: Path, batch: int, repeats: int, tag: str,
+          recipe: RecipeBase) -> Report:
+    """Time baseline.onnx against `model` as the pipeline does (the compile stage's
+    engines: fused attention, I/O-bound timing calls); a report copy with it."""
     base = Report.from_dict(json.loads((bundle / "report.json").read_text()))
-    engine, opts = get("ort"), EngineOptions()
     x = np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
-    with engine.runner(bundle / "baseline.onnx", bundle.parent / f"{tag}-b.ort.onnx",
-                       opts) as rb, \
-            engine.runner(model, bundle.parent / f"{tag}-c.ort.onnx", opts) as rc:
-        feeds_b, feeds_c = {rb.input_names[0]: x}, {rc.input_names[0]: x}
-        timings = measure_interleaved({"baseline": lambda: rb.infer(feeds_b),
-                                       "compressed": lambda: rc.infer(feeds_c)},
+    work = bundle.parent / f"engines-{tag}"
+    work.mkdir(exist_ok=True)
+    with compile_engines(recipe, bundle / "baseline.onnx", model, work) as eng:
+        rb, rc = eng.timed
+        timings = measure_interleaved({"baseline": rb.timed({rb.input_names[0]: x}),
+                                       "compressed": rc.timed({rc.input_names[0]: x})},
                                       batch=batch, warmup=3, repeats=repeats)
+    shutil.rmtree(work, ignore_errors=True)
     tp = throughput_info(timings, batch, base.budget.flops_ratio)
     return dataclasses.replace(base, throughput=tp)
 
@@ -96,9 +100,9 @@ def check_noise(tmp: Path, repeats: int) -> list[tuple[bool | None, str]]:
     slowed = tmp / "slowed.onnx"
     for _ in range(2):
         _plant(bundle / "model.onnx", slowed, extra, batch)
-        cal = _time(bundle, slowed, batch, 2 * repeats, "cal").throughput
+        cal = _time(bundle, slowed, batch, 2 * repeats, "cal", rec).throughput
         assert cal is not None and baseline.throughput is not None
-        ref = _time(bundle, bundle / "model.onnx", batch, 2 * repeats, "ref").throughput
+        ref = _time(bundle, bundle / "model.onnx", batch, 2 * repeats, "ref", rec).throughput
         assert ref is not None
         got = 1 - cal.speedup_ci.estimate / ref.speedup_ci.estimate  # this planting's drop
         extra *= TARGET_DROP / max(got, 0.02)
@@ -107,7 +111,7 @@ def check_noise(tmp: Path, repeats: int) -> list[tuple[bool | None, str]]:
     ratios: list[float] = []
     for i in range(RUNS):
         for kind, model in (("same", bundle / "model.onnx"), ("slow", slowed)):
-            now = _time(bundle, model, batch, repeats, f"{kind}{i}")
+            now = _time(bundle, model, batch, repeats, f"{kind}{i}", rec)
             cmp = compare(Side(baseline, "baseline"), Side(now, kind))
             row = next(r for r in cmp.rows if r.metric == "throughput.speedup")
             (same_v if kind == "same" else slow_v).append(row.verdict)

@@ -105,8 +105,9 @@ def _speed_text(recipe: str, rep: dict[str, Any]) -> str:
             f"{th['eager_compressed_ips']:.1f} img/s with the same budget; "
             f"ORT fused ops lost: {lost or 'none'}; MultiHeadAttention "
             f"{rep['fusions']['baseline'].get('MultiHeadAttention', 0)}/"
-            f"{rep['fusions']['compressed'].get('MultiHeadAttention', 0)}; nodes per reduction "
-            f"site ≤ {max(rep['graph']['site_nodes'] or [0])}")
+            f"{rep['fusions']['compressed'].get('MultiHeadAttention', 0)}; engine nodes "
+            f"{rep['engine']['nodes'].get('baseline')} → "
+            f"{rep['engine']['nodes'].get('compressed')}")
 
 
 def speed(tmp: Path, repeats: int) -> list[tuple[bool | None, str]]:
