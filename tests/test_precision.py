@@ -62,9 +62,11 @@ def test_decisions_stay_fp32_and_casts_sit_only_on_crossings(fp16_bundle: Path,
             assert producer.get(n.input[0]) is None or producer[n.input[0]].op_type != "Cast"
     assert counts["casts"] == sum(n.op_type == "Cast" for n in nodes) - sum(
         n.op_type == "Cast" for n in onnx.load(str(src)).graph.node)
-    # the weights are stored once, in fp16
-    assert sum(i.data_type == F16 for i in m.graph.initializer) > 0
-    assert (tmp_path / "m16.onnx").stat().st_size < 0.7 * src.stat().st_size
+    # the weights fp16 MatMuls read are stored once, in fp16 (no fp32 copy kept)
+    inits = {i.name: i.data_type for i in m.graph.initializer}
+    weights = [x for n in matmuls for x in n.input if x in inits]
+    assert weights and all(inits[w] == F16 for w in weights)
+    assert (tmp_path / "m16.onnx").stat().st_size < src.stat().st_size
 
 
 def test_the_fp16_graph_runs_close_to_fp32(fp16_bundle: Path, tmp_path: Path) -> None:
