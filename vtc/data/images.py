@@ -9,6 +9,8 @@ from typing import Literal
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from vtc.runtime import fit as runtime_fit
+
 IMAGE_EXTENSIONS: tuple[str, ...] = (
     ".jpg",
     ".jpeg",
@@ -19,21 +21,6 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (
     ".tif",
     ".tiff",
 )
-
-
-def _to_8bit(img: Image.Image) -> Image.Image:
-    """16- and 32-bit gray images scaled to 8 bits (PIL's convert("RGB") would clip every
-    value above 255 to white)."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        arr = np.asarray(img).astype(np.float64)
-        if img.mode.startswith("I;16") or arr.max(initial=0) > 255:
-            arr = arr * (255.0 / 65535.0)
-        return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L")
-    if img.mode == "F":
-        arr = np.asarray(img, dtype=np.float64)
-        scale = 255.0 if arr.max(initial=0) <= 1.0 else 1.0
-        return Image.fromarray(np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8), "L")
-    return img
 
 
 Size = int | tuple[int, int]  # a square side, or (height, width)
@@ -57,28 +44,11 @@ def fit(img: Image.Image, size: Size, resize: str = "crop", channels: int = 3) -
     h, w = hw(size)
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
-    img = _to_8bit(img).convert("L" if channels == 1 else "RGB")
-    iw, ih = img.size
-    if resize == "stretch":
-        img = img.resize((w, h), Image.Resampling.BICUBIC)
-    elif resize == "crop":
-        th, tw = round(h * 256 / 224), round(w * 256 / 224)
-        s = max(tw / iw, th / ih)
-        nw, nh = max(tw, round(iw * s)), max(th, round(ih * s))
-        img = img.resize((nw, nh), Image.Resampling.BICUBIC)
-        left, top = round((nw - w) / 2.0), round((nh - h) / 2.0)
-        img = img.crop((left, top, left + w, top + h))
-    elif resize == "pad":
-        s = min(w / iw, h / ih)
-        nw, nh = min(w, max(1, round(iw * s))), min(h, max(1, round(ih * s)))
-        canvas = Image.new(img.mode, (w, h), 0)
-        canvas.paste(img.resize((nw, nh), Image.Resampling.BICUBIC),
-                     ((w - nw) // 2, (h - nh) // 2))
-        img = canvas
-    else:
+    if resize not in RESIZE_MODES:
         raise ValueError(f"resize {resize!r} is not one of {', '.join(RESIZE_MODES)}")
-    arr = np.asarray(img, dtype=np.float32) / 255.0
-    return arr[..., None] if arr.ndim == 2 else arr
+    # one implementation: the torch-free runtime's, so a bundle preprocesses on a device
+    # exactly as vtc validated it
+    return runtime_fit(img, h, w, resize, channels)
 
 
 def _check_mean_std(mean: Sequence[float], std: Sequence[float], channels: int = 3) -> None:
