@@ -21,12 +21,13 @@ import vtc
 from vtc.backends import engines
 from vtc.backends.machine import machine_info
 from vtc.data.images import IMAGE_EXTENSIONS
-from vtc.errors import OutputError
+from vtc.errors import InputError, OutputError
 from vtc.output import building, check_out, publish
 from vtc.recipe import RecipeBase
 from vtc.report import Report, SourceInfo
+from vtc.report_vlm import VlmReport
 from vtc.source import Source, SourceError, resolve
-from vtc.stages import bundle, edge
+from vtc.stages import bundle, edge, vlm
 from vtc.stages.compile import compile_engines
 from vtc.stages.compile import options as engine_options
 from vtc.stages.compress import compress
@@ -58,7 +59,7 @@ class Options:
 @dataclass
 class Result:
     out: Path
-    report: Report
+    report: Report | VlmReport
 
     @property
     def passed(self) -> bool:
@@ -109,10 +110,25 @@ def run(opts: Options) -> Result:
     task_fn = load_task(task) if task else None  # before any work: an import error is cheap
     src = resolve(opts.source)
     check_out(opts.out, opts.force, [(src.path, "the source")])
+    vlm_bundle = src.model_type == "llava"
+    check_cuts(opts.recipe, vlm_bundle)
     with building(opts.out, opts.force) as tmp:
-        report = build(opts, src, tmp, task_fn)
+        if vlm_bundle:
+            report: Report | VlmReport = vlm.build(src, opts.recipe, tmp, opts.images,
+                                                   opts.bench, opts.allow_pickle, opts.log)
+        else:
+            report = build(opts, src, tmp, task_fn)
         publish(tmp, opts.out, replace=opts.force)
     return Result(opts.out, report)
+
+
+def check_cuts(recipe: RecipeBase, vlm_bundle: bool) -> None:
+    """Cuts outside the encoder (visionzip, fastv) need a vision-language model."""
+    cuts = [m.name for m, _ in recipe.cuts()]
+    if cuts and not vlm_bundle:
+        raise InputError(f"{', '.join(cuts)} cut(s) visual tokens before or inside a language "
+                         "model; this source is an encoder: use a LLaVA checkpoint, or drop "
+                         f"{', '.join(cuts)} from method")
 
 
 class Steps:

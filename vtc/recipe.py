@@ -28,6 +28,7 @@ from vtc.data import names as dataset_names
 from vtc.errors import InputError
 from vtc.methods.base import Method, MethodConfig
 from vtc.report import GATES, task_gate
+from vtc.report_vlm import VLM_GATES
 
 
 class RecipeError(InputError):
@@ -177,6 +178,24 @@ class CheckCfg(_Strict):
     confidence: float = Field(default=0.95, ge=0.5, lt=1.0, allow_inf_nan=False)
 
 
+DEFAULT_PROMPTS = (
+    "Describe the image.",
+    "What is in the picture?",
+    "What colour is the main object?",
+    "Is there a person in this image?",
+)
+
+
+class GenerateCfg(_Strict):
+    """Vision-language bundles (LLaVA): the static prefill's text budget and how the
+    validation generates. The prefill holds the visual tokens plus `prompt_tokens`."""
+
+    prompt_tokens: int = Field(default=64, ge=1, le=32768)
+    max_new_tokens: int = Field(default=16, ge=1, le=4096)
+    prompts: list[str] = Field(default_factory=lambda: list(DEFAULT_PROMPTS), min_length=1)
+    rounds: int = Field(default=10, ge=1, le=1000)  # interleaved timing rounds
+
+
 class RecipeBase(_Strict):
     """The method-neutral part of a recipe; `recipe_model()` adds one section per method."""
 
@@ -194,6 +213,7 @@ class RecipeBase(_Strict):
     validate_: ValidateCfg = Field(default_factory=ValidateCfg, alias="validate")
     gates: dict[str, float] = Field(default_factory=dict)
     check: CheckCfg = Field(default_factory=CheckCfg)
+    generate: GenerateCfg = Field(default_factory=GenerateCfg)
 
     @field_validator("method", mode="before")
     @classmethod
@@ -212,9 +232,11 @@ class RecipeBase(_Strict):
     @field_validator("gates")
     @classmethod
     def _known_gates(cls, v: dict[str, float]) -> dict[str, float]:
-        unknown = sorted(g for g in set(v) - set(GATES) if task_gate(g) is None)
+        unknown = sorted(g for g in set(v) - set(GATES) - set(VLM_GATES)
+                         if task_gate(g) is None)
         if unknown:
             raise ValueError(f"unknown gate(s) {unknown}; known gates: {', '.join(GATES)}, "
+                             f"for vision-language bundles {', '.join(VLM_GATES)}, "
                              "min_task.NAME / max_task.NAME (a validate.task metric)")
         bad = sorted(k for k, limit in v.items() if not math.isfinite(limit))
         if bad:
@@ -254,8 +276,13 @@ class RecipeBase(_Strict):
         return [(methods.get(n), self.section(n)) for n in self.method]
 
     def budget(self, geo: Geometry) -> Budget:
-        """Resolve the recipe's budget against a model geometry (BudgetError on misfit)."""
-        return methods.plan_budget(geo, self.sections())
+        """Resolve the recipe's encoder budget against a model geometry (BudgetError on
+        misfit). Cuts outside the encoder (`methods.cut`) claim no block."""
+        return methods.plan_budget(geo, [s for s in self.sections() if s[0].site == "encoder"])
+
+    def cuts(self) -> list[tuple[Method, MethodConfig]]:
+        """The recipe's cuts outside the encoder (vision-language models only)."""
+        return [s for s in self.sections() if s[0].site != "encoder"]
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, mode="json")

@@ -107,6 +107,10 @@ class Method(abc.ABC):
     # ops the method's pass emits beyond the portable list of `vtc.passes.emit` (each
     # one justified in the method's docstring: ONNX Runtime and TensorRT must run it)
     extra_ops: ClassVar[frozenset[str]] = frozenset()
+    # where the method cuts tokens: "encoder" (a rewrite of encoder blocks, the graph
+    # passes) or, for vision-language models, "projector" (between the vision tower and
+    # the language model) or "lm" (inside the language model's prefill): `methods.cut`
+    site: ClassVar[str] = "encoder"
 
     # ---- schedule --------------------------------------------------------------------
     def blocks(self, cfg: MethodConfig, geo: Geometry) -> list[int]:

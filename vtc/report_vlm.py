@@ -1,0 +1,165 @@
+"""The typed report of a vision-language bundle (`report.json` with ``kind: "vlm"``).
+
+Parts: the cuts and the token counts they give (`CutsInfo`), engine parity of the
+generation against the eager HF model with the same cuts (`parity.generation`),
+fidelity against the uncut eager model (`GenerationFidelity`), and cost
+(`VlmCost`: vision and prefill latency, decode tokens/s, uncut vs cut engines timed
+interleaved; the analytic prefill FLOPs ratio). `VLM_GATES` maps the gates a VLM recipe
+may set to their paths here. `vlm.schema.json` is generated from these dataclasses
+(``python -m vtc.report_vlm``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vtc.report import Gate, Kind, MachineInfo, SourceInfo, to_jsonable
+
+VLM_SCHEMA_VERSION = 1
+
+
+@dataclass
+class CutsInfo:
+    """Where visual tokens go, per image, at a full prefill.
+
+    tower_tokens: the vision tower's tokens (CLS included); encoder: the encoder cuts'
+    label ("none" without) and tokens leaving the tower; visual_tokens_uncut /
+    visual_tokens: what the LM reads without / with the cuts before it; lm_layer_tokens:
+    tokens each LM layer reads at a full prefill (FastV shortens the layers from L on);
+    prefill_length(_uncut): the static prefill lengths (visual + prompt_tokens);
+    flops_ratio: LM prefill MACs uncut / cut at those lengths; vision_flops_ratio: the
+    same for the tower + projector."""
+
+    tower_tokens: int
+    encoder: str
+    encoder_tokens_out: int
+    visionzip: dict[str, int] | None
+    fastv: dict[str, int] | None
+    visual_tokens_uncut: int
+    visual_tokens: int
+    prompt_tokens: int
+    prefill_length_uncut: int
+    prefill_length: int
+    lm_layer_tokens_uncut: list[int]
+    lm_layer_tokens: list[int]
+    flops_ratio: float
+    vision_flops_ratio: float
+
+
+@dataclass
+class GenerationParity:
+    """Engines vs the eager HF model with the same cuts, over `prompts` prompts:
+    `tokens_equal` the fraction whose greedy tokens are identical,
+    `first_logits_max_abs_diff` over the first step's logits, and the vision graph's
+    image embeddings `vision_max_abs_diff`."""
+
+    prompts: int
+    max_new_tokens: int
+    tokens_equal: float
+    first_logits_max_abs_diff: float
+    vision_max_abs_diff: float
+
+
+@dataclass
+class VlmParity:
+    generation: GenerationParity
+
+
+@dataclass
+class GenerationFidelity:
+    """The cut engines vs the uncut eager model (HF's own forward and generate):
+    first-step logits cosine, agreement of the first token, and the fraction of prompts
+    whose whole greedy continuation is identical. `random_weights`: the checkpoint's
+    weights are random (a test or shape-faithful bench model), so these figures say
+    nothing about a trained model's quality."""
+
+    prompts: int
+    first_logits_cosine_mean: float
+    first_logits_cosine_min: float
+    top1_agreement: float
+    exact_match: float
+    random_weights: bool
+
+
+@dataclass
+class VlmCost:
+    """Median milliseconds over `rounds` interleaved rounds (uncut, cut) on the same
+    prompt and image: the vision graph, the prefill graph, and decode tokens/s over
+    `decode_tokens` steps; `prefill_ratio` = cut / uncut prefill latency."""
+
+    rounds: int
+    vision_ms_uncut: float
+    vision_ms: float
+    prefill_ms_uncut: float
+    prefill_ms: float
+    prefill_ratio: float
+    decode_tokens: int
+    decode_tok_s_uncut: float
+    decode_tok_s: float
+    prefill_samples_ms_uncut: list[float] = field(default_factory=list)
+    prefill_samples_ms: list[float] = field(default_factory=list)
+
+
+@dataclass
+class VlmEngine:
+    kind: str
+    providers: list[str]
+    graphs: dict[str, int]  # file → bytes (with external data)
+    opset: int
+
+
+@dataclass
+class VlmReport:
+    """Everything a VLM bundle's report.json holds (module docstring)."""
+
+    vtc_version: str
+    source: SourceInfo
+    recipe: dict[str, Any]
+    model: dict[str, Any]  # the geometry read from the config
+    cuts: CutsInfo
+    engine: VlmEngine
+    machine: MachineInfo
+    parity: VlmParity
+    fidelity: GenerationFidelity
+    cost: VlmCost | None
+    gates: list[Gate] = field(default_factory=list)
+    gates_skipped: list[str] = field(default_factory=list)
+    passed: bool = True
+    elapsed_s: float = 0.0
+    kind: str = "vlm"
+    schema_version: int = VLM_SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_jsonable(dataclasses.asdict(self))  # type: ignore[no-any-return]
+
+
+# gate name -> (path into VlmReport, kind)
+VLM_GATES: dict[str, tuple[tuple[str, ...], Kind]] = {
+    "min_tokens_equal": (("parity", "generation", "tokens_equal"), "min"),
+    "max_generation_logits_diff": (("parity", "generation", "first_logits_max_abs_diff"),
+                                   "max"),
+    "max_vision_diff": (("parity", "generation", "vision_max_abs_diff"), "max"),
+    "min_logits_cosine": (("fidelity", "first_logits_cosine_mean"), "min"),
+    "min_first_token_agreement": (("fidelity", "top1_agreement"), "min"),
+    "min_exact_match": (("fidelity", "exact_match"), "min"),
+    "max_prefill_ratio": (("cost", "prefill_ratio"), "max"),
+}
+
+
+def json_schema() -> dict[str, Any]:
+    from pydantic import TypeAdapter
+
+    schema = TypeAdapter(VlmReport).json_schema()
+    schema["$id"] = "https://vtc.invalid/vlm.schema.json"
+    return schema
+
+
+SCHEMA_PATH = Path(__file__).with_name("vlm.schema.json")
+
+if __name__ == "__main__":
+    SCHEMA_PATH.write_text(json.dumps(json_schema(), indent=1, sort_keys=True) + "\n")
+    print(f"wrote {SCHEMA_PATH}")

@@ -1,0 +1,327 @@
+"""The pipeline of a vision-language bundle (LLaVA), stage by stage::
+
+    SOURCE ─► load ─► plan cuts ─► export 4 graphs (cut) + 4 graphs (uncut, scratch)
+           ─► engines (ORT sessions through vtc.runtime.generate) ─► validate ─► bundle
+
+Validation runs every prompt of `generate.prompts` (each with one image: --images, else
+scikit-image's photos) through the cut engines, the eager HF model with the same cuts
+(`vtc.vlm.reference.generate`: parity) and HF's own uncut generate (fidelity), then
+times the uncut and cut engines interleaved (cost). The bundle holds the cut graphs,
+tokenizer.json, generation.json, manifest.json, report.json and report.md; the uncut
+graphs live in a scratch directory beside it and are removed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+import vtc
+from vtc.backends.machine import machine_info
+from vtc.errors import InputError
+from vtc.report import Gate, SourceInfo, to_jsonable
+from vtc.report_vlm import (
+    VLM_GATES,
+    CutsInfo,
+    GenerationFidelity,
+    GenerationParity,
+    VlmCost,
+    VlmEngine,
+    VlmParity,
+    VlmReport,
+)
+from vtc.runtime import BundleError
+from vtc.runtime.generate import VlmBundle
+from vtc.source import Source
+from vtc.util import sha256_file, write_atomic
+from vtc.vlm import export, llava, plan, reference
+from vtc.vlm.llava import VlmGeometry
+from vtc.vlm.modules import Cuts
+
+Log = Callable[[str], None]
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
+
+
+def check_recipe(recipe: Any) -> None:
+    """Refuse gates that judge encoder bundles (before any work)."""
+    enc = sorted(g for g in recipe.gates if g not in VLM_GATES)
+    if enc:
+        raise InputError(f"gate(s) {enc} judge encoder bundles; a vision-language bundle "
+                         f"takes {', '.join(VLM_GATES)}")
+
+
+def check_tokenizer(path: Path) -> None:
+    if not (path / "tokenizer.json").is_file():
+        raise InputError(f"{path}: no tokenizer.json; vtc generate and the validation need the "
+                         "checkpoint's fast tokenizer (save it with "
+                         "AutoTokenizer.save_pretrained into the checkpoint directory)")
+
+
+def _eos(model: Any) -> list[int]:
+    ids = model.generation_config.eos_token_id if model.generation_config else None
+    ids = ids if ids is not None else model.config.text_config.eos_token_id
+    return sorted({int(i) for i in (ids if isinstance(ids, list) else [ids]) if i is not None})
+
+
+def generation_json(geo: VlmGeometry, cuts: Cuts, image_token: str, eos: list[int]) -> str:
+    from vtc.exporter.clip import CLIP_MEAN, CLIP_STD
+
+    data = {
+        "prefill_length": cuts.prefill, "visual_tokens": cuts.visual,
+        "image_token": image_token, "image_token_id": geo.image_token_id,
+        "template": llava.TEMPLATE.replace("<image>", image_token),
+        "eos_token_ids": eos, "image_size": geo.image_size, "resize": "crop",
+        "mean": list(CLIP_MEAN), "std": list(CLIP_STD),
+        "layers": geo.lm_layers, "cache_lengths": export.cache_lengths(geo, cuts),
+        "fastv": None if cuts.fastv is None else {"layer": cuts.fastv[0], "keep": cuts.fastv[1]},
+    }
+    return json.dumps(data, indent=1) + "\n"
+
+
+def _write_graphs(model: Any, geo: VlmGeometry, cuts: Cuts, folder: Path, tok: Path,
+                  image_token: str, eos: list[int]) -> None:
+    export.export_all(model, geo, cuts, folder)
+    shutil.copyfile(tok, folder / "tokenizer.json")
+    write_atomic(folder / "generation.json", generation_json(geo, cuts, image_token, eos))
+
+
+def _images(folder: Path | None, n: int) -> list[Image.Image]:
+    if folder is not None:
+        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+        imgs = []
+        for p in files:
+            try:
+                imgs.append(Image.open(p).convert("RGB"))
+            except OSError:
+                continue
+        if not imgs:
+            raise InputError(f"--images {folder}: no readable image")
+    else:
+        from vtc.data import photos
+
+        imgs = [Image.fromarray(a) for a in photos().values()]
+    return [imgs[i % len(imgs)] for i in range(n)]
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
+
+
+def validate(model: Any, geo: VlmGeometry, cuts: Cuts, bundle: VlmBundle, prompts: list[str],
+             images: list[Image.Image], max_new: int, log: Log
+             ) -> tuple[GenerationParity, GenerationFidelity]:
+    """Parity (engines vs eager with the cuts) and fidelity (vs HF's uncut model)."""
+    eos = bundle.eos
+    equal = exact = top1 = 0
+    logit_diff = vision_diff = 0.0
+    cosines: list[float] = []
+    for i, (prompt, img) in enumerate(zip(prompts, images, strict=True)):
+        try:
+            ids = bundle.prompt_ids(prompt)
+        except BundleError as exc:
+            raise InputError(f"generate.prompts[{i}]: {exc}") from None
+        px = bundle.pixels(img)
+        eng = bundle.generate(ids, px, max_new)
+        vis = bundle.sessions["vision"].run(None, {"pixel_values": px})[0]
+        pt = torch.from_numpy(px)
+        ie = reference.image_embeds(model, geo, cuts, pt)
+        emb, at = reference.splice(model, ids, geo.image_token_id, ie)
+        ref = reference.generate(model, geo, cuts, emb, at, max_new, eos)
+        full = reference.hf_generate(model, geo, ids, pt, max_new, eos)
+        vision_diff = max(vision_diff, float(np.abs(vis - ie.numpy()).max()))
+        logit_diff = max(logit_diff, float(np.abs(eng.first_logits - ref.first_logits.numpy()).max()))
+        equal += eng.tokens == ref.tokens
+        exact += eng.tokens == full.tokens
+        top1 += eng.tokens[:1] == full.tokens[:1]
+        cosines.append(_cos(eng.first_logits, full.first_logits.numpy()))
+        log(f"  prompt {i + 1}/{len(prompts)}: {len(eng.tokens)} tokens, "
+            f"{'=' if eng.tokens == ref.tokens else '≠'} eager with cuts, "
+            f"{'=' if eng.tokens == full.tokens else '≠'} uncut")
+    n = len(prompts)
+    parity = GenerationParity(n, max_new, equal / n, logit_diff, vision_diff)
+    fid = GenerationFidelity(n, statistics.fmean(cosines), min(cosines), top1 / n, exact / n,
+                             random_weights=getattr(model, "_vtc_random", False))
+    return parity, fid
+
+
+def _ms(fn: Callable[[], Any]) -> float:
+    t = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t) * 1e3
+
+
+def cost(base: VlmBundle, cut: VlmBundle, prompt: str, image: Image.Image, rounds: int,
+         steps: int) -> VlmCost:
+    """Vision and prefill latency and decode rate, uncut and cut, interleaved."""
+    sides = []
+    for b in (base, cut):
+        ids = b.prompt_ids(prompt)
+        px = b.pixels(image)
+        img = b.sessions["vision"].run(None, {"pixel_values": px})[0]
+        feeds, _ = b.prefill_feeds(ids, img)
+        sides.append((b, ids, px, feeds))
+    vis: list[list[float]] = [[], []]
+    pre: list[list[float]] = [[], []]
+    dec: list[list[float]] = [[], []]
+    for _ in range(rounds + 1):  # the first round warms up and is dropped
+        for k, (b, ids, px, feeds) in enumerate(sides):
+            vis[k].append(_ms(lambda b=b, px=px: b.sessions["vision"].run(
+                None, {"pixel_values": px})))
+            pre[k].append(_ms(lambda b=b, feeds=feeds: b.sessions["prefill"].run(None, feeds)))
+        for k, (b, ids, px, _f) in enumerate(sides):
+            r = b.generate(ids, px, steps, stop_at_eos=False)
+            dec[k].append(r.tokens_per_s)
+    med = [statistics.median(v[1:]) for v in vis]
+    pmed = [statistics.median(v[1:]) for v in pre]
+    dmed = [statistics.median(v[1:]) for v in dec]
+    return VlmCost(rounds, round(med[0], 3), round(med[1], 3), round(pmed[0], 3),
+                   round(pmed[1], 3), round(pmed[1] / pmed[0], 4), steps,
+                   round(dmed[0], 2), round(dmed[1], 2),
+                   [round(x, 3) for x in pre[0][1:]], [round(x, 3) for x in pre[1][1:]])
+
+
+def cuts_info(recipe: Any, geo: VlmGeometry, cuts: Cuts, base: Cuts) -> CutsInfo:
+    enc = cuts.encoder
+    lt, lt0 = plan.layer_tokens(geo, cuts), plan.layer_tokens(geo, base)
+    return CutsInfo(
+        tower_tokens=geo.tower_tokens, encoder=enc.label if enc is not None else "none",
+        encoder_tokens_out=enc.tokens_out if enc is not None else geo.tower_tokens,
+        visionzip=None if cuts.visionzip is None else dict(zip(
+            ("dominant", "contextual"), cuts.visionzip, strict=True)),
+        fastv=None if cuts.fastv is None else dict(zip(("layer", "keep"), cuts.fastv,
+                                                       strict=True)),
+        visual_tokens_uncut=base.visual, visual_tokens=cuts.visual,
+        prompt_tokens=recipe.generate.prompt_tokens, prefill_length_uncut=base.prefill,
+        prefill_length=cuts.prefill, lm_layer_tokens_uncut=lt0, lm_layer_tokens=lt,
+        flops_ratio=round(plan.lm_macs(geo, lt0) / plan.lm_macs(geo, lt), 4),
+        vision_flops_ratio=round(plan.vision_macs(geo, base) / plan.vision_macs(geo, cuts), 4))
+
+
+def judge(report: VlmReport, gates: dict[str, float]) -> None:
+    out: list[Gate] = []
+    skipped: list[str] = []
+    for name, limit in gates.items():
+        path, kind = VLM_GATES[name]
+        obj: Any = report
+        for p in path:
+            obj = getattr(obj, p, None) if obj is not None else None
+        if obj is None and path[0] == "cost":
+            skipped.append(name)
+            continue
+        if not isinstance(obj, int | float):
+            out.append(Gate(name, None, float(limit), False, kind, "not measured"))
+            continue
+        ok = obj >= limit if kind == "min" else obj <= limit
+        out.append(Gate(name, float(obj), float(limit), bool(ok), kind))
+    report.gates, report.gates_skipped = out, skipped
+    report.passed = all(g.passed for g in out)
+
+
+def render(report: VlmReport) -> str:
+    """report.md: every part of the report as a small table."""
+    lines = [f"# vtc vision-language bundle: {report.source.spec}", "",
+             f"recipe `{report.recipe.get('name')}` · vtc {report.vtc_version} · "
+             f"{'PASS' if report.passed else 'FAIL'} · {report.elapsed_s:.1f} s", ""]
+    for title, part in (("Cuts", report.cuts), ("Parity (engines vs eager with the same cuts)",
+                                                report.parity.generation),
+                        ("Fidelity (vs the uncut eager model)", report.fidelity),
+                        ("Cost (uncut vs cut engines, interleaved)", report.cost),
+                        ("Engine", report.engine), ("Machine", report.machine)):
+        lines += [f"## {title}", ""]
+        if part is None:
+            lines += ["not measured (--no-bench)", ""]
+            continue
+        lines += ["| field | value |", "|---|---|"]
+        for k, v in to_jsonable(part).items():
+            if isinstance(v, list) and len(v) > 12:
+                v = f"{len(v)} values"
+            lines.append(f"| {k} | {v} |")
+        lines.append("")
+    if report.fidelity.random_weights:
+        lines += ["Fidelity figures come from random weights: they test the plumbing, not a "
+                  "trained model's quality.", ""]
+    lines += ["## Gates", ""]
+    lines += [f"- {'PASS' if g.passed else 'FAIL'} {g.name}: {g.value} "
+              f"({'≥' if g.kind == 'min' else '≤'} {g.limit}) {g.note}" for g in report.gates]
+    lines += [f"- skipped {g}" for g in report.gates_skipped]
+    return "\n".join(lines) + "\n"
+
+
+def build(src: Source, recipe: Any, tmp: Path, images: Path | None, bench: bool,
+          allow_pickle: bool, log: Log, model: Any = None) -> VlmReport:
+    """Every stage of a VLM bundle into `tmp` (module docstring)."""
+    t0 = time.perf_counter()
+    check_recipe(recipe)
+    check_tokenizer(src.path)
+    steps = 6 if bench else 5
+
+    def step(k: int, msg: str) -> None:
+        log(f"[{k}/{steps}] {msg} (+{time.perf_counter() - t0:.1f}s)")
+
+    step(1, f"loading {src.spec} (llava)")
+    if model is None:
+        model, geo = llava.load(src.path, use_safetensors=not allow_pickle)
+    else:
+        geo = llava.check_config(model.config, src.spec)
+    try:
+        cuts, base = plan.plan(recipe, geo), plan.uncut(recipe, geo)
+    except vtc.budget.BudgetError as exc:
+        raise InputError(str(exc)) from None
+    eos = _eos(model)
+    from tokenizers import Tokenizer
+
+    tok_file = src.path / "tokenizer.json"
+    image_token = Tokenizer.from_file(str(tok_file)).id_to_token(geo.image_token_id)
+    if image_token is None:
+        raise InputError(f"{tok_file}: the tokenizer has no token for image_token_id "
+                         f"{geo.image_token_id}; use the checkpoint's own tokenizer")
+    step(2, f"exporting cut graphs: visual tokens {base.visual} → {cuts.visual}, prefill "
+            f"{base.prefill} → {cuts.prefill}, LM layer tokens {plan.layer_tokens(geo, cuts)}")
+    _write_graphs(model, geo, cuts, tmp, tok_file, image_token, eos)
+    with tempfile.TemporaryDirectory(dir=tmp.parent, prefix=f".{tmp.name}.uncut-") as scratch:
+        step(3, "exporting the uncut graphs (for timing; not shipped)")
+        uncut_dir = Path(scratch)
+        _write_graphs(model, geo, base, uncut_dir, tok_file, image_token, eos)
+        cut_b, base_b = VlmBundle.load(tmp), VlmBundle.load(uncut_dir)
+        gen = recipe.generate
+        imgs = _images(images, len(gen.prompts))
+        step(4, f"validating {len(gen.prompts)} prompts × greedy {gen.max_new_tokens} tokens: "
+                "engines, eager with cuts, uncut HF")
+        parity, fid = validate(model, geo, cuts, cut_b, list(gen.prompts), imgs,
+                               gen.max_new_tokens, log)
+        vlm_cost = None
+        if bench:
+            step(5, f"timing uncut vs cut engines, {gen.rounds} interleaved rounds")
+            vlm_cost = cost(base_b, cut_b, gen.prompts[0], imgs[0], gen.rounds,
+                            min(gen.max_new_tokens, 8))
+    graphs = {p.name: p.stat().st_size for p in sorted(tmp.iterdir())
+              if p.suffix in (".onnx", ".data")}
+    report = VlmReport(
+        vtc_version=vtc.__version__, source=SourceInfo(src.spec, src.kind, "llava", "llava"),
+        recipe=recipe.to_dict(), model=to_jsonable(geo), cuts=cuts_info(recipe, geo, cuts, base),
+        engine=VlmEngine("ort", ["CPUExecutionProvider"], graphs, export.OPSET),
+        machine=machine_info(["CPUExecutionProvider"]), parity=VlmParity(parity),
+        fidelity=fid, cost=vlm_cost)
+    judge(report, dict(recipe.gates))
+    report.elapsed_s = round(time.perf_counter() - t0, 2)
+    files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+    manifest = {"vtc_version": vtc.__version__, "kind": "vlm",
+                "report_schema_version": report.schema_version,
+                "source": {"spec": src.spec, "kind": src.kind, "sha256": src.digest()},
+                "recipe": report.recipe, "cuts": to_jsonable(report.cuts), "files": files}
+    write_atomic(tmp / "manifest.json", json.dumps(manifest, indent=1) + "\n")
+    write_atomic(tmp / "report.json", json.dumps(report.to_dict(), indent=1) + "\n")
+    write_atomic(tmp / "report.md", render(report))
+    step(steps, f"bundle complete in {report.elapsed_s:.1f} s")
+    return report
