@@ -88,9 +88,53 @@ def generation_json(geo: VlmGeometry, cuts: Cuts, image_token: str, eos: list[in
     return json.dumps(data, indent=1) + "\n"
 
 
+def vision_with_encoder_cuts(model: Any, geo: VlmGeometry, cuts: Cuts, path: Path) -> Path:
+    """vision.onnx when the recipe cuts inside the tower: the uncut tower body rewritten
+    by the encoder passes (as `stages.compress` rewrites any encoder, tokens left merged
+    with their sizes), joined to the tail (layer F, VisionZip, projector) exported at the
+    cut token count."""
+    import onnx
+    from onnx import compose
+
+    from vtc import passes
+    from vtc.passes.model_io import save_model
+    from vtc.stages.compress import rewrite
+
+    assert cuts.encoder is not None
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".vision-") as scratch:
+        s = Path(scratch)
+        body = export.export_tower_body(model, geo, s / "body.onnx")
+        graph = passes.load(body, 1, (geo.image_size, geo.image_size), 3)
+        rewrite(graph, cuts.encoder, "never", "merged")
+        sizes = any(o.name == "token_sizes" for o in graph.graph.outputs) and any(
+            lp.attn_bias for lp in cuts.encoder.layers)  # layer F reads them
+        save_model(graph, s / "body_cut.onnx")
+        tail = export.export_tower_tail(model, geo, cuts, cuts.encoder.tokens_out, sizes,
+                                        s / "tail.onnx")
+        first, second = onnx.load(str(s / "body_cut.onnx")), onnx.load(str(tail))
+        second = compose.add_prefix(second, "tail_", rename_outputs=False)
+        version = max(o.version for o in first.opset_import if o.domain in ("", "ai.onnx"))
+        for m in (first, second):
+            m.ir_version = max(first.ir_version, second.ir_version)
+            for o in m.opset_import:
+                if o.domain in ("", "ai.onnx"):
+                    o.version = max(version, export.OPSET)
+        io = [("hidden", "tail_hidden")] + ([("token_sizes", "tail_token_sizes")] if sizes
+                                             else [])
+        joined = compose.merge_models(first, second, io_map=io,
+                                      outputs=["image_embeds"])
+        tmp = path.with_name(f".{path.name}.tmp")
+        onnx.save(joined, str(tmp))
+        tmp.replace(path)
+    return path
+
+
 def _write_graphs(model: Any, geo: VlmGeometry, cuts: Cuts, folder: Path, tok: Path,
                   image_token: str, eos: list[int]) -> None:
-    export.export_all(model, geo, cuts, folder)
+    enc = cuts.encoder is not None and bool(cuts.encoder.reducing_layers)
+    export.export_all(model, geo, cuts, folder, vision=not enc)
+    if enc:
+        vision_with_encoder_cuts(model, geo, cuts, folder / "vision.onnx")
     shutil.copyfile(tok, folder / "tokenizer.json")
     write_atomic(folder / "generation.json", generation_json(geo, cuts, image_token, eos))
 

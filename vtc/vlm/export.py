@@ -8,7 +8,10 @@
     decode.onnx   inputs_embeds[1, 1, D], attention_mask[1, T+1],
                   position_ids[1, 1], past_key_values.N.key/value → logits, present.N.*
 
-Batch 1 (one conversation per call, as `vtc generate` runs); P and K static; the
+With encoder cuts (tome, evit in the tower) the vision graph is built in two parts:
+the uncut tower up to the feature layer (`export_tower_body`, which the encoder passes
+rewrite like any encoder) and the rest at the cut token count (`export_tower_tail`),
+joined by `stages.vlm`. Batch 1 (one conversation per call, as `vtc generate` runs); P and K static; the
 decode graph's cache lengths are symbolic: ``past_sequence_length`` for layers before
 a FastV cut and ``past_sequence_length_cut`` from it on. The TorchScript exporter
 writes each graph into a scratch directory (it is lenient with the decode graph's
@@ -30,7 +33,7 @@ from vtc.exporter.export import _quiet_exporter
 from vtc.passes import model_io
 
 from .llava import VlmGeometry
-from .modules import Cuts, Decode, Embed, Prefill, VisionEncoder
+from .modules import Cuts, Decode, Embed, Prefill, TowerBody, TowerTail, VisionEncoder
 
 OPSET = 17
 GRAPHS = ("vision", "embed", "prefill", "decode")
@@ -67,6 +70,25 @@ def names(layers: int, kind: str) -> list[str]:
 def export_vision(model: nn.Module, geo: VlmGeometry, cuts: Cuts, path: Path) -> Path:
     px = torch.randn(1, 3, geo.image_size, geo.image_size)
     return _export(VisionEncoder(model, geo, cuts).eval(), (px,), path, ["pixel_values"],
+                   ["image_embeds"])
+
+
+def export_tower_body(model: nn.Module, geo: VlmGeometry, path: Path) -> Path:
+    """The uncut tower up to the feature layer (for the encoder passes)."""
+    px = torch.randn(1, 3, geo.image_size, geo.image_size)
+    return _export(TowerBody(model, geo).eval(), (px,), path, ["pixel_values"], ["hidden"])
+
+
+def export_tower_tail(model: nn.Module, geo: VlmGeometry, cuts: Cuts, tokens: int,
+                      sizes: bool, path: Path) -> Path:
+    """Layer F + selection + VisionZip + projector at `tokens` tokens in; with `sizes`
+    it also reads ``token_sizes[1, tokens]`` (proportional attention in layer F)."""
+    args: tuple[torch.Tensor, ...] = (torch.randn(1, tokens, geo.vision_width),)
+    inputs = ["hidden"]
+    if sizes:
+        args = (*args, torch.ones(1, tokens))
+        inputs.append("token_sizes")
+    return _export(TowerTail(model, geo, cuts, sizes).eval(), args, path, inputs,
                    ["image_embeds"])
 
 
@@ -112,10 +134,13 @@ def export_decode(model: nn.Module, geo: VlmGeometry, cuts: Cuts, path: Path) ->
     return _export(Decode(model, geo).eval(), args, path, inputs, outputs, axes)
 
 
-def export_all(model: nn.Module, geo: VlmGeometry, cuts: Cuts, folder: Path) -> dict[str, Path]:
-    """Every graph of the bundle into `folder` (``GRAPHS`` names)."""
+def export_all(model: nn.Module, geo: VlmGeometry, cuts: Cuts, folder: Path,
+               vision: bool = True) -> dict[str, Path]:
+    """The graphs of the bundle into `folder` (``GRAPHS`` names; the vision graph only
+    with `vision`: a recipe with encoder cuts builds it from rewritten parts)."""
     return {
-        "vision": export_vision(model, geo, cuts, folder / "vision.onnx"),
+        **({"vision": export_vision(model, geo, cuts, folder / "vision.onnx")} if vision
+           else {}),
         "embed": export_embed(model, folder / "embed.onnx"),
         "prefill": export_prefill(model, geo, cuts, folder / "prefill.onnx"),
         "decode": export_decode(model, geo, cuts, folder / "decode.onnx"),

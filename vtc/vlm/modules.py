@@ -107,6 +107,50 @@ class VisionEncoder(nn.Module):
         return self.projector(x)  # type: ignore[no-any-return]
 
 
+class TowerBody(nn.Module):
+    """``pixel_values[B, 3, H, W]`` → ``hidden[B, T, C]`` after tower blocks 0..F-1, uncut:
+    the graph the encoder passes (tome, evit) rewrite, as they rewrite any encoder."""
+
+    def __init__(self, model: nn.Module, geo: VlmGeometry) -> None:
+        super().__init__()
+        m: Any = model
+        self.tower = m.model.vision_tower
+        self.parts = encoder_blocks(self.tower)[: geo.feature_layer]
+
+    def forward(self, pixel_values: Tensor) -> Tensor:
+        x = self.tower.pre_layrnorm(self.tower.embeddings(pixel_values))
+        for parts in self.parts:
+            x = x + vit_attention(parts, parts.norm1(x), None)[0]
+            x = x + parts.mlp(parts.norm2(x))
+        return x  # type: ignore[no-any-return]
+
+
+class TowerTail(nn.Module):
+    """``hidden[B, T', C]`` (+ ``token_sizes[B, T']`` after a merge with proportional
+    attention) → ``image_embeds[B, K, D]``: layer F, the feature selection, VisionZip,
+    the projector. Joined to the rewritten `TowerBody` into one vision graph."""
+
+    def __init__(self, model: nn.Module, geo: VlmGeometry, cuts: Cuts, bias: bool) -> None:
+        super().__init__()
+        m: Any = model
+        self.tower = m.model.vision_tower  # registers the parameters BlockParts points at
+        self.last = encoder_blocks(self.tower)[geo.feature_layer]
+        self.projector = m.model.multi_modal_projector
+        self.geo, self.cuts, self.bias = geo, cuts, bias
+
+    def forward(self, hidden: Tensor, token_sizes: Tensor | None = None) -> Tensor:
+        last, x = self.last, hidden
+        log_s = token_sizes[..., None].log() if self.bias and token_sizes is not None else None
+        out, keys, probs = vit_attention(last, last.norm1(x), log_s)
+        x = x + out
+        x = x + last.mlp(last.norm2(x))
+        if self.cuts.visionzip is not None:
+            x = select(x, probs, keys.mean(dim=1), *self.cuts.visionzip)
+        elif self.geo.strategy == "default":
+            x = x[:, 1:]
+        return self.projector(x)  # type: ignore[no-any-return]
+
+
 class Embed(nn.Module):
     """``input_ids[B, S]`` → ``inputs_embeds[B, S, D]``."""
 
