@@ -93,7 +93,7 @@ def check_noise(tmp: Path, repeats: int) -> list[tuple[bool | None, str]]:
                                    "validate.eager_throughput=false", "validate.samples=8"])
     res = run(Options(source=str(ckpt), recipe=rec, out=bundle, batch=batch, force=True,
                       log=lambda _m: None))
-    baseline = res.report
+    baseline = res.encoder
     # latency x 1/(1 - drop) on the compressed graph: extra MACs ≈ drop/(1 - drop) of its
     # own, then one correction from a calibration timing of the slowed graph
     extra = baseline.budget.flops * TARGET_DROP / (1 - TARGET_DROP)

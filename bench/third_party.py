@@ -38,7 +38,7 @@ def third_party_encoder(tmp: Path, repeats: int) -> list[tuple[bool | None, str]
             f"tome.proportional_attention={str(prop).lower()}", f"validate.repeats={repeats}",
             "validate.samples=8"])
         rep = run(Options(source=str(src), recipe=rec, out=d / f"bundle-{prop}", batch=batch,
-                          force=True, log=lambda _m: None)).report
+                          force=True, log=lambda _m: None)).encoder
         th, b = rep.throughput, rep.budget
         assert th is not None
         ci = th.speedup_ci

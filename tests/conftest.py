@@ -115,6 +115,12 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> LazyModels:
 # ---- every report.json written in the test suite validates against the shipped schema ----
 
 SCHEMA = json.loads((Path(__file__).parents[1] / "vtc" / "report.schema.json").read_text())
+VLM_SCHEMA = json.loads((Path(__file__).parents[1] / "vtc" / "vlm.schema.json").read_text())
+
+
+def schema_of(report: dict) -> dict:
+    """A vision-language bundle's report (kind: vlm) has its own schema."""
+    return VLM_SCHEMA if report.get("kind") == "vlm" else SCHEMA
 CHECKED: list[Path] = []
 
 
@@ -187,7 +193,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     found = list(factory.getbasetemp().rglob("report.json"))
     for path in found:
         try:
-            jsonschema.validate(json.loads(path.read_text()), SCHEMA)
+            data = json.loads(path.read_text())
+            jsonschema.validate(data, schema_of(data))
         except (jsonschema.ValidationError, ValueError) as exc:
             bad.append(f"{path}: {str(exc).splitlines()[0]}")
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")

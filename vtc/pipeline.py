@@ -65,6 +65,13 @@ class Result:
     def passed(self) -> bool:
         return self.report.passed
 
+    @property
+    def encoder(self) -> Report:
+        """The report of an encoder bundle (TypeError for a vision-language one)."""
+        if not isinstance(self.report, Report):
+            raise TypeError("a vision-language bundle has a VlmReport")
+        return self.report
+
 
 def protected_paths(spec: str) -> list[tuple[Path, str]]:
     """What an --out must never be, hold or lie inside: the zoo cache and SOURCE (as

@@ -13,6 +13,7 @@ from vtc import methods
 from vtc.cli.check import check, report
 from vtc.cli.data import data
 from vtc.cli.export import demo, export_cmd, export_main
+from vtc.cli.generate import generate
 from vtc.cli.lint import lint_trt
 from vtc.cli.sweep import sweep
 from vtc.cli.zoo import zoo
@@ -121,3 +122,4 @@ main.add_command(data)
 main.add_command(check)
 main.add_command(report)
 main.add_command(lint_trt)
+main.add_command(generate)

@@ -15,6 +15,7 @@ from vtc.errors import guard
 from vtc.pipeline import Options, run
 from vtc.recipe import load_recipe
 from vtc.report import Report
+from vtc.report_vlm import VlmReport
 
 EXPORT_HELP = """Compress SOURCE into a validated engine bundle in --out.
 
@@ -93,8 +94,32 @@ def _do_export(source: str | None, recipe: str | None, batch: int | None, out: P
                          images=images, force=force, allow_pickle=allow_pickle,
                          protected=protected, bench=not no_bench,
                          batch_given=batch is not None))
-    click.echo(summary(result.report, out))
+    rep = result.report
+    click.echo(vlm_summary(rep, out) if isinstance(rep, VlmReport) else summary(rep, out))
     return 0 if result.passed else 1
+
+
+def vlm_summary(report: VlmReport, out: Path) -> str:
+    """The short table for a vision-language bundle."""
+    c, p, f, k = report.cuts, report.parity.generation, report.fidelity, report.cost
+    rows = [
+        ("bundle", str(out)),
+        ("visual tokens", f"{c.visual_tokens_uncut} → {c.visual_tokens} before the LM; LM "
+                          f"layers read {c.lm_layer_tokens_uncut[-1]} → {c.lm_layer_tokens[-1]}"),
+        ("prefill FLOPs ratio", f"{c.flops_ratio:.2f} (LM), {c.vision_flops_ratio:.2f} (vision)"),
+        ("parity", f"greedy tokens equal {p.tokens_equal:.2f} of {p.prompts} prompts, first "
+                   f"logits max |Δ| {p.first_logits_max_abs_diff:.2e}"),
+        ("fidelity", f"first-token agreement {f.top1_agreement:.2f}, logits cosine "
+                     f"{f.first_logits_cosine_mean:.3f}, exact match {f.exact_match:.2f}"
+                     + (" (random weights)" if f.random_weights else "")),
+    ]
+    if k is not None:
+        rows.append(("prefill latency", f"{k.prefill_ms_uncut:.1f} → {k.prefill_ms:.1f} ms "
+                                        f"({k.prefill_ratio:.2f}×); decode "
+                                        f"{k.decode_tok_s_uncut:.1f} → {k.decode_tok_s:.1f} tok/s"))
+    rows.append(("gates", "PASS" if report.passed else "FAIL"))
+    width = max(len(r[0]) for r in rows)
+    return "\n".join(f"{a.ljust(width)}  {b}" for a, b in rows)
 
 
 def summary(report: Report, out: Path) -> str:

@@ -93,7 +93,8 @@ def select(features: Tensor, attn: Tensor, keys: Tensor, dominant: int,
     b, t, _ = features.shape
     cls_row = attn.sum(dim=1)[:, 0, 1:]                                    # [B, T-1]
     top = torch.topk(cls_row, dominant - 1, dim=-1).indices + 1
-    dom_idx = torch.cat([torch.zeros_like(top[:, :1]), top], dim=1).sort(dim=1).values
+    cls = torch.zeros((b, 1), dtype=top.dtype, device=top.device)
+    dom_idx = torch.cat([cls, top], dim=1).sort(dim=1).values
     kept = _gather(features, dom_idx)
     if contextual == 0:
         return kept
@@ -106,8 +107,8 @@ def select(features: Tensor, attn: Tensor, keys: Tensor, dominant: int,
     metric = _gather(keys, rest_idx)
     metric = metric / metric.norm(dim=-1, keepdim=True)
     tgt, oth = targets(remaining, contextual)
-    tgt_i = torch.tensor(tgt, device=features.device)
-    oth_i = torch.tensor(oth, device=features.device)
+    tgt_i = torch.tensor(tgt, dtype=torch.long, device=features.device)
+    oth_i = torch.tensor(oth, dtype=torch.long, device=features.device)
     sim = metric[:, oth_i] @ metric[:, tgt_i].transpose(1, 2)              # [B, O, c]
     best = sim.argmax(dim=-1)
     assign = (best[:, :, None] == torch.arange(contextual, device=features.device)

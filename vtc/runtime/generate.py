@@ -148,7 +148,8 @@ class VlmBundle:
         mask[:, pad:] = 1
         pos = np.zeros((1, p), np.int64)
         pos[0, pad:] = np.arange(s)
-        feeds = {"inputs_embeds": embeds, "attention_mask": mask, "position_ids": pos}
+        feeds: dict[str, np.ndarray] = {"inputs_embeds": embeds, "attention_mask": mask,
+                                        "position_ids": pos}
         if any(i.name == "image_start" for i in self.sessions["prefill"].get_inputs()):
             feeds["image_start"] = np.asarray([pad + at], np.int64)
         return feeds, s
@@ -192,3 +193,38 @@ class VlmBundle:
         t3 = time.perf_counter()
         text = self.tokenizer.decode([i for i in tokens if i not in self.eos])
         return Result(tokens, text, first, t1 - t0, t2 - t1, t3 - t2, s, stopped)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m vtc.runtime.generate BUNDLE --image IMG --prompt TEXT``: the text on
+    stdout, one JSON line of timings on stderr; exit 2 with one line on bad input."""
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(prog="python -m vtc.runtime.generate")
+    ap.add_argument("bundle")
+    ap.add_argument("--image", action="append", required=True)
+    ap.add_argument("--prompt", required=True)
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    args = ap.parse_args(argv)
+    try:
+        b = VlmBundle.load(args.bundle)
+        ids = b.prompt_ids(args.prompt, len(args.image))
+        try:
+            px = b.pixels(args.image[0])
+        except OSError as exc:
+            raise BundleError(f"--image {args.image[0]}: not a readable image "
+                              f"({type(exc).__name__})") from None
+        res = b.generate(ids, px, max(1, args.max_new_tokens))
+    except BundleError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(res.text)
+    print(json.dumps({"tokens": res.tokens, "stopped": res.stopped,
+                      "prefill_ms": round(res.prefill_s * 1e3, 3),
+                      "tokens_per_s": round(res.tokens_per_s, 2)}), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

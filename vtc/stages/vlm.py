@@ -19,6 +19,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -184,7 +185,8 @@ def validate(model: Any, geo: VlmGeometry, cuts: Cuts, bundle: VlmBundle, prompt
         ref = reference.generate(model, geo, cuts, emb, at, max_new, eos)
         full = reference.hf_generate(model, geo, ids, pt, max_new, eos)
         vision_diff = max(vision_diff, float(np.abs(vis - ie.numpy()).max()))
-        logit_diff = max(logit_diff, float(np.abs(eng.first_logits - ref.first_logits.numpy()).max()))
+        diff = np.abs(eng.first_logits - ref.first_logits.numpy()).max()
+        logit_diff = max(logit_diff, float(diff))
         equal += eng.tokens == ref.tokens
         exact += eng.tokens == full.tokens
         top1 += eng.tokens[:1] == full.tokens[:1]
@@ -219,10 +221,10 @@ def cost(base: VlmBundle, cut: VlmBundle, prompt: str, image: Image.Image, round
     pre: list[list[float]] = [[], []]
     dec: list[list[float]] = [[], []]
     for _ in range(rounds + 1):  # the first round warms up and is dropped
-        for k, (b, ids, px, feeds) in enumerate(sides):
-            vis[k].append(_ms(lambda b=b, px=px: b.sessions["vision"].run(
-                None, {"pixel_values": px})))
-            pre[k].append(_ms(lambda b=b, feeds=feeds: b.sessions["prefill"].run(None, feeds)))
+        for k, (b, _ids, px, feeds) in enumerate(sides):
+            vision, prefill = b.sessions["vision"], b.sessions["prefill"]
+            vis[k].append(_ms(partial(vision.run, None, {"pixel_values": px})))
+            pre[k].append(_ms(partial(prefill.run, None, feeds)))
         for k, (b, ids, px, _f) in enumerate(sides):
             r = b.generate(ids, px, steps, stop_at_eos=False)
             dec[k].append(r.tokens_per_s)

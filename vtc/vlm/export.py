@@ -11,7 +11,8 @@
 With encoder cuts (tome, evit in the tower) the vision graph is built in two parts:
 the uncut tower up to the feature layer (`export_tower_body`, which the encoder passes
 rewrite like any encoder) and the rest at the cut token count (`export_tower_tail`),
-joined by `stages.vlm`. Batch 1 (one conversation per call, as `vtc generate` runs); P and K static; the
+joined by `stages.vlm`. Batch 1 (one conversation per call, as `vtc generate` runs);
+P and K static; the
 decode graph's cache lengths are symbolic: ``past_sequence_length`` for layers before
 a FastV cut and ``past_sequence_length_cut`` from it on. The TorchScript exporter
 writes each graph into a scratch directory (it is lenient with the decode graph's

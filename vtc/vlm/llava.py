@@ -119,6 +119,20 @@ def check_config(config: Any, where: str) -> VlmGeometry:
         image_token_id=int(config.image_token_id))
 
 
+def check_raw(path: Path) -> None:
+    """The settings transformers would refuse with a traceback, named first."""
+    raw = json.loads((path / "config.json").read_text())
+    strategy = raw.get("vision_feature_select_strategy", "default")
+    if strategy not in STRATEGIES:
+        raise UnsupportedCheckpoint(f"{path}: vision_feature_select_strategy {strategy!r} is "
+                                    f"not supported (vtc supports {', '.join(STRATEGIES)})")
+    layer = raw.get("vision_feature_layer", -2)
+    if not isinstance(layer, int):
+        raise UnsupportedCheckpoint(
+            f"{path}: vision_feature_layer {layer} (features concatenated from several "
+            "layers) is not supported; vtc supports a single layer, e.g. -2")
+
+
 def is_llava(path: Path) -> bool:
     """True when `path` is a checkpoint directory whose config says ``llava``."""
     cfg = path / "config.json"
@@ -137,7 +151,14 @@ def load(path: Path, use_safetensors: bool = True) -> tuple[nn.Module, VlmGeomet
 
     from vtc.exporter._hf import from_pretrained
 
-    config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+    check_raw(path)
+    try:
+        config = AutoConfig.from_pretrained(path, local_files_only=True,
+                                            trust_remote_code=False)
+    except Exception as exc:  # transformers' validation errors vary by field
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise UnsupportedCheckpoint(f"{path}/config.json: transformers refuses it ({first})"
+                                    ) from None
     geo = check_config(config, str(path))
     model = from_pretrained(LlavaForConditionalGeneration, path, use_safetensors,
                             torch_dtype=torch.float32)
@@ -187,7 +208,8 @@ def tiny_config(vision_layers: int = 3, lm_layers: int = 4, image: int = 32, pat
                      num_attention_heads=4, num_key_value_heads=2, vocab_size=vocab,
                      max_position_embeddings=512, bos_token_id=1, eos_token_id=2,
                      pad_token_id=0)
-    return LlavaConfig(vision_config=vc, text_config=tc, image_token_id=image_token_id,
+    return LlavaConfig(vision_config=vc, text_config=tc,  # type: ignore[call-arg]
+                       image_token_id=image_token_id,
                        vision_feature_layer=-2, vision_feature_select_strategy="default",
                        image_seq_length=(image // patch) ** 2)
 
@@ -204,7 +226,8 @@ def llava15_config(lm_layers: int = 2) -> Any:
                      num_attention_heads=32, num_key_value_heads=32, vocab_size=32064,
                      max_position_embeddings=4096, rms_norm_eps=1e-5, bos_token_id=1,
                      eos_token_id=2, pad_token_id=32001)
-    return LlavaConfig(vision_config=vc, text_config=tc, image_token_id=32000,
+    return LlavaConfig(vision_config=vc, text_config=tc,  # type: ignore[call-arg]
+                       image_token_id=32000,
                        vision_feature_layer=-2, vision_feature_select_strategy="default",
                        image_seq_length=576)
 

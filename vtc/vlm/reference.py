@@ -58,7 +58,8 @@ def image_embeds(model: nn.Module, geo: VlmGeometry, cuts: Cuts, pixel_values: T
         return m.model.multi_modal_projector(x)  # type: ignore[no-any-return]
 
 
-def splice(model: nn.Module, ids: list[int], image_token: int, images: Tensor) -> tuple[Tensor, int]:
+def splice(model: nn.Module, ids: list[int], image_token: int,
+           images: Tensor) -> tuple[Tensor, int]:
     """Token embeddings with the image's K embeddings in place of its one image token:
     ``[1, S, D]`` and the image's first position."""
     at = ids.index(image_token)

@@ -1,0 +1,153 @@
+"""A LLaVA bundle end to end on a tiny model with all three cuts: files, report (schema,
+parity, fidelity, cost), `vtc generate`, the torch-free runtime, and bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from vtc.cli import main
+from vtc.cli.export import export_main
+from vtc.report_vlm import SCHEMA_PATH
+
+from .conftest import COMBINED
+
+ROOT = Path(__file__).parents[2]
+
+
+def _image(path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def test_bundle_files_and_report(combined_bundle: Path) -> None:
+    names = {p.name for p in combined_bundle.iterdir()}
+    assert {"vision.onnx", "embed.onnx", "prefill.onnx", "decode.onnx", "tokenizer.json",
+            "generation.json", "manifest.json", "report.json", "report.md"} <= names
+    assert not [n for n in names if n.startswith(".")]
+    report = json.loads((combined_bundle / "report.json").read_text())
+    jsonschema.validate(report, json.loads(SCHEMA_PATH.read_text()))
+    c = report["cuts"]
+    assert c["encoder"].startswith("tome") and c["encoder_tokens_out"] == 15
+    assert c["visual_tokens_uncut"] == 16 and c["visual_tokens"] == 9
+    assert c["lm_layer_tokens"] == [33, 33, 28, 28] and c["flops_ratio"] > 1.0
+    gen = report["parity"]["generation"]
+    assert gen["tokens_equal"] == 1.0 and gen["first_logits_max_abs_diff"] <= 1e-3
+    assert report["fidelity"]["random_weights"] is True
+    assert 0.0 <= report["fidelity"]["top1_agreement"] <= 1.0
+    assert report["cost"]["prefill_ms"] > 0 and len(report["cost"]["prefill_samples_ms"]) == 2
+    assert report["passed"] is True
+    manifest = json.loads((combined_bundle / "manifest.json").read_text())
+    assert set(manifest["files"]) >= {"prefill.onnx", "decode.onnx", "tokenizer.json"}
+    gen_cfg = json.loads((combined_bundle / "generation.json").read_text())
+    assert gen_cfg["cache_lengths"] == [33, 33, 28, 28] and gen_cfg["prefill_length"] == 33
+
+
+def test_decode_graph_names_follow_genai(combined_bundle: Path) -> None:
+    import onnx
+
+    g = onnx.load(str(combined_bundle / "decode.onnx"), load_external_data=False).graph
+    ins = [i.name for i in g.input]
+    assert ins[:3] == ["inputs_embeds", "attention_mask", "position_ids"]
+    assert "past_key_values.0.key" in ins and "present.3.value" in [o.name for o in g.output]
+    dims = {i.name: i.type.tensor_type.shape.dim[2].dim_param for i in g.input
+            if i.name.startswith("past_key_values")}
+    assert dims["past_key_values.1.key"] == "past_sequence_length"
+    assert dims["past_key_values.2.key"] == "past_sequence_length_cut"
+
+
+def test_vtc_generate(combined_bundle: Path, tmp_path: Path) -> None:
+    img = _image(tmp_path / "a.png")
+    res = CliRunner().invoke(main, ["generate", str(combined_bundle), "--image", str(img),
+                                    "--prompt", "What is in the picture?",
+                                    "--max-new-tokens", "5"])
+    assert res.exit_code == 0, res.output
+    assert "tok/s" in res.output and "tokens (" in res.output
+
+
+_SHIM = """
+import runpy, sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('torch', 'transformers', 'pydantic'):
+            raise ImportError('blocked for the test: ' + name)
+sys.meta_path.insert(0, Block())
+sys.argv = ['vtc.runtime.generate', *sys.argv[1:]]
+runpy.run_module('vtc.runtime.generate', run_name='__main__', alter_sys=True)
+"""
+
+
+def test_runtime_generates_without_torch(combined_bundle: Path, tmp_path: Path) -> None:
+    img = _image(tmp_path / "a.png")
+    res = subprocess.run([sys.executable, "-c", _SHIM, str(combined_bundle), "--image",
+                          str(img), "--prompt", "Describe the image.", "--max-new-tokens", "4"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert res.returncode == 0, res.stderr
+    timing = json.loads(res.stderr.strip().splitlines()[-1])
+    assert 1 <= len(timing["tokens"]) <= 4
+
+
+@pytest.mark.parametrize(("prompt", "images", "message"), [
+    ("what " * 30, 1, "prefill holds 33 = 9 visual + at most 24 text tokens"),
+    ("USER: <image> <image> what", 1, "holds 2 <image> token(s) but 1 image(s)"),
+    ("what", 2, "holds 1 <image> token(s) but 2 image(s)"),
+])
+def test_generate_bad_input(combined_bundle: Path, tmp_path: Path, prompt: str, images: int,
+                            message: str) -> None:
+    img = _image(tmp_path / "a.png")
+    argv = ["generate", str(combined_bundle), "--prompt", prompt]
+    for _ in range(images):
+        argv += ["--image", str(img)]
+    res = CliRunner().invoke(main, argv)
+    assert res.exit_code == 2
+    assert message in res.output and "Traceback" not in res.output
+    if "prefill" in message:
+        assert "generate.prompt_tokens=" in res.output
+
+
+@pytest.mark.parametrize(("sets", "message"), [
+    (["visionzip.dominant=40"], "visionzip.dominant is 40"),
+    (["fastv.tokens=50", "fastv.keep=null"], "fastv.tokens is 50"),
+    (["fastv.layer=9"], "fastv.layer is 9 but the language model has 4 layers"),
+])
+def test_export_refuses_cuts_that_do_not_fit(llava_dir: Path, tmp_path: Path,
+                                             sets: list[str], message: str) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(json.dumps(COMBINED))
+    out = tmp_path / "out"
+    argv = [str(llava_dir), "--recipe", str(recipe), "--out", str(out), "--no-bench"]
+    for s in sets:
+        argv += ["--set", s]
+    res = CliRunner().invoke(export_main, argv)
+    assert res.exit_code == 2, res.output
+    assert message in res.output and "Traceback" not in res.output
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_export_refuses_an_unsupported_feature_layer(llava_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(llava_dir, ckpt)
+    cfg = json.loads((ckpt / "config.json").read_text())
+    (ckpt / "config.json").write_text(json.dumps(cfg | {"vision_feature_layer": -7}))
+    out = tmp_path / "out"
+    res = CliRunner().invoke(export_main, [str(ckpt), "--recipe", "llava-fastv", "--out",
+                                           str(out)])
+    assert res.exit_code == 2 and "vision_feature_layer -7" in res.output
+    assert not out.exists()
+
+
+def test_encoder_source_refuses_vlm_cuts(vit_dir: Path, tmp_path: Path) -> None:
+    res = CliRunner().invoke(export_main, [str(vit_dir), "--recipe", "llava-visionzip64",
+                                           "--out", str(tmp_path / "out")])
+    assert res.exit_code == 2 and "use a LLaVA checkpoint" in res.output

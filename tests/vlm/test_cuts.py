@@ -1,0 +1,106 @@
+"""The two VLM cuts against independent implementations of the authors' code, and their
+static schedules' refusals."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vtc.budget import BudgetError
+from vtc.methods import get
+from vtc.methods.fastv import FastVConfig, keep_indices
+from vtc.methods.visionzip import VisionZipConfig, select
+
+
+def visionzip_as_published(feats: torch.Tensor, attn: torch.Tensor, metric: torch.Tensor,
+                           dominant: int, contextual: int) -> torch.Tensor:
+    """VisionZip's feature selection written as the reference code does it (boolean
+    masks, masked_select, scatter of a one-hot assignment, isin) — not vtc's op."""
+    b, t, c = feats.shape
+    cls_att = attn.sum(dim=1)[:, 0, 1:]
+    idx = torch.topk(cls_att, dominant - 1, dim=-1).indices + 1
+    idx = torch.cat([torch.zeros(b, 1, dtype=torch.long), idx], dim=1)
+    keep = torch.zeros(b, t, dtype=torch.bool).scatter_(1, idx, True)
+    dom = torch.masked_select(feats, keep[..., None]).view(b, dominant, c)
+    rest_n = t - dominant
+    rest = torch.masked_select(feats, ~keep[..., None]).view(b, rest_n, c)
+    m = metric[~keep].view(b, rest_n, -1)
+    m = m / m.norm(p=2, dim=-1, keepdim=True)
+    step = max(1, rest_n // contextual)
+    tgt = torch.arange(0, rest_n, step)[:contextual]
+    other = ~torch.isin(torch.arange(rest_n), tgt)
+    sim = torch.bmm(m[:, other], m[:, tgt].transpose(1, 2))
+    one_hot = torch.zeros(b, int(other.sum()), contextual).scatter_(
+        2, sim.argmax(-1, keepdim=True), 1.0)
+    counts = 1 + one_hot.sum(dim=1)[..., None]
+    ctx = (torch.bmm(one_hot.transpose(1, 2), rest[:, other]) + rest[:, tgt]) / counts
+    return torch.cat([dom, ctx], dim=1)
+
+
+@pytest.mark.parametrize(("t", "dominant", "contextual"),
+                         [(17, 6, 3), (17, 1, 4), (50, 20, 0), (577, 54, 10), (17, 12, 5)])
+def test_visionzip_matches_the_published_code(t: int, dominant: int, contextual: int) -> None:
+    g = torch.Generator().manual_seed(t + dominant)
+    feats = torch.randn(2, t, 8, generator=g)
+    attn = torch.randn(2, 4, t, t, generator=g).softmax(-1)
+    keys = torch.randn(2, t, 6, generator=g)
+    ours = select(feats, attn, keys, dominant, contextual)
+    assert ours.shape == (2, dominant + contextual, 8)
+    if contextual == 0:
+        ref = visionzip_as_published(feats, attn, keys, dominant, 1)[:, :dominant]
+    else:
+        ref = visionzip_as_published(feats, attn, keys, dominant, contextual)
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-6)
+
+
+def test_visionzip_keeps_cls_and_the_original_order() -> None:
+    t = 9
+    feats = torch.arange(t, dtype=torch.float32)[None, :, None].expand(1, t, 2).clone()
+    attn = torch.zeros(1, 1, t, t)
+    attn[0, 0, 0, [7, 2, 5]] = torch.tensor([0.5, 0.3, 0.2])  # CLS attends 7 > 2 > 5
+    out = select(feats, attn, torch.randn(1, t, 3), dominant=4, contextual=0)
+    assert out[0, :, 0].tolist() == [0.0, 2.0, 5.0, 7.0]
+
+
+def fastv_as_published(row: torch.Tensor, start: int, visual: int, keep: int) -> torch.Tensor:
+    """FastV's inplace Llama forward: system tokens, the top `keep` image tokens by the
+    last token's head-averaged attention, then every later token, sorted."""
+    s = row.shape[-1]
+    top = row[start:start + visual].topk(keep).indices + start
+    idx = torch.cat([torch.arange(start), top, torch.arange(start + visual, s)])
+    return idx.sort().values
+
+
+@pytest.mark.parametrize(("s", "start", "visual", "keep"),
+                         [(40, 5, 16, 8), (40, 0, 16, 1), (33, 10, 9, 9), (700, 5, 576, 288)])
+def test_fastv_matches_the_published_code(s: int, start: int, visual: int, keep: int) -> None:
+    row = torch.rand(1, s, generator=torch.Generator().manual_seed(s + keep)).softmax(-1)
+    pos = torch.arange(s)[None]
+    vis = (pos >= start) & (pos < start + visual)
+    ours = keep_indices(row, vis, visual, keep)
+    assert ours[0].tolist() == fastv_as_published(row[0], start, visual, keep).tolist()
+
+
+def test_schedules_refuse_what_does_not_fit() -> None:
+    vz, fv = get("visionzip"), get("fastv")
+    assert vz.tokens_after(VisionZipConfig(dominant=54, contextual=10), 577) == 64
+    with pytest.raises(BudgetError, match="dominant is 600"):
+        vz.tokens_after(VisionZipConfig(dominant=600, contextual=10), 577)
+    with pytest.raises(BudgetError, match="contextual is 600"):
+        vz.tokens_after(VisionZipConfig(dominant=54, contextual=600), 577)
+    assert fv.tokens_after(FastVConfig(layer=2, keep=0.5), 576) == 288
+    with pytest.raises(BudgetError, match="tokens is 700"):
+        fv.tokens_after(FastVConfig(layer=2, keep=None, tokens=700), 576)
+    with pytest.raises(BudgetError, match="has 32 layers"):
+        fv.check_layer(FastVConfig(layer=32), 32)  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="L ≥ 1"):
+        FastVConfig(layer=0)
+
+
+def test_vlm_schema_is_current() -> None:
+    import json
+
+    from vtc.report_vlm import SCHEMA_PATH, json_schema
+
+    assert json.loads(SCHEMA_PATH.read_text()) == json.loads(json.dumps(json_schema())), (
+        "vtc/vlm.schema.json is stale: run python -m vtc.report_vlm")
