@@ -228,6 +228,11 @@ def main() -> int:
             print("[bench] third-party nn.MultiheadAttention encoder, 1x128x512 ...",
                   flush=True)
             results += third_party_encoder(tmp, args.repeats)
+            from bench.vlm import vlm
+
+            print("[bench] LLaVA: tiny parity per recipe; LLaVA-1.5 shapes, prefill latency "
+                  "(several minutes) ...", flush=True)
+            results += vlm(tmp, rounds=5)
         if args.only != "synthetic":
             from bench.real import dinov2_probe, dinov2_self_check, focus_unmerge
 

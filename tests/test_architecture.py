@@ -15,11 +15,11 @@ ROOT = Path(__file__).parents[1] / "vtc"
 # Lower numbers are lower layers; a module may import its own layer or lower ones only.
 LAYERS: dict[str, int] = {
     "": 0, "errors": 0, "util": 0, "stats": 0, "runtime": 0,  # "": the vtc package (version)
-    "budget": 1, "report": 1, "backends": 1, "data": 1,
+    "budget": 1, "report": 1, "report_vlm": 1, "backends": 1, "data": 1,
     "passes": 2,
     "methods": 3,
     "recipe": 4,
-    "exporter": 5, "validate": 5,
+    "exporter": 5, "validate": 5, "vlm": 5,
     "zoo": 6,
     "source": 7, "stages": 7, "output": 7,
     "pipeline": 8, "sweep": 8, "sweep_plot": 8, "demo": 8, "check": 8,

@@ -247,6 +247,10 @@ def _check_budgets(source: str, points: list[Planned], batch: int | None, allow_
     """Resolve every point's budget against the model, so an impossible value fails first.
     The model is loaded once per image size (the load stage of the pipeline)."""
     src = resolve(source)
+    if src.model_type == "llava":
+        raise SweepError(f"{source}: vtc sweep runs encoder bundles; for a LLaVA checkpoint "
+                         "run vtc-export once per value with --set (e.g. --set "
+                         "visionzip.dominant=54)")
     geos: dict[int | None, Geometry] = {}
     log(f"checking {len(points)} budgets against {source}")
     for p in points:

@@ -57,6 +57,10 @@ def read_side(given: Path, role: str) -> Side:
     if not isinstance(data, dict) or "schema_version" not in data:
         raise CheckInputError(f"{role} {path}: not a vtc report (no schema_version); give the "
                               "report.json of a bundle written by vtc-export")
+    if data.get("kind") == "vlm":
+        raise CheckInputError(f"{role} {path}: a vision-language bundle's report; vtc check "
+                              "compares encoder bundles only (not yet VLM ones): compare "
+                              "their report.json fields (parity.generation, cost) directly")
     version = data["schema_version"]
     if version != SCHEMA_VERSION:
         raise CheckInputError(

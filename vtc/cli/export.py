@@ -33,10 +33,14 @@ Examples:
   vtc-export model.onnx --recipe tome-r8 --set tome.r=12 --out out/
   vtc-export ./ckpt --recipe my.yaml --images ./val_images --out out/
   vtc-export dinov2-small --set validate.dataset=fashion-mnist --out out/fm
+  vtc-export ./llava-1.5-7b-hf --recipe llava-visionzip64 --out out/llava-vz64
 
 \b
 Writes out/baseline.onnx, out/model.onnx, out/model.ort.onnx (the ONNX Runtime
-engine), out/manifest.json, out/report.json and out/report.md.
+engine), out/manifest.json, out/report.json and out/report.md. A LLaVA checkpoint
+(recipes llava-visionzip64, llava-fastv, llava-tome-visionzip-fastv) gives
+vision/embed/prefill/decode.onnx, tokenizer.json and generation.json instead of
+the first three: run it with `vtc generate`.
 
 \b
 Exit codes: 0 success, 1 a recipe gate failed (a line names it), 2 a usage or
