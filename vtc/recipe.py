@@ -155,7 +155,7 @@ class ValidateCfg(_Strict):
     @field_validator("captions")
     @classmethod
     def _captions(cls, v: list[str] | None) -> list[str] | None:
-        return None if v is None else check_captions(v, "the captions")
+        return None if v is None else check_captions(v)
 
     @field_validator("task")
     @classmethod

@@ -62,7 +62,7 @@ def _export_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--images", type=click.Path(path_type=Path, exists=True, file_okay=False),
                      default=None, help="folder of images for validation "
                      "[default: a fixed-seed synthetic batch]"),
-        click.option("--captions", type=click.Path(path_type=Path, dir_okay=False),
+        click.option("--captions", type=click.Path(path_type=Path),
                      default=None, help="full CLIP checkpoints: a UTF-8 text file of "
                      "captions, one per line, for the zero-shot agreement tier (replaces "
                      "the recipe's validate.captions) [default: validate.captions, else "

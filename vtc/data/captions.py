@@ -33,21 +33,22 @@ DEFAULT_CAPTIONS: tuple[str, ...] = (
 MIN_CAPTIONS = 2  # a ranking needs two candidates
 
 
-def check_captions(captions: list[str], where: str) -> list[str]:
-    """`captions` stripped; InputError (one line naming `where`) when fewer than two,
-    one blank, or one given twice (the rankings would tie)."""
+def check_captions(captions: list[str], where: str = "") -> list[str]:
+    """`captions` stripped; InputError (one line, led by `where` when given) when fewer
+    than two, one blank, or one given twice (the rankings would tie)."""
     out = [c.strip() for c in captions]
+    where = f"{where}: " if where else ""
     if len(out) < MIN_CAPTIONS:
-        raise InputError(f"{where}: {len(out)} caption(s); zero-shot agreement ranks "
+        raise InputError(f"{where}{len(out)} caption(s); zero-shot agreement ranks "
                          f"captions and needs at least {MIN_CAPTIONS}")
     blank = [i for i, c in enumerate(out) if not c]
     if blank:
-        raise InputError(f"{where}: caption {blank[0] + 1} is blank; give text for every "
+        raise InputError(f"{where}caption {blank[0] + 1} is blank; give text for every "
                          "caption")
     seen: set[str] = set()
     for c in out:
         if c in seen:
-            raise InputError(f"{where}: the caption {c!r} is given twice (its scores would "
+            raise InputError(f"{where}the caption {c!r} is given twice (its scores would "
                              "tie); give each caption once")
         seen.add(c)
     return out
