@@ -30,10 +30,12 @@ from vtc.report import (
     TimingInfo,
     TokensOutInfo,
     UnmergeInfo,
+    ZeroShotInfo,
 )
 from vtc.validate.dense import dense_fidelity
 from vtc.validate.parity import compare
 from vtc.validate.probe import linear_probe
+from vtc.validate.zero_shot import agreement
 
 
 def _stats(diff: float) -> Stats:
@@ -46,6 +48,18 @@ def _probe() -> dict[str, Any]:
     xtr = ytr[:, None] * 4.0 + rng.normal(size=(40, 3))
     xte = yte[:, None] * 4.0 + rng.normal(size=(20, 3))
     return linear_probe(xtr, ytr, xte, xte[::-1].copy(), yte)  # compressed rows reversed
+
+
+def _zero_shot() -> ZeroShotInfo:
+    """Three images, three captions; the engines' third image leans to caption 0."""
+    images, texts = np.eye(3), np.eye(3)
+    engine = images.copy()
+    engine[2] = [0.9, 0.0, 0.5]
+    return ZeroShotInfo(
+        n_images=3, n_captions=3, captions=["a cat", "a dog", "a car"], captions_from="recipe",
+        text_length=12, captions_truncated=0, text_parity=_stats(1e-6),
+        text_graph="text.onnx", text_engine="text.ort.onnx",
+        **agreement(engine, texts + 1e-7, images, texts))
 
 
 def timing(median_ms: float, n: int = 20, batch: int = 8, seed: int = 0) -> TimingInfo:
@@ -105,5 +119,6 @@ def sample_report(**changes: Any) -> Report:
             "lfw-subset", "skimage.data.lfw_subset()", 40, 20, 2, ["no face", "face"],
             [25, 25], 0, "class-stratified fixed-seed split"), **_probe()),
         deployment=DeploymentInfo("fp16", 64, 0.9995, 0.998, 1.0, "sample", 85.0, 0.0),
+        zero_shot=_zero_shot(),
     )
     return dataclasses.replace(report, **changes)

@@ -215,6 +215,64 @@ def _images(files: dict[str, bytes]) -> Callable[[Path, Fixtures], list[str]]:
     return make
 
 
+def _clip_ckpt(edit: Callable[[Path], None]) -> Callable[[Path, Fixtures], list[str]]:
+    """A copy of the tiny full CLIP checkpoint (with its tokenizer), edited."""
+    def make(tmp: Path, fx: Fixtures) -> list[str]:
+        d = tmp / "clip_edited"
+        shutil.copytree(fx["clip"], d)
+        edit(d)
+        return [str(d)]
+    return make
+
+
+def _without_tokenizer(d: Path) -> None:
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (d / name).unlink()
+
+
+def _captions_file(data: bytes, source: str = "clip") -> Callable[[Path, Fixtures], list[str]]:
+    def make(tmp: Path, fx: Fixtures) -> list[str]:
+        (tmp / "captions.txt").write_bytes(data)
+        return [str(fx[source]), "--captions", str(tmp / "captions.txt")]
+    return make
+
+
+CLIP_CASES: dict[str, Case] = {
+    "full CLIP without a tokenizer": _made(_clip_ckpt(_without_tokenizer),
+                                           "has no tokenizer files"),
+    "full CLIP with a broken tokenizer": _made(
+        _clip_ckpt(_write("tokenizer.json", b"{not json")), "cannot load the tokenizer"),
+    "captions empty": _export("{clip}", "--set", "validate.captions=[]",
+                              expected=r"validate\.captions: .*0 caption\(s\)"),
+    "one caption": _export("{clip}", "--set", "validate.captions=[a cat]",
+                           expected=r"1 caption\(s\); .* needs at least 2"),
+    "a blank caption": _export("{clip}", "--set", "validate.captions=[a cat, '  ']",
+                               expected="caption 2 is blank"),
+    "a caption twice": _export("{clip}", "--set", "validate.captions=[a cat, a cat]",
+                               expected="'a cat' is given twice"),
+    "captions not a list": _export("{clip}", "--set", "validate.captions=7",
+                                   expected=r"validate\.captions"),
+    "--captions file empty": _made(_captions_file(b"# only a comment\n\n"),
+                                   r"--captions .*0 caption\(s\)"),
+    "--captions file not UTF-8": _made(_captions_file(b"a cat\n\xff\xfe dog\n"),
+                                       "not UTF-8 text"),
+    "--captions a folder": _export("{clip}", "--captions", "{tmp}",
+                                   expected=r"--captions .*cannot be read"),
+    "--captions missing": _export("{clip}", "--captions", "{tmp}/no.txt",
+                                  expected=r"--captions .*cannot be read"),
+    "--captions for a vision model": _made(_captions_file(b"a cat\na dog\n", "vit"),
+                                           r"--captions: .* vit vision model without a text"),
+    "validate.captions for a vision model": _recipe(
+        "validate.captions=[a cat, a dog]", r"validate\.captions: .*image–text checkpoints"),
+    "text_length for an ONNX source": _export("{vit_onnx}", "--set", "export.text_length=8",
+                                              expected="an ONNX source has no text tower"),
+    "text_length beyond the positions": _export(
+        "{clip}", "--set", "export.text_length=99",
+        expected=r"export\.text_length=99 exceeds the text tower's 12 positions"),
+    "text_length 1": _export("{clip}", "--set", "export.text_length=1",
+                             expected=r"export\.text_length"),
+}
+
 SOURCE_CASES: dict[str, Case] = {
     "empty SOURCE": _export("", expected="SOURCE is empty"),
     "blank SOURCE": _export("  ", expected="SOURCE is empty"),
@@ -465,7 +523,7 @@ OTHER_CASES: dict[str, Case] = {
     "data: unknown dataset": _vtc("data", "install", "imagenet", expected="imagenet"),
 }
 
-CASES = {**SOURCE_CASES, **OUT_CASES, **RECIPE_CASES, **OTHER_CASES}
+CASES = {**SOURCE_CASES, **OUT_CASES, **RECIPE_CASES, **OTHER_CASES, **CLIP_CASES}
 
 
 def test_the_table_is_large() -> None:
@@ -482,6 +540,14 @@ def vit_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def clip_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny full CLIP checkpoint (vision + text + tokenizer) once."""
+    from tests.tiny_clip import full_clip_dir
+
+    return full_clip_dir(tmp_path_factory.mktemp("clip") / "clip")
+
+
+@pytest.fixture(scope="module")
 def optimum_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.conftest import export, tiny_vit
 
@@ -491,17 +557,18 @@ def optimum_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_input_is_one_line_and_exit_2(name: str, tmp_path: Path, vit_onnx: Path,
-                                          vit_ckpt: Path, optimum_onnx: Path,
+                                          vit_ckpt: Path, optimum_onnx: Path, clip_ckpt: Path,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     work = tmp_path / "work"
     shutil.copytree(vit_ckpt, work / "vit")
+    shutil.copytree(clip_ckpt, work / "clip")
     (work / "vit_onnx").mkdir()
     (work / "vit_onnx" / "vit.onnx").write_bytes(vit_onnx.read_bytes())
     (work / "optimum.onnx").write_bytes(optimum_onnx.read_bytes())
     home = tmp_path / "home"
     (home / "models").mkdir(parents=True)
     fx = {"vit": work / "vit", "vit_onnx": work / "vit_onnx" / "vit.onnx",
-          "optimum_onnx": work / "optimum.onnx", "home": home}
+          "optimum_onnx": work / "optimum.onnx", "home": home, "clip": work / "clip"}
     monkeypatch.setenv("VTC_HOME", str(home))
     monkeypatch.setenv("VTC_CRASH_DIR", str(work))
     (tmp_path / "elsewhere").mkdir()

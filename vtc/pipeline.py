@@ -27,7 +27,7 @@ from vtc.recipe import RecipeBase
 from vtc.report import Report, SourceInfo
 from vtc.report_vlm import VlmReport
 from vtc.source import Source, SourceError, resolve
-from vtc.stages import bundle, edge, vlm
+from vtc.stages import bundle, edge, text, vlm
 from vtc.stages.compile import compile_engines
 from vtc.stages.compile import options as engine_options
 from vtc.stages.compress import compress
@@ -53,6 +53,7 @@ class Options:
     protected: int | None = None  # ONNX sources: leading tokens never merged
     bench: bool = True
     batch_given: bool = False  # --batch was explicit (a static-batch ONNX must then agree)
+    captions: list[str] | None = None  # --captions FILE's (image–text models: zero-shot tier)
     log: Callable[[str], None] = field(default=lambda msg: print(msg, file=sys.stderr))
 
 
@@ -153,7 +154,7 @@ class Steps:
 def _load(opts: Options, src: Source, step: Steps) -> Loaded:
     step(f"loading {src.spec} ({src.model_type or 'onnx'})")
     return load(src, opts.recipe, opts.batch, opts.batch_given, opts.protected,
-                opts.allow_pickle, opts.log)
+                opts.allow_pickle, opts.log, opts.captions)
 
 
 def build(opts: Options, src: Source, tmp: Path, task_fn: TaskFn | None = None) -> Report:
@@ -184,6 +185,11 @@ def build(opts: Options, src: Source, tmp: Path, task_fn: TaskFn | None = None) 
                          pre=pre) as eng:
         val = validate(recipe, loaded, budget, eng, inputs, dense, opts.bench, step, opts.log,
                        comp.graph.tokens_out, task_fn)
+    zero_shot = None
+    if loaded.captions is not None:
+        opts.log(f"      text tower: text.onnx, zero-shot agreement on {len(inputs.x)} "
+                 f"images × {len(loaded.captions.texts)} captions")
+        zero_shot = text.zero_shot(recipe, loaded, tmp, val.references["engine"], inputs.x)
     report = Report(
         vtc_version=vtc.__version__,
         source=SourceInfo(src.spec, src.kind, src.model_type,
@@ -193,7 +199,7 @@ def build(opts: Options, src: Source, tmp: Path, task_fn: TaskFn | None = None) 
         inputs=val.inputs, output=val.output,
         parity=val.parity, fidelity=val.fidelity, dense=val.dense,
         throughput=val.throughput, accuracy=val.accuracy, task=val.task,
-        deployment=val.deployment, trt_lint=trt_lint)
+        deployment=val.deployment, trt_lint=trt_lint, zero_shot=zero_shot)
     bundle.judge(report, recipe, opts.bench)
     report.elapsed_s = round(time.perf_counter() - t0, 2)
     for g in report.gates:
@@ -201,7 +207,10 @@ def build(opts: Options, src: Source, tmp: Path, task_fn: TaskFn | None = None) 
     shape: list[int | str] = ["batch" if dynamic else loaded.batch, pre.channels, pre.height,
                               pre.width]
     edge.write(tmp, report, inputs.x, val.references, pre, shape, loaded.batch)
-    bundle.write(tmp, report, bundle.manifest(report, src, tmp, shape, exported.opset), pre)
+    text_entry = (text.manifest_entry(tmp, zero_shot, shape[0]) if zero_shot is not None
+                  else None)
+    bundle.write(tmp, report, bundle.manifest(report, src, tmp, shape, exported.opset,
+                                              text_entry), pre)
     step(f"bundle complete in {report.elapsed_s:.1f} s")
     return report
 

@@ -25,6 +25,7 @@ from vtc import methods
 from vtc.backends import engines
 from vtc.budget import Budget, Geometry
 from vtc.data import names as dataset_names
+from vtc.data.captions import check_captions
 from vtc.errors import InputError
 from vtc.methods.base import Method, MethodConfig
 from vtc.report import GATES, task_gate
@@ -48,6 +49,9 @@ class ExportCfg(_Strict):
     batch: int = Field(default=8, ge=1)
     image_size: int | None = Field(default=None, ge=1)
     dynamic_batch: bool = False  # engines accept any batch; --batch is then the one timed
+    # image–text models (full CLIP): tokens per caption of text.onnx (null: the text
+    # config's max_position_embeddings)
+    text_length: int | None = Field(default=None, ge=2)
 
     @field_validator("opset")
     @classmethod
@@ -145,6 +149,14 @@ class ValidateCfg(_Strict):
     probe_test: int | None = Field(default=2000, ge=1)
     # a task metric of the user's own: "package.module:function" (vtc.validate.usertask)
     task: str | None = None
+    # image–text models (full CLIP): the captions of the zero-shot tier (null: the list
+    # that ships with vtc, vtc.data.captions; `vtc-export --captions FILE` replaces both)
+    captions: list[str] | None = None
+
+    @field_validator("captions")
+    @classmethod
+    def _captions(cls, v: list[str] | None) -> list[str] | None:
+        return None if v is None else check_captions(v)
 
     @field_validator("task")
     @classmethod

@@ -346,6 +346,32 @@ class TaskInfo:
 
 
 @dataclass
+class ZeroShotInfo:
+    """Zero-shot agreement of an image–text model (full CLIP; `vtc.validate.zero_shot`):
+    the bundle's compressed vision engine and text engine against the eager, uncompressed
+    HF CLIPModel on the same images and captions. Rankings use cosine similarity of the
+    embeddings (CLIP's logit scale does not change them)."""
+
+    n_images: int
+    n_captions: int
+    captions: list[str]
+    captions_from: Literal["default", "recipe", "file"]  # vtc's list, validate.captions, --captions
+    text_length: int  # tokens per caption (text.onnx's T)
+    captions_truncated: int  # captions longer than text_length tokens, cut to it
+    # fraction of images whose top caption (engines) is the eager model's top caption
+    image_top1_agreement: float
+    # fraction of captions whose top image (engines) is the eager model's; None with < 2 images
+    caption_top1_agreement: float | None
+    image_cosine_mean: float  # image_embeds, compressed engine vs eager CLIPModel
+    image_cosine_min: float
+    text_parity: Stats  # text engine's text_embeds vs the eager CLIPModel's
+    top_caption_engine: list[int]  # per image: the index of its top caption (engines)
+    top_caption_eager: list[int]  # per image: the same for the eager CLIPModel
+    text_graph: str  # the text tower's files in the bundle
+    text_engine: str
+
+
+@dataclass
 class TrtFinding:
     """One TensorRT 10 ONNX-parser finding (`vtc.backends.trt_lint`): the node (or
     tensor / graph input) it is about, its op, what TensorRT does with it and the fix."""
@@ -405,6 +431,7 @@ class Report:
     task: TaskInfo | None = None
     deployment: DeploymentInfo | None = None  # null: the deployed engines are the reference
     trt_lint: TrtLintInfo | None = None  # model.onnx against TensorRT 10's ONNX parser
+    zero_shot: ZeroShotInfo | None = None  # image–text models only (full CLIP)
     gates: list[Gate] = field(default_factory=list)
     gates_skipped: list[str] = field(default_factory=list)
     passed: bool = True
@@ -438,7 +465,13 @@ GATES: dict[str, tuple[tuple[str, ...], Kind]] = {
     "min_deploy_cosine": (("deployment", "cosine_min"), "min"),
     "min_deploy_top1": (("deployment", "top1_agreement"), "min"),
     "max_deploy_accuracy_drop": (("deployment", "accuracy_drop_points"), "max"),
+    "min_zero_shot_image_top1": (("zero_shot", "image_top1_agreement"), "min"),
+    "min_zero_shot_caption_top1": (("zero_shot", "caption_top1_agreement"), "min"),
+    "min_zero_shot_cosine": (("zero_shot", "image_cosine_mean"), "min"),
+    "max_text_parity_diff": (("zero_shot", "text_parity", "max_abs_diff"), "max"),
 }
+# gates of the zero-shot tier: skipped (and listed) when the model has no text tower
+ZERO_SHOT_GATES = tuple(g for g, (path, _) in GATES.items() if path[0] == "zero_shot")
 
 
 TASK_GATE = re.compile(r"^(min|max)_task\.([A-Za-z_]\w*)$")

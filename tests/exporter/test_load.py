@@ -103,16 +103,35 @@ def test_no_config(tmp_path: Path) -> None:
         load_model(tmp_path)
 
 
-def test_full_clip_checkpoint_loads_vision_tower(tmp_path: Path) -> None:
+def test_full_clip_checkpoint_loads_projected_vision_tower(tmp_path: Path) -> None:
+    """A full CLIPModel checkpoint gives the vision tower with its projection (output
+    image_embeds, what an image–text user compares with text_embeds) and keeps the full
+    model for the text tower; a vision-only checkpoint keeps pooler_output."""
     torch.manual_seed(0)
-    full: Any = perturb(CLIPModel(CLIPConfig(vision_config=_VISION, text_config=_TEXT)).eval())
+    full: Any = perturb(CLIPModel(CLIPConfig(vision_config=_VISION, text_config=_TEXT,
+                                             projection_dim=24)).eval())
     full.save_pretrained(tmp_path)
     family, tower = load_model(tmp_path)
     assert family.name == "clip"
-    assert type(tower).__name__ == "CLIPVisionModel"
-    _same_outputs(full.vision_model, tower)
-    # build() from the full config also gives the vision tower
-    assert type(family.build(full.config)).__name__ == "CLIPVisionModel"
+    assert type(tower).__name__ == "CLIPVisionModelWithProjection"
+    assert family.output_names(tower) == ("image_embeds",)
+    assert family.image_text(tower) is not None
+    x = pixels()
+    with torch.no_grad():
+        want = full.visual_projection(full.vision_model(pixel_values=x).pooler_output)
+        (got,) = family.wrap_for_export(tower)(x)
+    assert got.shape == (x.shape[0], 24)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    # the tower's parameters are the vision half's only (the text tower is not exported
+    # into the vision graph)
+    names = {n for n, _ in tower.named_parameters()}
+    assert names and not any(n.startswith("text") for n in names)
+    built = family.build(full.config)
+    assert type(built).__name__ == "CLIPVisionModelWithProjection"
+    # the vision tower alone keeps today's output
+    vision_only, _ = build_variant("clip")
+    assert family.output_names(vision_only) == ("pooler_output",)
+    assert family.image_text(vision_only) is None
 
 
 def test_full_siglip_checkpoint_loads_vision_tower(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from vtc import zoo
+from vtc.data.captions import read_captions
 from vtc.demo import build_demo_checkpoint
 from vtc.errors import guard
 from vtc.pipeline import Options, run
@@ -37,10 +38,13 @@ Examples:
 
 \b
 Writes out/baseline.onnx, out/model.onnx, out/model.ort.onnx (the ONNX Runtime
-engine), out/manifest.json, out/report.json and out/report.md. A LLaVA checkpoint
-(recipes llava-visionzip64, llava-fastv, llava-tome-visionzip-fastv) gives
-vision/embed/prefill/decode.onnx, tokenizer.json and generation.json instead of
-the first three: run it with `vtc generate`.
+engine), out/manifest.json, out/report.json and out/report.md. A full CLIP
+checkpoint (vision and text) also gets out/text.onnx, out/text.ort.onnx and
+out/tokenizer/, and a zero-shot agreement tier against the eager CLIPModel
+(captions: --captions FILE, else the recipe's validate.captions, else vtc's).
+A LLaVA checkpoint (recipes llava-visionzip64, llava-fastv,
+llava-tome-visionzip-fastv) gives vision/embed/prefill/decode.onnx, tokenizer.json
+and generation.json instead of the engines: run it with `vtc generate`.
 
 \b
 Exit codes: 0 success, 1 a recipe gate failed (a line names it), 2 a usage or
@@ -63,6 +67,11 @@ def _export_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--images", type=click.Path(path_type=Path, exists=True, file_okay=False),
                      default=None, help="folder of images for validation "
                      "[default: a fixed-seed synthetic batch]"),
+        click.option("--captions", type=click.Path(path_type=Path),
+                     default=None, help="full CLIP checkpoints: a UTF-8 text file of "
+                     "captions, one per line, for the zero-shot agreement tier (replaces "
+                     "the recipe's validate.captions) [default: validate.captions, else "
+                     "vtc's list of 16 short captions]"),
         click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
                      help="override a recipe field, e.g. --set tome.r=8 (repeatable)"),
         click.option("--force", is_flag=True, help="replace a non-empty --out"),
@@ -89,15 +98,17 @@ def _resolve_source(source: str | None) -> tuple[str, str | None]:
 
 def _do_export(source: str | None, recipe: str | None, batch: int | None, out: Path | None,
                images: Path | None, overrides: tuple[str, ...], force: bool,
-               allow_pickle: bool, protected: int | None, no_bench: bool) -> int:
+               allow_pickle: bool, protected: int | None, no_bench: bool,
+               captions: Path | None = None) -> int:
     spec, zoo_name = _resolve_source(source)
     recipe = recipe or ZOO_RECIPES.get(zoo_name or "", "tome-r16")
     out = out or Path("out") / (zoo_name or Path(spec.rstrip("/")).stem or "bundle")
     rec = load_recipe(recipe, list(overrides))
+    texts = read_captions(captions) if captions is not None else None
     result = run(Options(source=spec, recipe=rec, out=out, batch=batch or rec.export.batch,
                          images=images, force=force, allow_pickle=allow_pickle,
                          protected=protected, bench=not no_bench,
-                         batch_given=batch is not None))
+                         batch_given=batch is not None, captions=texts))
     rep = result.report
     click.echo(vlm_summary(rep, out) if isinstance(rep, VlmReport) else summary(rep, out))
     return 0 if result.passed else 1
@@ -155,6 +166,13 @@ def _task_rows(report: Report) -> list[tuple[str, str]]:
         rows.append(("accuracy", f"{acc.baseline_acc:.2f}% → {acc.compressed_acc:.2f}% "
                      f"(drop {acc.drop_points:+.2f} pt; linear probe, {acc.dataset.name}, "
                      f"{acc.n_train} train / {acc.n_test} test)"))
+    z = report.zero_shot
+    if z is not None:
+        caption = (f", caption {z.caption_top1_agreement:.3f}"
+                   if z.caption_top1_agreement is not None else "")
+        rows.append(("zero-shot", f"top-1 agreement: image {z.image_top1_agreement:.3f}"
+                     f"{caption} ({z.n_images} images × {z.n_captions} captions); "
+                     f"text parity max |Δ| {z.text_parity.max_abs_diff:.3g}"))
     dense = report.dense
     if dense is not None:
         rows.append(("dense output", f"Pearson {dense.pearson_mean:.3f} (min "

@@ -67,34 +67,54 @@ def export_onnx(
     The file is written to a temporary name in the same directory and moved
     into place, so ``path`` is never left half-written.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     model = model.float().eval()
     wrapper = family.wrap_for_export(model)
     channels = family.num_channels(model)
     h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
     example = torch.randn(batch, channels, h, w, dtype=torch.float32)
-    output_names = list(family.output_names(model))
-    inline = _param_bytes(model) <= model_io.INLINE_LIMIT_BYTES
+    return export_module(wrapper, (example,), ["pixel_values"],
+                         list(family.output_names(model)), path, opset=opset, dynamo=dynamo,
+                         dynamic_batch=dynamic_batch,
+                         inline=_param_bytes(model) <= model_io.INLINE_LIMIT_BYTES)
+
+
+def export_module(
+    wrapper: nn.Module,
+    examples: tuple[torch.Tensor, ...],
+    input_names: list[str],
+    output_names: list[str],
+    path: Path,
+    opset: int = 18,
+    dynamo: bool = True,
+    dynamic_batch: bool = False,
+    inline: bool = True,
+) -> Path:
+    """Export ``wrapper(*examples)`` (a tuple of tensors out) to ``path`` with these input
+    and output names; the machinery of :func:`export_onnx` for any graph (the CLIP text
+    tower's ``input_ids``/``attention_mask`` → ``text_embeds`` too): axis 0 of every input
+    and output symbolic with ``dynamic_batch``, written to a temporary name and moved into
+    place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with _quiet_exporter(), torch.no_grad():
             if dynamo:
-                _export_dynamo(wrapper, example, tmp, path, opset, output_names, inline,
-                               dynamic_batch)
+                _export_dynamo(wrapper, examples, tmp, path, opset, input_names, output_names,
+                               inline, dynamic_batch)
             else:
                 torch.onnx.export(
                     wrapper,
-                    (example,),
+                    examples,
                     str(tmp),
                     dynamo=False,
                     opset_version=min(opset, 17),
-                    input_names=["pixel_values"],
+                    input_names=input_names,
                     output_names=output_names,
                     do_constant_folding=True,
                     verbose=False,
                     dynamic_axes=(
-                        {n: {0: "batch"} for n in ["pixel_values", *output_names]}
+                        {n: {0: "batch"} for n in [*input_names, *output_names]}
                         if dynamic_batch else None
                     ),
                 )
@@ -106,22 +126,24 @@ def export_onnx(
 
 def _export_dynamo(
     wrapper: nn.Module,
-    example: torch.Tensor,
+    examples: tuple[torch.Tensor, ...],
     tmp: Path,
     path: Path,
     opset: int,
+    input_names: list[str],
     output_names: list[str],
     inline: bool,
     dynamic_batch: bool = False,
 ) -> None:
-    dims = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    dims = tuple({0: batch} for _ in examples) if dynamic_batch else None
     program = torch.onnx.export(
         wrapper,
-        (example,),
+        examples,
         dynamic_shapes=dims,
         dynamo=True,
         opset_version=opset,
-        input_names=["pixel_values"],
+        input_names=input_names,
         output_names=output_names,
         external_data=not inline,
         verbose=False,

@@ -197,6 +197,12 @@ class Family:
     def mlp_width(self, model: nn.Module) -> int:
         return int(self.config_of(model).intermediate_size)
 
+    def image_text(self, model: nn.Module) -> Any:
+        """The full image–text model behind this vision model when the checkpoint has a
+        text tower too (a full CLIPModel: `vtc.exporter.clip_text` exports it beside the
+        vision graph), else None."""
+        return None
+
     def needs_grid(self, model: nn.Module) -> bool:
         """True when the head reads the full patch grid (ToMe merges are then undone
         after the last block: `vtc.passes.unmerge`)."""

@@ -16,7 +16,7 @@ from typing import Any
 import vtc
 from vtc.budget import Budget
 from vtc.recipe import RecipeBase
-from vtc.report import BudgetInfo, LayerInfo, Preprocess, Report, to_jsonable
+from vtc.report import ZERO_SHOT_GATES, BudgetInfo, LayerInfo, Preprocess, Report, to_jsonable
 from vtc.source import Source
 from vtc.stages.edge import edge_files
 from vtc.util import sha256_file, write_atomic
@@ -47,14 +47,17 @@ def judge(report: Report, recipe: RecipeBase, bench: bool) -> None:
         skip("min_speedup", "min_efficiency")
     if report.dense is None:  # not a dense output: its gates do not apply
         skip("min_dense_pearson", "min_dense_iou")
+    if report.zero_shot is None:  # no text tower: the zero-shot gates do not apply
+        skip(*ZERO_SHOT_GATES)
     report.gates = evaluate_gates(report, gates)
     report.gates_skipped = skipped
     report.passed = all(g.passed for g in report.gates)
 
 
 def manifest(report: Report, src: Source, tmp: Path, input_shape: list[int | str],
-             opset: int | None) -> dict[str, Any]:
-    """What the bundle is and where it came from, with every graph's and engine's sha256."""
+             opset: int | None, text: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What the bundle is and where it came from, with every graph's and engine's sha256;
+    `text`: an image–text model's text tower (`vtc.stages.text.manifest_entry`)."""
     files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())
              if p.is_file() and (p.suffix in (".onnx", ".plan", ".data"))}
     return {
@@ -73,6 +76,7 @@ def manifest(report: Report, src: Source, tmp: Path, input_shape: list[int | str
         "machine": to_jsonable(report.machine),
         "files": files,
         "edge": edge_files(tmp),  # samples/ and trt/ (vtc.stages.edge)
+        **({"text": text} if text is not None else {}),
     }
 
 

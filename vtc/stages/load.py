@@ -20,7 +20,9 @@ import onnx_ir as ir
 
 from vtc import passes
 from vtc.budget import Geometry
+from vtc.data.captions import DEFAULT_CAPTIONS
 from vtc.exporter import Family, get_family
+from vtc.exporter.clip_text import Captions, load_tokenizer, text_length, tokenize
 from vtc.exporter.registry import IMAGENET_MEAN, IMAGENET_STD
 from vtc.passes.graph import GraphError, find_blocks, mlp_width
 from vtc.passes.model_io import read_onnx
@@ -56,6 +58,10 @@ class Loaded:
     dataset_resize: str = "stretch"  # datasets and photos: input.resize, else stretch
     proto: onnx.ModelProto | None = None
     graph: ir.Model | None = None
+    # image–text models (full CLIP): the captions of the zero-shot tier, tokenized, and
+    # the checkpoint's tokenizer (None for vision models)
+    captions: Captions | None = None
+    tokenizer: Any = None
 
     @property
     def hw(self) -> tuple[int, int]:
@@ -157,10 +163,40 @@ def _load_onnx(src: Source, recipe: RecipeBase, batch: int, batch_given: bool,
                   graph=None if dynamic else pinned)
 
 
+def _text_settings(recipe: RecipeBase, captions: list[str] | None) -> list[str]:
+    """The text-tower settings given: the --captions file, validate.captions,
+    export.text_length."""
+    return [name for name, v in (("--captions", captions),
+                                 ("validate.captions", recipe.validate_.captions),
+                                 ("export.text_length", recipe.export.text_length))
+            if v is not None]
+
+
+def _captions(src: Source, recipe: RecipeBase, full: Any, given: list[str] | None
+              ) -> tuple[Captions, Any]:
+    """The zero-shot captions (--captions, else validate.captions, else vtc's list),
+    tokenized with the checkpoint's tokenizer, and the tokenizer."""
+    tokenizer = load_tokenizer(src.path)
+    length = text_length(full, recipe.export.text_length)
+    if given is not None:
+        texts, source = given, "file"
+    elif recipe.validate_.captions is not None:
+        texts, source = recipe.validate_.captions, "recipe"
+    else:
+        texts, source = list(DEFAULT_CAPTIONS), "default"
+    return tokenize(tokenizer, list(texts), length, source), tokenizer
+
+
 def load(src: Source, recipe: RecipeBase, batch: int, batch_given: bool = False,
          protected: int | None = None, allow_pickle: bool = False,
-         log: Log = lambda _msg: None) -> Loaded:
-    """Open `src` (already resolved) for `recipe` at `batch` (see the module docstring)."""
+         log: Log = lambda _msg: None, captions: list[str] | None = None) -> Loaded:
+    """Open `src` (already resolved) for `recipe` at `batch` (see the module docstring).
+    `captions`: the --captions file's (image–text models only)."""
+    given = _text_settings(recipe, captions)
+    if src.kind == "onnx" and given:
+        raise SourceError(f"{' and '.join(given)}: captions and the text length are for "
+                          "image–text checkpoints (a full CLIP directory); an ONNX source has "
+                          "no text tower: drop them")
     if src.kind == "onnx":
         try:
             return _load_onnx(src, recipe, batch, batch_given, protected, log)
@@ -182,8 +218,16 @@ def load(src: Source, recipe: RecipeBase, batch: int, batch_given: bool = False,
     channels = family.num_channels(model)
     pre = preprocess(recipe.input, "pixel_values", channels, *hw, family.mean(model),
                      family.std(model), "the model (its config's num_channels)")
+    full = family.image_text(model)
+    if full is None and given:
+        raise SourceError(f"{' and '.join(given)}: captions and the text length are for "
+                          f"image–text checkpoints (a full CLIP directory); {src.spec} is a "
+                          f"{family.name} vision model without a text tower: drop them")
+    caps, tokenizer = _captions(src, recipe, full, captions) if full is not None else (None,
+                                                                                       None)
     return Loaded(source=src, family=family, model=model, geometry=family.geometry(model, hw),
-                  batch=batch, pre=pre, dataset_resize=recipe.input.resize or "stretch")
+                  batch=batch, pre=pre, dataset_resize=recipe.input.resize or "stretch",
+                  captions=caps, tokenizer=tokenizer)
 
 
 def _available_bytes() -> int | None:

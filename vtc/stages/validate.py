@@ -80,7 +80,8 @@ class Validation:
 
 def select_inputs(recipe: RecipeBase, images: Path | None, loaded: Loaded, dense: bool
                   ) -> Inputs:
-    """--images, else the photos (dense outputs, probes), else a synthetic batch; each
+    """--images, else the photos (dense outputs, probes, image–text models' zero-shot
+    tier), else a synthetic batch; each
     shaped and normalised as the graph's image input `loaded.pre` says."""
     pre, batch = loaded.pre, loaded.batch
     size, c = loaded.hw, pre.channels
@@ -93,7 +94,7 @@ def select_inputs(recipe: RecipeBase, images: Path | None, loaded: Loaded, dense
             raise SourceError(f"--images: {exc}") from exc
         info = InputsInfo("images", len(x), f"resize {pre.resize}; the last batch is padded "
                           "with repeats; only real images are scored", folder=str(images))
-    elif dense or recipe.validate_.dataset:
+    elif dense or recipe.validate_.dataset or loaded.captions is not None:
         x = photo_batch(size, pre.mean, pre.std, c, loaded.dataset_resize)
         info = InputsInfo("photos", len(x), "scikit-image's test photos, brought to the model "
                           f"input by resize {loaded.dataset_resize}", names=list(PHOTOS))

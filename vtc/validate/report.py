@@ -30,6 +30,7 @@ from vtc.report import (
     TaskInfo,
     ThroughputInfo,
     TrtLintInfo,
+    ZeroShotInfo,
 )
 from vtc.util import write_atomic
 from vtc.validate.gates import format_gate
@@ -233,6 +234,31 @@ def _task(t: TaskInfo) -> list[str]:
     return lines + _table(["metric", "value"], [[k, v] for k, v in t.metrics.items()])
 
 
+_CAPTION_ROWS_MAX = 32
+
+
+def _zero_shot(z: ZeroShotInfo) -> list[str]:
+    lines = [f"compressed vision engine + text engine (`{z.text_engine}`, from "
+             f"`{z.text_graph}`) vs the eager uncompressed CLIPModel: {z.n_images} images × "
+             f"{z.n_captions} captions ({z.captions_from} captions, {z.text_length} tokens "
+             f"each; {z.captions_truncated} cut to fit)", ""]
+    lines += _table(["metric", "value"], [
+        ["image top-1 agreement (top caption per image)", z.image_top1_agreement],
+        ["caption top-1 agreement (top image per caption)",
+         z.caption_top1_agreement if z.caption_top1_agreement is not None
+         else "— (fewer than 2 images)"],
+        ["image_embeds cosine, mean", _cos(z.image_cosine_mean)],
+        ["image_embeds cosine, min", _cos(z.image_cosine_min)]])
+    lines += ["text engine parity (text_embeds vs eager):", ""]
+    lines += _table(["tier", *_STAT_COLS], [_stat_row("text", z.text_parity)])
+    rows = [[i, z.captions[e] if e < len(z.captions) else e,
+             z.captions[g] if g < len(z.captions) else g, "" if e == g else "differs"]
+            for i, (e, g) in enumerate(zip(z.top_caption_engine, z.top_caption_eager,
+                                           strict=True))][:_CAPTION_ROWS_MAX]
+    lines += _table(["image", "top caption (engines)", "top caption (eager)", ""], rows)
+    return lines
+
+
 _LINT_ROWS_MAX = 40
 
 
@@ -271,6 +297,7 @@ SECTIONS: dict[str, tuple[str, Callable[[Any], list[str]]]] = {
     "throughput": ("Throughput", _throughput),
     "accuracy": ("Accuracy (linear probe)", _accuracy),
     "task": ("Task metric (validate.task)", _task),
+    "zero_shot": ("Zero-shot agreement (image–text)", _zero_shot),
     "trt_lint": ("TensorRT lint", _trt_lint),
     "gates": ("Gates", _gates),
     "gates_skipped": ("Gates skipped", _skipped),
