@@ -161,3 +161,51 @@ def test_check_and_sweep_say_vlm_is_not_theirs(combined_bundle: Path, llava_dir:
                                     "--param", "fastv.layer", "--values", "1,2",
                                     "--out", str(tmp_path / "sw")])
     assert res.exit_code == 2 and "vtc sweep runs encoder bundles" in res.output, res.output
+
+
+def test_evit_in_the_tower_then_fastv(llava_dir: Path, tmp_path: Path) -> None:
+    """EViT prunes inside the tower (graph pass; its fused token rides along), FastV cuts
+    in the LM: engines and the eager reference still agree token for token."""
+    from vtc import pipeline
+    from vtc.recipe import from_dict
+    from vtc.report_vlm import VlmReport
+
+    recipe = {"name": "evit-fastv", "method": ["evit", "fastv"],
+              "evit": {"keep_rate": None, "keep": 10, "layers": [0]},
+              "fastv": {"layer": 1, "keep": None, "tokens": 5},
+              "generate": {"prompt_tokens": 24, "max_new_tokens": 6,
+                           "prompts": ["What is in the picture?"]}}
+    res = pipeline.run(pipeline.Options(source=str(llava_dir),
+                                        recipe=from_dict(recipe, "test"),
+                                        out=tmp_path / "out", batch=1, bench=False,
+                                        log=lambda _m: None))
+    rep = res.report
+    assert isinstance(rep, VlmReport) and rep.cost is None
+    assert rep.cuts.encoder_tokens_out == 12 and rep.cuts.visual_tokens == 11
+    assert rep.cuts.lm_layer_tokens == [35, 29, 29, 29]
+    assert rep.parity.generation.tokens_equal == 1.0
+    assert rep.parity.generation.first_logits_max_abs_diff <= 1e-3
+
+
+def test_graphs_past_the_inline_limit_keep_their_data_beside(
+        llava_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past protobuf's limit (lowered here) every graph is written with NAME.data beside
+    it, referenced by its final name; the runtime loads and runs the bundle."""
+    from vtc.passes import model_io
+    from vtc.recipe import from_dict
+    from vtc.runtime.generate import VlmBundle
+    from vtc.stages.vlm import _write_graphs
+    from vtc.vlm import llava, plan
+
+    monkeypatch.setattr(model_io, "INLINE_LIMIT_BYTES", 1000)
+    model, geo = llava.load(llava_dir)
+    cuts = plan.plan(from_dict(COMBINED, "test"), geo)
+    _write_graphs(model, geo, cuts, tmp_path, llava_dir / "tokenizer.json", "<image>", [2])
+    names = sorted(p.name for p in tmp_path.iterdir())
+    for g in ("vision", "embed", "prefill", "decode"):
+        assert f"{g}.onnx" in names and f"{g}.onnx.data" in names
+    assert not [n for n in names if n.startswith(".")]
+    b = VlmBundle.load(tmp_path)
+    res = b.generate(b.prompt_ids("Describe the image."),
+                     b.pixels(_image(tmp_path / "a.png")), 3)
+    assert 1 <= len(res.tokens) <= 3

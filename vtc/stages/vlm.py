@@ -95,6 +95,7 @@ def vision_with_encoder_cuts(model: Any, geo: VlmGeometry, cuts: Cuts, path: Pat
     with their sizes), joined to the tail (layer F, VisionZip, projector) exported at the
     cut token count."""
     import onnx
+    import onnx_ir as ir
     from onnx import compose
 
     from vtc import passes
@@ -124,9 +125,7 @@ def vision_with_encoder_cuts(model: Any, geo: VlmGeometry, cuts: Cuts, path: Pat
                                              else [])
         joined = compose.merge_models(first, second, io_map=io,
                                       outputs=["image_embeds"])
-        tmp = path.with_name(f".{path.name}.tmp")
-        onnx.save(joined, str(tmp))
-        tmp.replace(path)
+        export.publish(ir.from_proto(joined), path, s)
     return path
 
 

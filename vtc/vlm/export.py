@@ -49,17 +49,20 @@ def _export(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path,
             torch.onnx.export(module, args, str(tmp), dynamo=False, opset_version=OPSET,
                               input_names=inputs, output_names=outputs,
                               dynamic_axes=axes, do_constant_folding=True)
-        model = ir.load(str(tmp))
-        final = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            model_io.save_model(model, final)
-            os.replace(final, path)
-            data = final.with_name(final.name + ".data")
-            if data.exists():
-                os.replace(data, path.with_name(path.name + ".data"))
-        finally:
-            final.unlink(missing_ok=True)
+        publish(ir.load(str(tmp)), path, Path(scratch))
     return path
+
+
+def publish(model: ir.Model, path: Path, scratch: Path) -> None:
+    """Save `model` under its final name inside `scratch` (inline, or with
+    ``NAME.data`` referenced by that final name), then move the file(s) to `path`."""
+    staged = scratch / "final" / path.name
+    staged.parent.mkdir()
+    model_io.save_model(model, staged)
+    data = staged.with_name(staged.name + ".data")
+    if data.exists():
+        os.replace(data, path.with_name(data.name))
+    os.replace(staged, path)
 
 
 def names(layers: int, kind: str) -> list[str]:
