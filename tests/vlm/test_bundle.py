@@ -155,11 +155,12 @@ def test_encoder_source_refuses_vlm_cuts(vit_dir: Path, tmp_path: Path) -> None:
 
 def test_check_and_sweep_say_vlm_is_not_theirs(combined_bundle: Path, llava_dir: Path,
                                                tmp_path: Path) -> None:
-    res = CliRunner().invoke(main, ["check", str(combined_bundle), str(combined_bundle)])
+    res = CliRunner().invoke(main, ["check", str(combined_bundle), "--baseline",
+                                    str(combined_bundle)])
     assert res.exit_code == 2 and "vision-language bundle" in res.output
     res = CliRunner().invoke(main, ["sweep", str(llava_dir), "--recipe", "llava-fastv",
-                                    "--param", "fastv.layer", "--values", "1,2",
-                                    "--out", str(tmp_path / "sw")])
+                                    "--values", "fastv.layer=1,2", "--out",
+                                    str(tmp_path / "sw")])
     assert res.exit_code == 2 and "vtc sweep runs encoder bundles" in res.output, res.output
 
 
