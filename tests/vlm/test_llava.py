@@ -27,9 +27,14 @@ def test_unsupported_settings_are_named(edit: dict, message: str, llava_dir: Pat
 
 
 def test_llava15_hf_layout_loads_unchanged(llava_dir: Path, tmp_path: Path) -> None:
-    """Weights renamed to the llava-hf/llava-1.5-7b-hf names (language_model.model.*,
-    language_model.lm_head, vision_tower.vision_model.*) load onto the same tensors."""
-    state = llava.load(llava_dir)[0].state_dict()  # transformers' current names
+    """A directory laid out as llava-hf/llava-1.5-7b-hf is: fp16 weights in two
+    safetensors shards with an index, under the old names (language_model.model.*,
+    language_model.lm_head, vision_tower.vision_model.*, multi_modal_projector.*), and a
+    config.json with that checkpoint's keys (image_token_index, pad_token_id,
+    ignore_index, torch_dtype float16, transformers 4.36, no image_seq_length). It loads
+    unchanged, every tensor equal to the fp16 value."""
+    model = llava.load(llava_dir)[0]
+    state = {k: v.half() for k, v in model.state_dict().items()}  # current names
 
     def old(name: str) -> str:
         if name.startswith("model.language_model."):
@@ -46,14 +51,45 @@ def test_llava15_hf_layout_loads_unchanged(llava_dir: Path, tmp_path: Path) -> N
     assert "multi_modal_projector.linear_1.weight" in renamed
     d = tmp_path / "llava-1.5-layout"
     d.mkdir()
-    save_file(renamed, str(d / "model.safetensors"), metadata={"format": "pt"})
-    cfg = json.loads((llava_dir / "config.json").read_text())
-    (d / "config.json").write_text(json.dumps(cfg))
-    model, geo = llava.load(d)
-    got = model.state_dict()
-    assert geo.visual == 16 and geo.feature_layer == 1
-    for k, v in state.items():
-        torch.testing.assert_close(got[k], v, rtol=0, atol=0)
+    keys = sorted(renamed)
+    shards = {"model-00001-of-00002.safetensors": keys[: len(keys) // 2],
+              "model-00002-of-00002.safetensors": keys[len(keys) // 2:]}
+    weight_map = {}
+    for file, names in shards.items():
+        save_file({k: renamed[k] for k in names}, str(d / file), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(names, file))
+    total = sum(v.numel() * 2 for v in renamed.values())
+    (d / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {"total_size": total}, "weight_map": weight_map}))
+    cfg = model.config
+    t, v = cfg.text_config, cfg.vision_config
+    (d / "config.json").write_text(json.dumps({
+        "architectures": ["LlavaForConditionalGeneration"], "ignore_index": -100,
+        "image_token_index": cfg.image_token_id, "model_type": "llava",
+        "pad_token_id": 0, "projector_hidden_act": "gelu",
+        "text_config": {"architectures": ["LlamaForCausalLM"], "model_type": "llama",
+                        "hidden_size": t.hidden_size, "intermediate_size": t.intermediate_size,
+                        "num_hidden_layers": t.num_hidden_layers,
+                        "num_attention_heads": t.num_attention_heads,
+                        "num_key_value_heads": t.num_key_value_heads,
+                        "max_position_embeddings": 512, "rms_norm_eps": t.rms_norm_eps,
+                        "torch_dtype": "float16", "vocab_size": t.vocab_size},
+        "tie_word_embeddings": False, "torch_dtype": "float16",
+        "transformers_version": "4.36.0.dev0",
+        "vision_config": {"hidden_size": v.hidden_size, "image_size": v.image_size,
+                          "intermediate_size": v.intermediate_size,
+                          "model_type": "clip_vision_model",
+                          "num_attention_heads": v.num_attention_heads,
+                          "num_hidden_layers": v.num_hidden_layers,
+                          "patch_size": v.patch_size, "projection_dim": 32},
+        "vision_feature_layer": -2, "vision_feature_select_strategy": "default",
+        "vocab_size": t.vocab_size}))
+    loaded, geo = llava.load(d)
+    got = loaded.state_dict()
+    assert geo.visual == 16 and geo.feature_layer == 1 and geo.image_token_id == 319
+    assert geo.kv_heads == 2 and next(loaded.parameters()).dtype == torch.float32
+    for k, val in state.items():
+        torch.testing.assert_close(got[k], val.float(), rtol=0, atol=0)
 
 
 def test_modules_and_reference_match_hf(llava_dir: Path) -> None:
