@@ -210,3 +210,36 @@ def test_graphs_past_the_inline_limit_keep_their_data_beside(
     res = b.generate(b.prompt_ids("Describe the image."),
                      b.pixels(_image(tmp_path / "a.png")), 3)
     assert 1 <= len(res.tokens) <= 3
+
+
+def test_constant_tensors_in_files_of_their_own_come_along(tmp_path: Path) -> None:
+    """Past 2 GB the TorchScript exporter writes even Constant-attribute tensors to files
+    of their own; the published graph must not point back into the scratch dir."""
+    import onnx
+    import onnx_ir as ir
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from vtc.vlm.export import _inline_attribute_tensors, publish
+
+    c = numpy_helper.from_array(np.arange(6, dtype=np.float32).reshape(2, 3), "c")
+    graph = helper.make_graph(
+        [helper.make_node("Constant", [], ["k"], value=c),
+         helper.make_node("Add", ["x", "k"], ["y"])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])])
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    onnx.save(helper.make_model(graph), str(scratch / "m.onnx"), save_as_external_data=True,
+              all_tensors_to_one_file=False, size_threshold=0, convert_attribute=True)
+    assert len(list(scratch.iterdir())) == 2  # the graph and the constant's own file
+    model = ir.load(str(scratch / "m.onnx"))
+    assert _inline_attribute_tensors(model) == 1
+    out = tmp_path / "out"
+    out.mkdir()
+    publish(model, out / "m.onnx", scratch)
+    for p in scratch.iterdir():
+        if p.is_file():
+            p.unlink()
+    y = ort.InferenceSession(str(out / "m.onnx")).run(None, {"x": np.ones((2, 3), np.float32)})
+    assert y[0].tolist() == [[1, 2, 3], [4, 5, 6]]

@@ -49,8 +49,25 @@ def _export(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path,
             torch.onnx.export(module, args, str(tmp), dynamo=False, opset_version=OPSET,
                               input_names=inputs, output_names=outputs,
                               dynamic_axes=axes, do_constant_folding=True)
-        publish(ir.load(str(tmp)), path, Path(scratch))
+        model = ir.load(str(tmp))
+        _inline_attribute_tensors(model)
+        publish(model, path, Path(scratch))
     return path
+
+
+def _inline_attribute_tensors(model: ir.Model) -> int:
+    """Read into memory the Constant-attribute tensors the TorchScript exporter wrote to
+    files of their own (it does for a model past 2 GB); saving externalises only
+    initializers, so such a reference would point into the scratch dir."""
+    count = 0
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        for name, attr in list(node.attributes.items()):
+            value = attr.value
+            if attr.type == ir.AttributeType.TENSOR and isinstance(value, ir.ExternalTensor):
+                node.attributes[name] = ir.AttrTensor(name, ir.Tensor(value.numpy(),
+                                                                      name=value.name))
+                count += 1
+    return count
 
 
 def publish(model: ir.Model, path: Path, scratch: Path) -> None:
