@@ -104,3 +104,10 @@ def test_vlm_schema_is_current() -> None:
 
     assert json.loads(SCHEMA_PATH.read_text()) == json.loads(json.dumps(json_schema())), (
         "vtc/vlm.schema.json is stale: run python -m vtc.report_vlm")
+
+
+def test_cut_sections_take_no_encoder_layers() -> None:
+    from vtc.recipe import RecipeError, load_recipe
+
+    with pytest.raises(RecipeError, match="takes no layers"):
+        load_recipe("llava-fastv", ["fastv.layers=[1]"])

@@ -21,10 +21,23 @@ from __future__ import annotations
 import abc
 from typing import ClassVar
 
+from pydantic import field_validator
 from torch import Tensor
 
 from vtc.budget import BudgetError, Geometry, LayerPlan
 from vtc.methods.base import BlockStep, Method, MethodConfig, Site, SiteOut
+
+
+class CutConfig(MethodConfig):
+    """Base of a cut's recipe section: `layers` (encoder blocks) does not apply."""
+
+    @field_validator("layers")
+    @classmethod
+    def _no_layers(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None:
+            raise ValueError("this cut acts outside the encoder blocks, so it takes no "
+                             "layers; drop it (fastv.layer picks the language-model layer)")
+        return v
 
 
 class VisualCut(Method):

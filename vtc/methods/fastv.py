@@ -34,11 +34,11 @@ from torch import Tensor
 
 from vtc.budget import BudgetError
 from vtc.methods.base import MethodConfig
-from vtc.methods.cut import VisualCut
+from vtc.methods.cut import CutConfig, VisualCut
 from vtc.methods.registry import register
 
 
-class FastVConfig(MethodConfig):
+class FastVConfig(CutConfig):
     layer: int = 2
     keep: float | None = 0.5
     tokens: int | None = None  # absolute R (set keep: null)

@@ -47,11 +47,11 @@ from torch import Tensor
 
 from vtc.budget import BudgetError
 from vtc.methods.base import MethodConfig
-from vtc.methods.cut import VisualCut
+from vtc.methods.cut import CutConfig, VisualCut
 from vtc.methods.registry import register
 
 
-class VisionZipConfig(MethodConfig):
+class VisionZipConfig(CutConfig):
     dominant: int = 54
     contextual: int = 10
 
