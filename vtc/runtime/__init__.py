@@ -75,6 +75,17 @@ def fit(img: Image.Image, height: int, width: int, resize: str, channels: int) -
     return arr[..., None] if arr.ndim == 2 else arr
 
 
+def to_input(image: Image.Image | str | Path, height: int, width: int, resize: str,
+             channels: int, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """An image (or its file) → float32 `[C, H, W]`: `fit`, then (x - mean) / std."""
+    if isinstance(image, str | Path):
+        with Image.open(image) as img:
+            return to_input(img, height, width, resize, channels, mean, std)
+    arr = fit(image, height, width, resize, channels)
+    out = (arr - mean.reshape(1, 1, -1)) / std.reshape(1, 1, -1)
+    return np.ascontiguousarray(out.transpose(2, 0, 1), dtype=np.float32)
+
+
 @dataclass
 class Bundle:
     """A loaded bundle: its preprocessing, the ONNX Runtime session and the batch."""
@@ -129,12 +140,8 @@ class Bundle:
 
     def preprocess(self, image: Image.Image | str | Path) -> np.ndarray:
         """An image (or its file) → float32 `[C, H, W]`, as the bundle was validated."""
-        if isinstance(image, str | Path):
-            with Image.open(image) as img:
-                return self.preprocess(img)
-        arr = fit(image, self.height, self.width, self.resize, self.channels)
-        out = (arr - self.mean.reshape(1, 1, -1)) / self.std.reshape(1, 1, -1)
-        return np.ascontiguousarray(out.transpose(2, 0, 1), dtype=np.float32)
+        return to_input(image, self.height, self.width, self.resize, self.channels, self.mean,
+                        self.std)
 
     def run(self, images: Sequence[np.ndarray] | np.ndarray) -> dict[str, np.ndarray]:
         """Preprocessed `[C, H, W]` images (or a `[N, C, H, W]` array) → every output,

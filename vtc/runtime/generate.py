@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from vtc.runtime import BundleError, fit
+from vtc.runtime import BundleError, to_input
 
 GRAPHS = ("vision", "embed", "prefill", "decode")
 
@@ -126,10 +126,8 @@ class VlmBundle:
     def pixels(self, image: Image.Image | str | Path) -> np.ndarray:
         """An image → ``pixel_values[1, 3, H, W]`` (the bundle's preprocessing)."""
         c = self.config
-        img = image if isinstance(image, Image.Image) else Image.open(image)
-        arr = fit(img, c["image_size"], c["image_size"], c["resize"], 3)
-        mean, std = np.asarray(c["mean"], np.float32), np.asarray(c["std"], np.float32)
-        return ((arr - mean) / std).transpose(2, 0, 1)[None].astype(np.float32)
+        return to_input(image, c["image_size"], c["image_size"], c["resize"], 3,
+                        np.asarray(c["mean"], np.float32), np.asarray(c["std"], np.float32))[None]
 
     # ---- the loop ---------------------------------------------------------------------------
     def prefill_feeds(self, ids: list[int], image_embeds: np.ndarray

@@ -30,6 +30,7 @@ from PIL import Image
 
 import vtc
 from vtc.backends.machine import machine_info
+from vtc.data.images import IMAGE_EXTENSIONS
 from vtc.errors import InputError
 from vtc.report import Gate, SourceInfo, to_jsonable
 from vtc.report_vlm import (
@@ -51,7 +52,6 @@ from vtc.vlm.llava import VlmGeometry
 from vtc.vlm.modules import Cuts
 
 Log = Callable[[str], None]
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
 
 
 def check_recipe(recipe: Any) -> None:

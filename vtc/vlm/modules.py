@@ -99,12 +99,19 @@ class VisionEncoder(nn.Module):
         return x, probs, keys.mean(dim=1)
 
     def forward(self, pixel_values: Tensor) -> Tensor:
-        x, probs, keys = self.features(pixel_values)
-        if self.cuts.visionzip is not None:
-            x = select(x, probs, keys, *self.cuts.visionzip)
-        elif self.geo.strategy == "default":
-            x = x[:, 1:]
-        return self.projector(x)  # type: ignore[no-any-return]
+        return to_lm(self.projector, self.geo, self.cuts, *self.features(pixel_values))
+
+
+def to_lm(projector: nn.Module, geo: VlmGeometry, cuts: Cuts, x: Tensor, probs: Tensor,
+          keys: Tensor) -> Tensor:
+    """Layer F's output ``[B, T', C]`` (its probabilities and head-averaged keys for
+    VisionZip) → the LM's visual tokens ``[B, K, D]``: VisionZip, or the strategy's
+    selection (``default`` drops CLS), then the projector."""
+    if cuts.visionzip is not None:
+        x = select(x, probs, keys, *cuts.visionzip)
+    elif geo.strategy == "default":
+        x = x[:, 1:]
+    return projector(x)  # type: ignore[no-any-return]
 
 
 class TowerBody(nn.Module):
@@ -144,11 +151,7 @@ class TowerTail(nn.Module):
         out, keys, probs = vit_attention(last, last.norm1(x), log_s)
         x = x + out
         x = x + last.mlp(last.norm2(x))
-        if self.cuts.visionzip is not None:
-            x = select(x, probs, keys.mean(dim=1), *self.cuts.visionzip)
-        elif self.geo.strategy == "default":
-            x = x[:, 1:]
-        return self.projector(x)  # type: ignore[no-any-return]
+        return to_lm(self.projector, self.geo, self.cuts, x, probs, keys.mean(dim=1))
 
 
 class Embed(nn.Module):

@@ -23,10 +23,9 @@ import torch
 from torch import Tensor, nn
 
 from vtc.methods.fastv import keep_indices
-from vtc.methods.visionzip import select
 
 from .llava import VlmGeometry
-from .modules import Cuts, VisionEncoder
+from .modules import Cuts, VisionEncoder, to_lm
 
 
 @dataclass
@@ -51,11 +50,7 @@ def image_embeds(model: nn.Module, geo: VlmGeometry, cuts: Cuts, pixel_values: T
             layer = tower.encoder.layers[f]
             k = layer.self_attn.k_proj(layer.layer_norm1(out.hidden_states[f]))
             keys = k.view(*k.shape[:2], geo.vision_heads, -1).mean(dim=2)
-        if cuts.visionzip is not None:
-            x = select(x, probs, keys, *cuts.visionzip)
-        elif geo.strategy == "default":
-            x = x[:, 1:]
-        return m.model.multi_modal_projector(x)  # type: ignore[no-any-return]
+        return to_lm(m.model.multi_modal_projector, geo, cuts, x, probs, keys)
 
 
 def splice(model: nn.Module, ids: list[int], image_token: int,
