@@ -484,7 +484,7 @@ def task_gate(name: str) -> tuple[str, Kind] | None:
     return (m.group(2), "min" if m.group(1) == "min" else "max") if m else None
 
 
-def lookup(report: Report, path: tuple[str, ...]) -> Any:
+def lookup(report: object, path: tuple[str, ...]) -> Any:
     """The value at `path` (attribute names), or None where a tier is null."""
     node: Any = report
     for key in path:

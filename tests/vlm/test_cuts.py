@@ -111,3 +111,21 @@ def test_cut_sections_take_no_encoder_layers() -> None:
 
     with pytest.raises(RecipeError, match="takes no layers"):
         load_recipe("llava-fastv", ["fastv.layers=[1]"])
+
+
+def test_vlm_gates_share_the_gate_rules() -> None:
+    """VLM gates judge like encoder gates: pass/fail by kind, NaN fails, a missing cost
+    tier (--no-bench) skips the cost gate."""
+    import math
+    from types import SimpleNamespace
+
+    from vtc.stages.vlm import judge
+
+    gen = SimpleNamespace(tokens_equal=1.0, first_logits_max_abs_diff=math.nan)
+    rep = SimpleNamespace(parity=SimpleNamespace(generation=gen), cost=None)
+    judge(rep, {"min_tokens_equal": 1.0, "max_generation_logits_diff": 1e-3,  # type: ignore[arg-type]
+                "max_prefill_ratio": 0.25})
+    by = {g.name: g for g in rep.gates}
+    assert by["min_tokens_equal"].passed and not by["max_generation_logits_diff"].passed
+    assert by["max_generation_logits_diff"].note == "value is NaN"
+    assert rep.gates_skipped == ["max_prefill_ratio"] and rep.passed is False

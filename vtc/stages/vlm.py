@@ -32,7 +32,7 @@ import vtc
 from vtc.backends.machine import machine_info
 from vtc.data.images import IMAGE_EXTENSIONS
 from vtc.errors import InputError
-from vtc.report import Gate, SourceInfo, to_jsonable
+from vtc.report import Gate, SourceInfo, lookup, to_jsonable
 from vtc.report_vlm import (
     VLM_GATES,
     CutsInfo,
@@ -47,6 +47,7 @@ from vtc.runtime import BundleError
 from vtc.runtime.generate import VlmBundle
 from vtc.source import Source
 from vtc.util import sha256_file, write_atomic
+from vtc.validate.gates import judge_value
 from vtc.vlm import export, llava, plan, reference
 from vtc.vlm.llava import VlmGeometry
 from vtc.vlm.modules import Cuts
@@ -255,21 +256,16 @@ def cuts_info(recipe: Any, geo: VlmGeometry, cuts: Cuts, base: Cuts) -> CutsInfo
 
 
 def judge(report: VlmReport, gates: dict[str, float]) -> None:
+    """Fill the gates from the recipe's (VLM_GATES); cost gates are skipped when the
+    engines were not timed (--no-bench)."""
     out: list[Gate] = []
     skipped: list[str] = []
     for name, limit in gates.items():
         path, kind = VLM_GATES[name]
-        obj: Any = report
-        for p in path:
-            obj = getattr(obj, p, None) if obj is not None else None
-        if obj is None and path[0] == "cost":
+        if path[0] == "cost" and report.cost is None:
             skipped.append(name)
             continue
-        if not isinstance(obj, int | float):
-            out.append(Gate(name, None, float(limit), False, kind, "not measured"))
-            continue
-        ok = obj >= limit if kind == "min" else obj <= limit
-        out.append(Gate(name, float(obj), float(limit), bool(ok), kind))
+        out.append(judge_value(name, lookup(report, path), limit, kind, path))
     report.gates, report.gates_skipped = out, skipped
     report.passed = all(g.passed for g in out)
 

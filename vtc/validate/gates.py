@@ -5,9 +5,23 @@ from __future__ import annotations
 
 import math
 
-from vtc.report import GATES, Gate, Report, lookup, task_gate
+from vtc.report import GATES, Gate, Kind, Report, lookup, task_gate
 
-__all__ = ["GATES", "Gate", "evaluate_gates", "format_gate"]
+__all__ = ["GATES", "Gate", "evaluate_gates", "format_gate", "judge_value"]
+
+
+def judge_value(name: str, raw: object, limit: float, kind: Kind,
+                path: tuple[str, ...]) -> Gate:
+    """One gate from the value found at `path`: a value that is absent or not a number
+    fails with note ``"not measured"``, NaN fails, else ``min``/``max`` against `limit`."""
+    if isinstance(raw, bool) or not isinstance(raw, int | float):
+        note = f"not measured (report has no {'.'.join(path)})"
+        return Gate(name, None, float(limit), False, kind, note)
+    value = float(raw)
+    if math.isnan(value):
+        return Gate(name, value, float(limit), False, kind, "value is NaN")
+    passed = value >= limit if kind == "min" else value <= limit
+    return Gate(name, value, float(limit), passed, kind)
 
 
 def evaluate_gates(report: Report, gates: dict[str, float]) -> list[Gate]:
@@ -29,16 +43,7 @@ def evaluate_gates(report: Report, gates: dict[str, float]) -> list[Gate]:
         else:
             path, kind = GATES[name]
             raw = lookup(report, path)
-        if isinstance(raw, bool) or not isinstance(raw, int | float):
-            note = f"not measured (report has no {'.'.join(path)})"
-            result.append(Gate(name, None, float(limit), False, kind, note))
-            continue
-        value = float(raw)
-        if math.isnan(value):
-            result.append(Gate(name, value, float(limit), False, kind, "value is NaN"))
-            continue
-        passed = value >= limit if kind == "min" else value <= limit
-        result.append(Gate(name, value, float(limit), passed, kind))
+        result.append(judge_value(name, raw, limit, kind, path))
     return result
 
 
