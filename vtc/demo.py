@@ -26,3 +26,19 @@ def build_demo_checkpoint(path: Path, seed: int = 0) -> Path:
     with quiet_transformers():
         model.save_pretrained(path, safe_serialization=True)
     return path
+
+
+def build_demo_llava(path: Path, seed: int = 0) -> Path:
+    """Write a tiny LLaVA checkpoint with RANDOM weights to `path` (what `vtc demo --vlm`
+    builds): a 3-block CLIP tower (32 px, patch 8: 17 tower tokens, 16 visual tokens), a
+    4-layer Llama LM with grouped-query attention, and a word-level ``tokenizer.json``.
+    Its greedy text is word salad; it exists to try `vtc generate` and the VLM cuts without
+    a 7B download."""
+    from vtc.vlm import llava
+
+    cfg = llava.tiny_config()
+    cfg.text_config.initializer_range = 0.3  # varied greedy tokens from random weights
+    path.mkdir(parents=True, exist_ok=True)
+    llava.save_random(cfg, path, seed=seed)
+    llava.word_tokenizer(path, cfg.image_token_id, cfg.text_config.vocab_size)
+    return path
