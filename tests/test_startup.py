@@ -63,6 +63,13 @@ with open(out, "w") as f:
                    vtc=sorted(m for m in sys.modules if m.split(".")[0] == "vtc")), f)
 """
 
+# The modules the listing and reading commands are built on (docs/architecture.md, Start-up):
+# none of them may import a heavy library at import time.
+LIGHT = ("vtc.errors", "vtc.util", "vtc.stats", "vtc.budget", "vtc.report", "vtc.report_vlm",
+         "vtc.backends.base", "vtc.backends.engines", "vtc.backends.options",
+         "vtc.backends.machine", "vtc.data", "vtc.methods", "vtc.recipe", "vtc.check",
+         "vtc.check.render", "vtc.validate.report", "vtc.validate.gates", "vtc.zoo",
+         *(t.partition(":")[0] for t, _ in vtc_cli.COMMANDS.values()))
 
 def _env(*front: Path) -> dict[str, str]:
     root = str(Path(__file__).parents[1])
@@ -91,6 +98,23 @@ def test_import_vtc_cli_is_light_and_fast(tmp_path: Path) -> None:
     assert res["cpu"] < IMPORT_CPU_S, f"import vtc.cli took {res['cpu']:.2f} s CPU"
     assert res["wall"] < IMPORT_WALL_S, f"import vtc.cli took {res['wall']:.2f} s"
 
+
+
+def test_light_modules_import_nothing_heavy(tmp_path: Path) -> None:
+    """Each module of LIGHT, imported in turn in one fresh interpreter: the heavy libraries
+    each one pulled in (blamed on the first module that loaded them)."""
+    code = ("import importlib, json, sys\n"
+            f"heavy, out = {set(HEAVY)!r}, {{}}\n"
+            f"for m in {list(LIGHT)!r}:\n"
+            "    before = set(sys.modules)\n"
+            "    importlib.import_module(m)\n"
+            "    out[m] = sorted({n.split('.')[0] for n in set(sys.modules) - before} & heavy)\n"
+            "print(json.dumps(out))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    pulled = {m: h for m, h in json.loads(proc.stdout).items() if h}
+    assert pulled == {}, f"modules that import heavy libraries at import time: {pulled}"
 
 def test_help_lists_every_command_and_imports_no_command_module(tmp_path: Path) -> None:
     res = _fresh(tmp_path, "--help")
