@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -56,7 +57,7 @@ def tiny_vit_onnx(path: Path, blocks: int = 3, width: int = 64, heads: int = 4,
     def weight(name: str, *shape: int) -> str:
         return const(name, (rng.standard_normal(shape) * 0.05).astype(np.float32))
 
-    def op(kind: str, inputs: list[str], out: str, **attrs: object) -> str:
+    def op(kind: str, inputs: list[str], out: str, **attrs: Any) -> str:
         nodes.append(helper.make_node(kind, inputs, [out], name=out, **attrs))
         return out
 
