@@ -16,7 +16,8 @@
    bundle passes in ≥ 9/10 (bench/check_noise.py). 8. the real dinov2-small bundle
    built twice passes `vtc check` (bench/real.py). 9. a third-party
    nn.MultiheadAttention encoder (1×128×512, no CLS) at FLOPs ratio 2.0: ≥ 1.8×
-   (bench/third_party.py).
+   (bench/third_party.py). 0. start-up: `vtc --help` and `vtc lint-trt FILE` < 1.5 s,
+   median of 5 (bench/startup.py; run first, whatever --only says).
 
 Sections 1-4 use random weights (fixed seed): speed and parity do not depend
 on them. Sections 5-6 (bench/real.py) use the zoo's real dinov2-small weights
@@ -198,14 +199,19 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
-    ap.add_argument("--only", choices=["synthetic", "real"], default=None,
-                    help="run only sections 1-4 (synthetic) or 5-6 (real weights)")
+    ap.add_argument("--only", choices=["synthetic", "real", "startup"], default=None,
+                    help="run only sections 1-4 (synthetic), 5-6 (real weights) or 0 "
+                    "(start-up)")
     args = ap.parse_args()
     results: list[tuple[bool | None, str]] = []
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="vtc-bench-") as d:
         tmp = Path(d)
-        if args.only != "real":
+        from bench.startup import startup
+
+        print("[bench] start-up: vtc --help, vtc lint-trt (5 runs each) ...", flush=True)
+        results += startup(tmp)
+        if args.only not in ("real", "startup"):
             print("[bench] engine parity on every family (tiny models, 12 blocks) ...",
                   flush=True)
             results += parity(tmp)
@@ -233,7 +239,7 @@ def main() -> int:
             print("[bench] LLaVA: tiny parity per recipe; LLaVA-1.5 shapes, prefill latency "
                   "(several minutes) ...", flush=True)
             results += vlm(tmp, rounds=5)
-        if args.only != "synthetic":
+        if args.only not in ("synthetic", "startup"):
             from bench.real import dinov2_probe, dinov2_self_check, focus_unmerge
 
             print("[bench] dinov2-small: Fashion-MNIST probe + throughput (minutes) ...",

@@ -15,13 +15,14 @@ exit 2. Nothing else in vtc decides exit codes.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -60,9 +61,35 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 
 def install_signal_handlers() -> None:
-    """SIGINT and SIGTERM (kill, CI timeouts) unwind like Ctrl-C, once."""
+    """SIGINT and SIGTERM (kill, CI timeouts) unwind like Ctrl-C, once.
+
+    The entry points (`vtc.cli.main`, `vtc.cli.export_main`) call it first, before any
+    command module or heavy library is imported, so a signal during start-up exits 130 too.
+    """
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _exit_interrupted() -> NoReturn:
+    _echo("interrupted: nothing was written")
+    sys.exit(EXIT_INTERRUPTED)
+
+
+@contextlib.contextmanager
+def interrupts_exit() -> Iterator[None]:
+    """An interrupt inside the block exits 130 with the one line `guard` prints: a
+    KeyboardInterrupt, or any exception once a signal has arrived (a C extension whose import
+    was cut short raises e.g. "ImportError: initialization failed"). The entry points wrap
+    their start-up (option parsing, importing the command's module) in it; command bodies
+    run in `guard`, which does the same."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        _exit_interrupted()
+    except Exception:
+        if _signalled:
+            _exit_interrupted()
+        raise
 
 
 def crash_log(exc: BaseException) -> Path:
@@ -91,16 +118,14 @@ def guard(fn: Callable[[], int]) -> NoReturn:
     try:
         code = fn()
     except KeyboardInterrupt:
-        _echo("interrupted: nothing was written")
-        sys.exit(EXIT_INTERRUPTED)
+        _exit_interrupted()
     except InputError as exc:
         _echo(f"error: {one_line(exc)}")
         sys.exit(EXIT_INPUT)
     except Exception as exc:
         if _signalled:  # the interrupt surfaced as another exception (e.g. a C extension's
             # import cut short turns it into "ImportError: initialization failed")
-            _echo("interrupted: nothing was written")
-            sys.exit(EXIT_INTERRUPTED)
+            _exit_interrupted()
         log = crash_log(exc)
         _echo(f"internal error: {type(exc).__name__}: {one_line(exc)} (at {_where(exc)}); "
               f"the full traceback is in {log}; please report it")

@@ -5,18 +5,16 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from vtc import zoo
-from vtc.data.captions import read_captions
-from vtc.demo import build_demo_checkpoint
+from vtc.cli.lazy import EntryCommand
 from vtc.errors import guard
-from vtc.pipeline import Options, run
-from vtc.recipe import load_recipe
-from vtc.report import Report
-from vtc.report_vlm import VlmReport
+
+if TYPE_CHECKING:
+    from vtc.report import Report
+    from vtc.report_vlm import VlmReport
 
 EXPORT_HELP = """Compress SOURCE into a validated engine bundle in --out.
 
@@ -92,6 +90,8 @@ ZOO_RECIPES = {"dinov2-small": "dinov2-small"}  # zoo name -> its shipped recipe
 
 def _resolve_source(source: str | None) -> tuple[str, str | None]:
     """(SOURCE for the pipeline, its zoo name when it is one; `vtc.source` fetches it)."""
+    from vtc import zoo
+
     name = DEFAULT_SOURCE if source is None else source
     return name, (name if not Path(name).exists() and name in zoo.names() else None)
 
@@ -100,6 +100,11 @@ def _do_export(source: str | None, recipe: str | None, batch: int | None, out: P
                images: Path | None, overrides: tuple[str, ...], force: bool,
                allow_pickle: bool, protected: int | None, no_bench: bool,
                captions: Path | None = None) -> int:
+    from vtc.data.captions import read_captions
+    from vtc.pipeline import Options, run
+    from vtc.recipe import load_recipe
+    from vtc.report_vlm import VlmReport
+
     spec, zoo_name = _resolve_source(source)
     recipe = recipe or ZOO_RECIPES.get(zoo_name or "", "tome-r16")
     out = out or Path("out") / (zoo_name or Path(spec.rstrip("/")).stem or "bundle")
@@ -180,7 +185,8 @@ def _task_rows(report: Report) -> list[tuple[str, str]]:
     return rows
 
 
-@click.command(help=EXPORT_HELP, context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=EntryCommand, help=EXPORT_HELP,
+               context_settings={"help_option_names": ["-h", "--help"]})
 @_export_options
 def export_main(**kw: Any) -> None:
     guard(lambda: _do_export(**kw))
@@ -219,6 +225,8 @@ def demo(out: Path, recipe: str | None, random_weights: bool, force: bool) -> No
             return _do_export(None, recipe, None, out, None, (), force, False, None, False)
         click.echo("demo model: ViT-S/16 with RANDOM weights (fixed seed) — "
                    "accuracy-like figures are not meaningful", err=True)
+        from vtc.demo import build_demo_checkpoint
+
         with tempfile.TemporaryDirectory(prefix="vtc-demo-") as d:
             ckpt = build_demo_checkpoint(Path(d) / "vit-s16-random")
             code = _do_export(str(ckpt), recipe or "tome-r8", None, out, None, (), force,

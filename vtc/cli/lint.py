@@ -8,9 +8,7 @@ from pathlib import Path
 
 import click
 
-from vtc.backends.trt_lint import format_finding, lint_file
 from vtc.errors import InputError, guard
-from vtc.report import to_jsonable
 
 __all__ = ["lint_trt"]
 
@@ -36,6 +34,9 @@ def lint_trt(model: Path, as_json: bool) -> None:
     is not an ONNX model.
     """
     def _run() -> int:
+        from vtc.backends.trt_lint import format_finding, lint_file
+        from vtc.report import to_jsonable
+
         if not model.is_file():
             raise InputError(f"{model}: no such file; give an .onnx file")
         try:

@@ -7,8 +7,6 @@ from pathlib import Path
 import click
 
 from vtc.errors import guard
-from vtc.sweep import parse_values, run_sweep
-from vtc.sweep_plot import table
 
 SWEEP_HELP = """Run the pipeline once per budget value; plot quality against speed-up.
 
@@ -70,6 +68,9 @@ def sweep(source: str, recipes: tuple[str, ...], values_spec: str, out: Path, ba
           images: Path | None, overrides: tuple[str, ...], force: bool, allow_pickle: bool,
           protected: int | None) -> None:
     def _run() -> int:
+        from vtc.sweep import parse_values, run_sweep
+        from vtc.sweep_plot import table
+
         key, values = parse_values(values_spec)
         result = run_sweep(source, list(recipes) or ["tome"], key, values, out, batch=batch,
                            images=images, overrides=overrides, force=force,

@@ -22,15 +22,18 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import onnx_ir as ir
 from pydantic import BaseModel, ConfigDict, field_validator
-from torch import Tensor
 
 from vtc.budget import BudgetError, Geometry, LayerPlan
-from vtc.passes.emit import Emitter
-from vtc.passes.graph import Block
+
+if TYPE_CHECKING:
+    import onnx_ir as ir
+    from torch import Tensor
+
+    from vtc.passes.emit import Emitter
+    from vtc.passes.graph import Block
 
 
 class MethodConfig(BaseModel):

@@ -19,13 +19,15 @@ modules. It claims no encoder block, so the encoder planner never sees it.
 from __future__ import annotations
 
 import abc
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from pydantic import field_validator
-from torch import Tensor
 
 from vtc.budget import BudgetError, Geometry, LayerPlan
 from vtc.methods.base import BlockStep, Method, MethodConfig, Site, SiteOut
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 class CutConfig(MethodConfig):

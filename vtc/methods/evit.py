@@ -34,17 +34,18 @@ and the fused token's size is the sum of the dropped tokens' sizes.
 from __future__ import annotations
 
 import math
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import numpy as np
-import torch
 from pydantic import field_validator, model_validator
-from torch import Tensor
 
 from vtc.budget import BudgetError, Geometry, LayerPlan
 from vtc.methods.base import BlockStep, Method, MethodConfig, Site, SiteOut
 from vtc.methods.merging import gather_tokens
 from vtc.methods.registry import register
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 Fuse = Literal["sum", "mean", "none"]
 Score = Literal["cls", "mean"]
@@ -196,6 +197,8 @@ def evit_prune(x: Tensor, sizes: Tensor | None, attn: Tensor, keep: int, protect
         (`[B, protected + keep (+ 1), C]`: protected tokens, kept tokens in their
         original order, then the fused token; their sizes or None).
     """
+    import torch
+
     cand = x.shape[1] - protected
     if not 0 <= keep <= cand:
         raise ValueError(f"EViT keep={keep} is outside 0..{cand}")

@@ -26,16 +26,17 @@ Graph (traced from `keep_indices` inside vtc's prefill graph)::
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-import torch
 from pydantic import field_validator, model_validator
-from torch import Tensor
 
 from vtc.budget import BudgetError
 from vtc.methods.base import MethodConfig
 from vtc.methods.cut import CutConfig, VisualCut
 from vtc.methods.registry import register
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 class FastVConfig(CutConfig):
@@ -75,6 +76,8 @@ def keep_indices(score: Tensor, visual: Tensor, visual_count: int, keep: int) ->
     bool (exactly `visual_count` True per row) → `[B, S - visual_count + keep]` int64.
     Non-visual positions score 2 (probabilities are ≤ 1), so they always stay.
     """
+    import torch
+
     s = score.shape[1]
     ranked = torch.where(visual, score, torch.full_like(score, 2.0))
     idx = torch.topk(ranked, s - visual_count + keep, dim=-1).indices

@@ -17,17 +17,19 @@ In ONNX the sums are a MatMul with the transposed one-hot assignment
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
-import onnx_ir as ir
-import torch
 from pydantic import field_validator, model_validator
-from torch import Tensor
 
 from vtc.budget import BudgetError, Geometry
 from vtc.methods.base import BlockStep, Method, MethodConfig
-from vtc.passes.emit import Emitter
+
+if TYPE_CHECKING:
+    import onnx_ir as ir
+    from torch import Tensor
+
+    from vtc.passes.emit import Emitter
 
 
 class MergeConfig(MethodConfig):
@@ -171,4 +173,6 @@ def weighted_merge(xs: Tensor, ss: Tensor, xb: Tensor, sb: Tensor, dst: Tensor
 
 def ones_like_sizes(x: Tensor) -> Tensor:
     """Sizes of 1 for x `[B, N, C]`: `[B, N, 1]`."""
+    import torch
+
     return torch.ones(x.shape[0], x.shape[1], 1, dtype=x.dtype)

@@ -35,12 +35,10 @@ activation layer, so no plugin is needed.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import onnx_ir as ir
-import torch
-import torch.nn.functional as F
 from pydantic import field_validator
-from torch import Tensor
 
 from vtc.budget import Geometry, LayerPlan
 from vtc.methods.base import Site, SiteOut
@@ -54,8 +52,12 @@ from vtc.methods.merging import (
     weighted_merge,
 )
 from vtc.methods.registry import register
-from vtc.passes.emit import Emitter
-from vtc.passes.unmerge import ramp, slots
+
+if TYPE_CHECKING:
+    import onnx_ir as ir
+    from torch import Tensor
+
+    from vtc.passes.emit import Emitter
 
 
 class PiToMeConfig(MergeConfig):
@@ -144,6 +146,10 @@ class PiToMe(MergeMethod):
     def _slots(em: Emitter, p: int, t: int, k: int, r: int, kept: ir.Value, a_idx: ir.Value,
                b_idx: ir.Value, dst: ir.Value) -> ir.Value:
         """Output: [protected, kept (k), B' (r)]; A token j lands on B token dst[j]."""
+        import onnx_ir as ir
+
+        from vtc.passes.unmerge import ramp, slots
+
         pos = em.op("Concat", kept, b_idx, a_idx, axis=1)  # [B, T]: every candidate once
         dst_slot = em.op("Add", em.op("Cast", dst, to=ir.DataType.FLOAT),
                          em.const(float(p + k), np.float32))
@@ -161,6 +167,9 @@ class PiToMe(MergeMethod):
 def energy_order(metric: Tensor, margin: float, alpha: float) -> tuple[Tensor, Tensor]:
     """metric `[B, T, D]` → (cosine similarities `[B, T, T]`, token indices `[B, T]` by
     energy `mean_j ELU(S_ij − margin; α)`, highest first, ties to the lower index)."""
+    import torch
+    import torch.nn.functional as F
+
     m = metric / metric.norm(dim=-1, keepdim=True)
     sim = m @ m.transpose(-1, -2)
     energy = F.elu(sim - margin, alpha=alpha).mean(dim=-1)
@@ -182,6 +191,8 @@ def pitome_merge(x: Tensor, sizes: Tensor, metric: Tensor, r: int, protected: in
         `(x' [B, N-r, C], sizes' [B, N-r, 1])`: `concat(protected, kept tokens in energy
         order, the B candidates after the size-weighted merge, in rank order)`.
     """
+    import torch
+
     n = x.shape[1]
     t = n - protected
     if not 0 <= 2 * r <= t:

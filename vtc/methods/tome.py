@@ -36,12 +36,9 @@ token.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import onnx_ir as ir
-import torch
-from torch import Tensor
 
 from vtc.budget import Geometry, LayerPlan
 from vtc.methods.base import Site, SiteOut
@@ -55,8 +52,12 @@ from vtc.methods.merging import (
     weighted_merge,
 )
 from vtc.methods.registry import register
-from vtc.passes.emit import Emitter
-from vtc.passes.unmerge import ramp, slots
+
+if TYPE_CHECKING:
+    import onnx_ir as ir
+    from torch import Tensor
+
+    from vtc.passes.emit import Emitter
 
 
 class ToMeConfig(MergeConfig):
@@ -137,6 +138,10 @@ class ToMe(MergeMethod):
                src: ir.Value, unm: ir.Value, dst: ir.Value) -> ir.Value:
         """Output: [protected, a[unm] (ascending), b']; a-token j sits at candidate
         position a0 + 2j, b-token j at b0 + 2j."""
+        import onnx_ir as ir
+
+        from vtc.passes.unmerge import ramp, slots
+
         two = em.const(2)
 
         def position(idx: ir.Value, start: int) -> ir.Value:
@@ -173,6 +178,8 @@ def tome_merge(x: Tensor, sizes: Tensor, metric: Tensor, r: int, protected: int,
         `(x', sizes')` of shapes `[B, N - r, C]` and `[B, N - r, 1]`:
         `concat(protected, unmerged A tokens (ascending), size-weighted B tokens)`.
     """
+    import torch
+
     n = x.shape[1]
     t = n - protected
     if not 0 <= r <= t // 2:

@@ -39,16 +39,17 @@ Graph (traced from `select`; no scatter, TopK with constant K)::
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-import torch
 from pydantic import field_validator
-from torch import Tensor
 
 from vtc.budget import BudgetError
 from vtc.methods.base import MethodConfig
 from vtc.methods.cut import CutConfig, VisualCut
 from vtc.methods.registry import register
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 class VisionZipConfig(CutConfig):
@@ -80,6 +81,8 @@ def targets(remaining: int, contextual: int) -> tuple[list[int], list[int]]:
 
 def _gather(x: Tensor, idx: Tensor) -> Tensor:
     """Rows ``idx[B, k]`` of ``x[B, T, C]`` → ``[B, k, C]``."""
+    import torch
+
     return torch.gather(x, 1, idx[:, :, None].expand(-1, -1, x.shape[-1]))
 
 
@@ -90,6 +93,8 @@ def select(features: Tensor, attn: Tensor, keys: Tensor, dominant: int,
     features `[B, T, C]` (CLS first), attn `[B, H, T, T]` (layer F's probabilities),
     keys `[B, T, D]` (layer F's keys averaged over heads) → `[B, dominant + contextual, C]`.
     """
+    import torch
+
     b, t, _ = features.shape
     cls_row = attn.sum(dim=1)[:, 0, 1:]                                    # [B, T-1]
     top = torch.topk(cls_row, dominant - 1, dim=-1).indices + 1
