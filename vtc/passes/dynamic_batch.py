@@ -28,7 +28,7 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass, ShapeInferencePass
 
-from vtc.passes.emit import Emitter
+from vtc.passes.emit import Emitter, rewire
 from vtc.passes.graph import GraphError, is_const
 from vtc.passes.shape_fixup import ELEMENTWISE
 
@@ -158,10 +158,51 @@ def make_batch_dynamic(model: ir.Model, twin: ir.Model, batch: int = PROBES[0],
             if not oa.is_graph_output():
                 oa.shape = None
     # Record the new (batch-symbolic) shapes in the file: ORT's fusions read them.
+    _flatten_linears(ga, pinned, batch)
     RemoveUnusedNodesPass()(model)  # the constants replaced above
     ShapeInferencePass(strict_mode=False)(model)
     _restore_past_unknown_ops(ga, pinned, batch, name)
     return relax.fixed
+
+
+def _flatten_linears(graph: ir.Graph, pinned: dict[int, tuple[ir.Shape | None,
+                                                               ir.Shape | None]],
+                     batch: int) -> int:
+    """`MatMul(x[B, N, C], W[C, D]) + b[D]` → `Reshape(MatMul(Reshape(x, [-1, C]), W) + b,
+    [-1, N, D])`. ONNX Runtime turns a MatMul + Add into one Gemm only on 2-D operands,
+    or on 3-D ones of static shape (it reshapes them itself then); with a symbolic batch
+    every linear layer would stay a MatMul and a separate Add. Returns how many were
+    flattened."""
+    em, done = Emitter(graph, "vtc_batch_linear"), 0
+    for node in list(graph):
+        x, w = (*node.inputs, None, None)[:2] if node.op_type == "MatMul" else (None, None)
+        if x is None or w is None or not is_const(w) or id(x) not in pinned:
+            continue
+        sa, sb = pinned[id(x)]
+        users = list(node.outputs[0].uses())
+        if sa is None or sb is None or len(sa) != 3 or not sa.is_static() \
+                or not sb.is_static() or sa[0] != batch or list(sa)[1:] != list(sb)[1:]:
+            continue
+        wshape = w.shape
+        if wshape is None or len(wshape) != 2 or len(users) != 1 \
+                or users[0][0].op_type != "Add" or users[0][0].outputs[0].is_graph_output():
+            continue
+        add = users[0][0]
+        bias = add.inputs[1 - users[0][1]]
+        if bias is None or not is_const(bias) or bias.shape is None or len(bias.shape) != 1:
+            continue
+        n, c, d = int(sa[1]), int(sa[2]), int(wshape[1])
+        flat = em.op("Reshape", x, em.const([-1, c], hint="shape"))
+        em.insert_before(node)
+        node.replace_input_with(0, flat)
+        out = em.op("Reshape", add.outputs[0], em.const([-1, n, d], hint="shape"))
+        em.insert_after(add)
+        rewire(add.outputs[0], out, skip=[out.producer()])
+        for v in (node.outputs[0], add.outputs[0]):  # 2-D now: no pinned 3-D shape
+            pinned.pop(id(v), None)
+            v.shape = None
+        done += 1
+    return done
 
 
 def _restore_past_unknown_ops(graph: ir.Graph, pinned: dict[int, tuple[ir.Shape | None,
