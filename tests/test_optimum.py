@@ -270,3 +270,29 @@ def test_static_batch_is_a_recipe_choice(hf_static: Path) -> None:
     man = json.loads((hf_static / "manifest.json").read_text())
     assert man["shapes"]["input"] == [2, 3, 32, 32] and man["shapes"]["dynamic_batch"] is False
     assert _dims(hf_static / "model.onnx") == ([2, 3, 32, 32], [2, 10])
+
+
+def test_a_batch_that_cannot_be_relaxed_falls_back_to_static(
+        vit_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default builds a static batch, saying why, when the rewritten graph cannot
+    keep a symbolic one; export.dynamic_batch: true refuses instead (one line, exit 2)."""
+    import vtc.passes
+    from vtc.passes.graph import GraphError
+
+    def refuse(*_a: object, **_k: object) -> int:
+        raise GraphError("Reshape 'r': the batch appears 2 times in its target [2, 2]; vtc "
+                         "cannot make its batch dynamic")
+
+    monkeypatch.setattr(vtc.passes, "make_batch_dynamic", refuse)
+    args = [str(vit_dir), "--recipe", "tome-r8", *FAST, "--no-bench", "--set", "tome.r=3"]
+    res = CliRunner().invoke(export_main, [*args, "--out", str(tmp_path / "a")])
+    assert res.exit_code == 0, res.output
+    assert "building a static batch of 2 instead" in res.output
+    man = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert man["shapes"]["input"] == [2, 3, 32, 32]
+    for name in ("baseline.onnx", "model.onnx"):
+        assert _dims(tmp_path / "a" / name)[0] == [2, 3, 32, 32], name
+    res = CliRunner().invoke(export_main, [*args, "--out", str(tmp_path / "b"), "--set",
+                                           "export.dynamic_batch=true"])
+    assert res.exit_code == 2 and "cannot make its batch dynamic" in res.output
+    assert not (tmp_path / "b").exists()
