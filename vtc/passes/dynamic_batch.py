@@ -24,6 +24,8 @@ structure, are reported by node name: the batch cannot be made dynamic.
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass, ShapeInferencePass
@@ -184,14 +186,15 @@ def _flatten_linears(graph: ir.Graph, pinned: dict[int, tuple[ir.Shape | None,
                 or not sb.is_static() or sa[0] != batch or list(sa)[1:] != list(sb)[1:]:
             continue
         wshape = w.shape
-        if wshape is None or len(wshape) != 2 or len(users) != 1 \
+        if wshape is None or len(wshape) != 2 or not isinstance(wshape[1], int) \
+                or len(users) != 1 \
                 or users[0][0].op_type != "Add" or users[0][0].outputs[0].is_graph_output():
             continue
         add = users[0][0]
         bias = add.inputs[1 - users[0][1]]
         if bias is None or not is_const(bias) or bias.shape is None or len(bias.shape) != 1:
             continue
-        n, c, d = int(sa[1]), int(sa[2]), int(wshape[1])
+        n, c, d = cast(int, sa[1]), cast(int, sa[2]), wshape[1]  # static (checked above)
         flat = em.op("Reshape", x, em.const([-1, c], hint="shape"))
         em.insert_before(node)
         node.replace_input_with(0, flat)
