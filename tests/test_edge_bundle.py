@@ -33,7 +33,8 @@ def bundle(vit_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tome bundle at static batch 2 (6 synthetic samples: 5 rounded up to the batch)."""
     out = tmp_path_factory.mktemp("edge") / "out"
     args = [str(vit_dir), "--recipe", "tome-r8", "--out", str(out), *FAST,
-            "--set", "tome.r=3", "--set", "validate.samples=5"]
+            "--set", "tome.r=3", "--set", "validate.samples=5",
+            "--set", "export.dynamic_batch=false"]  # static: any batch is the default
     res = CliRunner().invoke(export_main, args)
     assert res.exit_code == 0, res.output
     return out

@@ -96,7 +96,8 @@ def test_gray_non_square_checkpoint_end_to_end(gray: dict[str, Path], tmp_path: 
     assert rep["parity"]["export"]["max_abs_diff"] <= 1e-4
     assert rep["parity"]["engine"]["max_abs_diff"] <= 1e-4
     man = json.loads((tmp_path / "b" / "manifest.json").read_text())
-    assert man["shapes"]["input"] == [batch, 1, H, W] and man["input"] == pre
+    # any batch by default: the axis is symbolic, --batch the batch timed and validated
+    assert man["shapes"]["input"] == ["batch", 1, H, W] and man["input"] == pre
     steps = json.loads((tmp_path / "b" / "preprocess.json").read_text())
     assert steps["resize"] == "crop" and "gray" in steps["steps"][0]
 

@@ -20,9 +20,12 @@ from pathlib import Path
 import vtc
 from vtc.backends import engines
 from vtc.backends.machine import machine_info
+from vtc.budget import Budget
 from vtc.data.images import IMAGE_EXTENSIONS
 from vtc.errors import InputError, OutputError
 from vtc.output import building, check_out, publish
+from vtc.passes.graph import GraphError
+from vtc.passes.model_io import input_dims
 from vtc.recipe import RecipeBase
 from vtc.report import Report, SourceInfo
 from vtc.report_vlm import VlmReport
@@ -30,8 +33,8 @@ from vtc.source import Source, SourceError, resolve
 from vtc.stages import bundle, edge, text, vlm
 from vtc.stages.compile import compile_engines
 from vtc.stages.compile import options as engine_options
-from vtc.stages.compress import compress
-from vtc.stages.export import export
+from vtc.stages.compress import Compressed, compress
+from vtc.stages.export import Exported, export, to_static
 from vtc.stages.load import Loaded, check_memory, load
 from vtc.stages.validate import select_inputs, validate
 from vtc.validate.tasks import is_dense
@@ -157,6 +160,22 @@ def _load(opts: Options, src: Source, step: Steps) -> Loaded:
                 opts.allow_pickle, opts.log, opts.captions)
 
 
+def _compress(exported: Exported, budget: Budget, recipe: RecipeBase, loaded: Loaded,
+              tmp: Path, log: Callable[[str], None]) -> Compressed:
+    """The compress stage; a symbolic batch the rewritten graph cannot keep falls back to
+    the static build batch (baseline too) unless the recipe asked for it."""
+    try:
+        return compress(exported, budget, recipe.unmerge, tmp, prepared=loaded.graph,
+                        tokens_out=recipe.tokens_out)
+    except GraphError as exc:
+        if not exported.dynamic or exported.dynamic_required or "batch dynamic" not in str(exc):
+            raise
+        log(f"      {exc}: building a static batch of {exported.batch} instead "
+            "(export.dynamic_batch: false skips the attempt)")
+    return compress(to_static(exported), budget, recipe.unmerge, tmp,
+                    tokens_out=recipe.tokens_out)
+
+
 def build(opts: Options, src: Source, tmp: Path, task_fn: TaskFn | None = None) -> Report:
     """Every stage, writing the bundle into `tmp`; returns the report. `task_fn`: the
     recipe's validate.task, imported."""
@@ -165,15 +184,14 @@ def build(opts: Options, src: Source, tmp: Path, task_fn: TaskFn | None = None) 
     loaded = _load(opts, src, step)
     check_memory(loaded, recipe.validate_.samples)
     budget = recipe.budget(loaded.geometry)
-    dynamic = recipe.export.dynamic_batch
     pre = loaded.pre
     step(f"exporting baseline.onnx (opset {recipe.export.opset}, batch "
-         f"{'dynamic' if dynamic else loaded.batch}, {pre.channels}×{pre.height}×{pre.width})")
+         f"{'any' if loaded.dynamic else loaded.batch}, {pre.channels}×{pre.height}×"
+         f"{pre.width})")
     exported = export(loaded, recipe, tmp, opts.log)
     step(f"rewriting: {budget.label}, tokens {budget.tokens_in} → {budget.tokens_out}, "
          f"FLOPs ratio {budget.flops_ratio:.2f}")
-    comp = compress(exported, budget, recipe.unmerge, tmp, prepared=loaded.graph,
-                    tokens_out=recipe.tokens_out)
+    comp = _compress(exported, budget, recipe, loaded, tmp, opts.log)
     trt_lint = edge.lint(comp.path, recipe.backend.kind, opts.log, exported.baseline)
     dense = is_dense(comp.output_shape)
     if recipe.validate_.dataset and dense:
@@ -204,9 +222,9 @@ def build(opts: Options, src: Source, tmp: Path, task_fn: TaskFn | None = None) 
     report.elapsed_s = round(time.perf_counter() - t0, 2)
     for g in report.gates:
         opts.log(bundle.format_gate(g))
-    shape: list[int | str] = ["batch" if dynamic else loaded.batch, pre.channels, pre.height,
-                              pre.width]
+    shape = input_dims(comp.path, pre.name)  # a symbolic batch keeps the source's name
     edge.write(tmp, report, inputs.x, val.references, pre, shape, loaded.batch)
+    bundle.write_configs(tmp, src, pre, loaded.geometry, loaded.labels, comp.output_shape)
     text_entry = (text.manifest_entry(tmp, zero_shot, shape[0]) if zero_shot is not None
                   else None)
     bundle.write(tmp, report, bundle.manifest(report, src, tmp, shape, exported.opset,

@@ -48,7 +48,13 @@ class ExportCfg(_Strict):
     opset: int = 18
     batch: int = Field(default=8, ge=1)
     image_size: int | None = Field(default=None, ge=1)
-    dynamic_batch: bool = False  # engines accept any batch; --batch is then the one timed
+    # the engines' batch axis. null (default): any batch (a symbolic axis; --batch is the
+    # batch timed and validated), except where a static one is needed or is all the source
+    # has: a TensorRT engine or backend.cuda_graph: on (static profiles, graph capture), a
+    # static-batch or several-input ONNX source, a graph whose batch cannot be made
+    # symbolic. true: any batch, refused where it cannot be had. false: static, built at
+    # --batch (what CUDA-graph capture and TensorRT static profiles want).
+    dynamic_batch: bool | None = None
     # image–text models (full CLIP): tokens per caption of text.onnx (null: the text
     # config's max_position_embeddings)
     text_length: int | None = Field(default=None, ge=2)

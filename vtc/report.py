@@ -165,7 +165,10 @@ class Preprocess:
 
     resize: `crop` (cover round(H·256/224) × round(W·256/224), center crop), `pad` (fit
     inside, centred on black) or `stretch` (whole image to H×W); then pixels / 255,
-    `(x - mean) / std` per channel. `zero_inputs`: the graph's other inputs, fed zeros."""
+    `(x - mean) / std` per channel. `zero_inputs`: the graph's other inputs, fed zeros.
+    `origin`: where each of `image_size`, `mean`, `std`, `resize` and `labels` came from:
+    "recipe", "preprocessor_config.json" / "config.json" (beside an ONNX source, or the
+    checkpoint's), "graph" (its static input shape) or "default" (vtc's)."""
 
     name: str
     channels: int
@@ -175,6 +178,7 @@ class Preprocess:
     mean: list[float]
     std: list[float]
     zero_inputs: dict[str, ZeroInput] = field(default_factory=dict)
+    origin: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

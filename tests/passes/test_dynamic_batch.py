@@ -67,3 +67,33 @@ def test_any_batch_matches_the_eager_reference(tiny: LazyModels,
             want = run_reference(family, model, x, budget)[name].numpy()
         assert got.shape == want.shape
         assert np.abs(got - want).max() <= 1e-4, batch
+
+
+def _gemms(proto: onnx.ModelProto, tmp: Path) -> int:
+    """Gemm nodes in the graph onnxruntime makes of `proto` (basic + extended fusions)."""
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    so.optimized_model_filepath = str(tmp)
+    ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return sum(n.op_type == "Gemm" for n in onnx.load(str(tmp)).graph.node)
+
+
+def test_a_dynamic_batch_keeps_the_gemm_fusions(tiny: LazyModels, tmp_path: Path,
+                                                dynamic_exports: Callable[[str, bool], Path]
+                                                ) -> None:
+    """onnxruntime fuses MatMul + bias Add into Gemm on 2-D operands or static 3-D ones;
+    the relaxed graph flattens its linear layers to 2-D, so it keeps as many Gemms as
+    the graph pinned at one batch, and the names of its batch axis are the caller's."""
+    family, model = tiny.model("vit-cls")
+    budget = tome_budget(family.geometry(model, IMAGE), r=3)
+    src = dynamic_exports("vit-cls", True)
+    m, twin, pinned = load(src, PROBES[0]), load(src, PROBES[1]), load(src, PROBES[0])
+    for g in (m, twin, pinned):
+        compress(g, budget)
+    make_batch_dynamic(m, twin, name="batch_size")
+    proto = ir.to_proto(m)
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch_size"
+    assert proto.graph.output[0].type.tensor_type.shape.dim[0].dim_param == "batch_size"
+    static = _gemms(ir.to_proto(pinned), tmp_path / "static.onnx")
+    assert static >= 4 * len(family.blocks(model))  # qkv, out, two MLP layers per block
+    assert _gemms(proto, tmp_path / "dynamic.onnx") == static

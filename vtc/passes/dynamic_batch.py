@@ -13,7 +13,10 @@ head), and this pass rewrites them in the first graph:
     Concat(cls_b[2, 1, C], patches)      vs cls_b[3, 1, C]   →  Concat(Expand(cls_b[:1], …), …)
     Add(logits, mask[2, 1, N, N])        vs mask[3, 1, N, N] →  Add(logits, mask[:1])
 
-(B = Slice(Shape(input), 0, 1), computed once at the top of the graph.)
+(B = Slice(Shape(input), 0, 1), computed once at the top of the graph.) The batch
+axis of the inputs and outputs gets the source's name for it (`batch_size` in an
+optimum-cli export, `batch` by default), and the constants the rewrite replaced are
+removed (ONNX Runtime warns about every unused initializer when it loads a graph).
 
 A constant that differs in any other way, or graphs that differ in
 structure, are reported by node name: the batch cannot be made dynamic.
@@ -21,11 +24,13 @@ structure, are reported by node name: the batch cannot be made dynamic.
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 import onnx_ir as ir
-from onnx_ir.passes.common import ShapeInferencePass
+from onnx_ir.passes.common import RemoveUnusedNodesPass, ShapeInferencePass
 
-from vtc.passes.emit import Emitter
+from vtc.passes.emit import Emitter, rewire
 from vtc.passes.graph import GraphError, is_const
 from vtc.passes.shape_fixup import ELEMENTWISE
 
@@ -130,10 +135,11 @@ class _Relaxer:
                 raise _fail(na, f"input {idx} holds the batch size")
 
 
-def make_batch_dynamic(model: ir.Model, twin: ir.Model, batch: int = PROBES[0]) -> int:
-    """Rewrite `model` (pinned to `batch`) in place so that its batch is symbolic,
-    using `twin` (the same source rewritten the same way at another batch) to find
-    what baked the batch. Returns how many constants were rewritten."""
+def make_batch_dynamic(model: ir.Model, twin: ir.Model, batch: int = PROBES[0],
+                       name: str = BATCH) -> int:
+    """Rewrite `model` (pinned to `batch`) in place so that its batch is symbolic (the
+    axis named `name`), using `twin` (the same source rewritten the same way at another
+    batch) to find what baked the batch. Returns how many constants were rewritten."""
     ga, gb = model.graph, twin.graph
     ga.sort()
     gb.sort()
@@ -146,7 +152,7 @@ def make_batch_dynamic(model: ir.Model, twin: ir.Model, batch: int = PROBES[0]) 
         relax.node(na, nb, batch)
     for v in [*ga.inputs, *ga.outputs]:
         if v.shape is not None and len(v.shape) and v.shape[0] == batch:
-            v.shape = ir.Shape([ir.SymbolicDim(BATCH), *list(v.shape)[1:]])
+            v.shape = ir.Shape([ir.SymbolicDim(name), *list(v.shape)[1:]])
     pinned = {}  # value → its shapes at both probe batches
     for na, nb in zip(nodes_a, nodes_b, strict=True):
         for oa, ob in zip(na.outputs, nb.outputs, strict=True):
@@ -154,14 +160,57 @@ def make_batch_dynamic(model: ir.Model, twin: ir.Model, batch: int = PROBES[0]) 
             if not oa.is_graph_output():
                 oa.shape = None
     # Record the new (batch-symbolic) shapes in the file: ORT's fusions read them.
+    _flatten_linears(ga, pinned, batch)
+    RemoveUnusedNodesPass()(model)  # the constants replaced above
     ShapeInferencePass(strict_mode=False)(model)
-    _restore_past_unknown_ops(ga, pinned, batch)
+    _restore_past_unknown_ops(ga, pinned, batch, name)
     return relax.fixed
+
+
+def _flatten_linears(graph: ir.Graph, pinned: dict[int, tuple[ir.Shape | None,
+                                                               ir.Shape | None]],
+                     batch: int) -> int:
+    """`MatMul(x[B, N, C], W[C, D]) + b[D]` → `Reshape(MatMul(Reshape(x, [-1, C]), W) + b,
+    [-1, N, D])`. ONNX Runtime turns a MatMul + Add into one Gemm only on 2-D operands,
+    or on 3-D ones of static shape (it reshapes them itself then); with a symbolic batch
+    every linear layer would stay a MatMul and a separate Add. Returns how many were
+    flattened."""
+    em, done = Emitter(graph, "vtc_batch_linear"), 0
+    for node in list(graph):
+        x, w = (*node.inputs, None, None)[:2] if node.op_type == "MatMul" else (None, None)
+        if x is None or w is None or not is_const(w) or id(x) not in pinned:
+            continue
+        sa, sb = pinned[id(x)]
+        users = list(node.outputs[0].uses())
+        if sa is None or sb is None or len(sa) != 3 or not sa.is_static() \
+                or not sb.is_static() or sa[0] != batch or list(sa)[1:] != list(sb)[1:]:
+            continue
+        wshape = w.shape
+        if wshape is None or len(wshape) != 2 or not isinstance(wshape[1], int) \
+                or len(users) != 1 \
+                or users[0][0].op_type != "Add" or users[0][0].outputs[0].is_graph_output():
+            continue
+        add = users[0][0]
+        bias = add.inputs[1 - users[0][1]]
+        if bias is None or not is_const(bias) or bias.shape is None or len(bias.shape) != 1:
+            continue
+        n, c, d = cast(int, sa[1]), cast(int, sa[2]), wshape[1]  # static (checked above)
+        flat = em.op("Reshape", x, em.const([-1, c], hint="shape"))
+        em.insert_before(node)
+        node.replace_input_with(0, flat)
+        out = em.op("Reshape", add.outputs[0], em.const([-1, n, d], hint="shape"))
+        em.insert_after(add)
+        rewire(add.outputs[0], out, skip=[out.producer()])
+        for v in (node.outputs[0], add.outputs[0]):  # 2-D now: no pinned 3-D shape
+            pinned.pop(id(v), None)
+            v.shape = None
+        done += 1
+    return done
 
 
 def _restore_past_unknown_ops(graph: ir.Graph, pinned: dict[int, tuple[ir.Shape | None,
                                                                       ir.Shape | None]],
-                              batch: int) -> None:
+                              batch: int, name: str = BATCH) -> None:
     """ONNX shape inference stops at ops it has no schema for (com.microsoft ones, e.g.
     a fused MultiHeadAttention), leaving every value downstream shapeless, and ORT then
     misses fusions that read shapes (SkipLayerNormalization). A value whose two pinned
@@ -179,4 +228,4 @@ def _restore_past_unknown_ops(graph: ir.Graph, pinned: dict[int, tuple[ir.Shape 
             if a == b:
                 out.shape = ir.Shape(a)
             elif a[0] == batch and a[1:] == b[1:]:
-                out.shape = ir.Shape([ir.SymbolicDim(BATCH), *a[1:]])
+                out.shape = ir.Shape([ir.SymbolicDim(name), *a[1:]])

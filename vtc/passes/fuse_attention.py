@@ -347,6 +347,6 @@ def fuse_file(src: Path, dst: Path) -> FuseResult:
         fuse_attention(twin)
         for m in (model, twin):  # a graph made dynamic before holds the names it would emit
             _rename(m.graph, BATCH_PREFIX, f"{BATCH_PREFIX}0")
-        make_batch_dynamic(model, twin)
+        make_batch_dynamic(model, twin, name=first[0].dim_param or "batch")
     save_model(model, dst)
     return res

@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import onnxscript.optimizer
-from onnx_ir.passes.common import ShapeInferencePass
+from onnx_ir.passes.common import RemoveUnusedNodesPass, ShapeInferencePass
 
 from vtc.passes.graph import GraphError, initializer, is_const, static_dims
 
@@ -37,13 +37,34 @@ def tensor_bytes(model: ir.Model) -> int:
                if v.const_value is not None)
 
 
+def unused_initializers(model: ir.Model) -> list[str]:
+    """Initializers no node reads and that are no graph input or output (ONNX Runtime
+    logs a "Removing initializer … It is not used by any node" warning per one)."""
+    graph = model.graph
+    ends = {id(v) for v in [*graph.inputs, *graph.outputs]}
+    return sorted(str(name) for name, v in graph.initializers.items()
+                  if not v.uses() and id(v) not in ends)
+
+
 def save_model(model: ir.Model, path: Path) -> None:
-    """Write `model` to `path`: inline, or with external data in `<path name>.data`
-    beside it when its tensors exceed `INLINE_LIMIT_BYTES`."""
+    """Write `model` to `path` without dead nodes or unused initializers: inline, or with
+    external data in `<path name>.data` beside it when its tensors exceed
+    `INLINE_LIMIT_BYTES`."""
+    RemoveUnusedNodesPass()(model)
     if tensor_bytes(model) > INLINE_LIMIT_BYTES:
         ir.save(model, path, external_data=f"{path.name}.data")
     else:
         ir.save(model, path)
+
+
+def input_dims(path: Path, name: str | None = None) -> list[int | str]:
+    """The declared shape of graph input `name` (default: the first) of the file at
+    `path`: numbers, or the names of symbolic dims (`batch_size`; "?" when unnamed)."""
+    proto = onnx.load(str(path), load_external_data=False)
+    vi = next((i for i in proto.graph.input if name is None or i.name == name),
+              proto.graph.input[0])
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+            for d in vi.type.tensor_type.shape.dim]
 
 
 def external_files(path: Path) -> list[Path]:

@@ -186,7 +186,8 @@ def _rewrite_at(exported: Exported, budget: Budget, unmerge: str, tokens_out: st
         twin = passes.load(exported.baseline, passes.PROBES[1], exported.size,
                            exported.channels)
         rewrite(twin, budget, unmerge, tokens_out)
-        info.batch_constants = passes.make_batch_dynamic(model, twin)
+        info.batch_constants = passes.make_batch_dynamic(model, twin,
+                                                         name=exported.batch_name)
         passes.check(model)
     return model, info
 

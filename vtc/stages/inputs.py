@@ -10,7 +10,11 @@ recorded in the report and in preprocess.json.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -113,20 +117,124 @@ def _stat(given: list[float] | None, default: Sequence[float], channels: int, ke
     return vals[:1] * channels
 
 
+PREPROCESSOR = "preprocessor_config.json"
+CONFIG = "config.json"
+
+
+@dataclass(frozen=True)
+class Hints:
+    """What a model's own files say about its input: optimum-cli and `save_pretrained`
+    write config.json (`image_size`, `num_channels`, `id2label`) and
+    preprocessor_config.json (`size` / `crop_size` {height, width}, `do_center_crop`,
+    `image_mean` / `image_std`, `do_normalize`). `where`: the file each came from."""
+
+    size: tuple[int, int] | None = None  # (height, width), pixels
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    resize: str | None = None  # "crop" (do_center_crop) or "stretch" (a fixed size)
+    labels: dict[int, str] | None = None
+    channels: int | None = None  # config.json num_channels (1 or 3)
+    where: dict[str, str] = field(default_factory=dict)
+
+
+def _json(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SourceError(f"{path}: not readable UTF-8 JSON ({type(exc).__name__}); fix or "
+                          "remove it (vtc reads image size, mean/std and labels from it)"
+                          ) from exc
+    if not isinstance(data, dict):
+        raise SourceError(f"{path}: holds a {type(data).__name__}, not a mapping; fix or "
+                          "remove it")
+    return data
+
+
+def _hw(value: Any) -> tuple[int, int] | None:
+    """A size entry as (height, width): an int, [h, w], or {height, width}."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int) and value > 0:
+        return value, value
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        value = {"height": value[0], "width": value[1]}
+    if isinstance(value, dict):
+        h, w = value.get("height"), value.get("width")
+        if isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0 \
+                and not isinstance(h, bool) and not isinstance(w, bool):
+            return h, w
+    return None
+
+
+def _floats(value: Any) -> list[float] | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return [float(value)] * 3
+    if isinstance(value, list) and 1 <= len(value) <= 3 and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) for x in value):
+        return [float(x) for x in value]
+    return None
+
+
+def _labels(cfg: dict[str, Any]) -> dict[int, str] | None:
+    raw = cfg.get("id2label")
+    if not isinstance(raw, dict) or not raw:
+        return None
+    try:
+        return {int(k): str(v) for k, v in sorted(raw.items(), key=lambda kv: int(kv[0]))}
+    except (TypeError, ValueError):
+        return None
+
+
+def read_hints(folder: Path) -> Hints:
+    """The input settings config.json and preprocessor_config.json in `folder` give (each
+    absent when the files do not say); SourceError for a file that is not JSON."""
+    pre, cfg = _json(folder / PREPROCESSOR) or {}, _json(folder / CONFIG) or {}
+    where: dict[str, str] = {}
+    size, resize = None, None
+    if pre.get("do_center_crop") and _hw(pre.get("crop_size")):
+        size, resize = _hw(pre.get("crop_size")), "crop"
+    elif pre.get("do_resize", True) and _hw(pre.get("size")):
+        size, resize = _hw(pre.get("size")), "stretch"
+    if size is not None:
+        where["image_size"] = where["resize"] = PREPROCESSOR
+    elif _hw(cfg.get("image_size")):
+        size, where["image_size"] = _hw(cfg.get("image_size")), CONFIG
+    mean, std = _floats(pre.get("image_mean")), _floats(pre.get("image_std"))
+    if pre.get("do_normalize") is False:
+        mean, std = [0.0] * 3, [1.0] * 3
+    if mean is not None and std is not None and all(x > 0 for x in std):
+        where["mean"] = where["std"] = PREPROCESSOR
+    else:
+        mean = std = None
+    labels = _labels(cfg)
+    if labels is not None:
+        where["labels"] = CONFIG
+    channels = cfg.get("num_channels") if cfg.get("num_channels") in (1, 3) else None
+    return Hints(size, mean, std, resize, labels, channels, where)
+
+
 def preprocess(cfg: InputCfg, name: str, channels: int, height: int, width: int,
                mean: Sequence[float], std: Sequence[float], where: str,
-               zeros: dict[str, ZeroInput] | None = None) -> Preprocess:
+               zeros: dict[str, ZeroInput] | None = None, resize: str | None = None,
+               origin: dict[str, str] | None = None) -> Preprocess:
     """The recipe's `input:` section checked against the graph input `[channels, height,
-    width]` (`where` names it in errors); `mean`/`std` are the defaults."""
+    width]` (`where` names it in errors); `mean`/`std`/`resize` are the defaults, which
+    `origin` says the source of (`Preprocess.origin`; a recipe value overrides both)."""
     if cfg.channels is not None and cfg.channels != channels:
         raise SourceError(f"input.channels={cfg.channels} does not match {where}, which takes "
                           f"{channels} channel{'s' * (channels > 1)}; set input.channels="
                           f"{channels} or leave it out")
+    got = {"image_size": "default", "mean": "default", "std": "default", "resize": "default",
+           **(origin or {})}
+    got.update({k: "recipe" for k in ("mean", "std", "resize") if getattr(cfg, k) is not None})
     return Preprocess(name=name, channels=channels, height=height, width=width,
-                      resize=cfg.resize or "crop",
+                      resize=cfg.resize or resize or "crop",  # type: ignore[arg-type]
                       mean=_stat(cfg.mean, mean, channels, "mean", where),
                       std=_stat(cfg.std, std, channels, "std", where),
-                      zero_inputs=dict(zeros or {}))
+                      zero_inputs=dict(zeros or {}), origin=got)
 
 
-__all__ = ["image_dims", "pick_image_input", "preprocess", "real_inputs", "zero_inputs"]
+__all__ = ["CONFIG", "PREPROCESSOR", "Hints", "image_dims", "pick_image_input", "preprocess",
+           "read_hints", "real_inputs", "zero_inputs"]

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 import onnx_ir as ir
 
@@ -25,14 +26,18 @@ from vtc.exporter import Family, get_family
 from vtc.exporter.clip_text import Captions, load_tokenizer, text_length, tokenize
 from vtc.exporter.registry import IMAGENET_MEAN, IMAGENET_STD
 from vtc.passes.graph import GraphError, find_blocks, mlp_width
-from vtc.passes.model_io import read_onnx
+from vtc.passes.model_io import ImageSize, read_onnx
 from vtc.recipe import RecipeBase
 from vtc.report import Preprocess
 from vtc.source import Source, SourceError
 from vtc.stages.inputs import (
+    CONFIG,
+    PREPROCESSOR,
+    Hints,
     image_dims,
     pick_image_input,
     preprocess,
+    read_hints,
     real_inputs,
     zero_inputs,
 )
@@ -62,6 +67,12 @@ class Loaded:
     # the checkpoint's tokenizer (None for vision models)
     captions: Captions | None = None
     tokenizer: Any = None
+    # the engines' batch axis is symbolic (`batch_axis`); `dynamic_required`: the recipe
+    # asked for it (export.dynamic_batch: true), so a graph that cannot have it is refused
+    # rather than built static
+    dynamic: bool = False
+    dynamic_required: bool = False
+    labels: dict[int, str] | None = None  # class names (config.json id2label), if known
 
     @property
     def hw(self) -> tuple[int, int]:
@@ -108,6 +119,26 @@ def onnx_geometry(model: ir.Model, protected: int | None,
                     mlp_width=mlp_width(blocks[0]), layers=len(blocks), heads=blocks[0].heads)
 
 
+def batch_axis(recipe: RecipeBase, log: Log = lambda _msg: None) -> tuple[bool, bool]:
+    """`(dynamic, required)`: export.dynamic_batch resolved against the engine. null (the
+    default) is a symbolic batch, except for a TensorRT engine or backend.cuda_graph: on,
+    which get the static batch they profile or capture; true with cuda_graph: on is
+    refused (a captured graph replays one batch)."""
+    want, b = recipe.export.dynamic_batch, recipe.backend
+    if want and b.cuda_graph == "on":
+        raise SourceError("export.dynamic_batch: true and backend.cuda_graph: on: a CUDA graph "
+                          "replays one captured batch; set export.dynamic_batch: false (or "
+                          "backend.cuda_graph: auto)")
+    if want is not None:
+        return want, want
+    needs = ("a TensorRT engine (one static optimization profile)" if b.kind == "tensorrt"
+             else "backend.cuda_graph: on (graph capture)" if b.cuda_graph == "on" else None)
+    if needs is not None:
+        log(f"      static batch for {needs}; export.dynamic_batch: true makes it symbolic")
+        return False, False
+    return True, False
+
+
 def _static_batch(proto: onnx.ModelProto, name: str) -> int | None:
     """Input `name`'s batch when it is a fixed number, else None (symbolic)."""
     dims = next(i for i in proto.graph.input if i.name == name).type.tensor_type.shape.dim
@@ -121,46 +152,72 @@ def _load_onnx(src: Source, recipe: RecipeBase, batch: int, batch_given: bool,
     if any(n.name.startswith("vtc_") for n in proto.graph.node):
         raise SourceError(f"SOURCE {src.spec} was already compressed by vtc; give the original "
                           "model (a bundle's baseline.onnx is the uncompressed graph)")
-    dynamic = recipe.export.dynamic_batch
+    dynamic, required = batch_axis(recipe, log)
     name = pick_image_input(proto, recipe.input.name)
-    if dynamic and len(real_inputs(proto)) > 1:
+    several = len(real_inputs(proto)) > 1
+    fixed = _static_batch(proto, name)
+    if required and several:
         raise SourceError(f"{src.spec} has several inputs; export.dynamic_batch supports "
                           "one-input graphs only: build at a static --batch")
-    fixed = _static_batch(proto, name)
-    if dynamic and fixed is not None:
+    if required and fixed is not None:
         raise SourceError(f"{src.spec} has a static batch; export.dynamic_batch needs a "
                           "source exported with a dynamic batch axis")
+    if dynamic and (several or fixed is not None):
+        log(f"      {src.spec} has {'several inputs' if several else 'a static batch'}: "
+            "the engines keep a static batch")
+        dynamic = False
     if fixed is not None and fixed != batch:
         if batch_given:
             raise SourceError(f"{src.spec} has a static batch of {fixed}, not --batch "
                               f"{batch}; pass --batch {fixed} or re-export it")
         log(f"      {src.spec} has a static batch of {fixed}: building and timing at it")
         batch = fixed
-    size = recipe.export.image_size
-    try:
-        pinned = passes.prepare(ir.from_proto(proto), passes.PROBES[0] if dynamic else batch,
-                                size, recipe.input.channels)
-    except GraphError:
-        raise
-    except Exception as exc:  # a third-party graph the folder or shape inference rejects
-        raise GraphError(f"cannot pin and fold the graph at batch {batch}"
-                         f"{f', {size} px' if size else ''} ({type(exc).__name__}: "
-                         f"{' '.join(str(exc).split())[:200]}); export it with static shapes "
-                         "or give the batch and export.image_size it was exported for") from exc
+    hints = read_hints(src.path.parent)
+    pinned, size_from = _pin(proto, recipe, passes.PROBES[0] if dynamic else batch, name, hints)
     channels, h, w = image_dims(pinned, name)
     try:
         geometry = onnx_geometry(pinned, protected, (h, w))
     except GraphError as exc:
-        if size is None:
+        if size_from == "graph":
             raise
-        raise GraphError(f"{exc} (with export.image_size={size}: is it a resolution this "
-                         "graph accepts, e.g. the one it was exported at?)") from exc
-    pre = preprocess(recipe.input, name, channels, h, w, IMAGENET_MEAN, IMAGENET_STD,
+        key = "export.image_size" if size_from == "recipe" else f"the image size of {size_from}"
+        raise GraphError(f"{exc} (with {key}, {h}×{w}: is it a resolution this graph "
+                         "accepts, e.g. the one it was exported at?)") from exc
+    origin = {k: v for k, v in hints.where.items() if k != "image_size"}
+    origin["image_size"] = size_from
+    pre = preprocess(recipe.input, name, channels, h, w, hints.mean or IMAGENET_MEAN,
+                     hints.std or IMAGENET_STD,
                      f"the graph input {name!r} [{batch}, {channels}, {h}, {w}]",
-                     zero_inputs(pinned, name))
+                     zero_inputs(pinned, name), hints.resize, origin)
     return Loaded(source=src, family=None, model=None, geometry=geometry, batch=batch,
                   pre=pre, dataset_resize=recipe.input.resize or "stretch", proto=proto,
-                  graph=None if dynamic else pinned)
+                  graph=None if dynamic else pinned, dynamic=dynamic, dynamic_required=required,
+                  labels=hints.labels)
+
+
+def _pin(proto: onnx.ModelProto, recipe: RecipeBase, batch: int, name: str, hints: Hints
+         ) -> tuple[ir.Model, str]:
+    """The source pinned at `batch` and folded, and where its image size came from: the
+    graph's static input, else export.image_size ("recipe"), else the files beside it."""
+    dims = next(i for i in proto.graph.input if i.name == name).type.tensor_type.shape.dim
+    static = len(dims) == 4 and all(d.HasField("dim_value") for d in dims[2:])
+    size: ImageSize | None = recipe.export.image_size
+    where = "graph" if static else "recipe" if size is not None else None
+    if where is None and hints.size is not None:
+        size, where = hints.size, hints.where["image_size"]
+    try:
+        pinned = passes.prepare(ir.from_proto(proto), batch, size,
+                                recipe.input.channels or hints.channels)
+    except GraphError:
+        raise
+    except Exception as exc:  # a third-party graph the folder or shape inference rejects
+        px = f", {size} px" if isinstance(size, int) else f", {size[0]}×{size[1]} px" if size \
+            else ""
+        raise GraphError(f"cannot pin and fold the graph at batch {batch}{px} "
+                         f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); export "
+                         "it with static shapes or give the batch and export.image_size it was "
+                         "exported for") from exc
+    return pinned, where or "graph"
 
 
 def _text_settings(recipe: RecipeBase, captions: list[str] | None) -> list[str]:
@@ -210,14 +267,18 @@ def load(src: Source, recipe: RecipeBase, batch: int, batch_given: bool = False,
     if recipe.input.name not in (None, "pixel_values"):
         raise SourceError(f"input.name={recipe.input.name!r}: an HF model takes one input, "
                           "pixel_values; leave input.name out")
+    dynamic, required = batch_axis(recipe, log)
     family = get_family(src.model_type or "")
     model = family.load(src.path, allow_pickle=allow_pickle)
     size = recipe.export.image_size
     hw = (size, size) if size else family.image_hw(model)
     family.check_image_size(model, hw)
     channels = family.num_channels(model)
-    pre = preprocess(recipe.input, "pixel_values", channels, *hw, family.mean(model),
-                     family.std(model), "the model (its config's num_channels)")
+    hints = read_hints(src.path)
+    mean, std = list(family.mean(model)), list(family.std(model))
+    pre = preprocess(recipe.input, "pixel_values", channels, *hw, mean, std,
+                     "the model (its config's num_channels)", resize=hints.resize,
+                     origin=_hf_origin(hints, hw, mean, std, size is not None))
     full = family.image_text(model)
     if full is None and given:
         raise SourceError(f"{' and '.join(given)}: captions and the text length are for "
@@ -227,7 +288,21 @@ def load(src: Source, recipe: RecipeBase, batch: int, batch_given: bool = False,
                                                                                        None)
     return Loaded(source=src, family=family, model=model, geometry=family.geometry(model, hw),
                   batch=batch, pre=pre, dataset_resize=recipe.input.resize or "stretch",
-                  captions=caps, tokenizer=tokenizer)
+                  captions=caps, tokenizer=tokenizer, dynamic=dynamic, dynamic_required=required,
+                  labels=hints.labels)
+
+
+def _hf_origin(hints: Hints, hw: tuple[int, int], mean: list[float], std: list[float],
+               size_given: bool) -> dict[str, str]:
+    """Where an HF checkpoint's input settings came from (`Preprocess.origin`): the
+    family reads them from its preprocessor_config.json and config.json, or defaults."""
+    origin = {k: v for k, v in hints.where.items() if k in ("resize", "labels")}
+    origin["image_size"] = ("recipe" if size_given else
+                            hints.where["image_size"] if hints.size == hw else CONFIG)
+    same = hints.mean is not None and np.allclose(hints.mean[:len(mean)], mean) and \
+        hints.std is not None and np.allclose(hints.std[:len(std)], std)
+    origin["mean"] = origin["std"] = PREPROCESSOR if same else "default"
+    return origin
 
 
 def _available_bytes() -> int | None:

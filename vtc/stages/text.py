@@ -62,7 +62,7 @@ def zero_shot(recipe: RecipeBase, loaded: Loaded, tmp: Path, images: np.ndarray,
     assert loaded.family is not None and loaded.captions is not None
     full: Any = loaded.family.image_text(loaded.model)
     caps = loaded.captions
-    dynamic = recipe.export.dynamic_batch
+    dynamic = loaded.dynamic
     graph = export_text(full, caps, loaded.batch, tmp / TEXT_GRAPH, recipe.export.opset,
                         dynamic)
     engine = engines.get(recipe.backend.kind)

@@ -172,6 +172,9 @@ def _inputs(i: InputsInfo) -> list[str]:
             f"`{k}` {z.dtype}{z.shape}" for k, z in p.zero_inputs.items()) if p.zero_inputs else ""
         lines.append(f"- input `{p.name}` [{p.channels}, {p.height}, {p.width}]: resize "
                      f"{p.resize}, mean {p.mean}, std {p.std}{zeros}")
+        if p.origin:
+            lines.append("- where each came from: " + ", ".join(
+                f"{k.replace('_', ' ')} {v}" for k, v in sorted(p.origin.items())))
     return [*lines, ""]
 
 
