@@ -56,7 +56,13 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     a = _args(argv)
     try:
-        b = Bundle.load(a.bundle, a.providers.split(","), a.graph)
+        for flag, value in (("--top-k", a.top_k), ("--batch", a.batch)):
+            if value is not None and value < 1:
+                raise BundleError(f"{flag} {value}: give a whole number ≥ 1")
+        providers = [p.strip() for p in a.providers.split(",") if p.strip()]
+        if not providers:
+            raise BundleError("--providers is empty; give e.g. CPUExecutionProvider")
+        b = Bundle.load(a.bundle, providers, a.graph)
         if a.batch is not None and b.batch is not None and a.batch != b.batch:
             raise BundleError(f"--batch {a.batch}: the bundle's engine is static at batch "
                               f"{b.batch}; leave --batch out")
