@@ -120,3 +120,10 @@ def check_safetensors(folder: Path) -> None:
                 8 + n + max(ends, default=0) > size):
             raise SourceError(f"{f}: not a complete safetensors file ({size} bytes: empty, "
                               "truncated or corrupt); re-download or re-save the checkpoint")
+        ints = [(k, v.get("dtype")) for k, v in header.items() if isinstance(v, dict)
+                and k.endswith((".weight", ".bias")) and not str(v.get("dtype", "F")).startswith(
+                    ("F", "BF"))]
+        if ints:
+            raise SourceError(f"{f}: {ints[0][0]} is {ints[0][1]}, and {len(ints)} weight(s) in "
+                              "all are not floating point (F32, F16, BF16); give the "
+                              "checkpoint's own float weights (quantized ones are not supported)")

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import numpy as np
@@ -112,6 +113,38 @@ def test_generate_bad_input(combined_bundle: Path, tmp_path: Path, prompt: str, 
     assert message in res.output and "Traceback" not in res.output
     if "prefill" in message:
         assert "generate.prompt_tokens=" in res.output
+
+
+def _cut_half(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    (lambda b: _cut_half(b / "prefill.onnx"), r"prefill\.onnx is corrupt: its sha256"),
+    (lambda b: (b / "tokenizer.json").write_text("{}"), r"tokenizer\.json is corrupt"),
+    (lambda b: (b / "manifest.json").unlink(), r"manifest\.json: FileNotFoundError; a vtc "
+                                               "bundle lists its files' sha256 there"),
+], ids=["truncated prefill", "tokenizer changed", "no manifest"])
+def test_generate_names_a_damaged_bundle_file(combined_bundle: Path, tmp_path: Path,
+                                              damage: Any, message: str) -> None:
+    """VlmBundle.load checks manifest.json's sha256 of each file it reads: one line, exit
+    2, for `vtc generate` and `python -m vtc.runtime.generate` alike."""
+    import re
+    import shutil
+
+    copy = tmp_path / "b"
+    shutil.copytree(combined_bundle, copy)
+    damage(copy)
+    img = _image(tmp_path / "a.png")
+    argv = [str(copy), "--image", str(img), "--prompt", "What is it?", "--max-new-tokens", "2"]
+    res = CliRunner().invoke(main, ["generate", *argv])
+    lines = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
+    assert res.exit_code == 2 and len(lines) == 1 and "Traceback" not in res.output, res.output
+    assert re.search(message, lines[0]), lines[0]
+    run = subprocess.run([sys.executable, "-m", "vtc.runtime.generate", *argv],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert run.returncode == 2 and run.stdout == "" and "Traceback" not in run.stderr
+    assert re.search(message, run.stderr.strip()) and run.stderr.count("\n") == 1, run.stderr
 
 
 @pytest.mark.parametrize(("sets", "message"), [

@@ -76,7 +76,12 @@ def from_pretrained(
     missing = sorted(info.get("missing_keys") or [])
     if missing:
         raise MissingWeightsError(path, missing)
-    return model.float().eval()  # type: ignore[no-any-return]
+    model = model.float().eval()
+    for name, p in model.named_parameters():  # NaN/inf weights: every output would be NaN
+        if not bool(p.detach().isfinite().all()):
+            raise InputError(f"{path}: weight {name} holds NaN or infinite values; give a "
+                             "checkpoint with finite weights (re-download or re-train it)")
+    return model  # type: ignore[no-any-return]
 
 
 def read_model_type(path: Path) -> str:

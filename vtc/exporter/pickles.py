@@ -37,9 +37,9 @@ def sentence(text: object, limit: int = 220) -> str:
     if len(flat) <= limit:
         return flat
     cut = flat[:limit]
-    end = max(cut.rfind(". "), cut.rfind("; "))
-    if end >= limit // 3:
-        return cut[:end + 1]
+    period, semi = cut.rfind(". "), cut.rfind("; ")
+    if max(period, semi) >= limit // 3:
+        return cut[:period + 1] if period > semi else cut[:semi]
     return cut[:cut.rfind(" ")].rstrip(",;:") + " …" if " " in cut else cut + "…"
 
 
