@@ -196,6 +196,17 @@ def _weights(change: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[Path],
     return edit
 
 
+def _bomb_png() -> bytes:
+    """A 14000×14000 1-bit PNG (24 kB): past Pillow's decompression-bomb limit."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("1", (14000, 14000)).save(buf, "PNG")
+    return buf.getvalue()
+
+
 def _write(name: str, data: bytes) -> Callable[[Path], None]:
     return lambda d: (d / name).write_bytes(data)
 
@@ -389,6 +400,11 @@ SOURCE_CASES: dict[str, Case] = {
     "images folder without images": _made(_images({"a.txt": b"x"}), "no image files"),
     "images folder of corrupt images": _made(_images({"a.png": b"nope", "b.jpg": b"x"}),
                                              "no readable images"),
+    "images folder of 0-byte images": _made(_images({"a.png": b"", "b.jpeg": b""}),
+                                            "no readable images"),
+    "images folder with a decompression bomb": Case(lambda t, f: (
+        "export", [*_images({"bomb.png": _bomb_png()})(t, f), *FAST, "--set", "tome.r=2",
+                   "--out", str(t / "out")], "no readable images")),
 }
 
 OUT_CASES: dict[str, Case] = {

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from tests.conftest import FAST
-from tests.test_bad_input import _snapshot
+from tests.test_bad_input import _bomb_png, _snapshot
 from vtc.cli import export_main
 
 ROOT = Path(__file__).parents[1]
@@ -91,6 +91,8 @@ CASES: dict[str, tuple[Callable[[Path], None], Runner, list[str], str]] = {
                                   r"providers FooProvider: not in this onnxruntime"),
     "runtime: --providers empty": (lambda b: None, "runtime", ["--providers", ","],
                                    "--providers is empty"),
+    "runtime: only a decompression bomb": (lambda b: None, "runtime", ["--bomb"],
+                                            r"--images .*: no readable images"),
     "check.py: truncated model.onnx": (lambda b: _truncate(b / "model.onnx"), "check", [],
                                        r"model\.onnx is corrupt: its sha256"),
     "check.py: samples changed": (lambda b: _flip_last_byte(b / "samples" / "inputs.npz"),
@@ -114,7 +116,11 @@ def test_a_damaged_bundle_is_named_in_one_line(name: str, bundle: Path, tmp_path
     damage(copy)
     images = tmp_path / "imgs"
     images.mkdir()
-    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(images / "a.png")
+    if "--bomb" in extra:  # the folder holds only an image Pillow refuses to open
+        extra = [a for a in extra if a != "--bomb"]
+        (images / "bomb.png").write_bytes(_bomb_png())
+    else:
+        Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(images / "a.png")
     before = _snapshot(tmp_path)
     args = (["-m", "vtc.runtime", str(copy), "--images", str(images), *extra]
             if runner == "runtime" else [str(copy / "trt" / "check.py"), "--runtime", "ort-cpu",

@@ -197,7 +197,9 @@ class Bundle:
         if not isinstance(man, dict) or not isinstance(pre, dict):
             raise BundleError(f"{path}: manifest.json or preprocess.json is not a JSON object; "
                               "rebuild the bundle with vtc-export")
-        verify(path, graph_files(graph, listed_files(man)), man)
+        listed = listed_files(man)
+        verify(path, [*graph_files(graph, listed),  # preprocess.json too once it is listed
+                      *(["preprocess.json"] if "preprocess.json" in listed else [])], man)
         try:
             first = man["shapes"]["input"][0]
             fields = (pre["name"], int(pre["channels"]), int(pre["height"]), int(pre["width"]),

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from vtc.runtime import Bundle, BundleError
 
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 xs.append(b.preprocess(p))
                 names.append(p.relative_to(a.images).as_posix())
-            except OSError as exc:
+            except (OSError, ValueError, Image.DecompressionBombError) as exc:
                 print(f"skipped {p}: {type(exc).__name__}", file=sys.stderr)
         if not xs:
             raise BundleError(f"--images {a.images}: no readable images "

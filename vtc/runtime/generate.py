@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         ids = b.prompt_ids(args.prompt, len(args.image))
         try:
             px = b.pixels(args.image[0])
-        except OSError as exc:
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
             raise BundleError(f"--image {args.image[0]}: not a readable image "
                               f"({type(exc).__name__})") from None
         res = b.generate(ids, px, max(1, args.max_new_tokens))
