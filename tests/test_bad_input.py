@@ -89,6 +89,13 @@ def _file(name: str, data: bytes) -> Callable[[Path, Fixtures], list[str]]:
     return make
 
 
+def _dir(name: str) -> Callable[[Path, Fixtures], list[str]]:
+    def make(tmp: Path, _fx: Fixtures) -> list[str]:
+        (tmp / name).mkdir()
+        return [str(tmp / name)]
+    return make
+
+
 def _ckpt(edit: Callable[[Path], None]) -> Callable[[Path, Fixtures], list[str]]:
     """A copy of the tiny checkpoint, edited."""
     def make(tmp: Path, fx: Fixtures) -> list[str]:
@@ -319,6 +326,9 @@ SOURCE_CASES: dict[str, Case] = {
     "blank SOURCE": _export("  ", expected="SOURCE is empty"),
     "missing path": _export("{tmp}/nope", expected="not a file, a directory, a zoo name"),
     "missing .onnx": _export("{tmp}/nope.onnx", expected="no such file"),
+    "a directory named .onnx": _made(_dir("d.onnx"), r"d\.onnx: a directory, not a file"),
+    "a device as SOURCE": _export("/dev/zero", expected=r"/dev/zero: not a regular file "
+                                                        r"\(a device, pipe or socket\)"),
     "a file that is not .onnx": _made(_file("notes.txt", b"hi"), "a file that is not .onnx"),
     "text as .onnx": _made(_file("m.onnx", b"this is not a model\n"),
                            "not an ONNX model|not a readable ONNX file"),
