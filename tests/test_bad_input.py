@@ -89,6 +89,13 @@ def _file(name: str, data: bytes) -> Callable[[Path, Fixtures], list[str]]:
     return make
 
 
+def _dir(name: str) -> Callable[[Path, Fixtures], list[str]]:
+    def make(tmp: Path, _fx: Fixtures) -> list[str]:
+        (tmp / name).mkdir()
+        return [str(tmp / name)]
+    return make
+
+
 def _ckpt(edit: Callable[[Path], None]) -> Callable[[Path, Fixtures], list[str]]:
     """A copy of the tiny checkpoint, edited."""
     def make(tmp: Path, fx: Fixtures) -> list[str]:
@@ -164,6 +171,47 @@ def _pickle_only(garbage: bool) -> Callable[[Path], None]:
         (d / "model.safetensors").unlink()
         (d / "pytorch_model.bin").write_bytes(b"not a pickle" if garbage else b"\x80\x04N.")
     return edit
+
+
+def _pickle_bytes(make: Callable[[], bytes]) -> Callable[[Path], None]:
+    """pytorch_model.bin (made by `make`) in place of the safetensors weights."""
+    def edit(d: Path) -> None:
+        (d / "model.safetensors").unlink()
+        (d / "pytorch_model.bin").write_bytes(make())
+    return edit
+
+
+def _truncated_torch_save() -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    torch.save({"w": torch.zeros(3)}, buf)
+    return buf.getvalue()[: len(buf.getvalue()) // 2]
+
+
+def _global_pickle() -> bytes:
+    import pickle
+
+    return pickle.dumps(os.system, protocol=2)  # a reference to os.system, never called
+
+
+def _weights(change: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[Path], None]:
+    def edit(d: Path) -> None:
+        sd = load_file(str(d / "model.safetensors"))
+        save_file({k: change(v) for k, v in sd.items()}, str(d / "model.safetensors"),
+                  metadata={"format": "pt"})
+    return edit
+
+
+def _bomb_png() -> bytes:
+    """A 14000×14000 1-bit PNG (24 kB): past Pillow's decompression-bomb limit."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("1", (14000, 14000)).save(buf, "PNG")
+    return buf.getvalue()
 
 
 def _write(name: str, data: bytes) -> Callable[[Path], None]:
@@ -278,6 +326,9 @@ SOURCE_CASES: dict[str, Case] = {
     "blank SOURCE": _export("  ", expected="SOURCE is empty"),
     "missing path": _export("{tmp}/nope", expected="not a file, a directory, a zoo name"),
     "missing .onnx": _export("{tmp}/nope.onnx", expected="no such file"),
+    "a directory named .onnx": _made(_dir("d.onnx"), r"d\.onnx: a directory, not a file"),
+    "a device as SOURCE": _export("/dev/zero", expected=r"/dev/zero: not a regular file "
+                                                        r"\(a device, pipe or socket\)"),
     "a file that is not .onnx": _made(_file("notes.txt", b"hi"), "a file that is not .onnx"),
     "text as .onnx": _made(_file("m.onnx", b"this is not a model\n"),
                            "not an ONNX model|not a readable ONNX file"),
@@ -310,7 +361,35 @@ SOURCE_CASES: dict[str, Case] = {
     "pickle without --allow-pickle": _made(_ckpt(_pickle_only(False)), "--allow-pickle"),
     "garbage pickle with --allow-pickle": _made(
         lambda t, f: [*_ckpt(_pickle_only(True))(t, f), "--allow-pickle"],
-        "cannot load the weights"),
+        r"pytorch_model\.bin is not a PyTorch checkpoint \(neither the zip format of "
+        r"torch\.save nor a pickle; 12 bytes starting with 6e 6f 74 20\); give"),
+    "empty pickle with --allow-pickle": _made(
+        lambda t, f: [*_ckpt(_pickle_bytes(lambda: b""))(t, f), "--allow-pickle"],
+        r"pytorch_model\.bin is empty \(0 bytes\)"),
+    "truncated torch.save with --allow-pickle": _made(
+        lambda t, f: [*_ckpt(_pickle_bytes(_truncated_torch_save))(t, f), "--allow-pickle"],
+        r"pytorch_model\.bin is a damaged PyTorch checkpoint \(a truncated zip archive\)"),
+    "a pickle weights_only refuses": _made(
+        lambda t, f: [*_ckpt(_pickle_bytes(_global_pickle))(t, f), "--allow-pickle"],
+        r"pytorch_model\.bin is a pickle torch's weights_only loader refuses \(.*GLOBAL "
+        r"posix\.system.*\): not a plain state dict of tensors.*convert it to safetensors$"),
+    "a Git LFS pointer as pickle": _made(
+        lambda t, f: [*_ckpt(_pickle_bytes(
+            lambda: b"version https://git-lfs.github.com/spec/v1\noid sha256:ab\n"))(t, f),
+            "--allow-pickle"], r"pytorch_model\.bin is a Git LFS pointer"),
+    "config.json transformers refuses": _made(_ckpt(_set_config(hidden_size="big")),
+                                              r"config\.json: transformers refuses it \("),
+    "preprocessor_config.json not JSON": _made(
+        _ckpt(_write("preprocessor_config.json", b"{image_mean")),
+        r"preprocessor_config\.json: not readable UTF-8 JSON"),
+    "preprocessor_config.json a list": _made(
+        _ckpt(_write("preprocessor_config.json", b"[1, 2]")),
+        r"preprocessor_config\.json holds a list, not a mapping"),
+    "integer weights": _made(_ckpt(_weights(lambda v: (v * 100).long())),
+                             r"model\.safetensors: .* is I64, and \d+ weight\(s\) in all are "
+                             "not floating point"),
+    "NaN weights": _made(_ckpt(_weights(lambda v: v * float("nan"))),
+                         "holds NaN or infinite values"),
     "--protected on an HF source": _export("{vit}", "--protected", "1",
                                            expected="--protected is for ONNX sources"),
     "--protected too large": _export("{vit_onnx}", "--protected", "1000",
@@ -331,6 +410,11 @@ SOURCE_CASES: dict[str, Case] = {
     "images folder without images": _made(_images({"a.txt": b"x"}), "no image files"),
     "images folder of corrupt images": _made(_images({"a.png": b"nope", "b.jpg": b"x"}),
                                              "no readable images"),
+    "images folder of 0-byte images": _made(_images({"a.png": b"", "b.jpeg": b""}),
+                                            "no readable images"),
+    "images folder with a decompression bomb": Case(lambda t, f: (
+        "export", [*_images({"bomb.png": _bomb_png()})(t, f), *FAST, "--set", "tome.r=2",
+                   "--out", str(t / "out")], "no readable images")),
 }
 
 OUT_CASES: dict[str, Case] = {
@@ -402,6 +486,9 @@ RECIPE_CASES: dict[str, Case] = {
         ("tome.r=1000", "impossible"),
         ("tome.r=[1,1]", "one value per block"),
         ("tome.r=eight", "tome.r"),
+        ("tome.r=true", "r=true is a yes/no value; r takes a number"),
+        ("validate.samples=on", "samples=true is a yes/no value; samples takes a number"),
+        ("export.batch=false", "batch=false is a yes/no value"),
         ("tome.flops_ratio=0.5", "flops_ratio=0.5 must be >= 1.0"),
         ("tome.layers=[-1]", "negative"),
         ("tome.layers=[7]", r"tome\.layers \[7\] are outside"),
@@ -455,8 +542,19 @@ RECIPE_CASES: dict[str, Case] = {
     "input.resize unknown": _recipe("input.resize=fill", "input.resize"),
     "input.channels 2": _recipe("input.channels=2", "input.channels"),
     "task cannot be imported": _recipe("validate.task=no_such_pkg_xyz.mod:score",
-                                       r"validate\.task 'no_such_pkg_xyz\.mod:score': cannot "
-                                       "import no_such_pkg_xyz.mod"),
+                                       r"validate\.task 'no_such_pkg_xyz\.mod:score': no "
+                                       r"module no_such_pkg_xyz in PYTHONPATH"),
+    "task given as a file name": _recipe("validate.task=mytask.py:score",
+                                         r"mytask\.py is a file name; give the module"),
+    "tokens_out merged on a logits model": _recipe(
+        "tokens_out=merged", r"tokens_out: merged, but no output of this graph is the token "
+                             r"sequence .*\(logits \[2, 10\] is one vector per image"),
+    "tokens_out merged on a logits ONNX graph": _export(
+        "{vit_onnx}", "--set", "tokens_out=merged",
+        expected=r"tokens_out: merged, .*logits \[2, 10\]"),
+    "tokens_out merged with nothing reduced": _export(
+        "{vit_onnx}", "--set", "tokens_out=merged", "--set", "tome.r=0", tome=False,
+        expected=r"tokens_out: merged, .*logits \[2, 10\]"),
     "task raises": _recipe("validate.task=tests.task_fns:boom",
                            r"validate\.task 'tests\.task_fns:boom' raised RuntimeError"),
     "task returns non-numbers": _recipe("validate.task=tests.task_fns:words",
@@ -499,6 +597,8 @@ OTHER_CASES: dict[str, Case] = {
     "inspect a text file": Case(lambda t, f: (
         "main", ["inspect", *_file("m.onnx", b"not a model")(t, f)],
         "not an ONNX model|not a readable ONNX file")),
+    "lint-trt an empty file": Case(lambda t, f: (
+        "main", ["lint-trt", *_file("m.onnx", b"")(t, f)], "no graph nodes or inputs")),
     "inspect a graph without attention": Case(lambda t, f: (
         "main", ["inspect", *_onnx_edit(_no_attention)(t, f)], "no transformer block")),
     "inspect symbolic sizes": _vtc("inspect", "{optimum_onnx}",

@@ -97,7 +97,10 @@ def test_task_gets_inputs_and_every_output(vit_onnx: Path, tmp_path: Path) -> No
 
 
 @pytest.mark.parametrize(("spec", "match"), [
-    ("no_such_module_xyz:f", r"cannot import no_such_module_xyz \(ModuleNotFoundError"),
+    ("no_such_module_xyz:f", r"no module no_such_module_xyz in PYTHONPATH .*, the current "
+                             r"directory \(.*\) or the installed packages"),
+    ("tests.no_such_xyz:f", r"no module tests\.no_such_xyz in PYTHONPATH"),
+    ("task_fns.py:f", r"task_fns\.py is a file name; give the module, 'task_fns:f'"),
     ("tests.task_fns:missing", "has no attribute 'missing'"),
     ("tests.task_fns:NOT_A_FUNCTION", "a non-callable int"),
     ("tests/task_fns.py", "not an import path"),
@@ -118,3 +121,64 @@ def test_run_task_refuses(fn: str, match: str) -> None:
     out = {"y": np.zeros((1, 2), np.float32)}
     with pytest.raises(TaskError, match=match):
         run_task(load_task(spec), spec, np.zeros((1, 3, 4, 4), np.float32), out, out)
+
+
+def _task_module(folder: Path, name: str, body: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.py").write_text(body)
+
+
+SCORE = "def score(inputs, baseline, compressed):\n    return {'n': float(len(inputs))}\n"
+
+
+def test_load_task_reads_pythonpath_at_call_time(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """PYTHONPATH set (relative) after start-up, or ignored by the interpreter (python -E,
+    some launchers): sys.path lacks it, and the task module is still found there."""
+    _task_module(tmp_path / "tasks", "late_task_mod", SCORE)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", "tasks")
+    path_before = list(sys.path)
+    fn = load_task("late_task_mod:score")
+    assert fn(np.zeros((3, 1)), {}, {}) == {"n": 3.0}
+    assert sys.path == path_before  # the search entries are removed again
+    sys.modules.pop("late_task_mod", None)
+
+
+def test_load_task_tells_a_missing_module_from_a_failing_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A module found on PYTHONPATH that fails to import is not 'cannot import: set
+    PYTHONPATH': the message names its own error and where it happened."""
+    _task_module(tmp_path / "t", "needs_dep_mod", "import no_such_dependency_xyz\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "t"))
+    with pytest.raises(TaskError, match=r"needs_dep_mod was found but importing it raised "
+                       r"ModuleNotFoundError: No module named 'no_such_dependency_xyz' at "
+                       r".*needs_dep_mod\.py:1"):
+        load_task("needs_dep_mod:score")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "nowhere"))
+    with pytest.raises(TaskError, match=r"PYTHONPATH entry .*nowhere is not a directory"):
+        load_task("some_other_mod_xyz:score")
+
+
+def test_vtc_export_imports_the_task_from_pythonpath(vit_onnx: Path, tmp_path: Path) -> None:
+    """The issue's case, in a real process: `PYTHONPATH=dir vtc-export … --set
+    validate.task=mod:fn` with a relative PYTHONPATH entry, run from another directory than
+    the source. The function name is wrong on purpose: the refusal ('mod has no attribute')
+    comes from the imported module, before any work, and nothing is written."""
+    import os
+    import subprocess
+
+    _task_module(tmp_path / "work" / "mytasks", "subproc_task_mod", SCORE)
+    root = Path(__file__).parents[1]
+    script = ("import sys; from vtc.cli import export_main; sys.argv[0] = 'vtc-export'; "
+              "export_main()")
+    res = subprocess.run(
+        [sys.executable, "-c", script, str(vit_onnx), "--out", str(tmp_path / "out"),
+         "--set", "validate.task=subproc_task_mod:scroe"],
+        cwd=tmp_path / "work", capture_output=True, text=True, timeout=600,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(["mytasks", str(root)])})
+    assert res.returncode == 2, res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
+    assert "subproc_task_mod has no attribute 'scroe'" in lines[0]
+    assert not (tmp_path / "out").exists()

@@ -27,7 +27,7 @@ from vtc.budget import Budget, Geometry
 from vtc.data import names as dataset_names
 from vtc.data.captions import check_captions
 from vtc.errors import InputError
-from vtc.methods.base import Method, MethodConfig
+from vtc.methods.base import Method, MethodConfig, refuse_bools
 from vtc.report import GATES, task_gate
 from vtc.report_vlm import VLM_GATES
 
@@ -38,6 +38,11 @@ class RecipeError(InputError):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @_model_validator(mode="before")
+    @classmethod
+    def _no_bools(cls, data: Any) -> Any:
+        return refuse_bools(cls, data)  # `--set export.batch=true` is not batch 1
 
 
 # What the dynamo exporter writes (it cannot go below 18) and ONNX Runtime 1.32 runs.

@@ -54,11 +54,19 @@ def _hub_cache_dir(spec: str) -> Path | None:
     return cands[-1] if cands else None
 
 
+def _not_a_file(path: Path) -> str:
+    """What a path that is not a regular file is, in words."""
+    if path.is_dir():
+        return "a directory, not a file"
+    return ("no such file" if not path.exists() else
+            "not a regular file (a device, pipe or socket)")
+
+
 def resolve(spec: str) -> Source:
     path = Path(spec)
     if path.suffix == ".onnx":
         if not path.is_file():
-            raise SourceError(f"SOURCE {spec}: no such file; check the path")
+            raise SourceError(f"SOURCE {spec}: {_not_a_file(path)}; check the path")
         if not os.access(path, os.R_OK):
             raise SourceError(f"SOURCE {spec}: not readable; check its permissions")
         return Source("onnx", path, spec)
@@ -79,6 +87,9 @@ def resolve(spec: str) -> Source:
             f"SOURCE {spec}: a file that is not .onnx; give a checkpoint directory "
             "(config.json + model.safetensors) or an .onnx file"
         )
+    if not path.is_dir():
+        raise SourceError(f"SOURCE {spec}: {_not_a_file(path)}; give a checkpoint directory "
+                          "(config.json + model.safetensors) or an .onnx file")
     cfg = path / "config.json"
     if not cfg.is_file():
         raise SourceError(
@@ -120,3 +131,10 @@ def check_safetensors(folder: Path) -> None:
                 8 + n + max(ends, default=0) > size):
             raise SourceError(f"{f}: not a complete safetensors file ({size} bytes: empty, "
                               "truncated or corrupt); re-download or re-save the checkpoint")
+        ints = [(k, v.get("dtype")) for k, v in header.items() if isinstance(v, dict)
+                and k.endswith((".weight", ".bias")) and not str(v.get("dtype", "F")).startswith(
+                    ("F", "BF"))]
+        if ints:
+            raise SourceError(f"{f}: {ints[0][0]} is {ints[0][1]}, and {len(ints)} weight(s) in "
+                              "all are not floating point (F32, F16, BF16); give the "
+                              "checkpoint's own float weights (quantized ones are not supported)")

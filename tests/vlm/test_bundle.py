@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import numpy as np
@@ -114,6 +115,38 @@ def test_generate_bad_input(combined_bundle: Path, tmp_path: Path, prompt: str, 
         assert "generate.prompt_tokens=" in res.output
 
 
+def _cut_half(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    (lambda b: _cut_half(b / "prefill.onnx"), r"prefill\.onnx is corrupt: its sha256"),
+    (lambda b: (b / "tokenizer.json").write_text("{}"), r"tokenizer\.json is corrupt"),
+    (lambda b: (b / "manifest.json").unlink(), r"manifest\.json: FileNotFoundError; a vtc "
+                                               "bundle lists its files' sha256 there"),
+], ids=["truncated prefill", "tokenizer changed", "no manifest"])
+def test_generate_names_a_damaged_bundle_file(combined_bundle: Path, tmp_path: Path,
+                                              damage: Any, message: str) -> None:
+    """VlmBundle.load checks manifest.json's sha256 of each file it reads: one line, exit
+    2, for `vtc generate` and `python -m vtc.runtime.generate` alike."""
+    import re
+    import shutil
+
+    copy = tmp_path / "b"
+    shutil.copytree(combined_bundle, copy)
+    damage(copy)
+    img = _image(tmp_path / "a.png")
+    argv = [str(copy), "--image", str(img), "--prompt", "What is it?", "--max-new-tokens", "2"]
+    res = CliRunner().invoke(main, ["generate", *argv])
+    lines = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
+    assert res.exit_code == 2 and len(lines) == 1 and "Traceback" not in res.output, res.output
+    assert re.search(message, lines[0]), lines[0]
+    run = subprocess.run([sys.executable, "-m", "vtc.runtime.generate", *argv],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert run.returncode == 2 and run.stdout == "" and "Traceback" not in run.stderr
+    assert re.search(message, run.stderr.strip()) and run.stderr.count("\n") == 1, run.stderr
+
+
 @pytest.mark.parametrize(("sets", "message"), [
     (["visionzip.dominant=40"], "visionzip.dominant is 40"),
     (["fastv.tokens=50", "fastv.keep=null"], "fastv.tokens is 50"),
@@ -206,7 +239,7 @@ def test_graphs_past_the_inline_limit_keep_their_data_beside(
     for g in ("vision", "embed", "prefill", "decode"):
         assert f"{g}.onnx" in names and f"{g}.onnx.data" in names
     assert not [n for n in names if n.startswith(".")]
-    b = VlmBundle.load(tmp_path)
+    b = VlmBundle.load(tmp_path, verified=False)  # graphs only: no manifest.json
     res = b.generate(b.prompt_ids("Describe the image."),
                      b.pixels(_image(tmp_path / "a.png")), 3)
     assert 1 <= len(res.tokens) <= 3

@@ -392,10 +392,12 @@ def lint(model: onnx.ModelProto, base_dir: str | Path = "") -> list[TrtFinding]:
 
 def lint_file(path: str | Path) -> TrtLintInfo:
     """`lint` of an .onnx file (its external data read only for small constants).
-    Raises OSError / onnx's DecodeError on an unreadable file (the CLI turns them into
-    exit 2)."""
+    Raises OSError / onnx's DecodeError on an unreadable file, ValueError on one that
+    decodes to no graph (an empty file does); the CLI turns them into exit 2."""
     path = Path(path)
     model = onnx.load(str(path), load_external_data=False)
+    if not model.graph.node and not model.graph.input:
+        raise ValueError("no graph nodes or inputs: empty, truncated or another kind of file")
     return summary(lint(model, path.parent))
 
 

@@ -54,7 +54,7 @@ def generate(bundle: Path, images: tuple[Path, ...], prompt: str, max_new_tokens
             raise InputError(str(exc)) from None
         try:
             px = b.pixels(Image.open(images[0]))
-        except (OSError, UnidentifiedImageError) as exc:
+        except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
             raise InputError(f"--image {images[0]}: not a readable image "
                              f"({type(exc).__name__}); give a JPEG/PNG file") from None
 

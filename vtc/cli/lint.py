@@ -42,8 +42,10 @@ def lint_trt(model: Path, as_json: bool) -> None:
         try:
             info = lint_file(model)
         except Exception as exc:  # onnx raises DecodeError, OSError, ValueError...
-            raise InputError(f"{model}: not a readable ONNX model ({type(exc).__name__}); "
-                             "give the .onnx file an exporter wrote") from exc
+            why = f"{type(exc).__name__}: {exc}" if isinstance(exc, ValueError) else \
+                type(exc).__name__
+            raise InputError(f"{model}: not a readable ONNX model ({why}); give the .onnx "
+                             "file an exporter wrote") from exc
         if as_json:
             click.echo(json.dumps(to_jsonable(info), indent=2, sort_keys=True))
         else:

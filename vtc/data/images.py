@@ -100,8 +100,8 @@ def load_images(
         try:
             with Image.open(path) as img:
                 arr = fit(img, size, resize, channels)
-        except (UnidentifiedImageError, OSError):
-            continue
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+            continue  # unreadable, or too large for Pillow to open safely: skipped
         out.append(arr)
     if not out:
         raise ValueError(

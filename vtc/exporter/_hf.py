@@ -62,17 +62,26 @@ def from_pretrained(
                 **kwargs,
             )
     except Exception as exc:  # the checkpoint, not vtc: one line, exit 2 (never a traceback)
+        from vtc.exporter import pickles
+
         text = " ".join(str(exc).split())
         if "mismatched" in text or "size mismatch" in text:
             text = ("a weight has another shape than its config.json implies (hidden size, "
                     "patch size, heads, image size?)")
+        elif not use_safetensors and (why := pickles.describe(Path(path))) is not None:
+            raise InputError(why) from exc  # what the pickle file is, not torch's advice
         raise InputError(f"{path}: cannot load the weights into {cls.__name__} "
-                         f"({type(exc).__name__}: {text[:300]}); give a checkpoint whose "
-                         "weights and config.json belong together") from exc
+                         f"({type(exc).__name__}: {pickles.sentence(text, 300)}); give a "
+                         "checkpoint whose weights and config.json belong together") from exc
     missing = sorted(info.get("missing_keys") or [])
     if missing:
         raise MissingWeightsError(path, missing)
-    return model.float().eval()  # type: ignore[no-any-return]
+    model = model.float().eval()
+    for name, p in model.named_parameters():  # NaN/inf weights: every output would be NaN
+        if not bool(p.detach().isfinite().all()):
+            raise InputError(f"{path}: weight {name} holds NaN or infinite values; give a "
+                             "checkpoint with finite weights (re-download or re-train it)")
+    return model  # type: ignore[no-any-return]
 
 
 def read_model_type(path: Path) -> str:

@@ -293,7 +293,14 @@ def _read_config(path: Path) -> Any:
     if not (path / "config.json").is_file():
         raise UnsupportedModelError(
             f"{path} has no config.json; expected an HF checkpoint directory")
-    return AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+    try:
+        return AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+    except Exception as exc:  # transformers' own validation of the fields: one line, exit 2
+        from vtc.exporter.pickles import sentence
+
+        raise UnsupportedModelError(
+            f"{path / 'config.json'}: transformers refuses it ({type(exc).__name__}: "
+            f"{sentence(exc, 240)}); give the checkpoint's own config.json") from exc
 
 
 def _use_safetensors(path: Path, allow_pickle: bool) -> bool:
@@ -318,7 +325,15 @@ def _attach_preprocessor(model: nn.Module, path: Path) -> None:
     file = path / "preprocessor_config.json"
     if not file.is_file():
         return
-    raw = json.loads(file.read_text())
+    try:
+        raw = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise UnsupportedModelError(f"{file}: not readable UTF-8 JSON ({type(exc).__name__}); "
+                                    "give the checkpoint's own preprocessor_config.json, or "
+                                    "remove it") from exc
+    if not isinstance(raw, dict):
+        raise UnsupportedModelError(f"{file} holds a {type(raw).__name__}, not a mapping; give "
+                                    "the checkpoint's own preprocessor_config.json, or remove it")
     pre: dict[str, Any] = {}
     for key in ("image_mean", "image_std"):
         if raw.get(key) is not None:

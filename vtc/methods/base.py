@@ -22,9 +22,9 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from vtc.budget import BudgetError, Geometry, LayerPlan
 
@@ -36,10 +36,37 @@ if TYPE_CHECKING:
     from vtc.passes.graph import Block
 
 
+def _types(annotation: Any) -> set[Any]:
+    """The plain types in an annotation (`int | list[int] | None` → int, list, NoneType)."""
+    args = get_args(annotation)
+    if get_origin(annotation) is Literal:
+        return {type(a) for a in args}
+    return {annotation, *(t for a in args for t in _types(a))} if args else {annotation}
+
+
+def refuse_bools(model: type[BaseModel], data: Any) -> Any:
+    """A YAML yes/no (true, false, on, off) given to a number field is an error, not the
+    1 or 0 pydantic would make of it (`--set tome.r=true`)."""
+    if isinstance(data, dict):
+        for name, field in model.model_fields.items():
+            key = field.alias or name
+            value = data.get(key, data.get(name))
+            types = _types(field.annotation)
+            if isinstance(value, bool) and types & {int, float} and not types & {bool, Any}:
+                raise ValueError(f"{key}={str(value).lower()} is a yes/no value; {key} takes "
+                                 "a number")
+    return data
+
+
 class MethodConfig(BaseModel):
     """Base of every method's recipe section."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bools(cls, data: Any) -> Any:
+        return refuse_bools(cls, data)
 
     layers: list[int] | None = None  # 0-based blocks this method acts in; null: every block
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from vtc.runtime import Bundle, BundleError
 
@@ -56,7 +57,13 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     a = _args(argv)
     try:
-        b = Bundle.load(a.bundle, a.providers.split(","), a.graph)
+        for flag, value in (("--top-k", a.top_k), ("--batch", a.batch)):
+            if value is not None and value < 1:
+                raise BundleError(f"{flag} {value}: give a whole number ≥ 1")
+        providers = [p.strip() for p in a.providers.split(",") if p.strip()]
+        if not providers:
+            raise BundleError("--providers is empty; give e.g. CPUExecutionProvider")
+        b = Bundle.load(a.bundle, providers, a.graph)
         if a.batch is not None and b.batch is not None and a.batch != b.batch:
             raise BundleError(f"--batch {a.batch}: the bundle's engine is static at batch "
                               f"{b.batch}; leave --batch out")
@@ -73,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 xs.append(b.preprocess(p))
                 names.append(p.relative_to(a.images).as_posix())
-            except OSError as exc:
+            except (OSError, ValueError, Image.DecompressionBombError) as exc:
                 print(f"skipped {p}: {type(exc).__name__}", file=sys.stderr)
         if not xs:
             raise BundleError(f"--images {a.images}: no readable images "

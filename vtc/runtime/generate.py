@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from vtc.runtime import BundleError, to_input
+from vtc.runtime import BundleError, graph_files, listed_files, open_session, to_input, verify
 
 GRAPHS = ("vision", "embed", "prefill", "decode")
 
@@ -56,6 +56,24 @@ class Result:
         return steps / self.decode_s if self.decode_s > 0 and steps else 0.0
 
 
+def _verify(folder: Path, graphs: list[Path]) -> None:
+    """The manifest's sha256 of generation.json, tokenizer.json and each graph read
+    (with its external data)."""
+    try:
+        man = json.loads((folder / "manifest.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"{folder / 'manifest.json'}: {type(exc).__name__}; a vtc bundle "
+                          "lists its files' sha256 there: copy the whole bundle folder, or "
+                          "rebuild it with vtc-export") from None
+    if not isinstance(man, dict):
+        raise BundleError(f"{folder / 'manifest.json'} is not a JSON object; rebuild the "
+                          "bundle with vtc-export")
+    listed = listed_files(man)
+    names = ["generation.json", "tokenizer.json",
+             *(n for p in graphs for n in graph_files(p.name, listed))]
+    verify(folder, names, man)
+
+
 class VlmBundle:
     """A loaded VLM bundle (module docstring)."""
 
@@ -70,10 +88,11 @@ class VlmBundle:
 
     @classmethod
     def load(cls, folder: str | Path, providers: Sequence[str] | None = None,
-             graphs: dict[str, Path] | None = None) -> VlmBundle:
+             graphs: dict[str, Path] | None = None, verified: bool = True) -> VlmBundle:
         """Read generation.json, the tokenizer and the four graphs (`graphs` overrides
-        where each graph is read from, e.g. the uncut baseline)."""
-        import onnxruntime as ort
+        where each graph is read from, e.g. the uncut baseline). `verified`: check the
+        sha256 manifest.json lists for each file read (False only while vtc-export
+        builds the bundle, before its manifest exists)."""
         from tokenizers import Tokenizer
 
         folder = Path(folder)
@@ -87,16 +106,23 @@ class VlmBundle:
         missing = [str(p) for p in where.values() if not p.is_file()]
         if missing:
             raise BundleError(f"{folder}: missing {', '.join(missing)}; rebuild the bundle")
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        prov = list(providers or ["CPUExecutionProvider"])
-        sessions = {g: ort.InferenceSession(str(p), opts, providers=prov)
-                    for g, p in where.items()}
         tok_path = folder / "tokenizer.json"
         if not tok_path.is_file():
             raise BundleError(f"{tok_path}: no tokenizer; rebuild from a checkpoint that has "
                               "tokenizer.json")
-        return cls(folder, config, sessions, Tokenizer.from_file(str(tok_path)))
+        if verified:
+            _verify(folder, [p for g, p in where.items() if p == folder / f"{g}.onnx"])
+        sessions = {g: open_session(p, providers) for g, p in where.items()}
+        try:
+            tokenizer = Tokenizer.from_file(str(tok_path))
+        except Exception as exc:  # the tokenizers library's own error: one line
+            raise BundleError(f"{tok_path}: not a tokenizer file ({type(exc).__name__}); "
+                              "rebuild the bundle") from None
+        try:
+            return cls(folder, config, sessions, tokenizer)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BundleError(f"{folder / 'generation.json'} lacks a field ({type(exc).__name__}"
+                              f": {exc}); rebuild the bundle with vtc-export") from None
 
     # ---- inputs -------------------------------------------------------------------------
     def prompt_ids(self, prompt: str, images: int = 1) -> list[int]:
@@ -210,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         ids = b.prompt_ids(args.prompt, len(args.image))
         try:
             px = b.pixels(args.image[0])
-        except OSError as exc:
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
             raise BundleError(f"--image {args.image[0]}: not a readable image "
                               f"({type(exc).__name__})") from None
         res = b.generate(ids, px, max(1, args.max_new_tokens))

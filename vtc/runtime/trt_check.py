@@ -15,8 +15,10 @@ plain onnxruntime (CPU).
 Tiers (as in report.json): parity — the engine against samples/reference.npz's
 eager reference at the same budget, max|Δ| against the recipe's max_parity_diff;
 agreement with the bundle's ONNX Runtime engine ("engine"); throughput in img/s at
-the bundle's batch. Exit 0 parity within the gate, 1 over it, 2 a missing runtime or
-bundle file (one line, no traceback). Standalone: stdlib + numpy (+ the runtime).
+the bundle's batch. Every bundle file the check reads (model.onnx and its data,
+samples/) must have the sha256 manifest.json lists. Exit 0 parity within the gate, 1
+over it, 2 a missing runtime or a missing, corrupt or unlisted bundle file (one line,
+no traceback). Standalone: stdlib + numpy (+ the runtime).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import argparse
 import ctypes
 import ctypes.util
 import glob
+import hashlib
 import importlib
 import json
 import os
@@ -201,9 +204,33 @@ def _read_json(path: Path) -> Any:
                          "folder (samples/ and manifest.json beside it)?") from None
 
 
+def verify(*names: str) -> None:
+    """Each of `names` (relative to the bundle) against the sha256 manifest.json lists
+    (`files`, `edge`), with a graph's `NAME.data` beside it; CheckError naming the first
+    file that is missing, unlisted or corrupt. Only these files are hashed."""
+    man = _read_json(BUNDLE / "manifest.json")
+    listed = {**man.get("files", {}), **man.get("edge", {})} if isinstance(man, dict) else {}
+    for name in [*names, *sorted(n for n in listed for g in names if n.startswith(g + "."))]:
+        p, want = BUNDLE / name, listed.get(name)
+        if want is None:
+            raise CheckError(f"{p}: manifest.json lists no sha256 for it; rebuild the bundle")
+        if not p.is_file():
+            raise CheckError(f"{p}: no such file, though manifest.json lists it; copy the "
+                             "whole bundle folder again")
+        h = hashlib.sha256()
+        with p.open("rb") as fh:
+            for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):  # type: ignore[misc]
+                h.update(chunk)
+        if h.hexdigest() != want:
+            raise CheckError(f"{p} is corrupt: its sha256 {h.hexdigest()[:12]}… is not the "
+                             f"{want[:12]}… manifest.json lists; copy the bundle again or "
+                             "rebuild it with vtc-export")
+
+
 def load_samples() -> tuple[dict[str, Any], Any, dict[str, Any]]:
     import numpy as np
 
+    verify("samples/samples.json", "samples/inputs.npz", "samples/reference.npz")
     meta = _read_json(BUNDLE / "samples" / "samples.json")
     try:
         with np.load(BUNDLE / "samples" / "inputs.npz") as f:
@@ -274,6 +301,7 @@ def make_runner(args: argparse.Namespace, meta: dict[str, Any], batch: int) -> t
         if plan_file.is_file() and not args.rebuild:
             how = "loaded trt/model.plan"
         else:
+            verify("model.onnx")
             plan_file.write_bytes(build_plan(trt, BUNDLE / "model.onnx", not args.fp32, shapes))
             how = f"built trt/model.plan ({'fp32' if args.fp32 else 'fp16 allowed'})"
         return TrtEngine(trt, plan_file.read_bytes(), shapes), f"TensorRT {trt.__version__}, {how}"
@@ -286,6 +314,7 @@ def make_runner(args: argparse.Namespace, meta: dict[str, Any], batch: int) -> t
                          "onnxruntime-gpu (CUDA or TensorRT provider) is not installed: pip "
                          "install onnxruntime-gpu" if want == "ort-gpu" else
                          "onnxruntime is not installed: pip install onnxruntime")
+    verify("model.onnx")
     return ort_runner(ort, gpu=want != "ort-cpu")
 
 

@@ -118,6 +118,23 @@ def _tokens_info(search: GridSearch | None, unmerged: bool, tokens: int) -> Toke
                          sizes_output=None if unmerged else token_sizes.OUTPUT)
 
 
+def _no_token_output(model: ir.Model) -> str:
+    """tokens_out: merged on a graph none of whose outputs is the token sequence."""
+    def shape(v: ir.Value) -> str:
+        dims = list(v.shape) if v.shape is not None else []
+        return "[" + ", ".join(str(d) for d in dims) + "]"
+
+    def kind(v: ir.Value) -> str:
+        rank = len(v.shape) if v.shape is not None else 0
+        return ("one vector per image (logits or an embedding)" if rank == 2 else
+                "a dense map" if rank == 4 else f"a rank-{rank} tensor")
+
+    outs = "; ".join(f"{v.name} {shape(v)} is {kind(v)}" for v in model.graph.outputs)
+    return (f"tokens_out: merged, but no output of this graph is the token sequence [B, N, D] "
+            f"that it keeps merged ({outs}); drop tokens_out (it is for encoders whose output "
+            "is the tokens, e.g. last_hidden_state)")
+
+
 def rewrite(model: ir.Model, budget: Budget, unmerge: str = "auto",
             tokens_out: str = "unmerge") -> GraphInfo:
     """Rewrite a prepared model in place so that it follows `budget`.
@@ -132,7 +149,11 @@ def rewrite(model: ir.Model, budget: Budget, unmerge: str = "auto",
     before, old = _op_counts(model), record_shapes(model)
     last = blocks[-1]
     search = (find_grid_consumer(last.x_out, last.token_axis)
-              if budget.tokens_out < budget.tokens_in else None)
+              if budget.tokens_out < budget.tokens_in or tokens_out == "merged" else None)
+    if tokens_out == "merged" and search is not None and not search.outputs:
+        raise GraphError(_no_token_output(model))
+    if budget.tokens_out >= budget.tokens_in:
+        search = None  # nothing is reduced: nothing to unmerge
     track = _want_unmerge(budget, search, unmerge, tokens_out)
     if track and last.x_out is last.x_mid:
         raise GraphError("vtc found no MLP residual Add after the last block's attention, so "
