@@ -52,6 +52,7 @@ def main() -> None:
     vtc check out/new --baseline baselines/model     regression check for CI
     vtc report show out/new                          report.md in the terminal
     vtc demo --out out/demo                          the main job on a built-in model
+    vtc demo --vlm                                   a tiny random LLaVA (then vtc generate)
 
     \b
     Exit codes: 0 success, 1 a recipe gate failed, 2 a usage or input error,

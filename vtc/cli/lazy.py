@@ -11,12 +11,15 @@ that, and turns an interrupt during parsing or that import into exit 130.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import sys
+from collections.abc import Iterator
 from typing import Any
 
 import click
 
-from vtc.errors import install_signal_handlers, interrupts_exit
+from vtc.errors import install_signal_handlers, interrupts_exit, one_line
 
 __all__ = ["EntryCommand", "LazyGroup"]
 
@@ -29,12 +32,27 @@ class _Entry:
         return super().main(*args, **kwargs)  # type: ignore[misc]
 
     def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
-        with interrupts_exit():
+        with interrupts_exit(), _one_line_usage():
             return super().make_context(*args, **kwargs)  # type: ignore[misc,no-any-return]
 
     def invoke(self, ctx: click.Context) -> Any:
-        with interrupts_exit():
+        with interrupts_exit(), _one_line_usage():
             return super().invoke(ctx)  # type: ignore[misc]
+
+
+@contextlib.contextmanager
+def _one_line_usage() -> Iterator[None]:
+    """A click usage error (a bad option value, an unknown option, a missing argument) is
+    one line on stderr and exit 2, as every other input error: "error: MESSAGE (see
+    'COMMAND --help')" instead of click's three-line Usage/Try/Error block."""
+    try:
+        yield
+    except click.exceptions.NoArgsIsHelpError:
+        raise  # a bare group (`vtc`, `vtc report`): click prints its help
+    except click.UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx is not None else "vtc"
+        click.echo(f"error: {one_line(exc.format_message())} (see '{where} --help')", err=True)
+        sys.exit(2)
 
 
 class EntryCommand(_Entry, click.Command):
