@@ -25,9 +25,7 @@ from vtc.report import Report, ThroughputInfo
 
 __all__ = ["MIN_ROUNDS", "speed_rows"]
 
-# fewer interleaved rounds than this give a bootstrap with too few distinct values
-# to stand for the run's noise: the speed rows are skipped and say so
-MIN_ROUNDS = 10
+MIN_ROUNDS = stats.MIN_ROUNDS  # fewer rounds: the speed rows are skipped and say so
 
 
 def _pct(x: float) -> str:
