@@ -75,7 +75,7 @@ def test_onnx_source_and_inspect(tmp_path: Path, tiny) -> None:  # type: ignore[
                          "--out", str(out), *FAST)
     assert code == 0, text
     rep = json.loads((out / "report.json").read_text())
-    assert rep["parity"]["engine"] is None and rep["gates_skipped"] == [
+    assert rep["parity"]["engine"] is None and rep["gates_skipped"][:2] == [
         "max_export_diff", "max_parity_diff"]
     assert rep["budget"]["tokens_out"] < 17
     res = CliRunner().invoke(main, ["inspect", str(out / "model.onnx")])

@@ -7,7 +7,7 @@ fidelity, accuracy, speed), the gates, the details, and the recipe last (only th
 sections of the methods used). Every field of the report has its place on the page:
 `SUMMARY` fields in the header lines, `SECTIONS` fields as sections (a test holds the
 two to the dataclass). A main tier that was not measured says so in the results
-table; an optional tier that is null (dense, task, zero-shot, …) has no section."""
+table; a null tier has no section."""
 
 from __future__ import annotations
 
@@ -197,8 +197,8 @@ def _parity(p: ParityInfo) -> list[str]:
 
 
 def _fidelity(f: FidelityInfo) -> list[str]:
-    return [f"- {k}: {_cos(v) if k.startswith('cosine') else _num(v)}"
-            for k, v in vars(f).items()] + [""]
+    return ["- " + ", ".join(f"{k} {_cos(v) if k.startswith('cosine') else _num(v)}"
+                             for k, v in vars(f).items()), ""]
 
 
 def _accuracy(a: AccuracyInfo) -> list[str]:
@@ -300,11 +300,13 @@ def _recipe(recipe: dict[str, Any]) -> list[str]:
     vision-language recipe's generate: section only when a cut outside the encoder ran)."""
     import yaml
 
-    used = set(recipe.get("method") or [])
-    keep = {k: v for k, v in recipe.items()
-            if (k in RECIPE_KEYS and k != "generate") or k in used}
-    return ["```yaml", yaml.safe_dump(keep, sort_keys=False, allow_unicode=True).rstrip(),
-            "```", ""]
+    used = list(recipe.get("method") or [])
+    order = [k for k in RECIPE_KEYS[:3] if k in recipe] + [m for m in used if m in recipe] + [
+        k for k in RECIPE_KEYS[3:] if k in recipe and k != "generate"]
+    keep = {k: recipe[k] for k in order}
+    text = yaml.safe_dump(keep, sort_keys=False, allow_unicode=True, default_flow_style=None,
+                          width=10_000)
+    return ["```yaml", text.rstrip(), "```", ""]
 
 
 def _results(r: Report) -> list[str]:
@@ -388,8 +390,6 @@ SECTIONS: dict[str, tuple[str, Callable[[Any], list[str]]]] = {
 # fields shown in the header lines (gates_skipped: the names of gates_skipped_why)
 SUMMARY = ("passed", "output", "elapsed_s", "vtc_version", "schema_version", "payoff",
            "gates_skipped")
-# sections whose null value says "not measured"; other null tiers are left out
-_MAIN = ("accuracy", "throughput")
 
 
 def render_markdown(report: Report) -> str:
@@ -400,10 +400,9 @@ def render_markdown(report: Report) -> str:
         value = getattr(report, key)
         if key == "gates_skipped_why" and not value and report.gates_skipped:
             value = dict.fromkeys(report.gates_skipped, "not measurable in this run")
-        if (value is None and key not in _MAIN) or value == {}:
+        if value is None or value == {}:  # the results table says what was not measured
             continue
-        lines += [f"## {title}", "", *(render(value) if value is not None else
-                                       ["not measured", ""])]
+        lines += [f"## {title}", "", *render(value)]
     return "\n".join(lines).rstrip() + "\n"
 
 
