@@ -517,9 +517,13 @@ FIDELITY_SCOPE: dict[str, str] = {"min_top1_agreement": "logits",
                                   "min_token_cosine": "tokens"}
 
 
-def output_kind(f: FidelityInfo) -> Literal["logits", "embeddings", "tokens"]:
-    """What the compared output is: a classifier's logits (top-1 measured), a token
-    sequence (per-token or pooled fidelity) or an embedding / feature output."""
+def output_kind(f: FidelityInfo, dense: bool = False
+                ) -> Literal["logits", "embeddings", "tokens", "dense"]:
+    """What the compared output is: a dense map (`dense`: the report has a dense tier;
+    its own gates judge it), a token sequence (per-token or pooled fidelity), a
+    classifier's logits (top-1 measured) or an embedding / feature output."""
+    if dense:
+        return "dense"
     if f.basis in ("token", "pooled"):
         return "tokens"
     return "logits" if f.top1_agreement is not None else "embeddings"

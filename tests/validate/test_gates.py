@@ -174,7 +174,7 @@ def test_min_speedup_fails_only_when_the_whole_interval_is_below(
 def test_applicable_skips_what_a_run_cannot_judge_with_the_reason() -> None:
     gates = {"min_speedup": 1.0, "min_efficiency": 0.5, "min_top1_agreement": 0.75,
              "min_sample_cosine": 0.97, "min_token_cosine": 0.85, "max_parity_diff": 1e-4}
-    report = sample_report()  # a classifier: logits, timed over 20 rounds
+    report = sample_report(dense=None)  # a classifier: logits, timed over 20 rounds
     judged, why = applicable(report, gates, bench=True)
     assert list(judged) == ["min_speedup", "min_efficiency", "min_top1_agreement",
                             "max_parity_diff"]
@@ -205,8 +205,17 @@ def test_speed_gates_need_ten_rounds() -> None:
     ("pooled", None, "tokens")])
 def test_each_fidelity_floor_is_judged_on_its_output_kind(basis: str, top1: float | None,
                                                           kind: str) -> None:
-    report = sample_report()
+    report = sample_report(dense=None)
     report.fidelity.basis, report.fidelity.top1_agreement = basis, top1  # type: ignore[assignment]
     judged, why = applicable(report, dict.fromkeys(FIDELITY_SCOPE, 0.5), bench=True)
     assert [FIDELITY_SCOPE[g] for g in judged] == [kind]
     assert len(why) == 2 and all(w.endswith(f"this output is {kind}") for w in why.values())
+
+
+def test_a_dense_output_is_judged_by_its_dense_gates_only() -> None:
+    report = sample_report()  # has a dense tier
+    report.fidelity.top1_agreement = None
+    judged, why = applicable(report, {**dict.fromkeys(FIDELITY_SCOPE, 0.5),
+                                      "min_dense_pearson": 0.9}, bench=True)
+    assert list(judged) == ["min_dense_pearson"]
+    assert all(w.endswith("this output is dense") for w in why.values()) and len(why) == 3

@@ -161,7 +161,7 @@ def summary(report: Report, out: Path) -> str:
         ("engine parity", f"max |Δ| {eng.max_abs_diff:.3g}" if eng is not None
          else "not measured (ONNX source: no eager model)"),
         ("fidelity", f"{basis}cosine {f.cosine_mean:.4f} (min {f.cosine_min:.4f}){top1}; "
-                     f"{output_kind(f)} output"),
+                     f"{output_kind(f, report.dense is not None)} output"),
         *_task_rows(report),
         ("speedup", speed),
     ]

@@ -39,7 +39,7 @@ def applicable(report: Report, gates: dict[str, float], bench: bool
     """(the gates this run can judge, in order; name → why each other one is skipped)."""
     why: dict[str, str] = {}
     rounds = report.throughput.compressed.n if report.throughput is not None else 0
-    kind = output_kind(report.fidelity)
+    kind = output_kind(report.fidelity, report.dense is not None)
     for name in gates:
         if name in ("max_export_diff", "max_parity_diff") and report.parity.engine is None:
             why[name] = "an ONNX source has no eager model to compare with"

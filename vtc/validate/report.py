@@ -324,7 +324,8 @@ def _results(r: Report) -> list[str]:
              f"{_num(b.flops)} MACs/image)"],
             ["parity", par or "not measured (no eager model)"],
             ["fidelity", f"{basis}cosine mean {_cos(f.cosine_mean)}, min {_cos(f.cosine_min)}"
-             f"{top} ({output_kind(f)} output `{r.output}`, {f.n} {r.inputs.kind} inputs)"],
+             f"{top} ({output_kind(f, r.dense is not None)} output `{r.output}`, {f.n} "
+             f"{r.inputs.kind} inputs)"],
             ["accuracy", f"{_num(a.baseline_acc)} % → {_num(a.compressed_acc)} % (drop "
              f"{_num(a.drop_points)} pt, {a.dataset.name} linear probe)" if a is not None
              else "not measured (no validate.dataset)"],
