@@ -87,7 +87,9 @@ def check(bundle: Path, baseline: Path, tolerance: tuple[str, ...], json_out: Pa
     speedup fails only when its bootstrap interval (both runs' noise) lies wholly
     below the allowed drop; absolute img/s is compared only on the same machine
     fingerprint; a fusion the baseline had must not be lost; BUNDLE's own gates
-    must pass. Defaults (the recipe's check: section, overridable with -t):
+    must pass. --json and --junit are checked before anything is read or printed (a
+    directory, a dangling link, a missing or unwritable directory: exit 2). Defaults
+    (the recipe's check: section, overridable with -t):
     max_speedup_drop 0.05, max_throughput_drop 0.10, max_cosine_drop 0.002,
     max_agreement_drop 0.02, max_accuracy_drop 0.5 (points), max_dense_drop 0.02,
     max_parity_diff 1e-4 (when the recipe has no parity gate), confidence 0.95.
