@@ -21,7 +21,8 @@ def test_shipped_recipes_load_and_resolve() -> None:
         tome = load_recipe(f"tome-r{r}").budget(GEO)
         assert pit.tokens_per_layer == tome.tokens_per_layer and pit.methods == ("pitome",)
     ev = load_recipe("evit-keep70")
-    assert ev.section("evit").keep_rate == 0.7 and ev.section("evit").layers == [3, 6, 9]
+    evit = ev.section("evit")
+    assert evit.keep_rate == 0.7 and evit.layers is None and evit.at_depth == [0.25, 0.5, 0.75]
     assert [lp.index for lp in ev.budget(GEO).reducing_layers] == [3, 6, 9]
 
 
@@ -63,3 +64,46 @@ def test_bad_values(tmp_path: Path) -> None:
 def test_unknown_gate_is_an_early_error() -> None:
     with pytest.raises(RecipeError, match="unknown gate"):
         load_recipe("tome-r16", ["gates.min_speed=2"])
+
+
+def _geo(layers: int) -> Geometry:
+    return Geometry(tokens=197, protected=1, width=64, mlp_width=256, layers=layers)
+
+
+@pytest.mark.parametrize(("depth", "blocks"), [(1, [0]), (2, [0, 1]), (3, [0, 1, 2]),
+                                               (6, [1, 3, 4]), (12, [3, 6, 9]),
+                                               (24, [6, 12, 18])])
+def test_evit_keep70_scales_to_the_models_depth(depth: int, blocks: list[int]) -> None:
+    """The shipped blocks are fractions of the depth, resolved at plan time; the report's
+    budget settings record the blocks they gave (12 blocks: the paper's 3, 6, 9)."""
+    budget = load_recipe("evit-keep70").budget(_geo(depth))
+    assert [lp.index for lp in budget.layers if lp.method == "evit"] == blocks
+    assert budget.settings["evit"]["layers"] == blocks
+    assert budget.settings["evit"]["at_depth"] == [0.25, 0.5, 0.75]
+
+
+def test_evit_layers_given_replace_the_depth_fractions() -> None:
+    rec = load_recipe("evit-keep70", ["evit.layers=[0,2]"])
+    assert rec.section("evit").layers == [0, 2] and rec.section("evit").at_depth is None
+    budget = rec.budget(_geo(3))
+    assert [lp.index for lp in budget.layers if lp.method == "evit"] == [0, 2]
+    every = load_recipe("evit-keep70", ["evit.layers=null"]).budget(_geo(3))
+    assert [lp.method for lp in every.layers] == ["evit"] * 3  # null: every block
+    with pytest.raises(RecipeError, match=r"at_depth.*in \[0, 1\)"):
+        load_recipe("evit-keep70", ["evit.at_depth=[0.5, 1.0]"])
+    with pytest.raises(RecipeError, match="not both"):
+        load_recipe("evit-keep70", ["evit.at_depth=[0.5]", "evit.layers=[1]"])
+
+
+def test_every_encoder_recipe_gates_speed_and_a_fidelity_floor_per_output_kind() -> None:
+    from vtc.report import FIDELITY_SCOPE
+
+    for name in sorted(shipped()):
+        rec = load_recipe(name)
+        if name.startswith("llava-"):
+            continue
+        assert set(FIDELITY_SCOPE) <= set(rec.gates), name
+        if rec.method:  # a reduction: it must pay off
+            assert rec.gates["min_speedup"] >= 1.0, name
+        else:
+            assert "min_speedup" not in rec.gates  # none: nothing to pay off

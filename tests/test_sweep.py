@@ -80,6 +80,12 @@ def test_sweep_writes_json_md_png_and_runs(swept: tuple[Path, Result]) -> None:
     assert data["command"].startswith("vtc sweep ") and "--values r=0,2,4" in data["command"]
 
     md = (out / "sweep.md").read_text()
+    for p in pts:  # one speedup: the bundle's paired estimate and its interval
+        th = json.loads((out / p["run"] / "report.json").read_text())["throughput"]
+        ci = th["speedup_ci"]
+        assert th["speedup"] == p["speedup"] == ci["estimate"]
+        assert (p["speedup_low"], p["speedup_high"]) == (ci["low"], ci["high"])
+        assert f"| {p['speedup']:.2f}× [{ci['low']:.2f}, {ci['high']:.2f}] |" in md
     assert md.count("\n| ") == 1 + 3  # header + one row per point (after the | --- | line)
     assert "sweep.png" in md and data["command"] in md
     assert res.stdout.count("\n| ") >= 3  # the table on stdout, progress on stderr

@@ -218,7 +218,7 @@ def build(opts: Options, src: Source, tmp: Path, task_fn: TaskFn | None = None) 
         parity=val.parity, fidelity=val.fidelity, dense=val.dense,
         throughput=val.throughput, accuracy=val.accuracy, task=val.task,
         deployment=val.deployment, trt_lint=trt_lint, zero_shot=zero_shot)
-    bundle.judge(report, recipe, opts.bench)
+    bundle.judge(report, recipe, opts.bench, loaded.geometry)
     report.elapsed_s = round(time.perf_counter() - t0, 2)
     for g in report.gates:
         opts.log(bundle.format_gate(g))

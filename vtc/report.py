@@ -18,7 +18,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-SCHEMA_VERSION = 2  # 2: timing samples, speedup interval, machine, engine precision
+# 2: timing samples, speedup interval, machine, engine precision; 3: throughput.speedup is
+# the paired estimate (speedup_median keeps the median-latency ratio), payoff,
+# gates_skipped_why
+SCHEMA_VERSION = 3
 
 Kind = Literal["min", "max"]
 
@@ -300,7 +303,7 @@ class ThroughputInfo:
     compressed_ips: float
     eager_ips: float | None
     eager_compressed_ips: float | None
-    speedup: float
+    speedup: float  # the paired estimate (= speedup_ci.estimate): the one headline figure
     speedup_ci: IntervalInfo  # the paired speedup estimate and its interval (vtc.stats)
     efficiency: float  # speedup / flops_ratio
     baseline: TimingInfo
@@ -308,6 +311,34 @@ class ThroughputInfo:
     eager: TimingInfo | None
     eager_compressed: TimingInfo | None
     method: str
+    # baseline p50 / compressed p50: kept for the record, not the headline (it jumps
+    # between the two latency levels of a bimodal CPU; `vtc.stats`)
+    speedup_median: float | None = None
+
+
+def speedup_text(t: ThroughputInfo, digits: int = 2) -> str:
+    """The headline speedup as every view prints it: ``1.23× [1.09, 1.67]`` (the paired
+    estimate and its bootstrap interval)."""
+    ci = t.speedup_ci
+    return f"{ci.estimate:.{digits}f}× [{ci.low:.{digits}f}, {ci.high:.{digits}f}]"
+
+
+@dataclass
+class PayoffInfo:
+    """Whether compression paid off in wall-clock time on this model, and when it did
+    not, a budget the FLOPs model suggests (`vtc.validate.payoff`; not a measurement).
+
+    `verdict`: "pays" (the whole speedup interval lies above 1), "noise" (the interval
+    reaches 1: no speedup beyond timing noise), "slower" (the whole interval lies below
+    1), "below_gate" (faster, but the min_speedup gate failed)."""
+
+    verdict: Literal["pays", "noise", "slower", "below_gate"]
+    message: str  # one plain sentence for the summary and report.md
+    target_speedup: float | None = None  # what the suggestion aims at
+    target_flops_ratio: float | None = None  # target_speedup / measured efficiency
+    suggestion: str | None = None  # e.g. "--set tome.r=14"
+    suggestion_flops_ratio: float | None = None  # the FLOPs ratio of that budget
+    basis: str = ""  # how the suggestion was derived
 
 
 @dataclass
@@ -438,6 +469,8 @@ class Report:
     zero_shot: ZeroShotInfo | None = None  # image–text models only (full CLIP)
     gates: list[Gate] = field(default_factory=list)
     gates_skipped: list[str] = field(default_factory=list)
+    gates_skipped_why: dict[str, str] = field(default_factory=dict)  # name → why not judged
+    payoff: PayoffInfo | None = None  # null: not timed (or too few rounds to say)
     passed: bool = True
     elapsed_s: float = 0.0
     schema_version: int = SCHEMA_VERSION
@@ -455,12 +488,16 @@ class Report:
 
 # gate name -> (path of attributes into the report, kind)
 GATES: dict[str, tuple[tuple[str, ...], Kind]] = {
-    "min_speedup": (("throughput", "speedup"), "min"),
+    # the upper end of the paired speedup's interval: fails only on a slowdown beyond noise
+    "min_speedup": (("throughput", "speedup_ci", "high"), "min"),
     "min_efficiency": (("throughput", "efficiency"), "min"),
     "max_parity_diff": (("parity", "engine", "max_abs_diff"), "max"),
     "max_export_diff": (("parity", "export", "max_abs_diff"), "max"),
     "min_fidelity_cosine": (("fidelity", "cosine_mean"), "min"),
     "min_top1_agreement": (("fidelity", "top1_agreement"), "min"),
+    # scoped fidelity floors: each judged only on its output kind (FIDELITY_SCOPE)
+    "min_sample_cosine": (("fidelity", "cosine_mean"), "min"),
+    "min_token_cosine": (("fidelity", "cosine_mean"), "min"),
     "min_flops_ratio": (("budget", "flops_ratio"), "min"),
     "max_accuracy_drop": (("accuracy", "drop_points"), "max"),
     "min_embedding_cosine": (("accuracy", "embedding_cosine_mean"), "min"),
@@ -476,6 +513,24 @@ GATES: dict[str, tuple[tuple[str, ...], Kind]] = {
 }
 # gates of the zero-shot tier: skipped (and listed) when the model has no text tower
 ZERO_SHOT_GATES = tuple(g for g, (path, _) in GATES.items() if path[0] == "zero_shot")
+# fidelity floors scoped to one output kind (`output_kind`), skipped on the others, so
+# one recipe carries the floor of each kind: top-1 agreement for logits, per-image
+# cosine for embeddings, per-token cosine for token sequences
+FIDELITY_SCOPE: dict[str, str] = {"min_top1_agreement": "logits",
+                                  "min_sample_cosine": "embeddings",
+                                  "min_token_cosine": "tokens"}
+
+
+def output_kind(f: FidelityInfo, dense: bool = False
+                ) -> Literal["logits", "embeddings", "tokens", "dense"]:
+    """What the compared output is: a dense map (`dense`: the report has a dense tier;
+    its own gates judge it), a token sequence (per-token or pooled fidelity), a
+    classifier's logits (top-1 measured) or an embedding / feature output."""
+    if dense:
+        return "dense"
+    if f.basis in ("token", "pooled"):
+        return "tokens"
+    return "logits" if f.top1_agreement is not None else "embeddings"
 
 
 TASK_GATE = re.compile(r"^(min|max)_task\.([A-Za-z_]\w*)$")

@@ -26,6 +26,10 @@ import numpy as np
 RESAMPLES = 2000
 SEED = 0
 TRIM = 0.1  # fraction dropped at each end before averaging
+# fewer interleaved rounds than this give a bootstrap with too few distinct values to
+# stand for a run's noise: speed verdicts (the min_speedup gate, `vtc check`'s speed
+# rows, the payoff line) are not given, and say so
+MIN_ROUNDS = 10
 
 
 def _trimmed_mean(x: np.ndarray) -> np.ndarray:

@@ -41,12 +41,15 @@ def point_metrics(label: str, value: Any, report: dict[str, Any], run_dir: str
                   ) -> dict[str, Any]:
     """The figures of one point, read off its report.json content."""
     b, th = report["budget"], report.get("throughput") or {}
+    ci = th.get("speedup_ci") or {}
     fid, dense = report.get("fidelity") or {}, report.get("dense") or {}
     return {
         "label": label, "value": value, "run": run_dir,
         "tokens_in": b["tokens_in"], "tokens_out": b["tokens_out"],
         "tokens_per_layer": b["tokens_per_layer"], "flops_ratio": b["flops_ratio"],
+        # the paired estimate and its interval: the one speedup every view shows
         "batch": th.get("batch"), "speedup": th.get("speedup"),
+        "speedup_low": ci.get("low"), "speedup_high": ci.get("high"),
         "efficiency": th.get("efficiency"),
         "baseline_ips": th.get("baseline_ips"), "compressed_ips": th.get("compressed_ips"),
         "accuracy": _accuracy(report),
@@ -66,8 +69,17 @@ def result_line(pt: dict[str, Any]) -> str:
                f"(drop {_fmt(acc['drop_points'], '.2f')} pts)" if acc else
                f"fidelity cosine {_fmt(pt['fidelity_cosine'], '.4f')}")
     return (f"tokens {pt['tokens_in']} → {pt['tokens_out']}, FLOPs {pt['flops_ratio']:.2f}×, "
-            f"speedup {_fmt(pt['speedup'], '.2f')}× (efficiency {_fmt(pt['efficiency'], '.2f')})"
+            f"speedup {speedup_cell(pt)} (efficiency {_fmt(pt['efficiency'], '.2f')})"
             f", {quality}")
+
+
+def speedup_cell(pt: dict[str, Any]) -> str:
+    """`1.23× [1.09, 1.67]`: the paired estimate and its interval (`n/a` when not timed;
+    the estimate alone for a point of an older sweep.json without the interval)."""
+    s, lo, hi = pt.get("speedup"), pt.get("speedup_low"), pt.get("speedup_high")
+    if s is None:
+        return "n/a"
+    return f"{s:.2f}×" + (f" [{lo:.2f}, {hi:.2f}]" if lo is not None and hi is not None else "")
 
 
 def pareto_front(points: Sequence[dict[str, Any]]) -> list[bool]:
@@ -159,7 +171,7 @@ def table(sweep: dict[str, Any]) -> list[str]:
     points = [p for _, pts in series_points(sweep) for p in pts]
     acc = sweep["quality"]["metric"] == "accuracy"
     head = ["series"] if multi else []
-    head += [sweep["key_given"], "tokens out", "FLOPs ratio", "speed-up (measured)",
+    head += [sweep["key_given"], "tokens out", "FLOPs ratio", "speed-up (paired, 95 % interval)",
              "efficiency", "baseline img/s", "compressed img/s"]
     head += ["top-1 acc (%)", "drop (pts)"] if acc else ["fidelity: embedding cosine"]
     agreement = not acc and _has(points, "top1_agreement")
@@ -171,7 +183,7 @@ def table(sweep: dict[str, Any]) -> list[str]:
     for p in points:
         row = [p["series"]] if multi else []
         row += [p["label"].split("=", 1)[1], str(p["tokens_out"]), _num(p["flops_ratio"], ".2f"),
-                _num(p["speedup"], ".2f"), _num(p["efficiency"], ".2f"),
+                speedup_cell(p), _num(p["efficiency"], ".2f"),
                 _num(p["baseline_ips"], ".1f"), _num(p["compressed_ips"], ".1f")]
         if acc:
             row += [_num(p["accuracy"]["compressed_acc"], ".2f"),
@@ -223,7 +235,9 @@ def render_markdown(sweep: dict[str, Any]) -> str:
         "",
         "Speed-up is measured (ONNX Runtime, interleaved timing, batch "
         f"{', '.join(map(str, batches)) or '?'}, on {m['platform']} with {m['cpu_count']} "
-        "CPUs); the FLOPs ratio is analytic; efficiency = speed-up / FLOPs ratio. "
+        "CPUs) as each bundle's report gives it: the paired estimate (geometric mean of the "
+        "per-round ratios, 10 % trimmed) and its 95 % bootstrap interval; the FLOPs ratio "
+        "is analytic; efficiency = speed-up / FLOPs ratio. "
         f"Each point's full bundle and report: `{runs}`.",
         "",
         "Plot: [sweep.png](sweep.png) (quality vs measured speed-up, and vs the analytic "
@@ -273,6 +287,13 @@ def write_plot(sweep: dict[str, Any], path: Path) -> None:
                          facecolors="none", edgecolors=c, linewidths=2, zorder=3)
         left.plot([p["speedup"] for p in measured], [p["quality"] for p in measured], f"{mk}-",
                   color=c, label=label, zorder=4)
+        bars = [p for p in measured if p.get("speedup_low") is not None
+                and p.get("speedup_high") is not None]
+        if bars:  # the paired speedup's 95 % interval
+            left.errorbar([p["speedup"] for p in bars], [p["quality"] for p in bars],
+                          xerr=[[p["speedup"] - p["speedup_low"] for p in bars],
+                                [p["speedup_high"] - p["speedup"] for p in bars]],
+                          fmt="none", ecolor=c, alpha=0.5, capsize=3, zorder=3)
         for p in measured:
             left.annotate(p["label"], (p["speedup"], p["quality"]), textcoords="offset points",
                           xytext=(6, 6 + 10 * i), fontsize=8, color=c)

@@ -169,10 +169,14 @@ def test_report_diff_and_show(tmp_path: Path) -> None:
     header = res.output.splitlines()[0].split()
     assert header == ["metric", "baseline", "now", "change"]
     assert "throughput.speedup" in res.output and "FAIL" not in res.output
-    res = _run("report", "show", str(base))
+    res = _run("report", "show", str(base), "--markdown")
+    assert res.exit_code == 0 and res.output == (base / "report.md").read_text()
+    res = _run("report", "show", str(base / "report.md"), "--markdown")
     assert res.exit_code == 0 and res.output == (base / "report.md").read_text()
     res = _run("report", "show", str(base / "report.json"))
-    assert res.exit_code == 0 and res.output.startswith("# vtc report")
+    assert res.exit_code == 0 and res.output.startswith("VTC REPORT: PASS\n\nPASS — gates:")
+    assert "|" not in res.output and "**" not in res.output and "`" not in res.output
+    assert "\033[" not in res.output  # not a terminal: no colour
 
 
 def _schema(tmp: Path, version: int) -> Path:
@@ -188,7 +192,7 @@ def _schema(tmp: Path, version: int) -> Path:
     (lambda t: (t / "bad.json").write_text("{not json") and t / "bad.json", [],
      r"bad.json: not valid JSON \(line 1"),
     (lambda t: (t / "x.json").write_text("[1, 2]") and t / "x.json", [], r"not a vtc report"),
-    (lambda t: _schema(t, 1), [], r"report schema version 1, this vtc reads version 2"),
+    (lambda t: _schema(t, 1), [], r"report schema version 1, this vtc reads versions 2, 3"),
     (lambda t: _write(t, "o", _passing(budget=dataclasses.replace(
         _passing().budget, tokens_in=257))), [], r"another|tokens in: baseline 257, now 197"),
     (lambda t: _write(t, "p", _passing(engine=dataclasses.replace(
@@ -213,3 +217,98 @@ def test_bad_baselines_exit_2_and_write_nothing(tmp_path: Path, make: Any, extra
     assert len(errors) == 1 and "Traceback" not in res.output
     assert re.search(message, errors[0]), errors[0]
     assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
+def _dangling(t: Path) -> Path:
+    (t / "link.xml").symlink_to(t / "nowhere" / "x.xml")
+    return t / "link.xml"
+
+
+def _readonly(t: Path) -> Path:
+    d = t / "ro"
+    d.mkdir()
+    d.chmod(0o500)
+    return d / "x.xml"
+
+
+@pytest.mark.parametrize("flag", ["--junit", "--json"])
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda t: Path("/proc/x.xml"), r"/proc/x.xml: cannot write in /proc"),
+    (lambda t: t, r"is a directory"),
+    (_dangling, r"a symbolic link to .*nowhere/x.xml, which does not exist"),
+    (lambda t: t / "missing" / "x.xml", r"directory .*missing does not exist"),
+    (lambda t: Path("/dev/null"), r"not a regular file"),
+])
+def test_output_paths_are_checked_before_any_work(tmp_path: Path, flag: str, make: Any,
+                                                  message: str) -> None:
+    """An output that cannot be written: one line, exit 2, nothing printed before it (the
+    issue's `--junit /proc/x.xml` printed the whole table, then exit 3)."""
+    now = _write(tmp_path, "now", _passing())
+    res = _run("check", str(now), "--baseline", str(now), flag, str(make(tmp_path)))
+    assert res.exit_code == 2, res.output
+    lines = res.output.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {flag} "), res.output
+    assert re.search(message, lines[0]), lines[0]
+
+
+def test_an_unwritable_directory_is_refused(tmp_path: Path) -> None:
+    import os
+
+    target = _readonly(tmp_path)
+    if os.geteuid() == 0:  # root writes anywhere but /proc-like file systems
+        target.parent.chmod(0o700)
+        pytest.skip("running as root: a mode-0500 directory is writable")
+    now = _write(tmp_path, "now", _passing())
+    res = _run("check", str(now), "--baseline", str(now), "--junit", str(target))
+    assert res.exit_code == 2 and res.output.count("\n") == 1
+    assert "cannot write in" in res.output
+
+
+def test_json_and_junit_may_not_be_one_file(tmp_path: Path) -> None:
+    now = _write(tmp_path, "now", _passing())
+    out = tmp_path / "x.out"
+    res = _run("check", str(now), "--baseline", str(now), "--json", str(out), "--junit",
+               str(out))
+    assert res.exit_code == 2 and "the same file" in res.output and not out.exists()
+
+
+def test_report_diff_compares_any_two_reports(tmp_path: Path) -> None:
+    """Another model, method and batch: `vtc check` refuses the pair, `vtc report diff`
+    prints the table, no verdict, says what differs, exit 0."""
+    a = _passing()
+    other = _slowed(_passing(), 1.2)
+    assert other.throughput is not None
+    b = dataclasses.replace(
+        other, source=dataclasses.replace(a.source, model_type="dinov2"),
+        budget=dataclasses.replace(a.budget, tokens_in=257, methods=["evit"]),
+        throughput=dataclasses.replace(other.throughput, batch=4))
+    pa, pb = _write(tmp_path, "a", a), _write(tmp_path, "b", b)
+    assert _run("check", str(pb), "--baseline", str(pa)).exit_code == 2
+    res = _run("report", "diff", str(pa), str(pb))
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert lines[0].split() == ["metric", "baseline", "now", "change"]
+    assert "FAIL" not in res.output and "pass" not in res.output.split()
+    assert any(ln.startswith("throughput.speedup") for ln in lines)
+    assert lines[-1].startswith("not comparable as a check") or \
+        "not comparable as a check" in res.output
+    assert "model type: baseline vit, now dinov2" in res.output
+    assert "timed batch: baseline 8, now 4" in res.output
+
+
+def test_a_schema_2_baseline_is_read_as_schema_3(tmp_path: Path) -> None:
+    """Version 3 made throughput.speedup the paired estimate; a stored version-2 report
+    still compares, its median-latency speedup moved to speedup_median."""
+    path = _write(tmp_path, "v2", _passing()) / "report.json"
+    data = json.loads(path.read_text())
+    data["schema_version"] = 2
+    th = data["throughput"]
+    del th["speedup_median"]
+    th["speedup"] = 1.4286  # v2: the median ratio
+    path.write_text(json.dumps(data))
+    side = read_side(path, "baseline")
+    t = side.report.throughput
+    assert t is not None and t.speedup == t.speedup_ci.estimate == 1.43
+    assert t.speedup_median == 1.4286
+    now = _write(tmp_path, "now", _passing())
+    assert _run("check", str(now), "--baseline", str(path)).exit_code == 0

@@ -5,8 +5,8 @@ import math
 import pytest
 
 from tests.reports import sample_report
-from vtc.report import Report, Stats, lookup
-from vtc.validate.gates import GATES, Gate, evaluate_gates, format_gate
+from vtc.report import FIDELITY_SCOPE, Report, Stats, lookup
+from vtc.validate.gates import GATES, Gate, applicable, evaluate_gates, format_gate
 
 
 def _set(report: Report, path: tuple[str, ...], value: object) -> Report:
@@ -16,7 +16,8 @@ def _set(report: Report, path: tuple[str, ...], value: object) -> Report:
 
 def _report() -> Report:
     r = sample_report()
-    for path, v in [(("throughput", "speedup"), 1.42), (("throughput", "efficiency"), 0.8),
+    for path, v in [(("throughput", "speedup_ci", "high"), 1.42),
+                    (("throughput", "efficiency"), 0.8),
                     (("parity", "engine", "max_abs_diff"), 3.1e-6),
                     (("parity", "export", "max_abs_diff"), 2e-3),
                     (("fidelity", "cosine_mean"), 0.9987), (("fidelity", "top1_agreement"), None),
@@ -49,13 +50,15 @@ def test_pass_and_fail() -> None:
         "min_flops_ratio",
         "min_efficiency",
     ]
+    # min_speedup reads the upper end of the paired interval (1.43× [1.38, 1.42] here)
     assert not by["min_speedup"].passed and by["min_speedup"].value == 1.42
     assert by["max_parity_diff"].passed and by["max_parity_diff"].kind == "max"
     assert not by["max_export_diff"].passed
     assert not by["min_fidelity_cosine"].passed
     assert by["min_flops_ratio"].passed
     assert by["min_efficiency"].passed  # equal to the limit passes
-    assert format_gate(by["min_speedup"]) == "FAIL min_speedup: 1.42 < 1.80"
+    assert format_gate(by["min_speedup"]) == (
+        "FAIL min_speedup: 1.42 < 1.80 (upper end of the paired 95% interval 1.43× [1.38, 1.42])")
     assert format_gate(by["max_parity_diff"]) == "ok   max_parity_diff: 3.1e-06 <= 1e-04"
     assert format_gate(by["min_fidelity_cosine"]) == "FAIL min_fidelity_cosine: 0.9987 < 0.9990"
     assert format_gate(by["max_export_diff"]) == "FAIL max_export_diff: 2e-03 > 1e-03"
@@ -145,3 +148,74 @@ def test_every_gate_reads_a_number_of_the_report_type() -> None:
         assert cls is float, f"{name}: {'.'.join(path)} is {cls}, not a float"
         assert isinstance(lookup(sample_report(), path), float)
     assert Stats is rep.Stats
+
+
+def _interval(report: Report, est: float, low: float, high: float) -> Report:
+    assert report.throughput is not None
+    ci = report.throughput.speedup_ci
+    ci.estimate, ci.low, ci.high = est, low, high
+    report.throughput.speedup = est
+    return report
+
+
+@pytest.mark.parametrize(("est", "low", "high", "passed"), [
+    (0.85, 0.81, 0.89, False),  # the issue's tome-r8 on a ViT: slower beyond noise
+    (0.97, 0.92, 1.03, True),   # a slowdown within ±5 % noise does not flap the gate
+    (1.02, 0.95, 1.08, True),
+    (1.49, 1.42, 1.57, True),
+])
+def test_min_speedup_fails_only_when_the_whole_interval_is_below(
+        est: float, low: float, high: float, passed: bool) -> None:
+    (g,) = evaluate_gates(_interval(sample_report(), est, low, high), {"min_speedup": 1.0})
+    assert g.passed is passed and g.value == high
+    assert f"{est:.2f}× [{low:.2f}, {high:.2f}]" in g.note
+
+
+def test_applicable_skips_what_a_run_cannot_judge_with_the_reason() -> None:
+    gates = {"min_speedup": 1.0, "min_efficiency": 0.5, "min_top1_agreement": 0.75,
+             "min_sample_cosine": 0.97, "min_token_cosine": 0.85, "max_parity_diff": 1e-4}
+    report = sample_report(dense=None)  # a classifier: logits, timed over 20 rounds
+    judged, why = applicable(report, gates, bench=True)
+    assert list(judged) == ["min_speedup", "min_efficiency", "min_top1_agreement",
+                            "max_parity_diff"]
+    assert why == {"min_sample_cosine": "the floor of embeddings outputs; this output is logits",
+                   "min_token_cosine": "the floor of tokens outputs; this output is logits"}
+    _, why = applicable(report, gates, bench=False)
+    assert why["min_speedup"] == why["min_efficiency"] == "not timed (--no-bench)"
+
+
+def test_speed_gates_need_ten_rounds() -> None:
+    """The test suite's quick runs time 2 rounds: the speed gates are set aside, named,
+    and judged again from 10 rounds (what the issue asks of a gate tests must not flap)."""
+    from tests.reports import timing
+
+    report = sample_report()
+    assert report.throughput is not None
+    for n, skipped in ((2, True), (9, True), (10, False)):
+        report.throughput.compressed = timing(7.0, n=n)
+        _, why = applicable(report, {"min_speedup": 1.0}, bench=True)
+        assert ("min_speedup" in why) is skipped
+        if skipped:
+            assert why["min_speedup"] == (f"{n} timed rounds; a noise-aware verdict needs >= 10 "
+                                          "(validate.repeats)")
+
+
+@pytest.mark.parametrize(("basis", "top1", "kind"), [
+    ("sample", 0.9, "logits"), ("sample", None, "embeddings"), ("token", None, "tokens"),
+    ("pooled", None, "tokens")])
+def test_each_fidelity_floor_is_judged_on_its_output_kind(basis: str, top1: float | None,
+                                                          kind: str) -> None:
+    report = sample_report(dense=None)
+    report.fidelity.basis, report.fidelity.top1_agreement = basis, top1  # type: ignore[assignment]
+    judged, why = applicable(report, dict.fromkeys(FIDELITY_SCOPE, 0.5), bench=True)
+    assert [FIDELITY_SCOPE[g] for g in judged] == [kind]
+    assert len(why) == 2 and all(w.endswith(f"this output is {kind}") for w in why.values())
+
+
+def test_a_dense_output_is_judged_by_its_dense_gates_only() -> None:
+    report = sample_report()  # has a dense tier
+    report.fidelity.top1_agreement = None
+    judged, why = applicable(report, {**dict.fromkeys(FIDELITY_SCOPE, 0.5),
+                                      "min_dense_pearson": 0.9}, bench=True)
+    assert list(judged) == ["min_dense_pearson"]
+    assert all(w.endswith("this output is dense") for w in why.values()) and len(why) == 3

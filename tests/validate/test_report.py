@@ -48,13 +48,13 @@ def test_write_report_json_and_md(tmp_path: Path) -> None:
     assert json_path.stat().st_mode & 0o777 == md_path.stat().st_mode & 0o777 == 0o666 & ~mask
 
     md = md_path.read_text()
-    for title, _render in SECTIONS.values():
-        assert f"## {title}\n" in md
-    assert "| 0 | 197 | 189 | tome | r=8, first=1, protected=inside |  |" in md
-    assert "| 2 | 181 | 173 | tome | r=8, first=1, protected=inside | yes |" in md
+    for key, (title, _render) in SECTIONS.items():  # a null optional tier has no section
+        assert (f"## {title}\n" in md) is (getattr(_gated(), key) is not None), title
+    assert "| 0 | 197 | 189 | tome | first=1, protected=inside, r=8 |  |" in md
+    assert "| 2 | 181 | 173 | tome | first=1, protected=inside, r=8 | yes |" in md
     assert "| baseline | 8 | 800 | 10 | " in md
-    assert "speedup: **1.429** (median latencies); paired speedup: 1.43, 95% interval " \
-        "1.38–1.47 (bootstrap over 20 interleaved" in md
+    assert "- speedup: **1.43× [1.38, 1.47]** — paired speedup, 95% bootstrap interval over " \
+        "20 interleaved rounds" in md
     assert "- Test CPU, 2 cores, Linux x86_64; Python 3.12.0, onnxruntime 1.32.0" in md
     assert "- deployed: ort (fp16), `model.ort.onnx`; providers: CUDAExecutionProvider, " \
         "CPUExecutionProvider; provider options: CUDAExecutionProvider: enable_cuda_graph=1" in md
@@ -62,11 +62,12 @@ def test_write_report_json_and_md(tmp_path: Path) -> None:
     assert "reference engines: fp32, provider options: CUDAExecutionProvider: use_tf32=0" in md
     assert "- cosine: mean 0.999500, min 0.998000" in md
     assert "lost fusions: Gelu x1" in md
-    assert "**Overall: FAIL**" in md
-    assert "FAIL min_speedup: 1.43 < 1.80" in md
+    assert md.startswith("# vtc report: FAIL\n\n**FAIL** — gates: 2 failed (min_speedup, "
+                         "max_accuracy_drop), 1 passed, 1 skipped.")
+    assert "FAIL min_speedup: 1.47 < 1.80 (upper end of the paired 95% interval" in md
     assert "ok   max_parity_diff: 2e-06 <= 1e-04" in md
     assert "| engine | 2.00e-06 |" in md
-    assert "- cosine_mean: 0.998000" in md
+    assert "- n 64, cosine_mean 0.998000, cosine_min 0.990000" in md
     acc = data["accuracy"]
     assert acc["drop_points"] > 5  # compressed features are the test rows reversed
     assert "- dataset: **lfw-subset** (skimage.data.lfw_subset()), seed 0" in md
@@ -78,24 +79,66 @@ def test_write_report_json_and_md(tmp_path: Path) -> None:
     assert "unmerge after block 2 back to 197 tokens, before node_view_16" in md
     assert ("token-sequence output(s) tokens: tokens_out **merged**, 173 tokens; each "
             "token's size in output `token_sizes`") in md
-    assert "- basis: sample" in md
-    assert "min_dense_iou (not measurable in this run)" in md
-    assert md.index("## Fidelity") < md.index("## Dense") < md.index("## Throughput")
+    assert ", basis sample" in md
+    assert "- `min_dense_iou`: not measurable in this run" in md
+    # results first, the recipe last
+    order = ["## Results", "## Gates", "## Token budget", "## Parity", "## Fidelity",
+             "## Accuracy", "## Throughput", "## Engine", "## Source", "## Recipe"]
+    assert [md.index(t) for t in order] == sorted(md.index(t) for t in order)
+    assert "| speed | **1.43× [1.38, 1.47]** (paired, 95% interval, 20 rounds, batch 8)" in md
     assert not list((tmp_path / "out").glob("*.tmp"))
 
 
 def test_every_report_field_is_rendered() -> None:
-    """SECTIONS (titled sections) and SUMMARY (the header) cover the dataclass exactly."""
+    """SECTIONS (titled sections) and SUMMARY (the header: verdict, payoff, skipped gate
+    names) cover the dataclass exactly."""
     fields = {f.name for f in dataclasses.fields(Report)}
     assert set(SECTIONS) | set(SUMMARY) == fields and not set(SECTIONS) & set(SUMMARY)
 
 
 def test_null_tiers_say_not_measured() -> None:
+    """The results table says so; a null tier has no section at all."""
     md = render_markdown(sample_report(accuracy=None, dense=None, throughput=None,
                                        fusions=None))
-    for title in ("Accuracy (linear probe)", "Dense output fidelity", "Throughput",
+    assert "| accuracy | not measured (no validate.dataset) |" in md
+    assert "| speed | not measured (--no-bench) |" in md
+    for title in ("Accuracy (linear probe)", "Throughput", "Dense output fidelity",
                   "ORT fusions"):
-        assert f"## {title}\n\nnot measured" in md
+        assert f"## {title}" not in md
+
+
+def test_recipe_last_with_only_the_methods_used() -> None:
+    from vtc.recipe import load_recipe
+
+    recipe = load_recipe("tome-r8").to_dict()
+    md = render_markdown(sample_report(recipe=recipe))
+    tail = md[md.index("## Recipe"):]
+    assert "tome:" in tail and "pitome:" not in tail and "evit:" not in tail
+    assert "generate:" not in tail and "min_speedup: 1.0" in tail
+    (tome,) = [ln for ln in tail.splitlines() if ln.startswith("tome:")]
+    assert tome.startswith("tome: {") and "r: 8" in tome  # one line per section
+    assert tail.count("## ") == 1  # nothing after the recipe
+
+
+def test_recipe_keys_are_the_recipe_base_fields() -> None:
+    from vtc.recipe import RecipeBase
+    from vtc.validate.report import RECIPE_KEYS
+
+    names = {f.alias or n for n, f in RecipeBase.model_fields.items()}
+    assert set(RECIPE_KEYS) == names
+
+
+def test_payoff_leads_the_page_in_plain_words() -> None:
+    from vtc.report import PayoffInfo
+
+    report = sample_report(payoff=PayoffInfo(
+        "slower", "compression does not pay off on this model: the compressed engine is "
+        "slower than the uncompressed one (0.85× [0.81, 0.89], paired, 95% interval over 20 "
+        "rounds)", 1.1, 1.6, "--set tome.r=14", 1.62, "the FLOPs model, not a measurement"))
+    lines = render_markdown(report).splitlines()
+    assert lines[4].startswith("**Compression does not pay off on this model: the compressed")
+    assert lines[6] == ("Try `--set tome.r=14` (FLOPs ratio 1.62, now 1.31): a suggestion "
+                        "from the FLOPs model, not a measurement.")
 
 
 def test_overwrite(tmp_path: Path) -> None:

@@ -36,6 +36,7 @@ class Comparison:
     tolerances: dict[str, float]
     machine_differences: list[str]
     rows: list[Row] = field(default_factory=list)
+    incomparable: list[str] = field(default_factory=list)  # why this pair is no check
 
     @property
     def failed(self) -> list[Row]:
@@ -66,10 +67,13 @@ def tolerances(now_recipe: dict[str, Any], overrides: dict[str, float]) -> Check
                               "see `vtc check --help` for the ranges") from None
 
 
-def compare(base: Side, now: Side, overrides: dict[str, float] | None = None) -> Comparison:
-    """Every row for `now` against `base` (module docstring)."""
+def compare(base: Side, now: Side, overrides: dict[str, float] | None = None,
+            strict: bool = True) -> Comparison:
+    """Every row for `now` against `base` (module docstring). `strict` (`vtc check`):
+    an incomparable pair is an input error; otherwise (`vtc report diff`) the rows are
+    built anyway and `Comparison.incomparable` says why they are no check."""
     reasons = incomparable(base.report, now.report)
-    if reasons:
+    if reasons and strict:
         raise CheckInputError(f"cannot compare {now.label} with baseline {base.label}: "
                               + "; ".join(reasons) + " — build the baseline from the same "
                               "model, batch, precision and engine")
@@ -78,4 +82,4 @@ def compare(base: Side, now: Side, overrides: dict[str, float] | None = None) ->
     rows = [*budget_rows(b, n), *parity_rows(b, n, tol), *quality_rows(b, n, tol),
             *speed_rows(b, n, tol), *fusion_rows(b, n), *gate_rows(n)]
     return Comparison(base.label, now.label, tol.model_dump(),
-                      differences(b.machine, n.machine), rows)
+                      differences(b.machine, n.machine), rows, reasons)

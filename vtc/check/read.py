@@ -3,7 +3,12 @@
 Everything that makes two reports incomparable is an `InputError` (exit 2) with
 one line that names the file and the fix: missing, not JSON, another report
 schema version, not a vtc report; and, for a pair, another model, batch,
-precision, CUDA graph or engine (`incomparable`).
+precision, CUDA graph or engine (`incomparable`; `vtc report diff` shows such a pair
+side by side without a verdict).
+
+Reports of schema version 2 are read too, brought up to version 3 on the way in
+(`_upgrade`: version 3 made `throughput.speedup` the paired estimate), so a stored
+baseline stays usable.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from vtc.errors import InputError
 from vtc.report import SCHEMA_VERSION, Report
@@ -43,6 +49,23 @@ def _report_path(given: Path, role: str) -> Path:
     return given
 
 
+READABLE = (2, SCHEMA_VERSION)  # report schema versions this vtc reads
+
+
+def _upgrade(data: dict[str, Any]) -> dict[str, Any]:
+    """A version-2 report as version 3: the median-latency speedup moves to
+    `speedup_median`, `speedup` (and `efficiency`) become the paired estimate's."""
+    th = data.get("throughput")
+    if data.get("schema_version") == 2 and isinstance(th, dict) and isinstance(
+            th.get("speedup_ci"), dict) and isinstance(th.get("speedup"), int | float):
+        est, old = th["speedup_ci"].get("estimate"), th["speedup"]
+        if isinstance(est, int | float) and old:
+            th.update(speedup_median=old, speedup=est,
+                      efficiency=th.get("efficiency", 0.0) * est / old)
+    data["schema_version"] = SCHEMA_VERSION
+    return data
+
+
 def read_side(given: Path, role: str) -> Side:
     """The report at `given` (a bundle dir or report.json); `role` names it in errors."""
     path = _report_path(Path(given), role)
@@ -62,12 +85,13 @@ def read_side(given: Path, role: str) -> Side:
                               "compares encoder bundles only (not yet VLM ones): compare "
                               "their report.json fields (parity.generation, cost) directly")
     version = data["schema_version"]
-    if version != SCHEMA_VERSION:
+    if version not in READABLE:
         raise CheckInputError(
-            f"{role} {path}: report schema version {version}, this vtc reads version "
-            f"{SCHEMA_VERSION}; rebuild the {role} with this vtc (vtc-export) to compare")
+            f"{role} {path}: report schema version {version}, this vtc reads versions "
+            f"{', '.join(map(str, READABLE))}; rebuild the {role} with this vtc (vtc-export) "
+            "to compare")
     try:
-        report = Report.from_dict(data)
+        report = Report.from_dict(_upgrade(data))
     except Exception as exc:  # pydantic.ValidationError: name the first problem
         first = str(exc).splitlines()
         detail = " ".join(first[1:3]).strip() if len(first) > 2 else str(exc)

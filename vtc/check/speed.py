@@ -1,7 +1,8 @@
 """Noise-aware speed verdicts: compare two runs' interleaved timings.
 
 Speedup (compressed vs uncompressed, measured side by side in one run) is
-machine-independent, so it is always compared, as the paired estimate (`vtc.stats`:
+machine-independent, so it is always compared, as the paired estimate every other view
+shows too (`vtc.report.speedup_text`; `vtc.stats`:
 geometric mean of per-round ratios, trimmed). Each run's rounds are resampled
 (paired within a run, runs independent) and the verdict reads the interval of
 speedup_now / speedup_baseline:
@@ -21,13 +22,11 @@ from vtc import stats
 from vtc.backends.machine import differences
 from vtc.check.rows import Row
 from vtc.recipe import CheckCfg
-from vtc.report import Report, ThroughputInfo
+from vtc.report import Report, ThroughputInfo, speedup_text
 
 __all__ = ["MIN_ROUNDS", "speed_rows"]
 
-# fewer interleaved rounds than this give a bootstrap with too few distinct values
-# to stand for the run's noise: the speed rows are skipped and say so
-MIN_ROUNDS = 10
+MIN_ROUNDS = stats.MIN_ROUNDS  # fewer rounds: the speed rows are skipped and say so
 
 
 def _pct(x: float) -> str:
@@ -49,12 +48,8 @@ def _speedup(b: ThroughputInfo, n: ThroughputInfo, tol: CheckCfg) -> Row:
     db = stats.speedup_draws(b.baseline.samples_ms, b.compressed.samples_ms, seed=1)
     dn = stats.speedup_draws(n.baseline.samples_ms, n.compressed.samples_ms, seed=2)
     lo, hi = stats.ratio_interval(dn, db, tol.confidence)
-    def show(t: ThroughputInfo) -> str:
-        ci = t.speedup_ci
-        return f"{ci.estimate:.3f}x [{ci.low:.3f}, {ci.high:.3f}]"
-
     point = n.speedup_ci.estimate / b.speedup_ci.estimate
-    return _ratio_row("throughput.speedup", show(b), show(n), lo, hi, point,
+    return _ratio_row("throughput.speedup", speedup_text(b, 3), speedup_text(n, 3), lo, hi, point,
                       tol.max_speedup_drop, tol.confidence)
 
 

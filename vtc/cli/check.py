@@ -34,18 +34,38 @@ def _overrides(pairs: tuple[str, ...]) -> dict[str, float]:
 
 
 def _target(path: Path | None, flag: str, inputs: list[Path]) -> None:
-    """Refuse an output file that would overwrite an input or has no directory."""
+    """Refuse, before any work, an output file that cannot be written where it is asked
+    for: one of the inputs, a directory, a dangling link, something other than a regular
+    file, or a directory that is missing or refuses a new file (probed the way the file
+    is written: a temporary file beside it, then removed)."""
+    import os
+    import tempfile
+
     if path is None:
         return
     if any(path.resolve() == p.resolve() or path.resolve() == (p / "report.json").resolve()
            for p in inputs):
         raise CheckInputError(f"{flag} {path}: that is one of the reports being compared; "
                               "give another file name")
+    if path.is_symlink() and not path.exists():
+        raise CheckInputError(f"{flag} {path}: a symbolic link to {os.readlink(path)}, which "
+                              "does not exist; remove the link or give another file name")
     if path.is_dir():
         raise CheckInputError(f"{flag} {path}: is a directory; give a file name")
-    if not path.parent.is_dir():
-        raise CheckInputError(f"{flag} {path}: directory {path.parent} does not exist; "
+    if path.exists() and not path.is_file():
+        raise CheckInputError(f"{flag} {path}: not a regular file; give a file name")
+    parent = path.resolve().parent
+    if not parent.is_dir():
+        raise CheckInputError(f"{flag} {path}: directory {parent} does not exist; "
                               "create it first")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise CheckInputError(f"{flag} {path}: cannot write in {parent} "
+                              f"({exc.strerror or exc}); give a path in a writable "
+                              "directory") from None
 
 
 @click.command("check")
@@ -67,7 +87,9 @@ def check(bundle: Path, baseline: Path, tolerance: tuple[str, ...], json_out: Pa
     speedup fails only when its bootstrap interval (both runs' noise) lies wholly
     below the allowed drop; absolute img/s is compared only on the same machine
     fingerprint; a fusion the baseline had must not be lost; BUNDLE's own gates
-    must pass. Defaults (the recipe's check: section, overridable with -t):
+    must pass. --json and --junit are checked before anything is read or printed (a
+    directory, a dangling link, a missing or unwritable directory: exit 2). Defaults
+    (the recipe's check: section, overridable with -t):
     max_speedup_drop 0.05, max_throughput_drop 0.10, max_cosine_drop 0.002,
     max_agreement_drop 0.02, max_accuracy_drop 0.5 (points), max_dense_drop 0.02,
     max_parity_diff 1e-4 (when the recipe has no parity gate), confidence 0.95.
@@ -88,6 +110,10 @@ def check(bundle: Path, baseline: Path, tolerance: tuple[str, ...], json_out: Pa
         overrides = _overrides(tolerance)
         _target(json_out, "--json", [bundle, baseline])
         _target(junit_out, "--junit", [bundle, baseline])
+        if json_out is not None and junit_out is not None and \
+                json_out.resolve() == junit_out.resolve():
+            raise CheckInputError(f"--json and --junit are the same file {json_out}; give "
+                                  "each its own name")
         cmp = compare(read_side(baseline, "baseline"), read_side(bundle, "bundle"), overrides)
         click.echo(table(cmp))
         if cmp.machine_differences:
@@ -119,13 +145,23 @@ def report() -> None:
 def diff(a: Path, b: Path) -> None:
     """The metric table of B against A (bundles or report.json files), no verdict.
 
+    Any two encoder reports compare: another model, method, batch or engine too (a
+    line after the table says what differs, which `vtc check` would refuse).
+
     \b
-    Example:
+    Examples:
       vtc report diff baselines/dinov2-small out/dinov2-small
+      vtc report diff out/vit-tome-r8 out/dinov2-evit
     """
 
     def _run() -> int:
-        click.echo(table(compare(read_side(a, "A"), read_side(b, "B")), verdicts=False))
+        cmp = compare(read_side(a, "A"), read_side(b, "B"), strict=False)
+        click.echo(table(cmp, verdicts=False))
+        if cmp.incomparable:
+            click.echo("not comparable as a check (vtc check refuses such a pair): "
+                       + "; ".join(cmp.incomparable))
+        if cmp.machine_differences:
+            click.echo("machines differ: " + "; ".join(cmp.machine_differences))
         return 0
 
     guard(_run)
@@ -133,23 +169,41 @@ def diff(a: Path, b: Path) -> None:
 
 @report.command("show")
 @click.argument("bundle", type=click.Path(path_type=Path))
-def show(bundle: Path) -> None:
-    """Print BUNDLE's report.md (a bundle directory, its report.md or its report.json).
+@click.option("--markdown", is_flag=True, help="print the Markdown as it is, unrendered")
+def show(bundle: Path, markdown: bool) -> None:
+    """Show BUNDLE's report in the terminal (a bundle directory, its report.json or its
+    report.md): the verdict, results and gates first, the recipe last.
+
+    The page is rendered from report.json when there is one (so an older bundle gets
+    this vtc's layout), else report.md is read as it is.
 
     \b
-    Example:
+    Examples:
       vtc report show out/dinov2-small
+      vtc report show out/dinov2-small --markdown > report.md
     """
 
     def _run() -> int:
-        md = bundle / "report.md" if bundle.is_dir() else bundle
-        if md.suffix == ".md" and md.is_file():
-            click.echo(md.read_text(encoding="utf-8"), nl=False)
-        elif md.suffix == ".json" or (bundle.is_dir() and (bundle / "report.json").is_file()):
-            click.echo(render_markdown(read_side(bundle, "bundle").report), nl=False)
+        import sys
+
+        from vtc.check.show import terminal
+
+        given = bundle / "report.json" if bundle.is_dir() else bundle
+        if bundle.is_dir() and not given.is_file():
+            given = bundle / "report.md"
+        if given.suffix == ".json" and given.is_file():
+            md = render_markdown(read_side(given, "bundle").report)
+        elif given.suffix == ".md" and given.is_file():
+            try:
+                md = given.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise CheckInputError(f"{given}: cannot be read ({exc}); give a bundle's "
+                                      "report.md or report.json") from None
         else:
-            raise CheckInputError(f"{bundle}: no report.md or report.json there; give a bundle "
+            raise CheckInputError(f"{bundle}: no report.json or report.md there; give a bundle "
                                   "directory written by vtc-export")
+        color = not markdown and sys.stdout.isatty()
+        click.echo(md if markdown else terminal(md, color), nl=False)
         return 0
 
     guard(_run)

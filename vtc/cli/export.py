@@ -143,24 +143,43 @@ def vlm_summary(report: VlmReport, out: Path) -> str:
 
 
 def summary(report: Report, out: Path) -> str:
-    """The short table `vtc-export` prints (the report's key figures)."""
+    """The short table `vtc-export` prints (the report's key figures), the verdict first;
+    when compression did not pay off, a plain line saying so and the budget to try."""
+    from vtc.report import output_kind, speedup_text
+
     b, f, th = report.budget, report.fidelity, report.throughput
     eng = report.parity.engine
     top1 = f", top-1 agreement {f.top1_agreement:.3f}" if f.top1_agreement is not None else ""
+    basis = {"token": "per-token ", "pooled": "pooled-token "}.get(f.basis, "")
+    failed = [g.name for g in report.gates if not g.passed]
+    speed = "not measured (--no-bench)"
+    if th is not None:
+        speed = (f"{speedup_text(th)} (paired, {th.speedup_ci.level:.0%} interval, "
+                 f"{th.compressed.n} rounds; {th.compressed_ips:.1f} img/s), efficiency "
+                 f"{th.efficiency:.2f}")
     rows = [
+        ("gates", ("PASS" if report.passed else "FAIL: " + ", ".join(failed))
+         + (f" ({len(report.gates_skipped)} skipped)" if report.gates_skipped else "")),
         ("methods", " + ".join(b.methods) or "none"),
         ("tokens", f"{b.tokens_in} → {b.tokens_out}"),
         ("FLOPs ratio", f"{b.flops_ratio:.2f}×"),
         ("engine parity", f"max |Δ| {eng.max_abs_diff:.3g}" if eng is not None
          else "not measured (ONNX source: no eager model)"),
-        ("fidelity", f"cosine {f.cosine_mean:.4f}{top1}"),
+        ("fidelity", f"{basis}cosine {f.cosine_mean:.4f} (min {f.cosine_min:.4f}){top1}; "
+                     f"{output_kind(f, report.dense is not None)} output"),
         *_task_rows(report),
-        ("speedup", f"{th.speedup:.2f}× ({th.baseline_ips:.1f} → {th.compressed_ips:.1f} "
-                    f"img/s), efficiency {th.efficiency:.2f}" if th is not None
-         else "not measured (--no-bench)"),
-        ("gates", "PASS" if report.passed else "FAIL"),
-        ("bundle", str(out)),
+        ("speedup", speed),
     ]
+    p = report.payoff
+    if p is not None and p.verdict != "pays":
+        rows.append(("payoff", p.message))
+        if p.suggestion is not None:
+            rows.append(("try", f"{p.suggestion}: FLOPs ratio {p.suggestion_flops_ratio:.2f} "
+                                f"(now {b.flops_ratio:.2f}), suggested by the FLOPs model at "
+                                "this run's efficiency, not measured (report.md: payoff)"))
+        else:
+            rows.append(("try", f"no budget suggested: {p.basis}"))
+    rows.append(("bundle", str(out)))
     return "\n".join(f"{k:>14}  {v}" for k, v in rows)
 
 

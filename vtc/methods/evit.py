@@ -5,9 +5,14 @@ Recipe section::
 
     evit:
       keep_rate: 0.7             # or keep: 50 (absolute k per pruning block)
-      layers: [3, 6, 9]          # the pruning blocks
+      at_depth: [0.25, 0.5, 0.75]  # the pruning blocks as fractions of the depth L:
+                                 # block floor(f · L) (3, 6, 9 of 12; 1, 3, 4 of 6)
+      # layers: [3, 6, 9]        # or the 0-based blocks themselves (clears at_depth)
       fuse: sum                  # sum | mean | none
       score: cls                 # cls | mean: how tokens are ranked (below)
+
+`at_depth` is resolved against the model when the budget is planned; the report's
+`budget.settings.evit` records the blocks it gave (`layers`) beside the fractions.
 
 Scores: ``cls`` ranks the unprotected tokens by the attention the first (CLS) token
 pays them, averaged over heads (the paper's); ``mean`` ranks them by the attention
@@ -34,7 +39,8 @@ and the fused token's size is the sum of the dropped tokens' sizes.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, ClassVar, Literal
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import field_validator, model_validator
@@ -54,9 +60,27 @@ Score = Literal["cls", "mean"]
 class EViTConfig(MethodConfig):
     keep_rate: float | None = 0.7
     keep: int | None = None  # absolute k per pruning block (set keep_rate: null)
-    layers: list[int] | None = [3, 6, 9]  # noqa: RUF012 - pydantic copies defaults
+    # the pruning blocks as fractions of the model's depth (block floor(f · L)); the
+    # paper's blocks 4, 7, 10 of DeiT-S's 12. Giving `layers` clears it.
+    at_depth: list[float] | None = [0.25, 0.5, 0.75]  # noqa: RUF012 - pydantic copies
     fuse: Fuse = "sum"
     score: Score = "cls"  # cls: attention from the CLS token; mean: attention received
+
+    @model_validator(mode="before")
+    @classmethod
+    def _layers_clear_depth(cls, data: Any) -> Any:
+        """`layers` given without `at_depth`: the blocks themselves (at_depth cleared)."""
+        if isinstance(data, dict) and "layers" in data and "at_depth" not in data:
+            data = {**data, "at_depth": None}
+        return data
+
+    @field_validator("at_depth")
+    @classmethod
+    def _fractions(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and (not v or not all(0.0 <= f < 1.0 for f in v)):  # refuses NaN
+            raise ValueError(f"at_depth={v}: give fractions of the depth in [0, 1), e.g. "
+                             "[0.25, 0.5, 0.75], or set at_depth: null and give layers")
+        return v
 
     @field_validator("keep_rate")
     @classmethod
@@ -76,7 +100,16 @@ class EViTConfig(MethodConfig):
     def _one_of(self) -> EViTConfig:
         if (self.keep_rate is None) == (self.keep is None):
             raise ValueError("give exactly one of keep_rate and keep (set the other to null)")
+        if self.at_depth is not None and self.layers is not None:
+            raise ValueError("give at_depth (fractions of the depth) or layers (block "
+                             "indices), not both (set the other to null)")
         return self
+
+
+def depth_blocks(fractions: list[float], depth: int) -> list[int]:
+    """Fractions of a model's depth → 0-based blocks: floor(f · depth), each once, in
+    order ([0.25, 0.5, 0.75] → [3, 6, 9] of 12, [1, 3, 4] of 6, [0, 1, 2] of 3)."""
+    return sorted({min(depth - 1, math.floor(f * depth)) for f in fractions})
 
 
 @register
@@ -84,9 +117,25 @@ class EViT(Method):
     name = "evit"
     config = EViTConfig
     recipe = "evit-keep70"
-    exclusive: ClassVar[dict[str, str]] = {"keep_rate": "keep", "keep": "keep_rate"}
+    exclusive: ClassVar[dict[str, str]] = {"keep_rate": "keep", "keep": "keep_rate",
+                                           "layers": "at_depth", "at_depth": "layers"}
     summary = ("attentive token keeping: keep the k tokens the CLS attends to most (or that "
                "receive the most attention: score mean), fuse the rest")
+
+    def blocks(self, cfg: MethodConfig, geo: Geometry) -> list[int]:
+        """`at_depth` resolved against the model's depth, else `layers` (Method.blocks)."""
+        assert isinstance(cfg, EViTConfig)
+        if cfg.at_depth is not None and cfg.layers is None:
+            return depth_blocks(cfg.at_depth, geo.layers)
+        return super().blocks(cfg, geo)
+
+    def resolve(self, cfg: MethodConfig, geo: Geometry,
+                ratio_of: Callable[[MethodConfig], float]) -> MethodConfig:
+        """`at_depth` → `layers` (both kept: the report shows where the blocks came from)."""
+        assert isinstance(cfg, EViTConfig)
+        if cfg.at_depth is None or cfg.layers is not None:
+            return cfg
+        return cfg.model_copy(update={"layers": depth_blocks(cfg.at_depth, geo.layers)})
 
     def token_score(self, cfg: MethodConfig, geo: Geometry) -> str | None:
         """The score that ranks tokens: `cls` (refused with no protected token) or `mean`."""

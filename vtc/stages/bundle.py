@@ -19,12 +19,13 @@ from typing import Any
 import vtc
 from vtc.budget import Budget, Geometry
 from vtc.recipe import RecipeBase
-from vtc.report import ZERO_SHOT_GATES, BudgetInfo, LayerInfo, Preprocess, Report, to_jsonable
+from vtc.report import BudgetInfo, LayerInfo, Preprocess, Report, to_jsonable
 from vtc.source import Source
 from vtc.stages.edge import edge_files
 from vtc.stages.inputs import CONFIG, PREPROCESSOR
 from vtc.util import sha256_file, write_atomic
-from vtc.validate.gates import evaluate_gates, format_gate
+from vtc.validate.gates import applicable, evaluate_gates, format_gate
+from vtc.validate.payoff import payoff
 from vtc.validate.report import write_report
 
 __all__ = ["budget_info", "format_gate", "judge", "manifest", "model_config",
@@ -38,25 +39,16 @@ def budget_info(budget: Budget) -> BudgetInfo:
     return BudgetInfo(**d)
 
 
-def judge(report: Report, recipe: RecipeBase, bench: bool) -> None:
-    """Fill `report.gates`, `gates_skipped` and `passed` from the recipe's gates."""
-    gates = dict(recipe.gates)
-    skipped: list[str] = []
-
-    def skip(*names: str) -> None:
-        skipped.extend(g for g in names if gates.pop(g, None) is not None)
-
-    if report.parity.engine is None:  # an ONNX source has no eager model
-        skip("max_export_diff", "max_parity_diff")
-    if not bench:
-        skip("min_speedup", "min_efficiency")
-    if report.dense is None:  # not a dense output: its gates do not apply
-        skip("min_dense_pearson", "min_dense_iou")
-    if report.zero_shot is None:  # no text tower: the zero-shot gates do not apply
-        skip(*ZERO_SHOT_GATES)
+def judge(report: Report, recipe: RecipeBase, bench: bool, geo: Geometry | None = None
+          ) -> None:
+    """Fill `report.gates`, `gates_skipped` (+ why), `passed` and `payoff` from the
+    recipe's gates (`vtc.validate.gates.applicable` sets aside what the run cannot judge);
+    `geo`: the model's geometry, for the payoff's budget suggestion."""
+    gates, why = applicable(report, dict(recipe.gates), bench)
     report.gates = evaluate_gates(report, gates)
-    report.gates_skipped = skipped
+    report.gates_skipped, report.gates_skipped_why = list(why), why
     report.passed = all(g.passed for g in report.gates)
+    report.payoff = payoff(report, recipe, geo)
 
 
 def manifest(report: Report, src: Source, tmp: Path, input_shape: list[int | str],

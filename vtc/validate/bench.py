@@ -103,8 +103,8 @@ def speedup_interval(base: Timing, comp: Timing, level: float = 0.95,
                         low=low, high=high, level=level, resamples=resamples, seed=seed)
 
 
-
-METHOD = "interleaved round-robin after warm-up, median latency per batch"
+METHOD = ("interleaved round-robin after warm-up; speedup: the paired estimate over the "
+          "rounds; img/s: batch / median latency")
 
 
 def throughput_info(timings: Mapping[str, Timing], batch: int, flops_ratio: float
@@ -112,11 +112,12 @@ def throughput_info(timings: Mapping[str, Timing], batch: int, flops_ratio: floa
     """The report's throughput tier from `measure_interleaved` results keyed `baseline`,
     `compressed` and optionally `eager`, `eager_compressed`."""
     base, comp = timings["baseline"], timings["compressed"]
-    sp = speedup(base, comp)
+    ci = speedup_interval(base, comp)
     eager, eager_c = timings.get("eager"), timings.get("eager_compressed")
     return ThroughputInfo(
         batch=batch, baseline_ips=base.img_per_s, compressed_ips=comp.img_per_s,
         eager_ips=eager.img_per_s if eager else None,
         eager_compressed_ips=eager_c.img_per_s if eager_c else None,
-        speedup=sp, speedup_ci=speedup_interval(base, comp), efficiency=sp / flops_ratio,
-        baseline=base, compressed=comp, eager=eager, eager_compressed=eager_c, method=METHOD)
+        speedup=ci.estimate, speedup_ci=ci, efficiency=ci.estimate / flops_ratio,
+        baseline=base, compressed=comp, eager=eager, eager_compressed=eager_c, method=METHOD,
+        speedup_median=speedup(base, comp))

@@ -1,13 +1,60 @@
 """Pass/fail gates evaluated against a finished report (the gate table, `GATES`,
-lives with the report type in `vtc.report`)."""
+lives with the report type in `vtc.report`).
+
+`applicable` sets aside, with the reason, the gates a run cannot judge: tiers it did
+not measure, fidelity floors of another output kind (`FIDELITY_SCOPE`), and speed
+gates of a run timed over fewer than `stats.MIN_ROUNDS` rounds (a bootstrap over two
+rounds says nothing about noise; the test suite's quick runs time two).
+
+`min_speedup` reads the upper end of the paired speedup's interval: it fails only
+when the whole interval lies below the limit, a slowdown beyond timing noise, so a
+run whose true speedup is at the limit does not flap.
+"""
 
 from __future__ import annotations
 
 import math
 
-from vtc.report import GATES, Gate, Kind, Report, lookup, task_gate
+from vtc import stats
+from vtc.report import (
+    FIDELITY_SCOPE,
+    GATES,
+    ZERO_SHOT_GATES,
+    Gate,
+    Kind,
+    Report,
+    lookup,
+    output_kind,
+    speedup_text,
+    task_gate,
+)
 
-__all__ = ["GATES", "Gate", "evaluate_gates", "format_gate", "judge_value"]
+__all__ = ["GATES", "Gate", "applicable", "evaluate_gates", "format_gate", "judge_value"]
+
+SPEED_GATES = ("min_speedup", "min_efficiency")
+
+
+def applicable(report: Report, gates: dict[str, float], bench: bool
+               ) -> tuple[dict[str, float], dict[str, str]]:
+    """(the gates this run can judge, in order; name → why each other one is skipped)."""
+    why: dict[str, str] = {}
+    rounds = report.throughput.compressed.n if report.throughput is not None else 0
+    kind = output_kind(report.fidelity, report.dense is not None)
+    for name in gates:
+        if name in ("max_export_diff", "max_parity_diff") and report.parity.engine is None:
+            why[name] = "an ONNX source has no eager model to compare with"
+        elif name in SPEED_GATES and (not bench or report.throughput is None):
+            why[name] = "not timed (--no-bench)"
+        elif name in SPEED_GATES and rounds < stats.MIN_ROUNDS:
+            why[name] = (f"{rounds} timed rounds; a noise-aware verdict needs >= "
+                         f"{stats.MIN_ROUNDS} (validate.repeats)")
+        elif name in ("min_dense_pearson", "min_dense_iou") and report.dense is None:
+            why[name] = "not a dense output"
+        elif name in ZERO_SHOT_GATES and report.zero_shot is None:
+            why[name] = "no text tower (not a full CLIP checkpoint)"
+        elif name in FIDELITY_SCOPE and FIDELITY_SCOPE[name] != kind:
+            why[name] = f"the floor of {FIDELITY_SCOPE[name]} outputs; this output is {kind}"
+    return {k: v for k, v in gates.items() if k not in why}, why
 
 
 def judge_value(name: str, raw: object, limit: float, kind: Kind,
@@ -43,7 +90,13 @@ def evaluate_gates(report: Report, gates: dict[str, float]) -> list[Gate]:
         else:
             path, kind = GATES[name]
             raw = lookup(report, path)
-        result.append(judge_value(name, raw, limit, kind, path))
+        gate = judge_value(name, raw, limit, kind, path)
+        if name == "min_speedup" and report.throughput is not None and gate.value is not None:
+            ci = report.throughput.speedup_ci
+            gate = Gate(name, gate.value, gate.limit, gate.passed, kind,
+                        f"upper end of the paired {ci.level:.0%} interval "
+                        f"{speedup_text(report.throughput)}")
+        result.append(gate)
     return result
 
 
@@ -76,4 +129,4 @@ def format_gate(g: Gate) -> str:
         return f"{status} {g.name}: {why} (limit {lim})"
     val, lim = _format_pair(g.value, g.limit)
     op = (">=" if g.passed else "<") if g.kind == "min" else "<=" if g.passed else ">"
-    return f"{status} {g.name}: {val} {op} {lim}"
+    return f"{status} {g.name}: {val} {op} {lim}" + (f" ({g.note})" if g.note else "")

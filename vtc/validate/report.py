@@ -1,7 +1,13 @@
 """Write `report.json` (machine-readable) and `report.md` (for people) from the typed
-`vtc.report.Report`. Every field of the report has its place on the page:
-`SUMMARY` fields in the header lines, `SECTIONS` fields as sections (a test holds
-the two to the dataclass). A tier that was not measured says so."""
+`vtc.report.Report`.
+
+report.md leads with the verdict: the gates line and the payoff (did compression pay
+off, and if not which budget to try), then one results table (tokens, FLOPs, parity,
+fidelity, accuracy, speed), the gates, the details, and the recipe last (only the
+sections of the methods used). Every field of the report has its place on the page:
+`SUMMARY` fields in the header lines, `SECTIONS` fields as sections (a test holds the
+two to the dataclass). A main tier that was not measured says so in the results
+table; a null tier has no section."""
 
 from __future__ import annotations
 
@@ -31,6 +37,8 @@ from vtc.report import (
     ThroughputInfo,
     TrtLintInfo,
     ZeroShotInfo,
+    output_kind,
+    speedup_text,
 )
 from vtc.util import write_atomic
 from vtc.validate.gates import format_gate
@@ -64,10 +72,6 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
     return [*lines, ""]
 
 
-def _json(value: Any) -> list[str]:
-    return ["```json", json.dumps(value, indent=2, sort_keys=True), "```", ""]
-
-
 def _source(s: SourceInfo) -> list[str]:
     return [f"- `{s.spec}` ({s.kind}; model type {_num(s.model_type)}, family "
             f"{_num(s.family)})", ""]
@@ -82,11 +86,13 @@ def _budget(b: BudgetInfo) -> list[str]:
               f"({'attention from the CLS token' if s == 'cls' else 'attention received'})"
               for m, s in b.scores.items()] + ([""] if b.scores else [])
     rows = [[lp.index, lp.tokens_in, lp.tokens_out, lp.method,
-             ", ".join(f"{k}={_num(v)}" for k, v in lp.params.items()) or "",
+             ", ".join(f"{k}={_num(v)}" for k, v in sorted(lp.params.items())) or "",
              "yes" if lp.attn_bias else ""] for lp in b.layers]
     lines += _table(["block", "tokens in", "tokens out", "method", "parameters",
                      "log-size bias"], rows)
-    return [*lines, "settings:", "", *_json(b.settings)]
+    settings = [f"- {m}: " + ", ".join(f"{k}={json.dumps(v)}" for k, v in cfg.items())
+                for m, cfg in b.settings.items()]
+    return [*lines, "resolved settings:", "", *settings, ""] if settings else lines
 
 
 def _graph(g: GraphInfo) -> list[str]:
@@ -154,12 +160,14 @@ def _machine(m: MachineInfo) -> list[str]:
             f"{m.onnxruntime or 'not installed'}; providers {', '.join(m.providers) or '—'}", ""]
 
 
+def _ops(d: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(d.items())) or "none"
+
+
 def _fusions(f: FusionInfo) -> list[str]:
-    ops = sorted(set(f.baseline) | set(f.compressed))
-    lines = _table(["op", "baseline", "compressed"],
-                   [[op, f.baseline.get(op, 0), f.compressed.get(op, 0)] for op in ops])
     lost = ", ".join(f"{k} x{v}" for k, v in f.lost.items()) if f.lost else "none"
-    return [*lines, f"lost fusions: {lost}", ""]
+    return [f"- baseline: {_ops(f.baseline)}", f"- compressed: {_ops(f.compressed)}",
+            f"- lost fusions: {lost}", ""]
 
 
 def _inputs(i: InputsInfo) -> list[str]:
@@ -192,8 +200,8 @@ def _parity(p: ParityInfo) -> list[str]:
 
 
 def _fidelity(f: FidelityInfo) -> list[str]:
-    return [f"- {k}: {_cos(v) if k.startswith('cosine') else _num(v)}"
-            for k, v in vars(f).items()] + [""]
+    return ["- " + ", ".join(f"{k} {_cos(v) if k.startswith('cosine') else _num(v)}"
+                             for k, v in vars(f).items()), ""]
 
 
 def _accuracy(a: AccuracyInfo) -> list[str]:
@@ -225,10 +233,11 @@ def _throughput(t: ThroughputInfo) -> list[str]:
             for name, r in runners.items() if r is not None]
     lines = _table(["runner", "batch", "img/s", "p50 ms", "p95 ms", "n"], rows)
     ci = t.speedup_ci
-    return [*lines, f"- speedup: **{_num(t.speedup)}** (median latencies); {ci.statistic}: "
-            f"{_num(ci.estimate)}, {ci.level:.0%} interval {_num(ci.low)}–{_num(ci.high)} "
-            f"(bootstrap over {t.compressed.n} interleaved rounds, {ci.resamples} resamples, "
-            f"seed {ci.seed})",
+    median = (f"; the ratio of median latencies, for the record: {_num(t.speedup_median)}"
+              if t.speedup_median is not None else "")
+    return [*lines, f"- speedup: **{speedup_text(t)}** — {ci.statistic}, {ci.level:.0%} "
+            f"bootstrap interval over {t.compressed.n} interleaved rounds ({ci.resamples} "
+            f"resamples, seed {ci.seed}){median}",
             f"- efficiency: **{_num(t.efficiency)}** (speedup / FLOPs ratio)", f"- {t.method}", ""]
 
 
@@ -279,55 +288,136 @@ def _gates(gates: list[Gate]) -> list[str]:
     return [f"- `{format_gate(g)}`" for g in gates] + ([""] if gates else ["no gates", ""])
 
 
-def _skipped(names: list[str]) -> list[str]:
-    return [", ".join(names) + " (not measurable in this run)" if names else "none", ""]
+def _skipped(why: dict[str, str]) -> list[str]:
+    return [f"- `{g}`: {w}" for g, w in why.items()] + [""]
 
 
-# field → (title, renderer); a null tier renders as "not measured"
+# the method-neutral top-level keys of a recipe (`vtc.recipe.RecipeBase`, aliases);
+# any other key is a method's section, shown only when the recipe uses that method
+RECIPE_KEYS = ("name", "description", "method", "unmerge", "tokens_out", "export", "input",
+               "backend", "validate", "gates", "check", "generate")
+
+
+def _recipe(recipe: dict[str, Any]) -> list[str]:
+    """The recipe as YAML: the method-neutral keys and the used methods' sections (a
+    vision-language recipe's generate: section only when a cut outside the encoder ran)."""
+    import yaml
+
+    used = list(recipe.get("method") or [])
+    order = [k for k in RECIPE_KEYS[:3] if k in recipe] + [m for m in used if m in recipe] + [
+        k for k in RECIPE_KEYS[3:] if k in recipe and k != "generate"]
+    keep = {k: recipe[k] for k in order}
+    text = yaml.safe_dump(keep, sort_keys=False, allow_unicode=True, default_flow_style=None,
+                          width=10_000)
+    return ["```yaml", text.rstrip(), "```", ""]
+
+
+def _results(r: Report) -> list[str]:
+    """One table of the headline figures (details in the sections below)."""
+    b, f, a, t = r.budget, r.fidelity, r.accuracy, r.throughput
+    par = ", ".join(f"{tier} max abs diff {_num(s.max_abs_diff)}" for tier, s in
+                    (("export", r.parity.export), ("engine", r.parity.engine)) if s is not None)
+    basis = {"token": "per-token ", "pooled": "pooled-token "}.get(f.basis, "")
+    top = "".join(f", {k.replace('_', ' ')} {_num(v)}" for k, v in
+                  (("top1_agreement", f.top1_agreement), ("top5_agreement", f.top5_agreement))
+                  if v is not None)
+    rows = [["tokens", f"{b.tokens_in} → {b.tokens_out} ({' + '.join(b.methods) or 'none'}, "
+             f"{len(b.layers)} blocks, {b.protected} protected)"],
+            ["FLOPs", f"ratio **{_num(b.flops_ratio)}** ({_num(b.flops_base)} → "
+             f"{_num(b.flops)} MACs/image)"],
+            ["parity", par or "not measured (no eager model)"],
+            ["fidelity", f"{basis}cosine mean {_cos(f.cosine_mean)}, min {_cos(f.cosine_min)}"
+             f"{top} ({output_kind(f, r.dense is not None)} output `{r.output}`, {f.n} "
+             f"{r.inputs.kind} inputs)"],
+            ["accuracy", f"{_num(a.baseline_acc)} % → {_num(a.compressed_acc)} % (drop "
+             f"{_num(a.drop_points)} pt, {a.dataset.name} linear probe)" if a is not None
+             else "not measured (no validate.dataset)"],
+            ["speed", f"**{speedup_text(t)}** (paired, {t.speedup_ci.level:.0%} interval, "
+             f"{t.compressed.n} rounds, batch {t.batch}); {_num(t.baseline_ips)} → "
+             f"{_num(t.compressed_ips)} img/s (medians); efficiency {_num(t.efficiency)}"
+             if t is not None else "not measured (--no-bench)"]]
+    extra = [("dense", r.dense, lambda d: f"Pearson {_num(d.pearson_mean)}, IoU "
+              f"{_num(d.iou_mean)}"),
+             ("task", r.task, lambda k: ", ".join(f"{m} {_num(v)}" for m, v in
+                                                  k.metrics.items())),
+             ("zero-shot", r.zero_shot, lambda z: f"image top-1 agreement "
+              f"{_num(z.image_top1_agreement)}"),
+             ("deployed", r.deployment, lambda d: f"{d.precision}: cosine mean "
+              f"{_cos(d.cosine_mean)}"),
+             ("TensorRT lint", r.trt_lint, lambda x: f"{x.errors} error(s), "
+              f"{x.warnings} warning(s)")]
+    rows += [[name, render(v)] for name, v, render in extra if v is not None]
+    return _table(["result", "value"], rows)
+
+
+def _verdict(r: Report) -> list[str]:
+    failed = [g.name for g in r.gates if not g.passed]
+    n_ok = len(r.gates) - len(failed)
+    parts = ([f"{len(failed)} failed ({', '.join(failed)})"] if failed else []) + \
+        [f"{n_ok} passed"] + ([f"{len(r.gates_skipped)} skipped"] if r.gates_skipped else [])
+    lines = [f"**{'PASS' if r.passed else 'FAIL'}** — gates: {', '.join(parts)}. Output "
+             f"`{r.output}`, {r.elapsed_s:.1f} s, vtc {r.vtc_version}, report schema "
+             f"{r.schema_version}.", ""]
+    p = r.payoff
+    if p is not None:
+        lines += [f"**{p.message[0].upper()}{p.message[1:]}.**", ""]
+        if p.suggestion is not None:
+            lines += [f"Try `{p.suggestion}` (FLOPs ratio {_num(p.suggestion_flops_ratio)}, "
+                      f"now {_num(r.budget.flops_ratio)}): a suggestion from {p.basis}.", ""]
+        elif p.verdict != "pays":
+            lines += [f"No budget suggested: {p.basis}.", ""]
+    return lines
+
+
+# field → (title, renderer); the order of the page after the results table
 SECTIONS: dict[str, tuple[str, Callable[[Any], list[str]]]] = {
-    "source": ("Source", _source),
-    "recipe": ("Recipe", _json),
+    "gates": ("Gates", _gates),
+    "gates_skipped_why": ("Gates skipped", _skipped),
     "budget": ("Token budget", _budget),
-    "graph": ("Graph rewrite", _graph),
-    "engine": ("Engine", _engine),
-    "machine": ("Machine", _machine),
-    "fusions": ("ORT fusions", _fusions),
-    "inputs": ("Inputs", _inputs),
     "parity": ("Parity", _parity),
     "fidelity": ("Fidelity", _fidelity),
-    "deployment": ("Deployed engine vs reference engine", _deployment),
-    "dense": ("Dense output fidelity", _dense),
-    "throughput": ("Throughput", _throughput),
     "accuracy": ("Accuracy (linear probe)", _accuracy),
+    "throughput": ("Throughput", _throughput),
+    "dense": ("Dense output fidelity", _dense),
     "task": ("Task metric (validate.task)", _task),
     "zero_shot": ("Zero-shot agreement (image–text)", _zero_shot),
+    "deployment": ("Deployed engine vs reference engine", _deployment),
     "trt_lint": ("TensorRT lint", _trt_lint),
-    "gates": ("Gates", _gates),
-    "gates_skipped": ("Gates skipped", _skipped),
+    "graph": ("Graph rewrite", _graph),
+    "engine": ("Engine", _engine),
+    "fusions": ("ORT fusions", _fusions),
+    "inputs": ("Inputs", _inputs),
+    "machine": ("Machine", _machine),
+    "source": ("Source", _source),
+    "recipe": ("Recipe (the sections used)", _recipe),
 }
-# fields shown in the header lines
-SUMMARY = ("passed", "output", "elapsed_s", "vtc_version", "schema_version")
+# fields shown in the header lines (gates_skipped: the names of gates_skipped_why)
+SUMMARY = ("passed", "output", "elapsed_s", "vtc_version", "schema_version", "payoff",
+           "gates_skipped")
 
 
 def render_markdown(report: Report) -> str:
-    """The human-readable page of a report."""
-    lines = ["# vtc report", "",
-             f"**Overall: {'PASS' if report.passed else 'FAIL'}** — output `{report.output}`, "
-             f"{report.elapsed_s:.1f} s, vtc {report.vtc_version}, report schema "
-             f"{report.schema_version}", ""]
+    """The human-readable page of a report: verdict, results, gates, details, recipe."""
+    lines = [f"# vtc report: {'PASS' if report.passed else 'FAIL'}", "", *_verdict(report),
+             "## Results", "", *_results(report)]
     for key, (title, render) in SECTIONS.items():
         value = getattr(report, key)
-        lines += [f"## {title}", "", *(render(value) if value is not None else
-                                       ["not measured", ""])]
+        if key == "gates_skipped_why" and not value and report.gates_skipped:
+            value = dict.fromkeys(report.gates_skipped, "not measurable in this run")
+        if value is None or value == {}:  # the results table says what was not measured
+            continue
+        lines += [f"## {title}", "", *render(value)]
     return "\n".join(lines).rstrip() + "\n"
 
 
 def write_report(out_dir: Path, report: Report) -> tuple[Path, Path]:
-    """Write `out_dir/report.json` (sorted keys, indent 2) and `out_dir/report.md`, each
-    atomically. Returns both paths."""
+    """Write `out_dir/report.json` (sorted keys, indent 2) and `out_dir/report.md` (the
+    page of that JSON), each atomically. Returns both paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out_dir / "report.json", out_dir / "report.md"
-    write_atomic(json_path, json.dumps(report.to_dict(), indent=2, sort_keys=True) + "\n")
-    write_atomic(md_path, render_markdown(report))
+    text = json.dumps(report.to_dict(), indent=2, sort_keys=True) + "\n"
+    write_atomic(json_path, text)
+    # rendered from what report.json holds, so `vtc report show` on the JSON gives this page
+    write_atomic(md_path, render_markdown(Report.from_dict(json.loads(text))))
     return json_path, md_path
