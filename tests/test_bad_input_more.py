@@ -65,6 +65,10 @@ CASES: dict[str, tuple[Callable[[Path], None], Runner, list[str], str]] = {
     "runtime: truncated model.onnx": (lambda b: _truncate(b / "model.onnx"), "runtime", [],
                                       r"model\.onnx is corrupt: its sha256 .* is not the .* "
                                       "manifest.json lists; copy the bundle again"),
+    "runtime: preprocess.json edited": (
+        lambda b: (b / "preprocess.json").write_text(
+            (b / "preprocess.json").read_text().replace('"resize"', '"resize" ', 1)),
+        "runtime", [], r"preprocess\.json is corrupt"),
     "runtime: one byte changed": (lambda b: _flip_last_byte(b / "model.onnx"), "runtime", [],
                                   r"model\.onnx is corrupt"),
     "runtime: truncated model.ort.onnx": (lambda b: _truncate(b / "model.ort.onnx"), "runtime",
@@ -80,8 +84,10 @@ CASES: dict[str, tuple[Callable[[Path], None], Runner, list[str], str]] = {
                                         "runtime", [], "manifest.json has no sha256 table"),
     "runtime: manifest missing": (lambda b: (b / "manifest.json").unlink(), "runtime", [],
                                   "not a vtc bundle"),
-    "runtime: preprocess.json without a field": (
-        lambda b: (b / "preprocess.json").write_text("{}"), "runtime", [],
+    "runtime: preprocess.json without a field (an older bundle: not in the manifest)": (
+        lambda b: ((b / "preprocess.json").write_text("{}"),
+                   _edit_manifest(lambda m: m["files"].pop("preprocess.json"))(b)),
+        "runtime", [],
         r"preprocess\.json or manifest\.json lacks a field \(KeyError: 'name'\)"),
     "runtime: --top-k 0": (lambda b: None, "runtime", ["--top-k", "0"],
                            r"--top-k 0: give a whole number ≥ 1"),

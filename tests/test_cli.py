@@ -58,7 +58,8 @@ def test_bundle_contract(bundle: Path) -> None:
     man = json.loads((bundle / "manifest.json").read_text())
     assert man["source"]["sha256"] and man["engine"]["providers"] == ["CPUExecutionProvider"]
     assert man["opset"] == 18 and man["engine"]["kind"] == rep["engine"]["kind"] == "ort"
-    assert set(man["files"]) == {"baseline.onnx", "model.onnx", "model.ort.onnx"}
+    assert set(man["files"]) == {"baseline.onnx", "model.onnx", "model.ort.onnx",
+                                 "config.json", "preprocessor_config.json", "preprocess.json"}
     assert "speedup" in (bundle / "report.md").read_text().lower()
 
 

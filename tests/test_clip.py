@@ -144,8 +144,8 @@ def test_the_bundle_holds_both_towers(tome_bundle: tuple[Path, Report]) -> None:
         assert manifest["files"][name] == sha256_file(out / name)
     text = manifest["text"]
     assert text["graph"] == "text.onnx" and text["engine"] == "text.ort.onnx"
-    assert text["inputs"]["input_ids"] == {"shape": [2, 12], "dtype": "int64"}
-    assert text["output"]["shape"] == [2, 24]
+    assert text["inputs"]["input_ids"] == {"shape": ["batch", 12], "dtype": "int64"}  # any batch
+    assert text["output"]["shape"] == ["batch", 24]
     assert text["tokenizer"]["tokenizer/tokenizer.json"] == sha256_file(
         out / "tokenizer" / "tokenizer.json")
     assert report.output == "image_embeds"

@@ -71,7 +71,8 @@ def test_external_data_layouts(tmp_path: Path, vit_onnx: Path, layout: str) -> N
     code, text = _export(src, tmp_path / "out")
     assert code == 0, text
     man = json.loads((tmp_path / "out" / "manifest.json").read_text())
-    assert set(man["files"]) == {"baseline.onnx", "model.onnx", "model.ort.onnx"}
+    assert set(man["files"]) == {"baseline.onnx", "model.onnx", "model.ort.onnx",
+                                 "config.json", "preprocessor_config.json", "preprocess.json"}
 
 
 def test_large_bundles_use_external_data(tmp_path: Path, vit_onnx: Path,

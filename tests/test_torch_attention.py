@@ -207,7 +207,8 @@ def test_vtc_export_end_to_end(exports: Exports, tmp_path: Path, variant: str, d
     assert out["tokens"].shape[1] == (tok["tokens"])
     assert ("token_sizes" in out) == merged
     files = json.loads((tmp_path / "b" / "manifest.json").read_text())["files"]
-    assert set(files) == {"baseline.onnx", "model.onnx", "model.ort.onnx"}
+    assert set(files) == {"baseline.onnx", "model.onnx", "model.ort.onnx",
+                          "config.json", "preprocessor_config.json", "preprocess.json"}
 
 
 def test_evit_token_output_needs_merged(exports: Exports, tmp_path: Path) -> None:

@@ -225,10 +225,11 @@ def build(opts: Options, src: Source, tmp: Path, task_fn: TaskFn | None = None) 
     shape = input_dims(comp.path, pre.name)  # a symbolic batch keeps the source's name
     edge.write(tmp, report, inputs.x, val.references, pre, shape, loaded.batch)
     bundle.write_configs(tmp, src, pre, loaded.geometry, loaded.labels, comp.output_shape)
+    bundle.write_preprocess(tmp, pre)
     text_entry = (text.manifest_entry(tmp, zero_shot, shape[0]) if zero_shot is not None
                   else None)
     bundle.write(tmp, report, bundle.manifest(report, src, tmp, shape, exported.opset,
-                                              text_entry), pre)
+                                              text_entry))
     step(f"bundle complete in {report.elapsed_s:.1f} s")
     return report
 

@@ -291,8 +291,8 @@ def write_plot(sweep: dict[str, Any], path: Path) -> None:
                 and p.get("speedup_high") is not None]
         if bars:  # the paired speedup's 95 % interval
             left.errorbar([p["speedup"] for p in bars], [p["quality"] for p in bars],
-                          xerr=[[p["speedup"] - p["speedup_low"] for p in bars],
-                                [p["speedup_high"] - p["speedup"] for p in bars]],
+                          xerr=[[max(0.0, p["speedup"] - p["speedup_low"]) for p in bars],
+                                [max(0.0, p["speedup_high"] - p["speedup"]) for p in bars]],
                           fmt="none", ecolor=c, alpha=0.5, capsize=3, zorder=3)
         for p in measured:
             left.annotate(p["label"], (p["speedup"], p["quality"]), textcoords="offset points",

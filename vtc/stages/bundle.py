@@ -57,7 +57,7 @@ def manifest(report: Report, src: Source, tmp: Path, input_shape: list[int | str
     `text`: an image–text model's text tower (`vtc.stages.text.manifest_entry`)."""
     files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())
              if p.is_file() and (p.suffix in (".onnx", ".plan", ".data")
-                                 or p.name in (CONFIG, PREPROCESSOR))}
+                                 or p.name in (CONFIG, PREPROCESSOR, "preprocess.json"))}
     return {
         "vtc_version": vtc.__version__,
         "report_schema_version": report.schema_version,
@@ -95,12 +95,15 @@ def preprocess_json(pre: Preprocess) -> dict[str, Any]:
     return data  # type: ignore[no-any-return]
 
 
-def write(tmp: Path, report: Report, manifest_data: dict[str, Any],
-          pre: Preprocess | None = None) -> None:
+def write_preprocess(tmp: Path, pre: Preprocess) -> None:
+    """preprocess.json, written before the manifest so that its sha256 is listed there (the
+    runtime checks it like the graphs)."""
+    write_atomic(tmp / "preprocess.json",
+                 json.dumps(preprocess_json(pre), indent=2, sort_keys=True) + "\n")
+
+
+def write(tmp: Path, report: Report, manifest_data: dict[str, Any]) -> None:
     write_atomic(tmp / "manifest.json", json.dumps(manifest_data, indent=2, sort_keys=True) + "\n")
-    if pre is not None:
-        write_atomic(tmp / "preprocess.json",
-                     json.dumps(preprocess_json(pre), indent=2, sort_keys=True) + "\n")
     write_report(tmp, report)
 
 
