@@ -1,16 +1,20 @@
-"""Vision-language bundles (issue 8): LLaVA-1.5's shapes at real size, and engine parity
-on tiny models.
+"""Vision-language bundles (issues 8, 18): LLaVA-1.5's shapes at real size, and parity on
+tiny models, all through onnxruntime-genai bundles.
 
 1. **Shape-faithful LLaVA-1.5** (`llava.llava15_config`: CLIP ViT-L/14 at 336 px, 576
    visual tokens, projector to 4096, Llama-2-7B's layer shape and vocabulary) with the
-   language model cut to 2 layers and random weights, through the whole pipeline
-   (`vtc-export` with `llava-visionzip64`: 576 → 64 visual tokens). Target: the LM's
-   prefill latency of the cut engine ≤ 0.25× the uncut one (timed interleaved, the
-   vision graph timed beside it). Fidelity figures there come from random weights and
-   are printed as such.
-2. **Tiny LLaVA**, every shipped LLaVA recipe (budgets scaled to its 17 tower tokens):
-   greedy tokens of the engines identical to the eager HF model with the same cuts on
-   every prompt, first-step logits max |Δ| ≤ 1e-3.
+   language model cut to 3 layers and random weights, through the whole pipeline
+   (`vtc-export`; the decoder from onnxruntime-genai's model builder), a prompt of 32
+   text tokens. Target (`llava-visionzip64`, 576 → 64 visual tokens): the decoder's
+   prefill latency ≤ 0.22× the uncut genai bundle's (the builder's decoder as written,
+   reading all 576 visual tokens), timed interleaved; decode tokens/s not below it.
+   Fidelity figures there come from random weights and are printed as such.
+2. **Decoder size** on that shape: the builder's fp16 decoder ≤ 0.52× the fp32 one,
+   int4 ≤ 0.30× (weights on disk).
+3. **Tiny LLaVA**, every shipped LLaVA recipe (budgets scaled to its 17 tower tokens), 4
+   prompts × 16 greedy tokens through onnxruntime-genai: tokens identical to the eager
+   HF model with the same cuts, first-step logits max |Δ| ≤ 1e-3; and the int4 decoder
+   against the fp32 one (random weights: a plumbing figure, not a quality one).
 
     python -m bench.vlm [--rounds 5] [--skip-large]
 """
@@ -28,7 +32,11 @@ from vtc.recipe import load_recipe
 from vtc.report_vlm import VlmReport
 
 Row = tuple[bool | None, str]
-LM_LAYERS = 3  # FastV at layer 2 leaves one layer behind it; 4 would not fit in 24 GiB
+LM_LAYERS = 3  # FastV at layer 2 leaves one layer behind it
+PROMPT32 = ("describe the main object in this picture and what colour it is and what is "
+            "there with it on the photo and is there a person or a cat or a dog in the image")
+PROMPTS4 = ["Describe the image.", "What is in the picture?",
+            "what colour is the main object ?", "is there a cat or a dog in this photo ?"]
 TINY_SETS = {
     "llava-visionzip64": ["visionzip.dominant=6", "visionzip.contextual=3"],
     "llava-fastv": [],
@@ -55,8 +63,8 @@ def large(tmp: Path, rounds: int) -> list[Row]:
     for recipe in ("llava-visionzip64", "llava-fastv", "llava-tome-visionzip-fastv"):
         t = time.perf_counter()
         rep = _report(ckpt, recipe,
-                      [f"generate.rounds={rounds}", "generate.max_new_tokens=4",
-                       'generate.prompts=["Describe the image.", "What is in the picture?"]'],
+                      [f"generate.rounds={rounds}", "generate.max_new_tokens=8",
+                       "generate.prompt_tokens=32", f'generate.prompts=["{PROMPT32}"]'],
                       tmp / f"llava15-{recipe}", bench=True)
         c, k, f = rep.cuts, rep.cost, rep.fidelity
         assert k is not None
@@ -64,7 +72,7 @@ def large(tmp: Path, rounds: int) -> list[Row]:
                                               k.prefill_samples_ms, strict=True))
         target = recipe == "llava-visionzip64"
         rows.append((
-            k.prefill_ratio <= 0.25 if target else None,
+            k.prefill_ratio <= 0.22 if target else None,
             f"LLaVA-1.5 shapes (CLIP ViT-L/14 336 px, LM 4096 wide cut to {LM_LAYERS} layers, "
             f"random weights), {recipe}: tower tokens {c.tower_tokens} → "
             f"{c.encoder_tokens_out}, visual tokens {c.visual_tokens_uncut} → "
@@ -72,7 +80,7 @@ def large(tmp: Path, rounds: int) -> list[Row]:
             f"{c.lm_layer_tokens} (prompt budget {c.prompt_tokens}), LM prefill "
             f"{k.prefill_ms_uncut:.0f} → {k.prefill_ms:.0f} ms = {k.prefill_ratio:.3f}× "
             f"(per-round {ratios[0]:.3f}…{ratios[-1]:.3f}, {k.rounds} interleaved rounds"
-            + ("; target ≤ 0.25" if target else "") + f"); analytic LM FLOPs ratio "
+            + ("; target ≤ 0.22" if target else "") + f"); analytic LM FLOPs ratio "
             f"{c.flops_ratio:.2f}; vision graph {k.vision_ms_uncut:.0f} → {k.vision_ms:.0f} ms "
             f"(FLOPs ratio {c.vision_flops_ratio:.2f}); decode {k.decode_tok_s_uncut:.2f} → "
             f"{k.decode_tok_s:.2f} tok/s; parity tokens equal "
@@ -81,7 +89,70 @@ def large(tmp: Path, rounds: int) -> list[Row]:
             f"(not a quality figure): first-token agreement {f.top1_agreement:.2f}, logits "
             f"cosine {f.first_logits_cosine_mean:.3f}; built in "
             f"{time.perf_counter() - t:.0f} s"))
+        if target:
+            rows.append((k.decode_tok_s >= 0.95 * k.decode_tok_s_uncut,
+                         f"LLaVA-1.5 shapes {recipe}: decode {k.decode_tok_s:.2f} tok/s vs "
+                         f"uncut {k.decode_tok_s_uncut:.2f} (target: not below, 5 % noise)"))
+    rows += sizes(ckpt, tmp)
     return rows
+
+
+def _lm_dir(ckpt: Path, tmp: Path) -> Path:
+    from transformers import AutoConfig
+
+    from vtc.vlm import decoder
+
+    cfg = AutoConfig.from_pretrained(ckpt, local_files_only=True)
+    return decoder.write_lm_dir(ckpt, cfg.text_config, tmp / "lm")
+
+
+def sizes(ckpt: Path, tmp: Path) -> list[Row]:
+    """The builder's decoder at fp32, fp16 and int4: weights on disk."""
+    import shutil
+
+    from vtc.vlm import decoder
+
+    lm = _lm_dir(ckpt, tmp)
+    got: dict[str, int] = {}
+    for p in decoder.PRECISIONS:
+        out = decoder.run_builder(lm, tmp / f"dec-{p}", p, lambda _m: None)
+        got[p] = sum(f.stat().st_size for f in out.glob("model.onnx*"))
+        shutil.rmtree(out)
+    shutil.rmtree(lm)
+    r16, r4 = got["fp16"] / got["fp32"], got["int4"] / got["fp32"]
+    return [(r16 <= 0.52, f"LLaVA-1.5 shapes decoder ({LM_LAYERS} layers + head): fp16 "
+                          f"{got['fp16'] / 2**30:.2f} GiB = {r16:.3f}× fp32 "
+                          f"{got['fp32'] / 2**30:.2f} GiB (target ≤ 0.52)"),
+            (r4 <= 0.30, f"LLaVA-1.5 shapes decoder: int4 {got['int4'] / 2**30:.2f} GiB = "
+                         f"{r4:.3f}× fp32 (target ≤ 0.30)")]
+
+
+def int4_vs_fp32(ckpt: Path, tmp: Path) -> Row:
+    """First-step logits cosine and first-token agreement, int4 vs fp32 bundles."""
+    import numpy as np
+
+    from vtc.runtime.generate import VlmBundle
+
+    out: dict[str, list[tuple[np.ndarray, int]]] = {}
+    for p in ("fp32", "int4"):
+        _report(ckpt, "llava-visionzip64", ["visionzip.dominant=6", "visionzip.contextual=3",
+                                            f"generate.precision={p}",
+                                            "generate.max_new_tokens=2"],
+                tmp / f"tiny-{p}", bench=False)
+        b = VlmBundle.load(tmp / f"tiny-{p}")
+        rng = np.random.default_rng(0)
+        out[p] = []
+        for prompt in PROMPTS4:
+            px = rng.standard_normal((1, 3, 32, 32)).astype(np.float32)
+            r = b.generate(b.prompt_ids(prompt, max_new_tokens=1), px, 1)
+            out[p].append((r.first_logits, r.tokens[0]))
+    cos = [float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+           for (a, _), (b, _) in zip(out["fp32"], out["int4"], strict=True)]
+    agree = np.mean([ta == tb for (_, ta), (_, tb) in zip(out["fp32"], out["int4"],
+                                                          strict=True)])
+    return (None, f"tiny LLaVA int4 vs fp32 decoder (random weights, not a quality figure): "
+                  f"first-step logits cosine {min(cos):.4f}…{max(cos):.4f}, first-token "
+                  f"agreement {agree:.2f} over {len(PROMPTS4)} prompts")
 
 
 def tiny(tmp: Path) -> list[Row]:
@@ -94,7 +165,9 @@ def tiny(tmp: Path) -> list[Row]:
     llava.word_tokenizer(ckpt, cfg.image_token_id, cfg.text_config.vocab_size)
     rows: list[Row] = []
     for recipe, sets in TINY_SETS.items():
-        rep = _report(ckpt, recipe, [*sets, "generate.prompt_tokens=24"],
+        prompts = "[" + ", ".join(f'"{p}"' for p in PROMPTS4) + "]"
+        rep = _report(ckpt, recipe, [*sets, "generate.prompt_tokens=24",
+                                     "generate.max_new_tokens=16", f"generate.prompts={prompts}"],
                       tmp / f"tiny-{recipe}", bench=False)
         p = rep.parity.generation
         ok = p.tokens_equal == 1.0 and p.first_logits_max_abs_diff <= 1e-3
@@ -104,6 +177,7 @@ def tiny(tmp: Path) -> list[Row]:
                          f"{p.first_logits_max_abs_diff:.1e} (target: all equal, ≤ 1e-3); "
                          f"LM layer tokens {rep.cuts.lm_layer_tokens_uncut} → "
                          f"{rep.cuts.lm_layer_tokens}"))
+    rows.append(int4_vs_fp32(ckpt, tmp))
     return rows
 
 

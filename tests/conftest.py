@@ -170,7 +170,8 @@ def _source_untouched(invoke: Any) -> Any:
         argv = [str(x) for x in (args or [])]
         outs = {argv[i + 1] for i, x in enumerate(argv[:-1]) if x in ("--out", "-o")}
         paths = [Path(x) for x in argv if x and x not in outs and not x.startswith("-")
-                 and "=" not in x and Path(x).exists() and Path(x).resolve() != Path("/")]
+                 and "=" not in x and len(x) < 255 and Path(x).exists()
+                 and Path(x).resolve() != Path("/")]
         paths = [p for p in paths if not any(Path(o).resolve() == p.resolve() for o in outs)]
         before = {p: _tree_digest(p) for p in paths}
         result = invoke(self, cli, args, *a, **k)

@@ -210,9 +210,11 @@ DEFAULT_PROMPTS = (
 
 
 class GenerateCfg(_Strict):
-    """Vision-language bundles (LLaVA): the static prefill's text budget and how the
-    validation generates. The prefill holds the visual tokens plus `prompt_tokens`."""
+    """Vision-language bundles (LLaVA): the decoder's precision and how the validation
+    generates. Prompts have any length up to the decoder's max_length; `prompt_tokens`
+    is the nominal text length the analytic prefill FLOPs are counted at."""
 
+    precision: Literal["fp32", "fp16", "int4"] = "fp32"  # the decoder (the builder's -p)
     prompt_tokens: int = Field(default=64, ge=1, le=32768)
     max_new_tokens: int = Field(default=16, ge=1, le=4096)
     prompts: list[str] = Field(default_factory=lambda: list(DEFAULT_PROMPTS), min_length=1)

@@ -30,7 +30,8 @@ class CutsInfo:
     label ("none" without) and tokens leaving the tower; visual_tokens_uncut /
     visual_tokens: what the LM reads without / with the cuts before it; lm_layer_tokens:
     tokens each LM layer reads at a full prefill (FastV shortens the layers from L on);
-    prefill_length(_uncut): the static prefill lengths (visual + prompt_tokens);
+    prefill_length(_uncut): the nominal prompt lengths (visual + prompt_tokens; prompts
+    may have any length);
     flops_ratio: LM prefill MACs uncut / cut at those lengths; vision_flops_ratio: the
     same for the tower + projector."""
 
@@ -88,7 +89,8 @@ class GenerationFidelity:
 @dataclass
 class VlmCost:
     """Median milliseconds over `rounds` interleaved rounds (uncut, cut) on the same
-    prompt and image: the vision graph, the prefill graph, and decode tokens/s over
+    prompt and image: the vision graph and the decoder's prefill (onnxruntime sessions on
+    the bundles' graphs), and decode tokens/s (onnxruntime-genai) over
     `decode_tokens` steps; `prefill_ratio` = cut / uncut prefill latency."""
 
     rounds: int

@@ -32,8 +32,9 @@ def _image(path: Path) -> Path:
 
 def test_bundle_files_and_report(combined_bundle: Path) -> None:
     names = {p.name for p in combined_bundle.iterdir()}
-    assert {"vision.onnx", "embed.onnx", "prefill.onnx", "decode.onnx", "tokenizer.json",
-            "generation.json", "manifest.json", "report.json", "report.md"} <= names
+    assert {"vision.onnx", "embedding.onnx", "decoder.onnx", "decoder.onnx.data",
+            "genai_config.json", "tokenizer.json", "generation.json", "manifest.json",
+            "report.json", "report.md"} <= names
     assert not [n for n in names if n.startswith(".")]
     report = json.loads((combined_bundle / "report.json").read_text())
     jsonschema.validate(report, json.loads(SCHEMA_PATH.read_text()))
@@ -48,22 +49,64 @@ def test_bundle_files_and_report(combined_bundle: Path) -> None:
     assert report["cost"]["prefill_ms"] > 0 and len(report["cost"]["prefill_samples_ms"]) == 2
     assert report["passed"] is True
     manifest = json.loads((combined_bundle / "manifest.json").read_text())
-    assert set(manifest["files"]) >= {"prefill.onnx", "decode.onnx", "tokenizer.json"}
+    assert set(manifest["files"]) >= {"decoder.onnx", "decoder.onnx.data", "embedding.onnx",
+                                      "genai_config.json", "tokenizer.json"}
     gen_cfg = json.loads((combined_bundle / "generation.json").read_text())
-    assert gen_cfg["cache_lengths"] == [33, 33, 28, 28] and gen_cfg["prefill_length"] == 33
+    assert gen_cfg["visual_tokens"] == 9 and gen_cfg["fastv"]["image_start"] == 3
 
 
-def test_decode_graph_names_follow_genai(combined_bundle: Path) -> None:
+def test_bundle_is_what_onnxruntime_genai_loads(combined_bundle: Path) -> None:
+    """genai_config.json names the three graphs under genai's input and output names, and
+    genai itself runs them: vision → embedding → the builder's decoder with the cut."""
+    import onnx
+    import onnxruntime_genai as og
+
+    cfg = json.loads((combined_bundle / "genai_config.json").read_text())["model"]
+    assert cfg["vision"]["filename"] == "vision.onnx"
+    assert cfg["embedding"]["filename"] == "embedding.onnx"
+    assert cfg["decoder"]["filename"] == "decoder.onnx"
+    g = onnx.load(str(combined_bundle / "decoder.onnx"), load_external_data=False).graph
+    ins = [i.name for i in g.input]
+    assert ins[:2] == ["attention_mask", "inputs_embeds"] and "past_key_values.3.value" in ins
+    assert [o.name for o in g.output][:2] == ["logits", "present.0.key"]
+    assert sum(n.op_type == "GroupQueryAttention" for n in g.node) == 4
+    model = og.Model(str(combined_bundle))
+    tok = json.loads((combined_bundle / "generation.json").read_text())
+    ids = [1, 5, 6, *[tok["image_token_id"]] * tok["visual_tokens"], 7, 8]
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(ids) + 3, do_sample=False)
+    gen = og.Generator(model, params)
+    named = og.NamedTensors()
+    named["input_ids"] = np.asarray([ids], np.int32)
+    named["pixel_values"] = np.zeros((1, 3, 32, 32), np.float32)
+    named["num_image_tokens"] = np.asarray([tok["visual_tokens"]], np.int64)
+    gen.set_inputs(named)
+    while not gen.is_done():
+        gen.generate_next_token()
+    assert len(gen.get_sequence(0)) == len(ids) + 3
+
+
+def test_weights_are_stored_once(combined_bundle: Path, llava_dir: Path) -> None:
+    """The token table lives in embedding.onnx only, the head in decoder.onnx only: the
+    bundle's LM bytes are the checkpoint's LM parameters once."""
     import onnx
 
-    g = onnx.load(str(combined_bundle / "decode.onnx"), load_external_data=False).graph
-    ins = [i.name for i in g.input]
-    assert ins[:3] == ["inputs_embeds", "attention_mask", "position_ids"]
-    assert "past_key_values.0.key" in ins and "present.3.value" in [o.name for o in g.output]
-    dims = {i.name: i.type.tensor_type.shape.dim[2].dim_param for i in g.input
-            if i.name.startswith("past_key_values")}
-    assert dims["past_key_values.1.key"] == "past_sequence_length"
-    assert dims["past_key_values.2.key"] == "past_sequence_length_cut"
+    from vtc.vlm import llava
+
+    model, _geo = llava.load(llava_dir)
+    lm = model.model.language_model
+    lm_params = sum(p.numel() for p in lm.parameters()) + model.lm_head.weight.numel()
+    emb = onnx.load(str(combined_bundle / "embedding.onnx"))
+    counted = sum(int(np.prod(t.dims)) for t in emb.graph.initializer if t.name == "table")
+    dec = onnx.load(str(combined_bundle / "decoder.onnx"))
+    names = []
+    for t in dec.graph.initializer:
+        if t.data_type == onnx.TensorProto.FLOAT and not t.name.startswith(("/vtc", "/model")) \
+                and t.name not in ("cos_cache", "sin_cache"):
+            counted += int(np.prod(t.dims))
+            names.append(t.name)
+    assert not [n for n in names if "embed" in n]  # the table is not in the decoder
+    assert counted == lm_params
 
 
 def test_vtc_generate(combined_bundle: Path, tmp_path: Path) -> None:
@@ -97,8 +140,17 @@ def test_runtime_generates_without_torch(combined_bundle: Path, tmp_path: Path) 
     assert 1 <= len(timing["tokens"]) <= 4
 
 
+def test_any_prompt_length(combined_bundle: Path, tmp_path: Path) -> None:
+    """The prompt is dynamic: a prompt four times the nominal length runs."""
+    img = _image(tmp_path / "a.png")
+    res = CliRunner().invoke(main, ["generate", str(combined_bundle), "--image", str(img),
+                                    "--prompt", "what " * 100, "--max-new-tokens", "3"])
+    assert res.exit_code == 0, res.output
+
+
 @pytest.mark.parametrize(("prompt", "images", "message"), [
-    ("what " * 30, 1, "prefill holds 33 = 9 visual + at most 24 text tokens"),
+    ("what " * 600, 1, "pass this bundle's max_length 512"),
+    ("USER: what is <image> ASSISTANT:", 1, "built for an image at token 3"),
     ("USER: <image> <image> what", 1, "holds 2 <image> token(s) but 1 image(s)"),
     ("what", 2, "holds 1 <image> token(s) but 2 image(s)"),
 ])
@@ -111,8 +163,6 @@ def test_generate_bad_input(combined_bundle: Path, tmp_path: Path, prompt: str, 
     res = CliRunner().invoke(main, argv)
     assert res.exit_code == 2
     assert message in res.output and "Traceback" not in res.output
-    if "prefill" in message:
-        assert "generate.prompt_tokens=" in res.output
 
 
 def _cut_half(path: Path) -> None:
@@ -120,11 +170,12 @@ def _cut_half(path: Path) -> None:
 
 
 @pytest.mark.parametrize(("damage", "message"), [
-    (lambda b: _cut_half(b / "prefill.onnx"), r"prefill\.onnx is corrupt: its sha256"),
+    (lambda b: _cut_half(b / "decoder.onnx.data"),
+     r"decoder\.onnx\.data is corrupt: its sha256"),
     (lambda b: (b / "tokenizer.json").write_text("{}"), r"tokenizer\.json is corrupt"),
     (lambda b: (b / "manifest.json").unlink(), r"manifest\.json: FileNotFoundError; a vtc "
                                                "bundle lists its files' sha256 there"),
-], ids=["truncated prefill", "tokenizer changed", "no manifest"])
+], ids=["truncated decoder", "tokenizer changed", "no manifest"])
 def test_generate_names_a_damaged_bundle_file(combined_bundle: Path, tmp_path: Path,
                                               damage: Any, message: str) -> None:
     """VlmBundle.load checks manifest.json's sha256 of each file it reads: one line, exit
@@ -219,30 +270,6 @@ def test_evit_in_the_tower_then_fastv(llava_dir: Path, tmp_path: Path) -> None:
     assert rep.cuts.lm_layer_tokens == [35, 29, 29, 29]
     assert rep.parity.generation.tokens_equal == 1.0
     assert rep.parity.generation.first_logits_max_abs_diff <= 1e-3
-
-
-def test_graphs_past_the_inline_limit_keep_their_data_beside(
-        llava_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Past protobuf's limit (lowered here) every graph is written with NAME.data beside
-    it, referenced by its final name; the runtime loads and runs the bundle."""
-    from vtc.passes import model_io
-    from vtc.recipe import from_dict
-    from vtc.runtime.generate import VlmBundle
-    from vtc.stages.vlm import _write_graphs
-    from vtc.vlm import llava, plan
-
-    monkeypatch.setattr(model_io, "INLINE_LIMIT_BYTES", 1000)
-    model, geo = llava.load(llava_dir)
-    cuts = plan.plan(from_dict(COMBINED, "test"), geo)
-    _write_graphs(model, geo, cuts, tmp_path, llava_dir / "tokenizer.json", "<image>", [2])
-    names = sorted(p.name for p in tmp_path.iterdir())
-    for g in ("vision", "embed", "prefill", "decode"):
-        assert f"{g}.onnx" in names and f"{g}.onnx.data" in names
-    assert not [n for n in names if n.startswith(".")]
-    b = VlmBundle.load(tmp_path, verified=False)  # graphs only: no manifest.json
-    res = b.generate(b.prompt_ids("Describe the image."),
-                     b.pixels(_image(tmp_path / "a.png")), 3)
-    assert 1 <= len(res.tokens) <= 3
 
 
 def test_constant_tensors_in_files_of_their_own_come_along(tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
-"""``vtc generate``: greedy decoding on a vision-language bundle's engines
-(`vtc.runtime.generate`: onnxruntime, numpy, Pillow, tokenizers; no torch)."""
+"""``vtc generate``: greedy decoding on a vision-language bundle through
+onnxruntime-genai (`vtc.runtime.generate`: onnxruntime-genai, numpy, Pillow, tokenizers;
+no torch)."""
 
 from __future__ import annotations
 
@@ -25,10 +26,10 @@ __all__ = ["generate"]
 @click.option("--quiet", is_flag=True, help="print only the text, no progress on stderr")
 def generate(bundle: Path, images: tuple[Path, ...], prompt: str, max_new_tokens: int,
              quiet: bool) -> None:
-    """Answer PROMPT about an image with BUNDLE's engines (a LLaVA bundle from vtc-export):
-    vision graph → token embeddings → prefill (static length, left-padded) → greedy
-    decode with the key/value cache, until EOS or --max-new-tokens. Progress (tokens/s)
-    goes to stderr, the text to stdout.
+    """Answer PROMPT about an image with BUNDLE (a LLaVA bundle from vtc-export) through
+    onnxruntime-genai: vision graph → embedding graph → the decoder's prefill (any prompt
+    length up to the bundle's max_length) → greedy decode, until EOS or
+    --max-new-tokens. Progress (tokens/s) goes to stderr, the text to stdout.
 
     \b
     Examples:
@@ -38,8 +39,8 @@ def generate(bundle: Path, images: tuple[Path, ...], prompt: str, max_new_tokens
 
     \b
     Exit codes: 0 done; 2 bad input (no bundle, unreadable image, image count not
-    matching <image> tokens, a prompt longer than the bundle's prefill — the message
-    names the limit and the rebuild).
+    matching <image> tokens, a prompt and new tokens past the bundle's max_length, the
+    image away from where a FastV bundle needs it — the message names the fix).
     """
     def _run() -> int:
         from PIL import Image, UnidentifiedImageError
@@ -49,7 +50,7 @@ def generate(bundle: Path, images: tuple[Path, ...], prompt: str, max_new_tokens
 
         try:
             b = VlmBundle.load(bundle)
-            ids = b.prompt_ids(prompt, len(images))
+            ids = b.prompt_ids(prompt, len(images), max_new_tokens)
         except BundleError as exc:
             raise InputError(str(exc)) from None
         try:
@@ -68,9 +69,9 @@ def generate(bundle: Path, images: tuple[Path, ...], prompt: str, max_new_tokens
         res = b.generate(ids, px, max_new_tokens, on_token=progress)
         click.echo(res.text)
         if not quiet:
-            click.echo(f"{len(res.tokens)} tokens ({res.stopped}); vision "
-                       f"{res.vision_s * 1e3:.1f} ms, prefill {res.prefill_s * 1e3:.1f} ms "
-                       f"({res.lm_tokens} tokens), decode {res.tokens_per_s:.1f} tok/s",
+            click.echo(f"{len(res.tokens)} tokens ({res.stopped}); first token "
+                       f"{res.prefill_s * 1e3:.1f} ms (vision + prefill of {res.lm_tokens} "
+                       f"tokens), decode {res.tokens_per_s:.1f} tok/s",
                        err=True)
         sys.stdout.flush()
         return 0

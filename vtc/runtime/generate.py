@@ -1,28 +1,30 @@
-"""Greedy generation on a vision-language bundle: onnxruntime + numpy + Pillow +
-tokenizers, no torch (vtc's LLaVA bundles; `vtc generate` and
-`python -m vtc.runtime.generate`).
+"""Greedy generation on a vision-language bundle through onnxruntime-genai: no torch
+(vtc's LLaVA bundles; `vtc generate` and `python -m vtc.runtime.generate`).
 
-The bundle holds ``vision.onnx``, ``embed.onnx``, ``prefill.onnx``, ``decode.onnx``,
-``tokenizer.json`` and ``generation.json`` (the static sizes and the chat template).
-One call:
+The bundle is what onnxruntime-genai loads: ``genai_config.json`` naming
+``vision.onnx`` (``pixel_values`` → ``image_features[1, K, D]``), ``embedding.onnx``
+(``input_ids``, ``image_features`` → ``inputs_embeds``) and ``decoder.onnx`` (the model
+builder's decoder, rewritten by vtc's passes); ``tokenizer.json``; ``generation.json``
+(vtc's processor: the chat template, the image size and normalisation, the cut visual
+count K). genai's own image processors (Phi, Gemma, Qwen) do not cover LLaVA, so this
+module is the processor, and genai runs everything else:
 
 1. the prompt (wrapped in the template unless it already holds the image token) →
-   token ids; exactly one image token per image, one image per prompt;
-2. image → ``pixel_values`` → ``image_embeds[1, K, D]``; ids → embeddings, with the K
-   image embeddings in place of the image token: S = text + K ≤ P (the static prefill
-   length), else a BundleError naming the limit and the rebuild;
-3. left-pad to P (``attention_mask`` 0, zero embeddings), ``position_ids`` 0.. on the
-   real tokens, ``image_start`` where the image begins → prefill → logits of the last
-   token + every layer's cache;
-4. decode one token at a time (``position_ids`` S + t, the mask grows by one) until an
-   EOS id or ``max_new_tokens``.
+   token ids with one image token, expanded to K image tokens; one image per prompt;
+   with FastV the image must sit where the bundle was built for (``fastv.image_start``:
+   the template puts it there);
+2. image → ``pixel_values[1, 3, H, W]``;
+3. ``og.NamedTensors`` {input_ids, pixel_values, num_image_tokens: [K]} →
+   ``Generator.set_inputs`` (vision, embedding, decoder prefill) → greedy steps until an
+   EOS id or ``max_new_tokens``. The prompt may have any length up to the bundle's
+   ``max_length`` (with the new tokens).
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,13 +34,14 @@ from PIL import Image
 
 from vtc.runtime import BundleError, graph_files, listed_files, open_session, to_input, verify
 
-GRAPHS = ("vision", "embed", "prefill", "decode")
+GRAPHS = ("vision", "embedding", "decoder")
 
 
 @dataclass
 class Result:
     """One generation: new token ids, their text, the first step's logits ``[vocab]``,
-    and seconds spent in the vision graph, the prefill and the decode steps."""
+    seconds to the first logits (vision + embedding + decoder prefill, ``prefill_s``) and
+    in the decode steps."""
 
     tokens: list[int]
     text: str
@@ -46,7 +49,7 @@ class Result:
     vision_s: float
     prefill_s: float
     decode_s: float
-    lm_tokens: int  # tokens the prefill read (text + visual, no padding)
+    lm_tokens: int  # tokens of the prompt the decoder read (text + visual)
     stopped: str = "max_new_tokens"  # or "eos"
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -56,9 +59,8 @@ class Result:
         return steps / self.decode_s if self.decode_s > 0 and steps else 0.0
 
 
-def _verify(folder: Path, graphs: list[Path]) -> None:
-    """The manifest's sha256 of generation.json, tokenizer.json and each graph read
-    (with its external data)."""
+def _verify(folder: Path) -> None:
+    """The manifest's sha256 of every file genai and this module read."""
     try:
         man = json.loads((folder / "manifest.json").read_text())
     except (OSError, ValueError) as exc:
@@ -69,28 +71,37 @@ def _verify(folder: Path, graphs: list[Path]) -> None:
         raise BundleError(f"{folder / 'manifest.json'} is not a JSON object; rebuild the "
                           "bundle with vtc-export")
     listed = listed_files(man)
-    names = ["generation.json", "tokenizer.json",
-             *(n for p in graphs for n in graph_files(p.name, listed))]
+    names = ["generation.json", "tokenizer.json", "genai_config.json",
+             *(n for g in GRAPHS for n in graph_files(f"{g}.onnx", listed))]
     verify(folder, names, man)
+
+
+def _genai() -> Any:
+    try:
+        import onnxruntime_genai as og
+    except ImportError:
+        raise BundleError("vision-language bundles run on onnxruntime-genai: pip install "
+                          "onnxruntime-genai") from None
+    return og
 
 
 class VlmBundle:
     """A loaded VLM bundle (module docstring)."""
 
-    def __init__(self, folder: Path, config: dict[str, Any], sessions: dict[str, Any],
-                 tokenizer: Any) -> None:
-        self.folder, self.config, self.sessions, self.tokenizer = (
-            folder, config, sessions, tokenizer)
-        self.prefill_length = int(config["prefill_length"])
+    def __init__(self, folder: Path, config: dict[str, Any], model: Any,
+                 tokenizer: Any, max_length: int) -> None:
+        self.folder, self.config, self.model, self.tokenizer = folder, config, model, tokenizer
         self.visual = int(config["visual_tokens"])
         self.image_token_id = int(config["image_token_id"])
         self.eos = {int(i) for i in config["eos_token_ids"]}
+        fastv = config.get("fastv") or {}
+        self.image_start: int | None = fastv.get("image_start")
+        self.max_length = max_length
+        self._sessions: dict[str, Any] = {}
 
     @classmethod
-    def load(cls, folder: str | Path, providers: Sequence[str] | None = None,
-             graphs: dict[str, Path] | None = None, verified: bool = True) -> VlmBundle:
-        """Read generation.json, the tokenizer and the four graphs (`graphs` overrides
-        where each graph is read from, e.g. the uncut baseline). `verified`: check the
+    def load(cls, folder: str | Path, verified: bool = True) -> VlmBundle:
+        """Read generation.json, the tokenizer and the genai model. `verified`: check the
         sha256 manifest.json lists for each file read (False only while vtc-export
         builds the bundle, before its manifest exists)."""
         from tokenizers import Tokenizer
@@ -98,56 +109,77 @@ class VlmBundle:
         folder = Path(folder)
         try:
             config = json.loads((folder / "generation.json").read_text())
+            genai_cfg = json.loads((folder / "genai_config.json").read_text())
         except (OSError, ValueError) as exc:
-            raise BundleError(f"{folder}: not a vtc vision-language bundle (generation.json: "
-                              f"{type(exc).__name__}); build one with vtc-export on a LLaVA "
-                              "checkpoint") from None
-        where = {g: folder / f"{g}.onnx" for g in GRAPHS} | (graphs or {})
-        missing = [str(p) for p in where.values() if not p.is_file()]
+            raise BundleError(f"{folder}: not a vtc vision-language bundle (generation.json, "
+                              f"genai_config.json: {type(exc).__name__}); build one with "
+                              "vtc-export on a LLaVA checkpoint") from None
+        missing = [g for g in GRAPHS if not (folder / f"{g}.onnx").is_file()]
         if missing:
-            raise BundleError(f"{folder}: missing {', '.join(missing)}; rebuild the bundle")
+            raise BundleError(f"{folder}: missing {', '.join(f'{g}.onnx' for g in missing)}; "
+                              "rebuild the bundle")
         tok_path = folder / "tokenizer.json"
         if not tok_path.is_file():
             raise BundleError(f"{tok_path}: no tokenizer; rebuild from a checkpoint that has "
                               "tokenizer.json")
         if verified:
-            _verify(folder, [p for g, p in where.items() if p == folder / f"{g}.onnx"])
-        sessions = {g: open_session(p, providers) for g, p in where.items()}
+            _verify(folder)
+        og = _genai()
+        try:
+            model = og.Model(str(folder))
+        except Exception as exc:  # genai's own error: its first line
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise BundleError(f"{folder}: onnxruntime-genai cannot load the bundle ({first}); "
+                              "rebuild it with vtc-export") from None
         try:
             tokenizer = Tokenizer.from_file(str(tok_path))
         except Exception as exc:  # the tokenizers library's own error: one line
             raise BundleError(f"{tok_path}: not a tokenizer file ({type(exc).__name__}); "
                               "rebuild the bundle") from None
         try:
-            return cls(folder, config, sessions, tokenizer)
+            max_length = int(genai_cfg["search"]["max_length"])
+            return cls(folder, config, model, tokenizer, max_length)
         except (KeyError, TypeError, ValueError) as exc:
-            raise BundleError(f"{folder / 'generation.json'} lacks a field ({type(exc).__name__}"
-                              f": {exc}); rebuild the bundle with vtc-export") from None
+            raise BundleError(f"{folder}: generation.json or genai_config.json lacks a field "
+                              f"({type(exc).__name__}: {exc}); rebuild the bundle with "
+                              "vtc-export") from None
+
+    def session(self, graph: str) -> Any:
+        """An onnxruntime session on one of the bundle's graphs (timing and checks)."""
+        if graph not in self._sessions:
+            self._sessions[graph] = open_session(self.folder / f"{graph}.onnx", None)
+        return self._sessions[graph]
 
     # ---- inputs -------------------------------------------------------------------------
-    def prompt_ids(self, prompt: str, images: int = 1) -> list[int]:
-        """Token ids of the prompt (in the chat template unless it holds the image
-        token); BundleError when the image tokens and images do not match."""
+    def prompt_ids(self, prompt: str, images: int = 1, max_new_tokens: int = 0) -> list[int]:
+        """Token ids of the prompt with its one image token (in the chat template unless
+        it holds the image token); BundleError when the image tokens and images do not
+        match, the image is not where a FastV bundle needs it, or the prompt and the new
+        tokens pass ``max_length``."""
         image_token = self.config["image_token"]
         text = prompt if image_token in prompt else self.config["template"].format(prompt=prompt)
         ids: list[int] = self.tokenizer.encode(text).ids
         found = ids.count(self.image_token_id)
-        if found != images:
+        if found != images or images != 1:
             raise BundleError(f"the prompt holds {found} {image_token} token(s) but "
                               f"{images} image(s) were given; give one image and at most "
                               f"one {image_token} (this bundle takes one image per prompt)")
-        if images != 1:
-            raise BundleError(f"{images} images given; this bundle takes one image per "
-                              "prompt")
-        text_tokens = len(ids) - 1
-        if text_tokens + self.visual > self.prefill_length:
-            limit = self.prefill_length - self.visual
-            raise BundleError(
-                f"the prompt is {text_tokens} text tokens but this bundle's prefill holds "
-                f"{self.prefill_length} = {self.visual} visual + at most {limit} text tokens; "
-                f"shorten the prompt or rebuild with --set generate.prompt_tokens="
-                f"{text_tokens}")
+        at = ids.index(self.image_token_id)
+        if self.image_start is not None and at != self.image_start:
+            raise BundleError(f"the image is token {at} of the prompt but this bundle's FastV "
+                              f"cut was built for an image at token {self.image_start} (the "
+                              "chat template's place); put the prompt text after the image")
+        total = len(ids) - 1 + self.visual + max_new_tokens
+        if total > self.max_length:
+            raise BundleError(f"the prompt ({len(ids) - 1} text + {self.visual} visual tokens) "
+                              f"and {max_new_tokens} new tokens pass this bundle's max_length "
+                              f"{self.max_length}; shorten the prompt or ask fewer tokens")
         return ids
+
+    def expand(self, ids: list[int]) -> list[int]:
+        """The one image token → K image tokens (what the embedding graph fills)."""
+        at = ids.index(self.image_token_id)
+        return ids[:at] + [self.image_token_id] * self.visual + ids[at + 1:]
 
     def pixels(self, image: Image.Image | str | Path) -> np.ndarray:
         """An image → ``pixel_values[1, 3, H, W]`` (the bundle's preprocessing)."""
@@ -155,68 +187,47 @@ class VlmBundle:
         return to_input(image, c["image_size"], c["image_size"], c["resize"], 3,
                         np.asarray(c["mean"], np.float32), np.asarray(c["std"], np.float32))[None]
 
-    # ---- the loop ---------------------------------------------------------------------------
-    def prefill_feeds(self, ids: list[int], image_embeds: np.ndarray
-                      ) -> tuple[dict[str, np.ndarray], int]:
-        """The prefill graph's inputs and S (real tokens)."""
-        at = ids.index(self.image_token_id)
-        emb = self.sessions["embed"]
-        table_ids = np.asarray([ids[:at] + ids[at + 1:]], dtype=np.int64)
-        text = emb.run(None, {"input_ids": table_ids})[0]
-        seq = np.concatenate([text[:, :at], image_embeds, text[:, at:]], axis=1)
-        s, p = seq.shape[1], self.prefill_length
-        pad = p - s
-        embeds = np.zeros((1, p, seq.shape[2]), np.float32)
-        embeds[:, pad:] = seq
-        mask = np.zeros((1, p), np.int64)
-        mask[:, pad:] = 1
-        pos = np.zeros((1, p), np.int64)
-        pos[0, pad:] = np.arange(s)
-        feeds: dict[str, np.ndarray] = {"inputs_embeds": embeds, "attention_mask": mask,
-                                        "position_ids": pos}
-        if any(i.name == "image_start" for i in self.sessions["prefill"].get_inputs()):
-            feeds["image_start"] = np.asarray([pad + at], np.int64)
-        return feeds, s
+    def inputs(self, ids: list[int], pixel_values: np.ndarray) -> Any:
+        """The genai inputs of one prompt (module docstring, step 3)."""
+        og = _genai()
+        named = og.NamedTensors()
+        named["input_ids"] = np.asarray([self.expand(ids)], np.int32)
+        named["pixel_values"] = np.ascontiguousarray(pixel_values, np.float32)
+        named["num_image_tokens"] = np.asarray([self.visual], np.int64)
+        return named
 
+    # ---- the loop ---------------------------------------------------------------------------
     def generate(self, ids: list[int], pixel_values: np.ndarray, max_new_tokens: int = 32,
                  on_token: Callable[[int, float], None] | None = None,
                  stop_at_eos: bool = True) -> Result:
         """Greedy decoding (module docstring); `on_token(token, elapsed_s)` per token;
         `stop_at_eos=False` runs all `max_new_tokens` steps (timing)."""
+        og = _genai()
+        full = len(ids) - 1 + self.visual
+        params = og.GeneratorParams(self.model)
+        opts: dict[str, Any] = {"max_length": full + max_new_tokens, "do_sample": False}
+        if not stop_at_eos:
+            opts["min_length"] = full + max_new_tokens
+        params.set_search_options(**opts)
+        gen = og.Generator(self.model, params)
         t0 = time.perf_counter()
-        image = self.sessions["vision"].run(None, {"pixel_values": pixel_values})[0]
+        gen.set_inputs(self.inputs(ids, pixel_values))
+        first = np.array(gen.get_logits(), dtype=np.float32).reshape(-1)
         t1 = time.perf_counter()
-        feeds, s = self.prefill_feeds(ids, image)
-        pre = self.sessions["prefill"]
-        names = [o.name for o in pre.get_outputs()]
-        out = pre.run(None, feeds)
-        t2 = time.perf_counter()
-        logits, cache = out[0], out[1:]
-        first = logits[0].copy()
-        mask = feeds["attention_mask"]
-        dec, emb = self.sessions["decode"], self.sessions["embed"]
-        past_names = [n.replace("present", "past_key_values") for n in names[1:]]
         tokens: list[int] = []
         stopped = "max_new_tokens"
-        for t in range(max_new_tokens):
-            nxt = int(np.argmax(logits[0]))
+        while len(tokens) < max_new_tokens and not gen.is_done():
+            gen.generate_next_token()
+            nxt = int(gen.get_next_tokens()[0])
             tokens.append(nxt)
             if on_token is not None:
-                on_token(nxt, time.perf_counter() - t2)
+                on_token(nxt, time.perf_counter() - t1)
             if nxt in self.eos and stop_at_eos:
                 stopped = "eos"
                 break
-            if t == max_new_tokens - 1:
-                break
-            mask = np.concatenate([mask, np.ones((1, 1), np.int64)], axis=1)
-            step = {"inputs_embeds": emb.run(None, {"input_ids": np.asarray([[nxt]], np.int64)})[0],
-                    "attention_mask": mask, "position_ids": np.asarray([[s + t]], np.int64)}
-            step.update(zip(past_names, cache, strict=True))
-            out = dec.run(None, step)
-            logits, cache = out[0], out[1:]
-        t3 = time.perf_counter()
+        t2 = time.perf_counter()
         text = self.tokenizer.decode([i for i in tokens if i not in self.eos])
-        return Result(tokens, text, first, t1 - t0, t2 - t1, t3 - t2, s, stopped)
+        return Result(tokens, text, first, 0.0, t1 - t0, t2 - t1, full, stopped)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -233,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         b = VlmBundle.load(args.bundle)
-        ids = b.prompt_ids(args.prompt, len(args.image))
+        ids = b.prompt_ids(args.prompt, len(args.image), max(1, args.max_new_tokens))
         try:
             px = b.pixels(args.image[0])
         except (OSError, ValueError, Image.DecompressionBombError) as exc:

@@ -1,14 +1,18 @@
 """The pipeline of a vision-language bundle (LLaVA), stage by stage::
 
-    SOURCE ─► load ─► plan cuts ─► export 4 graphs (cut) + 4 graphs (uncut, scratch)
-           ─► engines (ORT sessions through vtc.runtime.generate) ─► validate ─► bundle
+    SOURCE ─► load ─► plan cuts ─► vision graph (cut; uncut in scratch) ─► embedding graph
+           ─► LM directory ─► onnxruntime-genai model builder ─► decoder passes (FastV,
+              last-token logits) ─► genai_config.json ─► validate (onnxruntime-genai)
+           ─► time ─► bundle
 
 Validation runs every prompt of `generate.prompts` (each with one image: --images, else
-scikit-image's photos) through the cut engines, the eager HF model with the same cuts
-(`vtc.vlm.reference.generate`: parity) and HF's own uncut generate (fidelity), then
-times the uncut and cut engines interleaved (cost). The bundle holds the cut graphs,
-tokenizer.json, generation.json, manifest.json, report.json and report.md; the uncut
-graphs live in a scratch directory beside it and are removed.
+scikit-image's photos) through onnxruntime-genai on the bundle, the eager HF model with
+the same cuts (`vtc.vlm.reference.generate`: parity) and HF's own uncut generate
+(fidelity), then times the uncut bundle (uncut vision graph, the builder's decoder as
+written) and the cut one interleaved (cost). The bundle holds vision.onnx,
+embedding.onnx, decoder.onnx (+ .data), genai_config.json, tokenizer files,
+generation.json, manifest.json, report.json and report.md; the builder's output and the
+uncut graphs live in a scratch directory beside it and are removed.
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ from vtc.runtime.generate import VlmBundle
 from vtc.source import Source
 from vtc.util import sha256_file, write_atomic
 from vtc.validate.gates import judge_value
-from vtc.vlm import export, llava, plan, reference
+from vtc.vlm import decoder, embedding, export, llava, plan, reference
 from vtc.vlm.llava import VlmGeometry
 from vtc.vlm.modules import Cuts
 
@@ -76,19 +80,51 @@ def _eos(model: Any) -> list[int]:
     return sorted({int(i) for i in (ids if isinstance(ids, list) else [ids]) if i is not None})
 
 
-def generation_json(geo: VlmGeometry, cuts: Cuts, image_token: str, eos: list[int]) -> str:
+def image_start(tok_file: Path, image_token_id: int) -> int:
+    """Where the chat template puts the image (token index): FastV's static span starts
+    there."""
+    from tokenizers import Tokenizer
+
+    ids = Tokenizer.from_file(str(tok_file)).encode(llava.TEMPLATE.format(prompt="x")).ids
+    return ids.index(image_token_id)
+
+
+def generation_json(geo: VlmGeometry, cuts: Cuts, image_token: str, eos: list[int],
+                    precision: str, start: int | None) -> str:
     from vtc.exporter.clip import CLIP_MEAN, CLIP_STD
 
     data = {
-        "prefill_length": cuts.prefill, "visual_tokens": cuts.visual,
-        "image_token": image_token, "image_token_id": geo.image_token_id,
+        "visual_tokens": cuts.visual, "image_token": image_token,
+        "image_token_id": geo.image_token_id,
         "template": llava.TEMPLATE.replace("<image>", image_token),
         "eos_token_ids": eos, "image_size": geo.image_size, "resize": "crop",
-        "mean": list(CLIP_MEAN), "std": list(CLIP_STD),
-        "layers": geo.lm_layers, "cache_lengths": export.cache_lengths(geo, cuts),
-        "fastv": None if cuts.fastv is None else {"layer": cuts.fastv[0], "keep": cuts.fastv[1]},
+        "mean": list(CLIP_MEAN), "std": list(CLIP_STD), "layers": geo.lm_layers,
+        "decoder_precision": precision,
+        "fastv": None if cuts.fastv is None else {
+            "layer": cuts.fastv[0], "keep": cuts.fastv[1], "image_start": start},
     }
     return json.dumps(data, indent=1) + "\n"
+
+
+def genai_config(built: Path, folder: Path) -> None:
+    """genai_config.json: the builder's, with the vision and embedding graphs added.
+    ``type: gemma3`` selects genai's generic vision → embedding → decoder pipeline (the
+    decoder's graph is what matters, not the name; genai's Gemma image processor is not
+    used: vtc.runtime.generate feeds the inputs)."""
+    cfg = json.loads((built / "genai_config.json").read_text())
+    cfg["model"]["type"] = "gemma3"
+    cfg["model"]["decoder"]["filename"] = "decoder.onnx"
+    cfg["model"]["vision"] = {"filename": "vision.onnx",
+                              "inputs": {"pixel_values": "pixel_values"},
+                              "outputs": {"image_features": export.FEATURES}}
+    cfg["model"]["embedding"] = {"filename": "embedding.onnx",
+                                 "inputs": {"input_ids": "input_ids",
+                                            "image_features": export.FEATURES},
+                                 "outputs": {"inputs_embeds": "inputs_embeds"}}
+    write_atomic(folder / "genai_config.json", json.dumps(cfg, indent=1) + "\n")
+    for f in ("tokenizer_config.json", "special_tokens_map.json"):
+        if (built / f).is_file():
+            shutil.copyfile(built / f, folder / f)
 
 
 def vision_with_encoder_cuts(model: Any, geo: VlmGeometry, cuts: Cuts, path: Path) -> Path:
@@ -126,19 +162,57 @@ def vision_with_encoder_cuts(model: Any, geo: VlmGeometry, cuts: Cuts, path: Pat
         io = [("hidden", "tail_hidden")] + ([("token_sizes", "tail_token_sizes")] if sizes
                                              else [])
         joined = compose.merge_models(first, second, io_map=io,
-                                      outputs=["image_embeds"])
+                                      outputs=[export.FEATURES])
         export.publish(ir.from_proto(joined), path, s)
     return path
 
 
-def _write_graphs(model: Any, geo: VlmGeometry, cuts: Cuts, folder: Path, tok: Path,
-                  image_token: str, eos: list[int]) -> None:
+def build_decoder(model: Any, src: Source, scratch: Path, precision: str, log: Log) -> Path:
+    """The builder's decoder of the checkpoint's LM (a folder in `scratch`)."""
+    lm = decoder.write_lm_dir(src.path, model.config.text_config, scratch / "lm", model)
+    built = decoder.run_builder(lm, scratch / "built", precision, log)
+    shutil.rmtree(lm)
+    return built
+
+
+def _decoder_dtype(path: Path) -> type:
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    vi = next(i for i in proto.graph.input if i.name == "inputs_embeds")
+    return np.float16 if vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16 else np.float32
+
+
+def _write_graphs(model: Any, geo: VlmGeometry, cuts: Cuts, folder: Path, built: Path,
+                  tok: Path, image_token: str, eos: list[int], precision: str,
+                  start: int | None, rewrite: bool = True) -> dict[str, Any]:
+    """One bundle's files into `folder`; `rewrite=False` keeps the builder's decoder as
+    written (the uncut baseline a user would run without vtc)."""
+    from vtc.passes.fastv_decoder import FastVPlan
+
     enc = cuts.encoder is not None and bool(cuts.encoder.reducing_layers)
-    export.export_all(model, geo, cuts, folder, vision=not enc)
     if enc:
         vision_with_encoder_cuts(model, geo, cuts, folder / "vision.onnx")
+    else:
+        export.export_vision(model, geo, cuts, folder / "vision.onnx")
+    table = model.get_input_embeddings().weight.detach().float().numpy()
+    dtype = _decoder_dtype(built / "model.onnx")
+    embedding.write(table, geo.image_token_id, dtype, folder / "embedding.onnx")
+    done: dict[str, Any] = {}
+    if rewrite:
+        fastv = None if cuts.fastv is None else FastVPlan(cuts.fastv[0], int(start or 0),
+                                                          cuts.visual, cuts.fastv[1])
+        done = decoder.rewrite(built / "model.onnx", folder / "decoder.onnx", fastv)
+    else:
+        shutil.copyfile(built / "model.onnx", folder / "decoder.onnx")
+        data = built / "model.onnx.data"
+        if data.exists():  # the builder's file names its data model.onnx.data
+            shutil.copyfile(data, folder / "model.onnx.data")
+    genai_config(built, folder)
     shutil.copyfile(tok, folder / "tokenizer.json")
-    write_atomic(folder / "generation.json", generation_json(geo, cuts, image_token, eos))
+    write_atomic(folder / "generation.json",
+                 generation_json(geo, cuts, image_token, eos, precision, start))
+    return done
 
 
 def _images(folder: Path | None, n: int) -> list[Image.Image]:
@@ -174,12 +248,12 @@ def validate(model: Any, geo: VlmGeometry, cuts: Cuts, bundle: VlmBundle, prompt
     cosines: list[float] = []
     for i, (prompt, img) in enumerate(zip(prompts, images, strict=True)):
         try:
-            ids = bundle.prompt_ids(prompt)
+            ids = bundle.prompt_ids(prompt, max_new_tokens=max_new)
         except BundleError as exc:
             raise InputError(f"generate.prompts[{i}]: {exc}") from None
         px = bundle.pixels(img)
         eng = bundle.generate(ids, px, max_new)
-        vis = bundle.sessions["vision"].run(None, {"pixel_values": px})[0]
+        vis = bundle.session("vision").run(None, {"pixel_values": px})[0]
         pt = torch.from_numpy(px)
         ie = reference.image_embeds(model, geo, cuts, pt)
         emb, at = reference.splice(model, ids, geo.image_token_id, ie)
@@ -208,22 +282,36 @@ def _ms(fn: Callable[[], Any]) -> float:
     return (time.perf_counter() - t) * 1e3
 
 
+def decoder_feeds(b: VlmBundle, ids: list[int], px: np.ndarray) -> dict[str, np.ndarray]:
+    """The decoder's prompt inputs for one prompt (vision and embedding graphs run once;
+    an empty cache), to time the decoder's prefill alone."""
+    img = b.session("vision").run(None, {"pixel_values": px})[0]
+    full = np.asarray([b.expand(ids)], np.int64)
+    embeds = b.session("embedding").run(None, {"input_ids": full, export.FEATURES: img})[0]
+    dec = json.loads((b.folder / "genai_config.json").read_text())["model"]["decoder"]
+    past = np.zeros((1, dec["num_key_value_heads"], 0, dec["head_size"]), embeds.dtype)
+    feeds = {"inputs_embeds": embeds, "attention_mask": np.ones(full.shape, np.int64)}
+    for i in range(dec["num_hidden_layers"]):
+        for kv in ("key", "value"):
+            feeds[f"past_key_values.{i}.{kv}"] = past
+    return feeds
+
+
 def cost(base: VlmBundle, cut: VlmBundle, prompt: str, image: Image.Image, rounds: int,
          steps: int) -> VlmCost:
-    """Vision and prefill latency and decode rate, uncut and cut, interleaved."""
+    """Vision latency, decoder prefill latency (onnxruntime sessions on the bundles'
+    graphs) and decode rate (onnxruntime-genai), uncut and cut, interleaved."""
     sides = []
     for b in (base, cut):
-        ids = b.prompt_ids(prompt)
+        ids = b.prompt_ids(prompt, max_new_tokens=steps)
         px = b.pixels(image)
-        img = b.sessions["vision"].run(None, {"pixel_values": px})[0]
-        feeds, _ = b.prefill_feeds(ids, img)
-        sides.append((b, ids, px, feeds))
+        sides.append((b, ids, px, decoder_feeds(b, ids, px)))
     vis: list[list[float]] = [[], []]
     pre: list[list[float]] = [[], []]
     dec: list[list[float]] = [[], []]
     for _ in range(rounds + 1):  # the first round warms up and is dropped
         for k, (b, _ids, px, feeds) in enumerate(sides):
-            vision, prefill = b.sessions["vision"], b.sessions["prefill"]
+            vision, prefill = b.session("vision"), b.session("decoder")
             vis[k].append(_ms(partial(vision.run, None, {"pixel_values": px})))
             pre[k].append(_ms(partial(prefill.run, None, feeds)))
         for k, (b, ids, px, _f) in enumerate(sides):
@@ -328,36 +416,49 @@ def build(src: Source, recipe: Any, tmp: Path, images: Path | None, bench: bool,
     if image_token is None:
         raise InputError(f"{tok_file}: the tokenizer has no token for image_token_id "
                          f"{geo.image_token_id}; use the checkpoint's own tokenizer")
-    step(2, f"exporting cut graphs: visual tokens {base.visual} → {cuts.visual}, prefill "
-            f"{base.prefill} → {cuts.prefill}, LM layer tokens {plan.layer_tokens(geo, cuts)}")
-    _write_graphs(model, geo, cuts, tmp, tok_file, image_token, eos)
-    with tempfile.TemporaryDirectory(dir=tmp.parent, prefix=f".{tmp.name}.uncut-") as scratch:
-        step(3, "exporting the uncut graphs (for timing; not shipped)")
-        uncut_dir = Path(scratch)
-        _write_graphs(model, geo, base, uncut_dir, tok_file, image_token, eos)
+    precision = recipe.generate.precision
+    decoder.require_genai()
+    start = image_start(tok_file, geo.image_token_id)
+    with tempfile.TemporaryDirectory(dir=tmp.parent, prefix=f".{tmp.name}.build-") as scratch:
+        work = Path(scratch)
+        step(2, f"exporting the decoder ({precision}) with onnxruntime-genai's model builder")
+        built = build_decoder(model, src, work, precision, log)
+        step(3, f"writing the cut graphs: visual tokens {base.visual} → {cuts.visual}, LM "
+                f"layer tokens {plan.layer_tokens(geo, cuts)}; and the uncut ones (timing; "
+                "not shipped)")
+        passes_done = _write_graphs(model, geo, cuts, tmp, built, tok_file, image_token, eos,
+                                    precision, start)
+        uncut_dir = work / "uncut"
+        uncut_dir.mkdir()
+        _write_graphs(model, geo, base, uncut_dir, built, tok_file, image_token, eos,
+                      precision, start, rewrite=False)
+        shutil.rmtree(built)
         cut_b = VlmBundle.load(tmp, verified=False)  # no manifest.json yet
         gen = recipe.generate
         imgs = _images(images, len(gen.prompts))
         step(4, f"validating {len(gen.prompts)} prompts × greedy {gen.max_new_tokens} tokens: "
-                "engines, eager with cuts, uncut HF")
+                "onnxruntime-genai, eager with cuts, uncut HF")
         parity, fid = validate(model, geo, cuts, cut_b, list(gen.prompts), imgs,
                                gen.max_new_tokens, log)
         vlm_cost = None
         if bench:
-            # the torch model is done: free it before the uncut sessions load, so the
-            # peak is one fp32 model plus one set of sessions, or the two sets of sessions
+            # the torch model is done: free it before the uncut bundle loads
             model = None
             gc.collect()
-            step(5, f"timing uncut vs cut engines, {gen.rounds} interleaved rounds")
+            step(5, f"timing uncut vs cut bundles, {gen.rounds} interleaved rounds")
             uncut_b = VlmBundle.load(uncut_dir, verified=False)  # no manifest: not shipped
             vlm_cost = cost(uncut_b, cut_b, gen.prompts[0], imgs[0], gen.rounds,
                             min(gen.max_new_tokens, 8))
+            del uncut_b
+        del cut_b
+    log(f"  decoder passes: {passes_done}")
     graphs = {p.name: p.stat().st_size for p in sorted(tmp.iterdir())
               if p.suffix in (".onnx", ".data")}
     report = VlmReport(
         vtc_version=vtc.__version__, source=SourceInfo(src.spec, src.kind, "llava", "llava"),
         recipe=recipe.to_dict(), model=to_jsonable(geo), cuts=cuts_info(recipe, geo, cuts, base),
-        engine=VlmEngine("ort", ["CPUExecutionProvider"], graphs, export.OPSET),
+        engine=VlmEngine("onnxruntime-genai", ["CPUExecutionProvider"], graphs,
+                         export.OPSET),
         machine=machine_info(["CPUExecutionProvider"]), parity=VlmParity(parity),
         fidelity=fid, cost=vlm_cost)
     judge(report, dict(recipe.gates))

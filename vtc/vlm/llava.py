@@ -107,6 +107,10 @@ def check_config(config: Any, where: str) -> VlmGeometry:
                                     "LLaVA-1.5's Linear-GELU-Linear with bias")
     heads = tc.num_attention_heads
     head_dim = getattr(tc, "head_dim", None) or tc.hidden_size // heads
+    if head_dim % 8:
+        raise UnsupportedCheckpoint(f"{where}: the language model's head size is {head_dim}; "
+                                    "onnxruntime's GroupQueryAttention (the exported "
+                                    "decoder's attention) needs a multiple of 8")
     side = vc.image_size // vc.patch_size
     return VlmGeometry(
         image_size=vc.image_size, patch=vc.patch_size, tower_tokens=side * side + 1,
@@ -204,7 +208,7 @@ def tiny_config(vision_layers: int = 3, lm_layers: int = 4, image: int = 32, pat
     vc = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=vision_layers,
                           num_attention_heads=4, image_size=image, patch_size=patch,
                           projection_dim=32)
-    tc = LlamaConfig(hidden_size=48, intermediate_size=96, num_hidden_layers=lm_layers,
+    tc = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=lm_layers,
                      num_attention_heads=4, num_key_value_heads=2, vocab_size=vocab,
                      max_position_embeddings=512, bos_token_id=1, eos_token_id=2,
                      pad_token_id=0)

@@ -1,5 +1,5 @@
 """The static budget of a LLaVA bundle from a recipe: encoder cuts over the tower's
-blocks before the feature layer, VisionZip's K, FastV's (L, R), the prefill length;
+blocks before the feature layer, VisionZip's K, FastV's (L, R), the nominal prompt length;
 and the analytic MACs that give the FLOPs ratios."""
 
 from __future__ import annotations

@@ -1,0 +1,178 @@
+"""The decoder onnxruntime-genai's model builder writes, and vtc's passes on it: layers
+found by structure, FastV's cut against the eager reference (HF's layers), last-token
+logits, the LM directory, precisions, and the structures the passes refuse."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+import torch
+
+from vtc.passes import decoder_layers, fastv_decoder, last_logits
+from vtc.vlm import decoder, llava, reference
+from vtc.vlm.modules import Cuts
+
+
+@pytest.fixture(scope="session")
+def built(llava_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    model, _geo = llava.load(llava_dir)
+    work = tmp_path_factory.mktemp("built")
+    lm = decoder.write_lm_dir(llava_dir, model.config.text_config, work / "lm")
+    return decoder.run_builder(lm, work / "fp32", "fp32", lambda _m: None)
+
+
+@pytest.fixture(scope="session")
+def tiny(llava_dir: Path) -> tuple[Any, Any]:
+    return llava.load(llava_dir)
+
+
+def _prompt(model: Any, geo: Any, text_after: int, seed: int) -> tuple[torch.Tensor, int]:
+    """Embeddings [1, S, D] of 3 text tokens, the image, `text_after` text tokens."""
+    g = torch.Generator().manual_seed(seed)
+    px = torch.randn(1, 3, geo.image_size, geo.image_size, generator=g)
+    ids = [1, 5, 6, geo.image_token_id, *range(7, 7 + text_after)]
+    cuts = Cuts(None, None, None, geo.visual, 0)
+    return reference.splice(model, ids, geo.image_token_id,
+                            reference.image_embeds(model, geo, cuts, px))
+
+
+def _run(path: Path, embeds: np.ndarray, layers: int = 4) -> dict[str, np.ndarray]:
+    """The decoder's outputs by name for a prompt with an empty cache."""
+    import onnxruntime as ort
+
+    s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds = {"inputs_embeds": embeds, "attention_mask": np.ones((1, embeds.shape[1]), np.int64)}
+    for i in range(layers):
+        for kv in ("key", "value"):
+            feeds[f"past_key_values.{i}.{kv}"] = np.zeros((1, 2, 0, 16), np.float32)
+    names = [o.name for o in s.get_outputs()]
+    return dict(zip(names, s.run(None, feeds), strict=True))
+
+
+def test_layers_found_by_structure(built: Path) -> None:
+    layers = decoder_layers.find_layers(ir.load(str(built / "model.onnx")))
+    assert [lay.index for lay in layers] == [0, 1, 2, 3]
+    lay = layers[2]
+    assert (lay.heads, lay.kv_heads, lay.head_dim, lay.packed) == (4, 2, 16, True)
+    assert lay.norm.op_type == "SkipSimplifiedLayerNormalization"
+    assert layers[0].norm.op_type == "SimplifiedLayerNormalization"
+
+
+@pytest.mark.parametrize(("layer", "keep", "after"), [(2, 8, 4), (1, 3, 9), (3, 16, 2),
+                                                      (2, 1, 0)])
+def test_fastv_pass_matches_the_eager_reference(built: Path, tiny: tuple[Any, Any],
+                                                tmp_path: Path, layer: int, keep: int,
+                                                after: int) -> None:
+    """The rewritten decoder's prompt logits equal HF's layers with FastV's cut (the same
+    kept tokens, original rotary positions), and layers L.. write shorter caches."""
+    model, geo = tiny
+    emb, at = _prompt(model, geo, after, seed=layer * 10 + keep)
+    cuts = Cuts(None, None, (layer, keep), geo.visual, 0)
+    ref = reference.generate(model, geo, cuts, emb, at, 1, set())
+    done = decoder.rewrite(built / "model.onnx", tmp_path / "decoder.onnx",
+                           fastv_decoder.FastVPlan(layer, at, geo.visual, keep))
+    assert done["fastv"]["dropped"] == geo.visual - keep
+    out = _run(tmp_path / "decoder.onnx", emb.numpy())
+    assert out["logits"].shape == (1, 1, geo.vocab)
+    np.testing.assert_allclose(out["logits"][0, 0], ref.first_logits.numpy(), rtol=0,
+                               atol=1e-4)
+    s = emb.shape[1]
+    lengths = [out[f"present.{i}.key"].shape[2] for i in range(4)]
+    assert lengths == [s if i < layer else s - geo.visual + keep for i in range(4)]
+
+
+def test_last_logits_alone_changes_nothing_but_the_length(built: Path, tiny: tuple[Any, Any],
+                                                          tmp_path: Path) -> None:
+    model, geo = tiny
+    emb, _at = _prompt(model, geo, 5, seed=3)
+    full = _run(built / "model.onnx", emb.numpy())["logits"]
+    assert full.shape[1] == emb.shape[1]
+    decoder.rewrite(built / "model.onnx", tmp_path / "d.onnx")
+    last = _run(tmp_path / "d.onnx", emb.numpy())["logits"]
+    np.testing.assert_allclose(last[0, 0], full[0, -1], rtol=0, atol=1e-5)
+    m = ir.load(str(tmp_path / "d.onnx"))
+    assert last_logits.apply(m) is False  # already trimmed
+
+
+def test_fastv_pass_refuses_what_does_not_fit(built: Path) -> None:
+    m = ir.load(str(built / "model.onnx"))
+    with pytest.raises(decoder_layers.DecoderStructureError, match="decoder has 4 layers"):
+        fastv_decoder.apply(m, fastv_decoder.FastVPlan(4, 3, 16, 8))
+    with pytest.raises(decoder_layers.DecoderStructureError, match="keeps 17 of 16"):
+        fastv_decoder.apply(m, fastv_decoder.FastVPlan(2, 3, 16, 17))
+
+
+def test_a_graph_without_decoder_layers_is_named(vit_onnx: Path) -> None:
+    with pytest.raises(decoder_layers.DecoderStructureError,
+                       match="no GroupQueryAttention node; vtc expects a decoder as "
+                             "onnxruntime-genai's model builder writes it"):
+        decoder_layers.find_layers(ir.load(str(vit_onnx)))
+
+
+def test_lm_names_both_checkpoint_layouts() -> None:
+    assert decoder.lm_name("language_model.model.layers.0.mlp.up_proj.weight") == \
+        "model.layers.0.mlp.up_proj.weight"
+    assert decoder.lm_name("model.language_model.norm.weight") == "model.norm.weight"
+    assert decoder.lm_name("language_model.lm_head.weight") == "lm_head.weight"
+    assert decoder.lm_name("lm_head.weight") == "lm_head.weight"
+    assert decoder.lm_name("vision_tower.vision_model.post_layernorm.weight") is None
+    assert decoder.lm_name("multi_modal_projector.linear_1.weight") is None
+
+
+def test_lm_dir_holds_the_lm_tensors_unchanged(llava_dir: Path, tiny: tuple[Any, Any],
+                                               tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    model, _geo = tiny
+    lm = decoder.write_lm_dir(llava_dir, model.config.text_config, tmp_path / "lm")
+    got: dict[str, torch.Tensor] = {}
+    for f in lm.glob("*.safetensors"):
+        got.update(load_file(str(f)))
+    want = {decoder.lm_name(k): v for k, v in model.state_dict().items()
+            if decoder.lm_name(k) is not None}
+    assert set(got) == set(want)
+    for k, v in want.items():
+        torch.testing.assert_close(got[k], v, rtol=0, atol=0)
+    assert (lm / "tokenizer.json").is_file()
+
+
+def test_precisions_shrink_the_decoder(built: Path, llava_dir: Path, tiny: tuple[Any, Any],
+                                       tmp_path: Path) -> None:
+    """fp16 and int4 (MatMulNBits) decoders from the builder: smaller. FastV's pass
+    applies to the int4 one with its selection in fp32; the builder's CPU fp16 decoder
+    uses MultiHeadAttention (no GroupQueryAttention), which the pass names and refuses."""
+    model, geo = tiny
+    lm = decoder.write_lm_dir(llava_dir, model.config.text_config, tmp_path / "lm")
+    size32 = (built / "model.onnx.data").stat().st_size  # the weights (the graph is tiny)
+    for precision, limit in (("fp16", 0.52), ("int4", 0.30)):
+        out = decoder.run_builder(lm, tmp_path / precision, precision, lambda _m: None)
+        size = (out / "model.onnx.data").stat().st_size
+        assert size < limit * size32, (precision, size, size32)
+        m = ir.load(str(out / "model.onnx"))
+        ops = {n.op_type for n in m.graph}
+        if precision == "fp16":
+            assert "MultiHeadAttention" in ops
+            with pytest.raises(decoder_layers.DecoderStructureError,
+                               match="no GroupQueryAttention"):
+                decoder_layers.find_layers(m)
+            continue
+        assert "MatMulNBits" in ops
+        fastv_decoder.apply(m, fastv_decoder.FastVPlan(2, 3, geo.visual, 8))
+        casts = [n for n in m.graph if n.name.startswith("/vtc/fastv2/Cast")
+                 and n.attributes["to"].value == ir.DataType.FLOAT]
+        assert casts  # the selection reads fp32 copies
+
+
+def test_builder_failure_is_one_line(tmp_path: Path) -> None:
+    from vtc.errors import InputError
+
+    (tmp_path / "lm").mkdir()
+    (tmp_path / "lm" / "config.json").write_text("{}")
+    with pytest.raises(InputError, match="onnxruntime-genai's model builder failed on"):
+        decoder.run_builder(tmp_path / "lm", tmp_path / "out", "fp32", lambda _m: None)
+    with pytest.raises(InputError, match="decoder precision 'int8'"):
+        decoder.run_builder(tmp_path / "lm", tmp_path / "out", "int8", lambda _m: None)

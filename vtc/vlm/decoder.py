@@ -1,0 +1,179 @@
+"""The language model of a LLaVA bundle, exported by onnxruntime-genai's model builder
+and rewritten by vtc's decoder passes.
+
+    LLaVA checkpoint ─► lm/ (a Llama/Mistral causal-LM directory: config.json, the LM's
+        tensors renamed, one safetensors shard at a time; tokenizer.json)
+    lm/ ─► python -m onnxruntime_genai.models.builder -p fp32|fp16|int4 -e cpu
+        --extra_options exclude_embeds=true ─► model.onnx (+ .data), genai_config.json
+    model.onnx ─► passes: FastV (`passes.fastv_decoder`, with the recipe's cut),
+        last-token logits (`passes.last_logits`) ─► decoder.onnx (+ decoder.onnx.data)
+
+``exclude_embeds`` makes the decoder read ``inputs_embeds``: the token table lives in the
+embedding graph (`vtc.vlm.embedding`) only, the head in the decoder only, so every LM
+weight is stored once. The builder runs in a subprocess (its memory is returned when it
+exits; its progress goes to the log).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from vtc.errors import InputError
+
+PRECISIONS = ("fp32", "fp16", "int4")
+SHARD_BYTES = 2 << 30
+Log = Callable[[str], None]
+
+
+class GenaiMissing(InputError):
+    """onnxruntime-genai is not installed (the message names the package)."""
+
+
+def require_genai() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("onnxruntime_genai") is None:
+        raise GenaiMissing("vision-language bundles need onnxruntime-genai (its model builder "
+                           "writes the decoder, its runtime runs the bundle): pip install "
+                           "onnxruntime-genai")
+
+
+def lm_name(key: str) -> str | None:
+    """A LLaVA checkpoint tensor's name in the causal-LM directory (None: not the LM's).
+
+    Both layouts transformers reads: ``language_model.model.*`` / ``language_model.lm_head``
+    (llava-hf) and ``model.language_model.*`` / ``lm_head`` (transformers ≥ 4.52)."""
+    for old, new in (("language_model.model.", "model."), ("model.language_model.", "model."),
+                     ("language_model.lm_head.", "lm_head."), ("lm_head.", "lm_head.")):
+        if key.startswith(old):
+            return new + key[len(old):]
+    return None
+
+
+def _shards(ckpt: Path) -> list[Path]:
+    index = ckpt / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return [ckpt / f for f in files]
+    single = ckpt / "model.safetensors"
+    if single.is_file():
+        return [single]
+    raise InputError(f"{ckpt}: no model.safetensors (or index); the decoder export reads the "
+                     "LM's tensors from safetensors files")
+
+
+def write_lm_dir(ckpt: Path, text_config: Any, out: Path, model: Any = None) -> Path:
+    """The LM as a causal-LM checkpoint directory in `out` (module docstring). Tensors are
+    copied one at a time from the checkpoint's safetensors files; `model` (a loaded LLaVA)
+    is used instead when the checkpoint has none (a pickle checkpoint)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = text_config.to_dict()
+    cfg["architectures"] = [{"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM"}
+                            .get(text_config.model_type, "LlamaForCausalLM")]
+    cfg.pop("_name_or_path", None)
+    (out / "config.json").write_text(json.dumps(cfg, indent=1))
+    weight_map: dict[str, str] = {}
+    buf: dict[str, Any] = {}
+    size = 0
+
+    def flush() -> None:
+        nonlocal buf, size
+        if buf:
+            name = f"model-{len(set(weight_map.values())) + 1:05d}.safetensors"
+            save_file(buf, str(out / name), metadata={"format": "pt"})
+            weight_map.update(dict.fromkeys(buf, name))
+            buf, size = {}, 0
+
+    def add(name: str, tensor: Any) -> None:
+        nonlocal size
+        buf[name] = tensor.contiguous()
+        size += tensor.numel() * tensor.element_size()
+        if size >= SHARD_BYTES:
+            flush()
+
+    try:
+        files = _shards(ckpt)
+    except InputError:
+        if model is None:
+            raise
+        for k, v in model.state_dict().items():
+            n = lm_name(k)
+            if n is not None and not n.startswith("model.embed_tokens"):
+                add(n, v.detach())
+        files = []
+    for f in files:
+        with safe_open(str(f), "pt") as st:
+            for k in st.keys():
+                n = lm_name(k)
+                if n is not None:
+                    add(n, st.get_tensor(k))
+    flush()
+    (out / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {}, "weight_map": weight_map}, indent=1))
+    tok = ckpt / "tokenizer.json"
+    if tok.is_file():
+        shutil.copyfile(tok, out / "tokenizer.json")
+    for extra in ("tokenizer_config.json", "special_tokens_map.json", "generation_config.json"):
+        if (ckpt / extra).is_file():
+            shutil.copyfile(ckpt / extra, out / extra)
+    return out
+
+
+def run_builder(lm: Path, out: Path, precision: str, log: Log) -> Path:
+    """onnxruntime-genai's model builder on `lm` into `out` (``model.onnx`` and
+    ``genai_config.json``); its stderr's last line on failure."""
+    require_genai()
+    if precision not in PRECISIONS:
+        raise InputError(f"decoder precision {precision!r}; give one of {', '.join(PRECISIONS)}")
+    cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(lm), "-o",
+           str(out), "-p", precision, "-e", "cpu", "-c", str(out.parent / "builder-cache"),
+           "--extra_options", "exclude_embeds=true", "hf_token=false"]
+    env = dict(os.environ, TQDM_DISABLE="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    if proc.returncode != 0 or not (out / "model.onnx").is_file():
+        lines = [x for x in (proc.stderr + proc.stdout).strip().splitlines() if x.strip()]
+        raise InputError(f"onnxruntime-genai's model builder failed on {lm} "
+                         f"({lines[-1].strip() if lines else f'exit {proc.returncode}'})")
+    log(f"  decoder: onnxruntime-genai model builder, {precision}")
+    return out
+
+
+def rewrite(src: Path, dst: Path, fastv: Any = None) -> dict[str, Any]:
+    """The builder's ``model.onnx`` → `dst` with vtc's passes (module docstring); `fastv`
+    a `passes.fastv_decoder.FastVPlan` or None. Returns what the passes did."""
+    import onnx_ir as ir
+    from onnx_ir.passes.common import RemoveUnusedNodesPass
+
+    from vtc.passes import fastv_decoder, last_logits
+
+    model = ir.load(str(src))
+    done: dict[str, Any] = {"last_token_logits": last_logits.apply(model)}
+    if fastv is not None:
+        done["fastv"] = fastv_decoder.apply(model, fastv)
+    _forget_shapes(model)
+    RemoveUnusedNodesPass()(model)
+    # always external: the builder's tensors are read from its file one at a time and
+    # written to ours (an inline save would keep references to the builder's file)
+    ir.save(model, str(dst), external_data=f"{dst.name}.data")
+    return done
+
+
+def _forget_shapes(model: Any) -> None:
+    """Drop the builder's intermediate shape annotations: after a cut they name the old
+    sequence length, and onnxruntime would try to reuse buffers by them."""
+    graph = model.graph
+    keep = {id(v) for v in (*graph.inputs, *graph.outputs)}
+    for node in graph:
+        for v in node.outputs:
+            if id(v) not in keep:
+                v.shape = None
