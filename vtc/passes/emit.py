@@ -67,10 +67,12 @@ class Emitter:
             self.const([step]),
         )
 
-    def sort_ascending(self, idx: ir.Value, k: int) -> ir.Value:
-        """Sort int64 indices `[B, k]` ascending (TopK on a float copy: exact below 2**24)."""
+    def sort_ascending(self, idx: ir.Value, k: int | ir.Value) -> ir.Value:
+        """Sort int64 indices `[B, k]` ascending (TopK on a float copy: exact below 2**24);
+        `k` a count, or a graph value ``[1]`` int64 when it is known only at run time."""
         f = self.op("Cast", idx, to=ir.DataType.FLOAT)
-        vals, _ = self.op("TopK", f, self.const([k]), outputs=2, axis=-1, largest=0, sorted=1)
+        kv = k if isinstance(k, ir.Value) else self.const([k])
+        vals, _ = self.op("TopK", f, kv, outputs=2, axis=-1, largest=0, sorted=1)
         return self.op("Cast", vals, to=ir.DataType.INT64)
 
     def gather_rows(self, x: ir.Value, idx: ir.Value, width: int) -> ir.Value:

@@ -118,13 +118,10 @@ def _scores(e: _Build, lay: DecoderLayer, past: ir.Value, seq: ir.Value) -> ir.V
     k4 = e.op("Reshape", e.f(k), e.const([0, -1, hkv, hd]))
     pos = e.op("Add", e.op("Range", e.const(0), seq, e.const(1)), past)  # [S]
     cos_c, sin_c = e.f(_in(att, 7)), e.f(_in(att, 8))
-    cos = e.op("Unsqueeze", e.op("Gather", cos_c, pos, axis=0), e.const([1]))
+    cos = e.op("Unsqueeze", e.op("Gather", cos_c, pos, axis=0), e.const([1]))  # [S, 1, hd/2]
     sin = e.op("Unsqueeze", e.op("Gather", sin_c, pos, axis=0), e.const([1]))
-    last = e.op("Sub", e.op("Add", past, seq), e.const(1))
-    cos_l = e.op("Unsqueeze", e.op("Gather", cos_c, e.op("Unsqueeze", last, e.const([0])),
-                                   axis=0), e.const([1]))
-    sin_l = e.op("Unsqueeze", e.op("Gather", sin_c, e.op("Unsqueeze", last, e.const([0])),
-                                   axis=0), e.const([1]))
+    cos_l = e.op("Slice", cos, e.const([-1]), e.const([_INT_MAX]), e.const([0]))  # last query
+    sin_l = e.op("Slice", sin, e.const([-1]), e.const([_INT_MAX]), e.const([0]))
     qr = e.rotary(q4, cos_l, sin_l, hd)  # [B, 1, H, hd]
     kr = e.rotary(k4, cos, sin, hd)  # [B, S, Hkv, hd]
     qg = e.op("Reshape", e.op("Transpose", qr, perm=[0, 2, 1, 3]),
@@ -196,12 +193,13 @@ def apply(model: ir.Model, plan: FastVPlan) -> dict[str, int]:
     drop = e.op("Mul", e.op("Cast", prompt, to=ir.DataType.INT64), e.const(plan.dropped))
     k = e.op("Unsqueeze", e.op("Sub", seq, drop), e.const([0]))
     _, idx = e.op("TopK", ranked, k, outputs=2, axis=-1, largest=1, sorted=1)
-    vals, _ = e.op("TopK", e.f(idx), k, outputs=2, axis=-1, largest=0, sorted=1)
-    idx = e.op("Cast", vals, to=ir.DataType.INT64)  # [B, S'] ascending
-    gidx = e.op("Expand", e.op("Unsqueeze", idx, e.const([2])),
-                e.op("Concat", e.const([1, 1]), e.op("Slice", e.op("Shape", cut.norm.inputs[0]),
-                                                    e.const([2]), e.const([3])), axis=0))
-    new_in = [e.op("GatherElements", cut.norm.inputs[j], gidx, axis=1) for j in (0, 1)]
+    idx = e.sort_ascending(idx, k)  # [B, S']
+    gamma = cut.norm.inputs[2]
+    width = gamma.shape[0] if gamma is not None and gamma.shape is not None else None
+    if not isinstance(width, int):
+        raise DecoderStructureError(f"norm {cut.norm.name!r} has no static weight width; vtc "
+                                    "expects the builder's [D] norm weights")
+    new_in = [e.gather_rows(_in(cut.norm, j), idx, width) for j in (0, 1)]
     d32 = e.const(plan.dropped, np.int32)
     seqlens_cut = e.op("Sub", seqlens, d32)
     total_cut = e.op("Sub", total, d32)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +46,10 @@ class Result:
     tokens: list[int]
     text: str
     first_logits: np.ndarray
-    vision_s: float
     prefill_s: float
     decode_s: float
     lm_tokens: int  # tokens of the prompt the decoder read (text + visual)
     stopped: str = "max_new_tokens"  # or "eos"
-    timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def tokens_per_s(self) -> float:
@@ -88,15 +86,16 @@ def _genai() -> Any:
 class VlmBundle:
     """A loaded VLM bundle (module docstring)."""
 
-    def __init__(self, folder: Path, config: dict[str, Any], model: Any,
-                 tokenizer: Any, max_length: int) -> None:
+    def __init__(self, folder: Path, config: dict[str, Any], genai_config: dict[str, Any],
+                 model: Any, tokenizer: Any) -> None:
         self.folder, self.config, self.model, self.tokenizer = folder, config, model, tokenizer
+        self.decoder_config: dict[str, Any] = genai_config["model"]["decoder"]
+        self.max_length = int(genai_config["search"]["max_length"])
         self.visual = int(config["visual_tokens"])
         self.image_token_id = int(config["image_token_id"])
         self.eos = {int(i) for i in config["eos_token_ids"]}
         fastv = config.get("fastv") or {}
         self.image_start: int | None = fastv.get("image_start")
-        self.max_length = max_length
         self._sessions: dict[str, Any] = {}
 
     @classmethod
@@ -137,8 +136,7 @@ class VlmBundle:
             raise BundleError(f"{tok_path}: not a tokenizer file ({type(exc).__name__}); "
                               "rebuild the bundle") from None
         try:
-            max_length = int(genai_cfg["search"]["max_length"])
-            return cls(folder, config, model, tokenizer, max_length)
+            return cls(folder, config, genai_cfg, model, tokenizer)
         except (KeyError, TypeError, ValueError) as exc:
             raise BundleError(f"{folder}: generation.json or genai_config.json lacks a field "
                               f"({type(exc).__name__}: {exc}); rebuild the bundle with "
@@ -227,7 +225,7 @@ class VlmBundle:
                 break
         t2 = time.perf_counter()
         text = self.tokenizer.decode([i for i in tokens if i not in self.eos])
-        return Result(tokens, text, first, 0.0, t1 - t0, t2 - t1, full, stopped)
+        return Result(tokens, text, first, t1 - t0, t2 - t1, full, stopped)
 
 
 def main(argv: list[str] | None = None) -> int:

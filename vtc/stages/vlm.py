@@ -288,7 +288,7 @@ def decoder_feeds(b: VlmBundle, ids: list[int], px: np.ndarray) -> dict[str, np.
     img = b.session("vision").run(None, {"pixel_values": px})[0]
     full = np.asarray([b.expand(ids)], np.int64)
     embeds = b.session("embedding").run(None, {"input_ids": full, export.FEATURES: img})[0]
-    dec = json.loads((b.folder / "genai_config.json").read_text())["model"]["decoder"]
+    dec = b.decoder_config
     past = np.zeros((1, dec["num_key_value_heads"], 0, dec["head_size"]), embeds.dtype)
     feeds = {"inputs_embeds": embeds, "attention_mask": np.ones(full.shape, np.int64)}
     for i in range(dec["num_hidden_layers"]):
