@@ -10,6 +10,12 @@ ViT-B/16's token count (224 px, patch 16: 197 tokens), so that the shipped recip
 and gates apply as they do to the real model — then runs every command of the block, in order,
 through bash, exactly as the README spells it (comments and blank lines skipped, backslash
 continuations joined). Each must exit 0.
+
+The commands run with ``VTC_SPEED_GATES=advisory``: this test checks that the examples
+run as written, not how fast a 192-wide ViT is while the suite's other worker loads the
+same two cores (a CI run measured tome-r8 at 0.88× [0.78, 0.95] that way, against ≥ 1.0
+alone). Speed gates are tested on fixed figures (tests/validate/test_gates.py) and
+measured by ``make bench``; the speedup is still measured and printed here.
 """
 
 from __future__ import annotations
@@ -127,7 +133,7 @@ def test_readme_examples_run_as_written(workdir: Path) -> None:
     bindir = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": bindir + os.pathsep + os.environ.get("PATH", ""),
            "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-           "VTC_CRASH_DIR": str(workdir)}
+           "VTC_CRASH_DIR": str(workdir), "VTC_SPEED_GATES": "advisory"}
     for command in commands:
         proc = subprocess.run(["bash", "-c", command], cwd=workdir, env=env,
                               capture_output=True, text=True, timeout=900)
@@ -136,4 +142,6 @@ def test_readme_examples_run_as_written(workdir: Path) -> None:
             f"--- stdout\n{proc.stdout[-3000:]}\n--- stderr\n{proc.stderr[-3000:]}")
     report = json.loads((workdir / "out/vit-tome8/report.json").read_text())
     assert report["budget"]["tokens_in"] == 197
+    assert report["throughput"]["speedup_ci"]["estimate"] > 0  # measured, though not gated
+    assert report["gates_skipped_why"]["min_speedup"].startswith("advisory")
     assert (workdir / "out/vtc.xml").is_file()

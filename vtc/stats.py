@@ -31,6 +31,27 @@ TRIM = 0.1  # fraction dropped at each end before averaging
 # rows, the payoff line) are not given, and say so
 MIN_ROUNDS = 10
 
+# "advisory": speed verdicts are still measured and printed but decide no exit code
+# (the min_speedup/min_efficiency gates are set aside with that reason, `vtc check`'s
+# speed rows turn FAIL into info). For shared CI runners, whose timings a neighbour's
+# load can swing by more than any interval allows; "enforce" (the default) judges them.
+SPEED_ENV = "VTC_SPEED_GATES"
+
+
+def speed_advisory() -> bool:
+    """Whether ``$VTC_SPEED_GATES`` is ``advisory`` (unset or ``enforce``: False).
+
+    Raises `vtc.errors.InputError` for any other value."""
+    import os
+
+    from vtc.errors import InputError
+
+    value = os.environ.get(SPEED_ENV, "enforce").strip().lower() or "enforce"
+    if value not in ("enforce", "advisory"):
+        raise InputError(f"{SPEED_ENV}={value!r}: expected 'enforce' (the default) or "
+                         "'advisory' (speed measured and reported, not gated)")
+    return value == "advisory"
+
 
 def _trimmed_mean(x: np.ndarray) -> np.ndarray:
     """Mean over the last axis after dropping the TRIM fraction at each end."""

@@ -76,6 +76,23 @@ def test_a_slowdown_beyond_noise_fails_and_a_small_one_passes(tmp_path: Path) ->
     assert loose["passed"]
 
 
+def test_advisory_speed_rows_inform_and_decide_nothing(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under VTC_SPEED_GATES=advisory the 25 % slowdown is still measured and named, as
+    info; the check passes on everything else, and a bad value exits 2 in one line."""
+    monkeypatch.setenv("VTC_SPEED_GATES", "advisory")
+    slow = _cmp(tmp_path, _passing(), _slowed(_passing(), 1.25))
+    assert slow["passed"]
+    row = slow["throughput.speedup"]
+    assert row.verdict == "info" and row.values["ratio_high"] < 0.95
+    assert row.note.startswith("advisory (VTC_SPEED_GATES=advisory), would fail: the 95%")
+    monkeypatch.setenv("VTC_SPEED_GATES", "maybe")
+    res = CliRunner().invoke(main, ["check", str(tmp_path / "now"), "--baseline",
+                                    str(tmp_path / "base")])
+    assert res.exit_code == 2 and "VTC_SPEED_GATES='maybe'" in res.output
+    assert len(res.output.strip().splitlines()) == 1
+
+
 def test_too_few_rounds_skip_the_speed_rows(tmp_path: Path) -> None:
     base = _passing()
     assert base.throughput is not None

@@ -219,3 +219,21 @@ def test_a_dense_output_is_judged_by_its_dense_gates_only() -> None:
                                       "min_dense_pearson": 0.9}, bench=True)
     assert list(judged) == ["min_dense_pearson"]
     assert all(w.endswith("this output is dense") for w in why.values()) and len(why) == 3
+
+
+def test_speed_gates_advisory_sets_them_aside_and_a_bad_value_is_refused(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """VTC_SPEED_GATES=advisory (shared CI runners): min_speedup/min_efficiency are set
+    aside with that reason, every other gate is still judged; a typo is an input error."""
+    from vtc.errors import InputError
+
+    gates = {"min_speedup": 1.0, "min_efficiency": 0.5, "max_parity_diff": 1e-4}
+    monkeypatch.setenv("VTC_SPEED_GATES", "advisory")
+    judged, why = applicable(sample_report(dense=None), gates, bench=True)
+    assert list(judged) == ["max_parity_diff"]
+    assert why["min_speedup"].startswith("advisory (VTC_SPEED_GATES=advisory)")
+    monkeypatch.setenv("VTC_SPEED_GATES", "enforce")
+    assert list(applicable(sample_report(dense=None), gates, bench=True)[0]) == list(gates)
+    monkeypatch.setenv("VTC_SPEED_GATES", "off")
+    with pytest.raises(InputError, match="expected 'enforce'"):
+        applicable(sample_report(dense=None), gates, bench=True)

@@ -13,10 +13,13 @@ speedup_now / speedup_baseline:
 Absolute throughput of the compressed engine (trimmed geometric-mean latency, same
 bootstrap) is
 compared only on the same machine fingerprint; on another one the row is skipped
-and says which fields differ.
+and says which fields differ. Under ``VTC_SPEED_GATES=advisory`` a failing row is
+shown as info (with what would have failed) and decides no exit code.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 from vtc import stats
 from vtc.backends.machine import differences
@@ -82,4 +85,8 @@ def speed_rows(base: Report, now: Report, tol: CheckCfg) -> list[Row]:
         return [Row(m, "", "", "", "skip", f"{rounds} timed rounds; a noise-aware verdict "
                     f"needs >= {MIN_ROUNDS} (validate.repeats)")
                 for m in ("throughput.speedup", "throughput.compressed_ips")]
-    return [_speedup(base.throughput, now.throughput, tol), _throughput(base, now, tol)]
+    rows = [_speedup(base.throughput, now.throughput, tol), _throughput(base, now, tol)]
+    if stats.speed_advisory():
+        rows = [replace(r, verdict="info", note=f"advisory ({stats.SPEED_ENV}=advisory), "
+                        f"would fail: {r.note}") if r.verdict == "FAIL" else r for r in rows]
+    return rows

@@ -93,6 +93,8 @@ def check(bundle: Path, baseline: Path, tolerance: tuple[str, ...], json_out: Pa
     max_speedup_drop 0.05, max_throughput_drop 0.10, max_cosine_drop 0.002,
     max_agreement_drop 0.02, max_accuracy_drop 0.5 (points), max_dense_drop 0.02,
     max_parity_diff 1e-4 (when the recipe has no parity gate), confidence 0.95.
+    VTC_SPEED_GATES=advisory (shared CI runners): a failing speed row is shown
+    as info and decides no exit code.
 
     \b
     Examples:
@@ -107,6 +109,9 @@ def check(bundle: Path, baseline: Path, tolerance: tuple[str, ...], json_out: Pa
     """
 
     def _run() -> int:
+        from vtc.stats import speed_advisory
+
+        speed_advisory()  # a bad $VTC_SPEED_GATES: one line, exit 2
         overrides = _overrides(tolerance)
         _target(json_out, "--json", [bundle, baseline])
         _target(junit_out, "--junit", [bundle, baseline])

@@ -41,8 +41,12 @@ checkpoint (vision and text) also gets out/text.onnx, out/text.ort.onnx and
 out/tokenizer/, and a zero-shot agreement tier against the eager CLIPModel
 (captions: --captions FILE, else the recipe's validate.captions, else vtc's).
 A LLaVA checkpoint (recipes llava-visionzip64, llava-fastv,
-llava-tome-visionzip-fastv) gives vision/embed/prefill/decode.onnx, tokenizer.json
-and generation.json instead of the engines: run it with `vtc generate`.
+llava-tome-visionzip-fastv) gives vision.onnx, embedding.onnx, decoder.onnx (+.data),
+genai_config.json, the tokenizer files and generation.json instead of the engines:
+run it with `vtc generate` or onnxruntime-genai.
+
+VTC_SPEED_GATES=advisory (shared CI runners): speed gates are measured and
+reported but set aside, so only accuracy and parity decide the exit code.
 
 \b
 Exit codes: 0 success, 1 a recipe gate failed (a line names it), 2 a usage or
@@ -104,7 +108,9 @@ def _do_export(source: str | None, recipe: str | None, batch: int | None, out: P
     from vtc.pipeline import Options, run
     from vtc.recipe import load_recipe
     from vtc.report_vlm import VlmReport
+    from vtc.stats import speed_advisory
 
+    speed_advisory()  # a bad $VTC_SPEED_GATES: one line, exit 2, before any work
     spec, zoo_name = _resolve_source(source)
     recipe = recipe or ZOO_RECIPES.get(zoo_name or "", "tome-r16")
     out = out or Path("out") / (zoo_name or Path(spec.rstrip("/")).stem or "bundle")

@@ -4,7 +4,8 @@ lives with the report type in `vtc.report`).
 `applicable` sets aside, with the reason, the gates a run cannot judge: tiers it did
 not measure, fidelity floors of another output kind (`FIDELITY_SCOPE`), and speed
 gates of a run timed over fewer than `stats.MIN_ROUNDS` rounds (a bootstrap over two
-rounds says nothing about noise; the test suite's quick runs time two).
+rounds says nothing about noise; the test suite's quick runs time two), and speed gates
+under ``VTC_SPEED_GATES=advisory`` (`vtc.stats.speed_advisory`).
 
 `min_speedup` reads the upper end of the paired speedup's interval: it fails only
 when the whole interval lies below the limit, a slowdown beyond timing noise, so a
@@ -40,11 +41,15 @@ def applicable(report: Report, gates: dict[str, float], bench: bool
     why: dict[str, str] = {}
     rounds = report.throughput.compressed.n if report.throughput is not None else 0
     kind = output_kind(report.fidelity, report.dense is not None)
+    advisory = stats.speed_advisory()
     for name in gates:
         if name in ("max_export_diff", "max_parity_diff") and report.parity.engine is None:
             why[name] = "an ONNX source has no eager model to compare with"
         elif name in SPEED_GATES and (not bench or report.throughput is None):
             why[name] = "not timed (--no-bench)"
+        elif name in SPEED_GATES and advisory:
+            why[name] = (f"advisory ({stats.SPEED_ENV}=advisory): measured and reported, "
+                         "not gated")
         elif name in SPEED_GATES and rounds < stats.MIN_ROUNDS:
             why[name] = (f"{rounds} timed rounds; a noise-aware verdict needs >= "
                          f"{stats.MIN_ROUNDS} (validate.repeats)")
