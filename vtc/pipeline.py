@@ -39,6 +39,7 @@ from vtc.stages.load import Loaded, check_memory, load
 from vtc.stages.validate import select_inputs, validate
 from vtc.validate.tasks import is_dense
 from vtc.validate.usertask import TaskFn, load_task
+from vtc.vlm.families import is_vlm
 from vtc.zoo import vtc_home
 
 __all__ = ["Options", "OutputError", "Result", "protected_paths", "run"]
@@ -121,7 +122,7 @@ def run(opts: Options) -> Result:
     task_fn = load_task(task) if task else None  # before any work: an import error is cheap
     src = resolve(opts.source)
     check_out(opts.out, opts.force, [(src.path, "the source")])
-    vlm_bundle = src.model_type == "llava"
+    vlm_bundle = is_vlm(src.model_type)
     check_cuts(opts.recipe, vlm_bundle)
     with building(opts.out, opts.force) as tmp:
         if vlm_bundle:

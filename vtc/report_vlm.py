@@ -5,7 +5,8 @@ generation against the eager HF model with the same cuts (`parity.generation`),
 fidelity against the uncut eager model (`GenerationFidelity`), and cost
 (`VlmCost`: vision and prefill latency, decode tokens/s, uncut vs cut engines timed
 interleaved; the analytic prefill FLOPs ratio). `VLM_GATES` maps the gates a VLM recipe
-may set to their paths here. `vlm.schema.json` is generated from these dataclasses
+may set to their paths here (`vtc.validate.report_vlm` judges them and writes
+report.md). `vlm.schema.json` is generated from these dataclasses
 (``python -m vtc.report_vlm``).
 """
 

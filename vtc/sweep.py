@@ -53,6 +53,7 @@ from vtc.sweep_plot import (
     set_quality,
     write_plot,
 )
+from vtc.vlm.families import is_vlm
 
 __all__ = ["Series", "SweepError", "pareto_front", "plan", "plan_series", "run_sweep"]
 
@@ -247,8 +248,9 @@ def _check_budgets(source: str, points: list[Planned], batch: int | None, allow_
     """Resolve every point's budget against the model, so an impossible value fails first.
     The model is loaded once per image size (the load stage of the pipeline)."""
     src = resolve(source)
-    if src.model_type == "llava":
-        raise SweepError(f"{source}: vtc sweep runs encoder bundles; for a LLaVA checkpoint "
+    if is_vlm(src.model_type):
+        raise SweepError(f"{source}: vtc sweep runs encoder bundles; for a vision-language "
+                         f"checkpoint ({src.model_type}) "
                          "run vtc-export once per value with --set (e.g. --set "
                          "visionzip.dominant=54)")
     geos: dict[int | None, Geometry] = {}

@@ -10,6 +10,9 @@
         ├─ speed    speedup; compressed img/s (same machine)    bootstrap interval
         ├─ fusions  fused ops the baseline had                  none lost
         └─ gates    this bundle's own recipe gates              as judged
+
+Two vision-language reports get `vtc.check.vlm`'s rows instead (cuts, generation
+parity, fidelity, prefill speedup) and the same gate rows.
                                                                ▼
                                                  Comparison (rows; passed)
 """
@@ -23,8 +26,10 @@ from vtc.backends.machine import differences
 from vtc.check.read import CheckInputError, Side, incomparable
 from vtc.check.rows import Row, budget_rows, fusion_rows, gate_rows, parity_rows, quality_rows
 from vtc.check.speed import speed_rows
+from vtc.check.vlm import vlm_incomparable, vlm_rows
 from vtc.recipe import CheckCfg
-from vtc.report import to_jsonable
+from vtc.report import Report, to_jsonable
+from vtc.report_vlm import VlmReport
 
 __all__ = ["Comparison", "compare", "tolerances"]
 
@@ -69,17 +74,31 @@ def tolerances(now_recipe: dict[str, Any], overrides: dict[str, float]) -> Check
 
 def compare(base: Side, now: Side, overrides: dict[str, float] | None = None,
             strict: bool = True) -> Comparison:
-    """Every row for `now` against `base` (module docstring). `strict` (`vtc check`):
-    an incomparable pair is an input error; otherwise (`vtc report diff`) the rows are
-    built anyway and `Comparison.incomparable` says why they are no check."""
-    reasons = incomparable(base.report, now.report)
+    """Every row for `now` against `base` (module docstring; two vision-language reports:
+    `vtc.check.vlm`). `strict` (`vtc check`): an incomparable pair is an input error;
+    otherwise (`vtc report diff`) the rows are built anyway and `Comparison.incomparable`
+    says why they are no check. An encoder report and a VLM one are never a pair."""
+    b, n = base.report, now.report
+    if isinstance(b, VlmReport) != isinstance(n, VlmReport):
+        which = (now if isinstance(n, VlmReport) else base).label
+        raise CheckInputError(f"cannot compare {now.label} with baseline {base.label}: "
+                              f"{which} is a vision-language bundle and the other an encoder "
+                              "bundle; compare two bundles of the same kind")
+    if isinstance(b, VlmReport) and isinstance(n, VlmReport):
+        reasons = vlm_incomparable(b, n)
+    else:
+        assert isinstance(b, Report) and isinstance(n, Report)
+        reasons = incomparable(b, n)
     if reasons and strict:
         raise CheckInputError(f"cannot compare {now.label} with baseline {base.label}: "
                               + "; ".join(reasons) + " — build the baseline from the same "
                               "model, batch, precision and engine")
-    tol = tolerances(now.report.recipe, overrides or {})
-    b, n = base.report, now.report
-    rows = [*budget_rows(b, n), *parity_rows(b, n, tol), *quality_rows(b, n, tol),
-            *speed_rows(b, n, tol), *fusion_rows(b, n), *gate_rows(n)]
+    tol = tolerances(n.recipe, overrides or {})
+    if isinstance(b, VlmReport) and isinstance(n, VlmReport):
+        rows = [*vlm_rows(b, n, tol), *gate_rows(n)]
+    else:
+        assert isinstance(b, Report) and isinstance(n, Report)
+        rows = [*budget_rows(b, n), *parity_rows(b, n, tol), *quality_rows(b, n, tol),
+                *speed_rows(b, n, tol), *fusion_rows(b, n), *gate_rows(n)]
     return Comparison(base.label, now.label, tol.model_dump(),
                       differences(b.machine, n.machine), rows, reasons)

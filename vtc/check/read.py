@@ -6,6 +6,9 @@ schema version, not a vtc report; and, for a pair, another model, batch,
 precision, CUDA graph or engine (`incomparable`; `vtc report diff` shows such a pair
 side by side without a verdict).
 
+A vision-language report (`kind: "vlm"`) is read as a `VlmReport` (`vtc.check.vlm`
+compares two of them); an encoder report and a VLM one are no pair.
+
 Reports of schema version 2 are read too, brought up to version 3 on the way in
 (`_upgrade`: version 3 made `throughput.speedup` the paired estimate), so a stored
 baseline stays usable.
@@ -20,6 +23,7 @@ from typing import Any
 
 from vtc.errors import InputError
 from vtc.report import SCHEMA_VERSION, Report
+from vtc.report_vlm import VlmReport
 
 __all__ = ["CheckInputError", "Side", "incomparable", "read_side"]
 
@@ -30,7 +34,7 @@ class CheckInputError(InputError):
 
 @dataclass(frozen=True)
 class Side:
-    report: Report
+    report: Report | VlmReport  # an encoder bundle's report or a vision-language one's
     label: str  # what the user gave: named in the table and in errors
 
 
@@ -81,9 +85,7 @@ def read_side(given: Path, role: str) -> Side:
         raise CheckInputError(f"{role} {path}: not a vtc report (no schema_version); give the "
                               "report.json of a bundle written by vtc-export")
     if data.get("kind") == "vlm":
-        raise CheckInputError(f"{role} {path}: a vision-language bundle's report; vtc check "
-                              "compares encoder bundles only (not yet VLM ones): compare "
-                              "their report.json fields (parity.generation, cost) directly")
+        return _vlm_side(data, path, given, role)
     version = data["schema_version"]
     if version not in READABLE:
         raise CheckInputError(
@@ -98,6 +100,25 @@ def read_side(given: Path, role: str) -> Side:
         raise CheckInputError(f"{role} {path}: not a valid vtc report ({detail}); rebuild it "
                               "with vtc-export") from None
     return Side(report, str(given))
+
+
+def _vlm_side(data: dict[str, Any], path: Path, given: Path, role: str) -> Side:
+    from vtc.check.vlm import from_dict
+    from vtc.report_vlm import VLM_SCHEMA_VERSION
+
+    version = data["schema_version"]
+    if version != VLM_SCHEMA_VERSION:
+        raise CheckInputError(
+            f"{role} {path}: vision-language report schema version {version}, this vtc reads "
+            f"version {VLM_SCHEMA_VERSION}; rebuild the {role} with this vtc (vtc-export) to "
+            "compare")
+    try:
+        return Side(from_dict(data), str(given))
+    except Exception as exc:  # pydantic.ValidationError: name the first problem
+        first = str(exc).splitlines()
+        detail = " ".join(first[1:3]).strip() if len(first) > 2 else str(exc)
+        raise CheckInputError(f"{role} {path}: not a valid vtc vision-language report "
+                              f"({detail}); rebuild it with vtc-export") from None
 
 
 def _batch(r: Report) -> int | None:

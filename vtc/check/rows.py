@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from vtc.recipe import CheckCfg
 from vtc.report import Report, lookup
+from vtc.report_vlm import VlmReport
 
 Verdict = Literal["pass", "FAIL", "skip", "info"]
 
@@ -152,7 +153,7 @@ def fusion_rows(base: Report, now: Report) -> list[Row]:
                 {"baseline": b, "now": n, "lost": lost})]
 
 
-def gate_rows(now: Report) -> list[Row]:
+def gate_rows(now: Report | VlmReport) -> list[Row]:
     """This bundle's own recipe gates, as it judged them."""
     return [Row(f"gate.{g.name}", "", _fmt(g.value), f"{g.kind} {g.limit:g}",
                 "pass" if g.passed else "FAIL", g.note, {"value": g.value, "limit": g.limit})

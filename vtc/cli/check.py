@@ -11,6 +11,7 @@ from vtc.check import CheckInputError, compare, read_side
 from vtc.check.render import junit_xml, summary, table, to_json
 from vtc.errors import guard
 from vtc.recipe import CheckCfg
+from vtc.report import Report
 from vtc.util import write_atomic
 from vtc.validate.report import render_markdown
 
@@ -96,11 +97,20 @@ def check(bundle: Path, baseline: Path, tolerance: tuple[str, ...], json_out: Pa
     VTC_SPEED_GATES=advisory (shared CI runners): a failing speed row is shown
     as info and decides no exit code.
 
+    Two vision-language bundles compare the same way: visual tokens, LM tokens per
+    layer and the prefill FLOPs ratio exactly; greedy tokens equal to the eager model
+    (no drop) and first-logits / vision diffs within their gates; first-logits cosine,
+    first-token agreement and exact match within their drop tolerances; the prefill
+    speedup (uncut / cut, timed interleaved) on its bootstrap interval (>= 10
+    generate.rounds); decode tok/s shown. Another tower, LM depth, decoder precision
+    or engine is refused (exit 2), as is a VLM bundle against an encoder one.
+
     \b
     Examples:
       vtc check out/new --baseline baselines/dinov2-small
       vtc check out/new --baseline base/report.json --junit vtc.xml --json vtc.json
       vtc check out/new --baseline base -t max_speedup_drop=0.10
+      vtc check out/llava-new --baseline baselines/llava-visionzip64
 
     \b
     Exit codes: 0 no regression, 1 a regression, 2 the reports cannot be compared
@@ -197,7 +207,13 @@ def show(bundle: Path, markdown: bool) -> None:
         if bundle.is_dir() and not given.is_file():
             given = bundle / "report.md"
         if given.suffix == ".json" and given.is_file():
-            md = render_markdown(read_side(given, "bundle").report)
+            rep = read_side(given, "bundle").report
+            if isinstance(rep, Report):
+                md = render_markdown(rep)
+            else:
+                from vtc.validate.report_vlm import render_markdown as render_vlm
+
+                md = render_vlm(rep)
         elif given.suffix == ".md" and given.is_file():
             try:
                 md = given.read_text(encoding="utf-8")

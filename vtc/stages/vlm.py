@@ -36,7 +36,7 @@ import vtc
 from vtc.backends.machine import machine_info
 from vtc.data.images import IMAGE_EXTENSIONS
 from vtc.errors import InputError
-from vtc.report import Gate, SourceInfo, lookup, to_jsonable
+from vtc.report import SourceInfo, to_jsonable
 from vtc.report_vlm import (
     VLM_GATES,
     CutsInfo,
@@ -51,7 +51,7 @@ from vtc.runtime import BundleError
 from vtc.runtime.generate import VlmBundle
 from vtc.source import Source
 from vtc.util import sha256_file, write_atomic
-from vtc.validate.gates import judge_value
+from vtc.validate.report_vlm import judge, render_markdown
 from vtc.vlm import decoder, embedding, export, llava, plan, reference
 from vtc.vlm.llava import VlmGeometry
 from vtc.vlm.modules import Cuts
@@ -343,51 +343,6 @@ def cuts_info(recipe: Any, geo: VlmGeometry, cuts: Cuts, base: Cuts) -> CutsInfo
         vision_flops_ratio=round(plan.vision_macs(geo, base) / plan.vision_macs(geo, cuts), 4))
 
 
-def judge(report: VlmReport, gates: dict[str, float]) -> None:
-    """Fill the gates from the recipe's (VLM_GATES); cost gates are skipped when the
-    engines were not timed (--no-bench)."""
-    out: list[Gate] = []
-    skipped: list[str] = []
-    for name, limit in gates.items():
-        path, kind = VLM_GATES[name]
-        if path[0] == "cost" and report.cost is None:
-            skipped.append(name)
-            continue
-        out.append(judge_value(name, lookup(report, path), limit, kind, path))
-    report.gates, report.gates_skipped = out, skipped
-    report.passed = all(g.passed for g in out)
-
-
-def render(report: VlmReport) -> str:
-    """report.md: every part of the report as a small table."""
-    lines = [f"# vtc vision-language bundle: {report.source.spec}", "",
-             f"recipe `{report.recipe.get('name')}` · vtc {report.vtc_version} · "
-             f"{'PASS' if report.passed else 'FAIL'} · {report.elapsed_s:.1f} s", ""]
-    for title, part in (("Cuts", report.cuts), ("Parity (engines vs eager with the same cuts)",
-                                                report.parity.generation),
-                        ("Fidelity (vs the uncut eager model)", report.fidelity),
-                        ("Cost (uncut vs cut engines, interleaved)", report.cost),
-                        ("Engine", report.engine), ("Machine", report.machine)):
-        lines += [f"## {title}", ""]
-        if part is None:
-            lines += ["not measured (--no-bench)", ""]
-            continue
-        lines += ["| field | value |", "|---|---|"]
-        for k, v in to_jsonable(part).items():
-            if isinstance(v, list) and len(v) > 12:
-                v = f"{len(v)} values"
-            lines.append(f"| {k} | {v} |")
-        lines.append("")
-    if report.fidelity.random_weights:
-        lines += ["Fidelity figures come from random weights: they test the plumbing, not a "
-                  "trained model's quality.", ""]
-    lines += ["## Gates", ""]
-    lines += [f"- {'PASS' if g.passed else 'FAIL'} {g.name}: {g.value} "
-              f"({'≥' if g.kind == 'min' else '≤'} {g.limit}) {g.note}" for g in report.gates]
-    lines += [f"- skipped {g}" for g in report.gates_skipped]
-    return "\n".join(lines) + "\n"
-
-
 def build(src: Source, recipe: Any, tmp: Path, images: Path | None, bench: bool,
           allow_pickle: bool, log: Log, model: Any = None) -> VlmReport:
     """Every stage of a VLM bundle into `tmp` (module docstring)."""
@@ -470,6 +425,6 @@ def build(src: Source, recipe: Any, tmp: Path, images: Path | None, bench: bool,
                 "recipe": report.recipe, "cuts": to_jsonable(report.cuts), "files": files}
     write_atomic(tmp / "manifest.json", json.dumps(manifest, indent=1) + "\n")
     write_atomic(tmp / "report.json", json.dumps(report.to_dict(), indent=1) + "\n")
-    write_atomic(tmp / "report.md", render(report))
+    write_atomic(tmp / "report.md", render_markdown(report))
     step(steps, f"bundle complete in {report.elapsed_s:.1f} s")
     return report

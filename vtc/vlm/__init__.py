@@ -1,4 +1,5 @@
-"""LLaVA-style vision-language models: the checkpoint (`llava`), vtc's exportable
-modules (`modules`: vision encoder + projector with its cuts, token embeddings, prefill
-and decode with a key/value cache), the eager reference driven through Hugging Face's own
-modules (`reference`) and the export of the graphs (`export`)."""
+"""Vision-language models: the families (`families`: model_type → module; `llava`: the
+checkpoint), vtc's exportable vision modules with the encoder cuts and VisionZip
+(`modules`), the cut plan (`plan`), the embedding graph (`embedding`), the decoder from
+onnxruntime-genai's model builder and vtc's passes on it (`decoder`), the HF-driven eager
+reference (`reference`) and the export of the vision graphs (`export`)."""
