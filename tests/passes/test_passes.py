@@ -166,3 +166,19 @@ def test_large_masks_are_shrunk_not_folded(vit_onnx: Path, pixels: np.ndarray, t
     ref = load(vit_onnx)
     compress(ref, tome_budget(GEO, r=3))
     np.testing.assert_allclose(_run(m, pixels), _run(ref, pixels), atol=1e-5)
+
+
+def test_optimizer_runs_without_the_slices_split_rule() -> None:
+    """prepare's optimizer skips onnxscript's SlicesSplit (quadratic in the Slices vtc's
+    merges emit) while it runs, and puts the table back afterwards."""
+    import onnxscript.rewriter as rewriter
+
+    from vtc.passes.model_io import _rules_without_slices_split
+
+    before = rewriter._DEFAULT_REWRITE_RULES
+    assert "SlicesSplit" in {getattr(r, "name", None) for r in before}
+    with _rules_without_slices_split() as found:
+        assert found, "onnxscript moved its rule table: the fast path is off"
+        names = [getattr(r, "name", None) for r in rewriter._DEFAULT_REWRITE_RULES]
+        assert "SlicesSplit" not in names and len(names) == len(before) - 1
+    assert rewriter._DEFAULT_REWRITE_RULES is before

@@ -14,7 +14,9 @@ so that every baked token count sits in a constant the shape fix-up can rewrite.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -167,13 +169,40 @@ FOLD_LIMIT = 1 << 22
 _BROADCAST = {"Add", "Sub", "Mul", "Div", "Where", "Cast", "Not", "And", "Or", "Equal"}
 
 
+# onnxscript's default rewrite rules, less `SlicesSplit` (two Slices of one tensor's last
+# axis halves → Split: the rotate-half of rotary embeddings). It is a two-output pattern
+# tried against every pair of Slices, and vtc's merge steps emit many: on a 12-block
+# ToMe graph it took 4 of the optimizer's 5.5 s per call, and no pass of vtc reads a
+# Split. The rest of the optimizer runs as onnxscript ships it.
+_SKIPPED_RULES = frozenset({"SlicesSplit"})
+
+
+@contextlib.contextmanager
+def _rules_without_slices_split() -> Iterator[bool]:
+    """onnxscript's rule table without `_SKIPPED_RULES` while the block runs; yields
+    whether the table was found (an onnxscript that renamed it runs unchanged)."""
+    import onnxscript.rewriter as rewriter
+
+    table = getattr(rewriter, "_DEFAULT_REWRITE_RULES", None)
+    if not isinstance(table, tuple):
+        yield False
+        return
+    rewriter._DEFAULT_REWRITE_RULES = tuple(
+        r for r in table if getattr(r, "name", None) not in _SKIPPED_RULES)
+    try:
+        yield True
+    finally:
+        rewriter._DEFAULT_REWRITE_RULES = table
+
+
 def _optimize(model: ir.Model) -> ir.Model:
     log = logging.getLogger("onnxscript")
     level = log.level
     log.setLevel(logging.ERROR)  # it logs every constant it declines to fold
     try:
-        return onnxscript.optimizer.optimize(model, input_size_limit=FOLD_LIMIT,
-                                             output_size_limit=FOLD_LIMIT)
+        with _rules_without_slices_split():
+            return onnxscript.optimizer.optimize(model, input_size_limit=FOLD_LIMIT,
+                                                 output_size_limit=FOLD_LIMIT)
     finally:
         log.setLevel(level)
 
