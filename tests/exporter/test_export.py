@@ -75,3 +75,32 @@ def test_large_models_use_external_data(tmp_path: Path, monkeypatch: pytest.Monk
     with torch.no_grad():
         (want,) = family.wrap_for_export(model)(x)
     assert np.abs(got - want.numpy()).max() <= 1e-4
+
+
+def test_a_repeated_export_comes_from_memory(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same model, weights and arguments export once per process: the second file
+    is written from memory, byte for byte; other weights or another batch export anew."""
+    from vtc.exporter import export as ex
+    from vtc.exporter import memo
+
+    memo.clear()
+    family, model = build_variant("vit-cls")
+    calls: list[Path] = []
+    real = ex.export_module
+    monkeypatch.setattr(ex, "export_module", lambda *a, **k: calls.append(a[4]) or real(*a, **k))
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = export_onnx(family, model, 2, IMAGE, tmp_path / "a" / "baseline.onnx")
+    again = export_onnx(family, model, 2, IMAGE, tmp_path / "b" / "baseline.onnx")
+    assert len(calls) == 1 and first.read_bytes() == again.read_bytes()
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["baseline.onnx"]
+    export_onnx(family, model, 3, IMAGE, tmp_path / "b" / "baseline.onnx")
+    assert len(calls) == 2  # another batch
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    export_onnx(family, model, 2, IMAGE, tmp_path / "b" / "baseline.onnx")
+    assert len(calls) == 3  # other weights
+    monkeypatch.setattr(memo, "MAX_MODEL_BYTES", 0)
+    assert memo.key(family.name, model, ()) is None  # too large to remember
+    memo.clear()

@@ -20,6 +20,7 @@ from torch import nn
 
 from vtc.passes import model_io
 
+from . import memo as _memo
 from .registry import Family
 
 
@@ -65,17 +66,26 @@ def export_onnx(
     they exceed ``passes.model_io.INLINE_LIMIT_BYTES`` (~1.8 GB, protobuf's 2 GB limit),
     in which case they go to ``<path>.data`` next to it.
     The file is written to a temporary name in the same directory and moved
-    into place, so ``path`` is never left half-written.
+    into place, so ``path`` is never left half-written. A model exported before in this
+    process with the same weights and arguments is written from memory
+    (`vtc.exporter.memo`: `vtc sweep` exports its checkpoint once).
     """
     model = model.float().eval()
+    h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
+    inline = _param_bytes(model) <= model_io.INLINE_LIMIT_BYTES
+    key = _memo.key(family.name, model, (batch, h, w, opset, dynamo, dynamic_batch, inline,
+                                         tuple(family.output_names(model)), Path(path).name))
+    if key is not None and _memo.restore(key, path):
+        return path
     wrapper = family.wrap_for_export(model)
     channels = family.num_channels(model)
-    h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
     example = torch.randn(batch, channels, h, w, dtype=torch.float32)
-    return export_module(wrapper, (example,), ["pixel_values"],
-                         list(family.output_names(model)), path, opset=opset, dynamo=dynamo,
-                         dynamic_batch=dynamic_batch,
-                         inline=_param_bytes(model) <= model_io.INLINE_LIMIT_BYTES)
+    export_module(wrapper, (example,), ["pixel_values"], list(family.output_names(model)),
+                  path, opset=opset, dynamo=dynamo, dynamic_batch=dynamic_batch,
+                  inline=inline)
+    if key is not None:
+        _memo.store(key, path)
+    return path
 
 
 def export_module(
