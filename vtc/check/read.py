@@ -95,11 +95,15 @@ def read_side(given: Path, role: str) -> Side:
     try:
         report = Report.from_dict(_upgrade(data))
     except Exception as exc:  # pydantic.ValidationError: name the first problem
-        first = str(exc).splitlines()
-        detail = " ".join(first[1:3]).strip() if len(first) > 2 else str(exc)
-        raise CheckInputError(f"{role} {path}: not a valid vtc report ({detail}); rebuild it "
-                              "with vtc-export") from None
+        raise CheckInputError(f"{role} {path}: not a valid vtc report ({_first_problem(exc)}); "
+                              "rebuild it with vtc-export") from None
     return Side(report, str(given))
+
+
+def _first_problem(exc: Exception) -> str:
+    """The first error of a pydantic ValidationError (its lines 2–3), else the message."""
+    lines = str(exc).splitlines()
+    return " ".join(lines[1:3]).strip() if len(lines) > 2 else str(exc)
 
 
 def _vlm_side(data: dict[str, Any], path: Path, given: Path, role: str) -> Side:
@@ -115,10 +119,8 @@ def _vlm_side(data: dict[str, Any], path: Path, given: Path, role: str) -> Side:
     try:
         return Side(from_dict(data), str(given))
     except Exception as exc:  # pydantic.ValidationError: name the first problem
-        first = str(exc).splitlines()
-        detail = " ".join(first[1:3]).strip() if len(first) > 2 else str(exc)
         raise CheckInputError(f"{role} {path}: not a valid vtc vision-language report "
-                              f"({detail}); rebuild it with vtc-export") from None
+                              f"({_first_problem(exc)}); rebuild it with vtc-export") from None
 
 
 def _batch(r: Report) -> int | None:

@@ -27,7 +27,7 @@ from vtc.check.rows import Row
 from vtc.recipe import CheckCfg
 from vtc.report import Report, ThroughputInfo, speedup_text
 
-__all__ = ["MIN_ROUNDS", "speed_rows"]
+__all__ = ["MIN_ROUNDS", "advisory", "speed_rows"]
 
 MIN_ROUNDS = stats.MIN_ROUNDS  # fewer rounds: the speed rows are skipped and say so
 
@@ -85,8 +85,14 @@ def speed_rows(base: Report, now: Report, tol: CheckCfg) -> list[Row]:
         return [Row(m, "", "", "", "skip", f"{rounds} timed rounds; a noise-aware verdict "
                     f"needs >= {MIN_ROUNDS} (validate.repeats)")
                 for m in ("throughput.speedup", "throughput.compressed_ips")]
-    rows = [_speedup(base.throughput, now.throughput, tol), _throughput(base, now, tol)]
-    if stats.speed_advisory():
-        rows = [replace(r, verdict="info", note=f"advisory ({stats.SPEED_ENV}=advisory), "
-                        f"would fail: {r.note}") if r.verdict == "FAIL" else r for r in rows]
-    return rows
+    return advisory([_speedup(base.throughput, now.throughput, tol),
+                     _throughput(base, now, tol)])
+
+
+def advisory(rows: list[Row]) -> list[Row]:
+    """Under ``VTC_SPEED_GATES=advisory`` a failing speed row becomes info, saying what
+    would have failed; otherwise the rows as they are."""
+    if not stats.speed_advisory():
+        return rows
+    return [replace(r, verdict="info", note=f"advisory ({stats.SPEED_ENV}=advisory), "
+                    f"would fail: {r.note}") if r.verdict == "FAIL" else r for r in rows]

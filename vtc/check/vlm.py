@@ -21,12 +21,11 @@ samples in the report, so it is shown, never judged.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 from vtc import stats
 from vtc.check.rows import Row, _exact, _fmt, _limit_row
-from vtc.check.speed import MIN_ROUNDS, _ratio_row
+from vtc.check.speed import MIN_ROUNDS, _ratio_row, advisory
 from vtc.recipe import CheckCfg
 from vtc.report_vlm import VlmReport
 
@@ -119,10 +118,7 @@ def _speed_rows(b: VlmReport, n: VlmReport, tol: CheckCfg) -> list[Row]:
     row = _ratio_row(metrics[0], f"{sb:.3g}× (ratio {cb.prefill_ratio:.3g})",
                      f"{sn:.3g}× (ratio {cn.prefill_ratio:.3g})", lo, hi, sn / sb,
                      tol.max_speedup_drop, tol.confidence)
-    if row.verdict == "FAIL" and stats.speed_advisory():
-        row = replace(row, verdict="info",
-                      note=f"advisory ({stats.SPEED_ENV}=advisory), would fail: {row.note}")
-    return [row, decode]
+    return [*advisory([row]), decode]
 
 
 def vlm_rows(base: VlmReport, now: VlmReport, tol: CheckCfg) -> list[Row]:
