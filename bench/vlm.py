@@ -16,7 +16,11 @@ tiny models, all through onnxruntime-genai bundles.
    HF model with the same cuts, first-step logits max |Δ| ≤ 1e-3; and the int4 decoder
    against the fp32 one (random weights: a plumbing figure, not a quality one).
 
-    python -m bench.vlm [--rounds 5] [--skip-large]
+4. ``--full`` (a one-off, not CI; about 14 GB of disk and most of this machine's
+   memory): a LLaVA-1.5-7B-shaped checkpoint, all 32 LM layers, to an int4 decoder with
+   FastV, peak memory ≤ 20 GiB (bench/vlm_full.py).
+
+    python -m bench.vlm [--rounds 5] [--skip-large] [--full]
 """
 
 from __future__ import annotations
@@ -192,10 +196,17 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--skip-large", action="store_true")
+    ap.add_argument("--full", action="store_true",
+                    help="only the full-depth 7B-shaped int4 build (bench/vlm_full.py)")
     args = ap.parse_args()
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="vtc-bench-vlm-") as d:
-        rows = vlm(Path(d), args.rounds, args.skip_large)
+        if args.full:
+            from bench.vlm_full import full
+
+            rows = full(Path(d))
+        else:
+            rows = vlm(Path(d), args.rounds, args.skip_large)
     for ok, text in rows:
         print(("PASS " if ok else "MISS " if ok is False else "     ") + text)
     met = [ok for ok, _ in rows if ok is not None]

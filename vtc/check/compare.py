@@ -19,6 +19,7 @@ parity, fidelity, prefill speedup) and the same gate rows.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -72,6 +73,17 @@ def tolerances(now_recipe: dict[str, Any], overrides: dict[str, float]) -> Check
                               "see `vtc check --help` for the ranges") from None
 
 
+def _encoder_rows(b: Report, n: Report, tol: CheckCfg) -> list[Row]:
+    return [*budget_rows(b, n), *parity_rows(b, n, tol), *quality_rows(b, n, tol),
+            *speed_rows(b, n, tol), *fusion_rows(b, n)]
+
+
+# per report kind (is it a VLM report?): why a pair is incomparable, and its rows
+_KINDS: dict[bool, tuple[Callable[[Any, Any], list[str]],
+                         Callable[[Any, Any, CheckCfg], list[Row]]]] = {
+    False: (incomparable, _encoder_rows), True: (vlm_incomparable, vlm_rows)}
+
+
 def compare(base: Side, now: Side, overrides: dict[str, float] | None = None,
             strict: bool = True) -> Comparison:
     """Every row for `now` against `base` (module docstring; two vision-language reports:
@@ -84,21 +96,13 @@ def compare(base: Side, now: Side, overrides: dict[str, float] | None = None,
         raise CheckInputError(f"cannot compare {now.label} with baseline {base.label}: "
                               f"{which} is a vision-language bundle and the other an encoder "
                               "bundle; compare two bundles of the same kind")
-    if isinstance(b, VlmReport) and isinstance(n, VlmReport):
-        reasons = vlm_incomparable(b, n)
-    else:
-        assert isinstance(b, Report) and isinstance(n, Report)
-        reasons = incomparable(b, n)
+    reasons_of, rows_of = _KINDS[isinstance(b, VlmReport)]
+    reasons = reasons_of(b, n)
     if reasons and strict:
         raise CheckInputError(f"cannot compare {now.label} with baseline {base.label}: "
                               + "; ".join(reasons) + " — build the baseline from the same "
                               "model, batch, precision and engine")
     tol = tolerances(n.recipe, overrides or {})
-    if isinstance(b, VlmReport) and isinstance(n, VlmReport):
-        rows = [*vlm_rows(b, n, tol), *gate_rows(n)]
-    else:
-        assert isinstance(b, Report) and isinstance(n, Report)
-        rows = [*budget_rows(b, n), *parity_rows(b, n, tol), *quality_rows(b, n, tol),
-                *speed_rows(b, n, tol), *fusion_rows(b, n), *gate_rows(n)]
+    rows = [*rows_of(b, n, tol), *gate_rows(n)]
     return Comparison(base.label, now.label, tol.model_dump(),
                       differences(b.machine, n.machine), rows, reasons)

@@ -127,14 +127,20 @@ def quality_rows(base: Report, now: Report, tol: CheckCfg) -> list[Row]:
         if mismatch and metric.startswith("accuracy."):
             rows.append(Row(metric, _fmt(a), _fmt(b), "", "skip", mismatch))
             continue
-        allowed = float(getattr(tol, tol_name))
-        drop = float(a) - float(b)
-        ok = drop <= allowed + 1e-12
-        change = "=" if drop == 0 else f"{-drop:+.4g}{unit}"
-        rows.append(Row(metric, _fmt(a), _fmt(b), change, "pass" if ok else "FAIL",
-                        "" if ok else f"dropped by more than check.{tol_name} = {allowed:g}",
-                        {"baseline": a, "now": b, "allowed_drop": allowed}))
+        rows.append(drop_row(metric, float(a), float(b), float(getattr(tol, tol_name)),
+                             tol_name, unit))
     return rows
+
+
+def drop_row(metric: str, a: float, b: float, allowed: float, tol_name: str, unit: str = "",
+             why: str = "") -> Row:
+    """A higher-is-better figure: FAIL when it fell from `a` to `b` by more than `allowed`,
+    the tolerance `check.<tol_name>` (`why`, when given, explains a failure instead)."""
+    drop = a - b
+    ok = drop <= allowed + 1e-12
+    note = "" if ok else why or f"dropped by more than check.{tol_name} = {allowed:g}"
+    return Row(metric, _fmt(a), _fmt(b), "=" if drop == 0 else f"{-drop:+.4g}{unit}",
+               "pass" if ok else "FAIL", note, {"baseline": a, "now": b, "allowed_drop": allowed})
 
 
 def fusion_rows(base: Report, now: Report) -> list[Row]:

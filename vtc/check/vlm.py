@@ -24,7 +24,7 @@ from __future__ import annotations
 from typing import Any
 
 from vtc import stats
-from vtc.check.rows import Row, _exact, _fmt, _limit_row
+from vtc.check.rows import Row, _exact, _limit_row, drop_row
 from vtc.check.speed import MIN_ROUNDS, _ratio_row, advisory
 from vtc.recipe import CheckCfg
 from vtc.report_vlm import VlmReport
@@ -60,21 +60,11 @@ def _cut_rows(b: VlmReport, n: VlmReport) -> list[Row]:
             _exact("cuts.flops_ratio", b.cuts.flops_ratio, n.cuts.flops_ratio)]
 
 
-def _no_drop(metric: str, a: float, b: float, allowed: float, tol_name: str) -> Row:
-    drop = a - b
-    ok = drop <= allowed + 1e-12
-    return Row(metric, _fmt(a), _fmt(b), "=" if drop == 0 else f"{-drop:+.4g}",
-               "pass" if ok else "FAIL",
-               "" if ok else (f"dropped by more than {tol_name} = {allowed:g}" if tol_name
-                              else "fewer prompts reproduce the eager model's tokens"),
-               {"baseline": a, "now": b, "allowed_drop": allowed})
-
-
 def _parity_rows(b: VlmReport, n: VlmReport, tol: CheckCfg) -> list[Row]:
     gates = n.recipe.get("gates", {}) or {}
     pb, pn = b.parity.generation, n.parity.generation
-    rows = [_no_drop("parity.generation.tokens_equal", pb.tokens_equal, pn.tokens_equal, 0.0,
-                     "")]
+    rows = [drop_row("parity.generation.tokens_equal", pb.tokens_equal, pn.tokens_equal, 0.0,
+                     "", why="fewer prompts reproduce the eager model's tokens")]
     for field, gate in (("first_logits_max_abs_diff", "max_generation_logits_diff"),
                         ("vision_max_abs_diff", "max_vision_diff")):
         limit = gates.get(gate)
@@ -87,12 +77,12 @@ def _parity_rows(b: VlmReport, n: VlmReport, tol: CheckCfg) -> list[Row]:
 
 def _fidelity_rows(b: VlmReport, n: VlmReport, tol: CheckCfg) -> list[Row]:
     fb, fn = b.fidelity, n.fidelity
-    return [_no_drop("fidelity.first_logits_cosine_mean", fb.first_logits_cosine_mean,
-                     fn.first_logits_cosine_mean, tol.max_cosine_drop, "check.max_cosine_drop"),
-            _no_drop("fidelity.top1_agreement", fb.top1_agreement, fn.top1_agreement,
-                     tol.max_agreement_drop, "check.max_agreement_drop"),
-            _no_drop("fidelity.exact_match", fb.exact_match, fn.exact_match,
-                     tol.max_agreement_drop, "check.max_agreement_drop")]
+    return [drop_row("fidelity.first_logits_cosine_mean", fb.first_logits_cosine_mean,
+                     fn.first_logits_cosine_mean, tol.max_cosine_drop, "max_cosine_drop"),
+            drop_row("fidelity.top1_agreement", fb.top1_agreement, fn.top1_agreement,
+                     tol.max_agreement_drop, "max_agreement_drop"),
+            drop_row("fidelity.exact_match", fb.exact_match, fn.exact_match,
+                     tol.max_agreement_drop, "max_agreement_drop")]
 
 
 def _speed_rows(b: VlmReport, n: VlmReport, tol: CheckCfg) -> list[Row]:

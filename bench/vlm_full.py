@@ -1,0 +1,250 @@
+"""One full-depth build (issue 18; a one-off, not CI): a LLaVA-1.5-7B-shaped checkpoint
+(all 32 LM layers, random fp16 weights written to disk) to an int4 decoder with FastV,
+within this machine's memory.
+
+    random fp16 checkpoint (safetensors shards, written tensor by tensor: the model is
+        never materialised) ─► vtc.vlm.decoder.write_lm_dir (streamed, ≤ 2 GiB buffered)
+        ─► onnxruntime-genai model builder -p int4 (subprocess) ─► vtc.vlm.decoder.rewrite
+        (FastV after layer 2 keeping 288 of 576 visual tokens, last-token logits)
+        ─► one prefill through onnxruntime (the rewritten graph runs)
+
+Printed beside their limits: the peak resident memory of the process tree (sampled every
+0.2 s, summed over the bench and its builder subprocess; also the largest single process,
+what ``/usr/bin/time -v`` reports), and that the decoder holds each LM weight once (one
+quantized initializer per projection of each of the 32 layers and the head, no token
+table, and its bytes within 10 % of one int4 copy of the LM's matrices).
+
+What this does not cover: the vision (0.3 B parameters) and embedding graphs, and the
+eager parity check. `vtc-export` on a 7B checkpoint loads the whole model in fp32 for the
+eager reference (about 28 GB) and does not fit on a 24 GiB machine (docs/limits.md).
+
+    python -m bench.vlm --full [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+Row = tuple[bool | None, str]
+LIMIT_GIB = 20.0
+FASTV_LAYER = 2  # llava-fastv: after layer 2, keep 50 % of the visual tokens
+
+
+class PeakRss:
+    """The summed resident memory of this process and its descendants, sampled."""
+
+    def __init__(self, every_s: float = 0.2) -> None:
+        self.peak = 0
+        self._stop = threading.Event()
+        self._every = every_s
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, tree_rss(os.getpid()))
+            self._stop.wait(self._every)
+
+
+def tree_rss(root: int) -> int:
+    """Bytes resident in `root` and every process descended from it (Linux /proc)."""
+    parent: dict[int, int] = {}
+    rss: dict[int, int] = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            text = Path(f"/proc/{d}/status").read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+        parent[int(d)] = int(fields.get("PPid", "0").strip())
+        rss[int(d)] = int(fields.get("VmRSS", "0 kB").split()[0]) * 1024
+    total, todo = 0, [root]
+    while todo:
+        p = todo.pop()
+        total += rss.get(p, 0)
+        todo += [c for c, pp in parent.items() if pp == p]
+    return total
+
+
+def write_random_checkpoint(config: Any, path: Path, shard_bytes: int = 2 << 30) -> int:
+    """`config`'s LLaVA state dict as random fp16 safetensors shards in `path`, one tensor
+    at a time (names and shapes from a meta-device model): N(0, 0.02) matrices, ones for
+    norm weights, zeros for biases. Returns the parameter count."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import LlavaForConditionalGeneration
+
+    path.mkdir(parents=True)
+    config.vtc_random_weights = True
+    config.dtype = "float16"
+    with torch.device("meta"):
+        meta = LlavaForConditionalGeneration(config)
+    gen = torch.Generator().manual_seed(0)
+    weight_map: dict[str, str] = {}
+    buf: dict[str, torch.Tensor] = {}
+    size = count = 0
+
+    def flush() -> None:
+        nonlocal buf, size
+        name = f"model-{len(set(weight_map.values())) + 1:05d}.safetensors"
+        save_file(buf, str(path / name), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(buf, name))
+        buf, size = {}, 0
+
+    for name, t in meta.state_dict().items():
+        if not t.is_floating_point():
+            continue  # no such tensor is saved by save_pretrained either
+        if name.endswith("bias"):
+            x = torch.zeros(t.shape, dtype=torch.float16)
+        elif "norm" in name:
+            x = torch.ones(t.shape, dtype=torch.float16)
+        else:
+            x = (torch.randn(t.shape, generator=gen) * 0.02).to(torch.float16)
+        buf[name] = x
+        size += x.numel() * 2
+        count += x.numel()
+        if size >= shard_bytes:
+            flush()
+    if buf:
+        flush()
+    (path / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {"total_size": count * 2}, "weight_map": weight_map}))
+    config.save_pretrained(path)
+    return count
+
+
+def lm_matrix_params(text_config: Any) -> int:
+    """Parameters of the LM's matrices the decoder holds (projections of every layer and
+    the head; the token table lives in the embedding graph)."""
+    d, f, h = text_config.hidden_size, text_config.intermediate_size, text_config.head_dim \
+        if getattr(text_config, "head_dim", None) else (
+            text_config.hidden_size // text_config.num_attention_heads)
+    per = d * h * (2 * text_config.num_attention_heads + 2 * text_config.num_key_value_heads)
+    return text_config.num_hidden_layers * (per + 3 * d * f) + d * text_config.vocab_size
+
+
+def weights_once(decoder: Path, text_config: Any) -> Row:
+    """One quantized weight per projection and layer, no token table, bytes ≈ one copy."""
+    import re
+
+    import onnx
+
+    proto = onnx.load(str(decoder), load_external_data=False)
+    names = [i.name for i in proto.graph.initializer]
+    nbits = [n for n in proto.graph.node if n.op_type == "MatMulNBits"]
+    per_layer: dict[int, set[str]] = {}
+    for n in nbits:  # FastV's scores reuse layer L-1's q/k weights: count names, not nodes
+        m = re.search(r"layers\.(\d+)\.", n.input[1])
+        if m:
+            per_layer.setdefault(int(m.group(1)), set()).add(n.input[1])
+    layers = text_config.num_hidden_layers
+    table = [n for n in names if "embed_tokens" in n]
+    files = sum(p.stat().st_size for p in decoder.parent.glob(decoder.name + "*"))
+    one_copy = lm_matrix_params(text_config) * (0.5 + 4 / 32)  # int4 + fp32 scale per 32
+    counts = sorted({len(v) for v in per_layer.values()})
+    ok = (len(names) == len(set(names)) and sorted(per_layer) == list(range(layers))
+          and len(counts) == 1 and not table and files <= 1.1 * one_copy)
+    return (ok, f"7B-shaped int4 decoder holds each LM weight once: "
+                f"{sum(map(len, per_layer.values()))} quantized layer weights ({counts} per "
+                f"layer over {len(per_layer)}/{layers} layers, plus the head), "
+                f"{len(names)} initializers all distinct, token table "
+                f"{'absent' if not table else 'PRESENT'}, {files / 2**30:.2f} GiB on disk vs "
+                f"{one_copy / 2**30:.2f} GiB for one int4 copy (limit 1.1×)")
+
+
+def prefill_once(decoder: Path, text_config: Any, length: int, cut: tuple[int, int]) -> Row:
+    """One prefill of `length` random embeddings through onnxruntime: finite logits."""
+    import numpy as np
+    import onnxruntime as ort
+
+    t = time.perf_counter()
+    sess = ort.InferenceSession(str(decoder), providers=["CPUExecutionProvider"])
+    load_s = time.perf_counter() - t
+    kv, hd = text_config.num_key_value_heads, text_config.hidden_size // \
+        text_config.num_attention_heads
+    rng = np.random.default_rng(0)
+    feeds: dict[str, Any] = {
+        "inputs_embeds": (rng.standard_normal((1, length, text_config.hidden_size)) * 0.02
+                          ).astype(np.float32),
+        "attention_mask": np.ones((1, length), np.int64)}
+    for i in range(text_config.num_hidden_layers):
+        for k in ("key", "value"):
+            feeds[f"past_key_values.{i}.{k}"] = np.zeros((1, kv, 0, hd), np.float32)
+    t = time.perf_counter()
+    out = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds), strict=True))
+    run_s = time.perf_counter() - t
+    logits = out["logits"]
+    last = text_config.num_hidden_layers - 1
+    kept = out[f"present.{last}.key"].shape[2]
+    ok = bool(np.isfinite(logits).all()) and kept == length - (cut[0] - cut[1])
+    return (ok, f"7B-shaped int4 decoder runs: session load {load_s:.0f} s, one prefill of "
+                f"{length} tokens in {run_s:.0f} s, logits {list(logits.shape)} finite: {ok}; "
+                f"last layer's KV length {kept} = {length} − {cut[0] - cut[1]} visual tokens "
+                f"dropped by FastV ({cut[1]} of {cut[0]} kept)")
+
+
+def full(tmp: Path, log: Any = print, cfg: Any = None) -> list[Row]:
+    """The build (module docstring) of `cfg` (default: LLaVA-1.5-7B's shapes) in `tmp`."""
+    from vtc.passes.fastv_decoder import FastVPlan
+    from vtc.stages.vlm import image_start
+    from vtc.vlm import decoder, llava
+
+    cfg = cfg if cfg is not None else llava.llava15_config(lm_layers=32)
+    visual = cfg.image_seq_length
+    keep = visual // 2
+    rows: list[Row] = []
+    ckpt = tmp / "llava15-7b-shape"
+    t = time.perf_counter()
+    with PeakRss() as peak:
+        n = write_random_checkpoint(cfg, ckpt)
+        llava.word_tokenizer(ckpt, cfg.image_token_id, cfg.text_config.vocab_size)
+        log(f"  checkpoint: {n / 1e9:.2f} B parameters, fp16, in "
+            f"{time.perf_counter() - t:.0f} s (peak so far {peak.peak / 2**30:.1f} GiB)")
+        t1 = time.perf_counter()
+        lm = decoder.write_lm_dir(ckpt, cfg.text_config, tmp / "lm")
+        log(f"  LM directory in {time.perf_counter() - t1:.0f} s "
+            f"(peak so far {peak.peak / 2**30:.1f} GiB)")
+        t1 = time.perf_counter()
+        built = decoder.run_builder(lm, tmp / "built", "int4", log)
+        log(f"  builder int4 in {time.perf_counter() - t1:.0f} s "
+            f"(peak so far {peak.peak / 2**30:.1f} GiB)")
+        shutil.rmtree(lm)
+        t1 = time.perf_counter()
+        start = image_start(ckpt / "tokenizer.json", cfg.image_token_id)
+        out = tmp / "bundle"
+        out.mkdir()
+        done = decoder.rewrite(built / "model.onnx", out / "decoder.onnx",
+                               FastVPlan(FASTV_LAYER, start, visual, keep))
+        log(f"  decoder passes in {time.perf_counter() - t1:.0f} s: {done}")
+    import resource
+
+    child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    worst = max(peak.peak, child, own)
+    rows.append((worst <= LIMIT_GIB * 2**30,
+                 f"LLaVA-1.5-7B shape ({cfg.text_config.num_hidden_layers} LM layers, "
+                 f"{n / 1e9:.2f} B parameters, random fp16 "
+                 f"on disk) → int4 decoder with FastV in {time.perf_counter() - t:.0f} s: peak "
+                 f"resident memory {peak.peak / 2**30:.1f} GiB summed over the process tree "
+                 f"(largest single process: builder {child / 2**30:.1f} GiB, bench "
+                 f"{own / 2**30:.1f} GiB; limit {LIMIT_GIB:.0f} GiB)"))
+    shutil.rmtree(built)
+    rows.append(weights_once(out / "decoder.onnx", cfg.text_config))
+    rows.append(prefill_once(out / "decoder.onnx", cfg.text_config, start + visual + 32,
+                             (visual, keep)))
+    return rows
