@@ -105,6 +105,10 @@ class VlmCost:
     decode_tok_s: float
     prefill_samples_ms_uncut: list[float] = field(default_factory=list)
     prefill_samples_ms: list[float] = field(default_factory=list)
+    # per-round decode rates (tokens/s), paired like the prefill samples (empty in
+    # reports written before vtc recorded them)
+    decode_samples_tok_s_uncut: list[float] = field(default_factory=list)
+    decode_samples_tok_s: list[float] = field(default_factory=list)
 
 
 @dataclass

@@ -68,14 +68,19 @@ def test_a_regression_fails_its_row(combined_bundle: Path, tmp_path: Path,
     assert _row(tmp_path / "c.json", metric)["verdict"] == "FAIL"
 
 
-def _timed(speedup: float, seed: int) -> Any:
+def _timed(speedup: float, seed: int, decode: float = 1.0) -> Any:
+    """12 rounds of prefill latencies at `speedup` and decode rates at `decode` (cut/uncut
+    tokens/s), 2 % noise."""
     rng = np.random.default_rng(seed)
 
     def edit(d: dict[str, Any]) -> None:
         uncut = (100 * (1 + 0.02 * rng.standard_normal(12))).tolist()
         cut = [u / speedup * (1 + 0.02 * rng.standard_normal()) for u in uncut]
+        rate = (5 * (1 + 0.02 * rng.standard_normal(12))).tolist()
         d["cost"].update(rounds=12, prefill_samples_ms_uncut=uncut, prefill_samples_ms=cut,
-                         prefill_ratio=1 / speedup)
+                         prefill_ratio=1 / speedup, decode_samples_tok_s_uncut=rate,
+                         decode_samples_tok_s=[r * decode * (1 + 0.02 * rng.standard_normal())
+                                               for r in rate])
     return edit
 
 
@@ -95,6 +100,28 @@ def test_prefill_speedup_is_judged_on_its_interval(combined_bundle: Path, tmp_pa
     res = _check(slow, base, "--json", str(tmp_path / "a.json"))
     assert res.exit_code == 0 and _row(tmp_path / "a.json", "cost.prefill_speedup")[
         "verdict"] == "info"
+
+
+def test_decode_speedup_is_judged_on_its_interval(combined_bundle: Path,
+                                                  tmp_path: Path) -> None:
+    """A decoder that decodes at 0.6× the rate it had fails its row (and only that
+    speed row); a report without per-round decode samples shows the rate, unjudged."""
+    base = _copy(combined_bundle, tmp_path, "base", _timed(4.0, 0))
+    slow = _copy(combined_bundle, tmp_path, "slow", _timed(4.0, 1, decode=0.6))
+    res = _check(slow, base, "--json", str(tmp_path / "d.json"))
+    assert res.exit_code == 1, res.output
+    row = _row(tmp_path / "d.json", "cost.decode_speedup")
+    assert row["verdict"] == "FAIL" and 0.55 < row["values"]["ratio"] < 0.65
+    assert _row(tmp_path / "d.json", "cost.prefill_speedup")["verdict"] == "pass"
+
+    def old(d: dict[str, Any]) -> None:
+        _timed(4.0, 2)(d)
+        for k in ("decode_samples_tok_s_uncut", "decode_samples_tok_s"):
+            del d["cost"][k]
+    legacy = _copy(combined_bundle, tmp_path, "legacy", old)
+    assert _check(legacy, base, "--json", str(tmp_path / "o.json")).exit_code == 0
+    row = _row(tmp_path / "o.json", "cost.decode_speedup")
+    assert row["verdict"] == "info" and "older vtc" in row["note"]
 
 
 def test_refused_pairs(combined_bundle: Path, tmp_path: Path) -> None:

@@ -167,6 +167,46 @@ def test_precisions_shrink_the_decoder(built: Path, llava_dir: Path, tiny: tuple
         assert casts  # the selection reads fp32 copies
 
 
+def test_int4_pass_equals_the_builders_own_int4(built: Path, llava_dir: Path,
+                                                tiny: tuple[Any, Any], tmp_path: Path) -> None:
+    """`passes.int4` on the builder's fp32 decoder gives the builder's own ``-p int4``
+    decoder: the same nodes (names, inputs, attributes) and byte-identical initializers.
+    (vtc quantizes one weight at a time because the builder's int4 path holds the whole
+    fp32 graph in memory at once.)"""
+    import os
+    import subprocess
+    import sys
+
+    import onnx
+    from onnx import numpy_helper
+
+    from vtc.passes import int4
+
+    model, _geo = tiny
+    lm = decoder.write_lm_dir(llava_dir, model.config.text_config, tmp_path / "lm")
+    theirs = tmp_path / "builder-int4"
+    subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(lm),
+                    "-o", str(theirs), "-p", "int4", "-e", "cpu", "-c", str(tmp_path / "c"),
+                    "--extra_options", "exclude_embeds=true", "hf_token=false"],
+                   check=True, capture_output=True, env=dict(os.environ, TQDM_DISABLE="1"))
+    ours = tmp_path / "ours" / "model.onnx"
+    ours.parent.mkdir()
+    assert int4.quantize_file(built / "model.onnx", ours) == 4 * 5 + 1  # per layer + head
+    a, b = onnx.load(str(theirs / "model.onnx")), onnx.load(str(ours))
+
+    def nodes(m: Any) -> list[str]:
+        return sorted(f"{n.op_type} {n.name} {list(n.input)} {list(n.output)} "
+                      f"{sorted(str(x).replace(chr(10), ' ') for x in n.attribute)}"
+                      for n in m.graph.node)
+
+    assert nodes(a) == nodes(b)
+    ta = {t.name: numpy_helper.to_array(t) for t in a.graph.initializer}
+    tb = {t.name: numpy_helper.to_array(t) for t in b.graph.initializer}
+    assert ta.keys() == tb.keys()
+    for name, x in ta.items():
+        assert x.dtype == tb[name].dtype and np.array_equal(x, tb[name]), name
+
+
 def test_builder_failure_is_one_line(tmp_path: Path) -> None:
     from vtc.errors import InputError
 

@@ -9,14 +9,15 @@
         │            first-step logits / vision max |diff|                    ≤ the recipe's gate
         ├─ fidelity  first-logits cosine; first-token agreement, exact match  drop ≤ tolerance
         ├─ speed     prefill speedup (uncut / cut, timed interleaved)         bootstrap interval
-        │            decode tok/s                                             info
+        │            decode speedup (per-round tokens/s, same pairing)        bootstrap interval
         └─ gates     this bundle's own recipe gates                           as judged
 
 The prefill speedup is the encoder check's `throughput.speedup` for the decoder: both
 runs' per-round prefill latencies (`cost.prefill_samples_ms*`) are resampled, paired
 within a run, and the row fails only when the whole interval of speedup_now /
-speedup_baseline lies below 1 - `max_speedup_drop`. Decode tokens/s has no per-round
-samples in the report, so it is shown, never judged.
+speedup_baseline lies below 1 - `max_speedup_drop`. The decode speedup is judged the same
+way on `cost.decode_samples_tok_s*` (as milliseconds per token); a report written before
+vtc recorded those samples shows its median tokens/s, not judged.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from vtc import stats
 from vtc.check.rows import Row, _exact, _limit_row, drop_row
 from vtc.check.speed import MIN_ROUNDS, _ratio_row, advisory
 from vtc.recipe import CheckCfg
-from vtc.report_vlm import VlmReport
+from vtc.report_vlm import VlmCost, VlmReport
 
 __all__ = ["vlm_incomparable", "vlm_rows"]
 
@@ -85,30 +86,59 @@ def _fidelity_rows(b: VlmReport, n: VlmReport, tol: CheckCfg) -> list[Row]:
                      tol.max_agreement_drop, "max_agreement_drop")]
 
 
+def _paired(metric: str, base: tuple[list[float], list[float]],
+            now: tuple[list[float], list[float]], before: str, after: str,
+            tol: CheckCfg) -> Row:
+    """The change of a paired (uncut, cut) latency speedup between two runs, judged on
+    its bootstrap interval (samples in ms, lower is faster)."""
+    db = stats.speedup_draws(*base, seed=1)
+    dn = stats.speedup_draws(*now, seed=2)
+    lo, hi = stats.ratio_interval(dn, db, tol.confidence)
+    point = stats.paired_speedup(*now) / stats.paired_speedup(*base)
+    return _ratio_row(metric, before, after, lo, hi, point, tol.max_speedup_drop,
+                      tol.confidence)
+
+
+def _ms_per_token(tok_s: list[float]) -> list[float]:
+    return [1e3 / x for x in tok_s]
+
+
+def _decode_row(cb: VlmCost, cn: VlmCost, tol: CheckCfg) -> Row:
+    before, after = f"{cb.decode_tok_s:.4g} tok/s", f"{cn.decode_tok_s:.4g} tok/s"
+    rounds = min(len(c.decode_samples_tok_s) for c in (cb, cn))
+    if rounds < MIN_ROUNDS:
+        why = ("no per-round decode samples (a report from an older vtc)" if rounds == 0 else
+               f"{rounds} timed rounds; a verdict needs >= {MIN_ROUNDS} (generate.rounds)")
+        return Row("cost.decode_speedup", before, after,
+                   f"{cn.decode_tok_s / cb.decode_tok_s:.3g}×" if cb.decode_tok_s else "",
+                   "info", why + ": shown, not judged",
+                   {"baseline": cb.decode_tok_s, "now": cn.decode_tok_s})
+    pair = [(_ms_per_token(c.decode_samples_tok_s_uncut), _ms_per_token(c.decode_samples_tok_s))
+            for c in (cb, cn)]
+    return _paired("cost.decode_speedup", pair[0], pair[1],
+                   f"{stats.paired_speedup(*pair[0]):.3g}× ({before})",
+                   f"{stats.paired_speedup(*pair[1]):.3g}× ({after})", tol)
+
+
 def _speed_rows(b: VlmReport, n: VlmReport, tol: CheckCfg) -> list[Row]:
-    metrics = ("cost.prefill_speedup", "cost.decode_tok_s")
+    metrics = ("cost.prefill_speedup", "cost.decode_speedup")
     if b.cost is None or n.cost is None:
         which = "the baseline" if b.cost is None else "this bundle"
         return [Row(m, "", "", "", "skip", f"not timed in {which} (built with --no-bench)")
                 for m in metrics]
     cb, cn = b.cost, n.cost
-    decode = Row("cost.decode_tok_s", f"{cb.decode_tok_s:.4g}", f"{cn.decode_tok_s:.4g}",
-                 f"{cn.decode_tok_s / cb.decode_tok_s:.3g}×" if cb.decode_tok_s else "",
-                 "info", "no per-round samples: shown, not judged",
-                 {"baseline": cb.decode_tok_s, "now": cn.decode_tok_s})
+    decode = _decode_row(cb, cn, tol)
     rounds = min(len(c.prefill_samples_ms) for c in (cb, cn))
     if rounds < MIN_ROUNDS:
         return [Row(metrics[0], "", "", "", "skip", f"{rounds} timed rounds; a noise-aware "
-                    f"verdict needs >= {MIN_ROUNDS} (generate.rounds)"), decode]
-    db = stats.speedup_draws(cb.prefill_samples_ms_uncut, cb.prefill_samples_ms, seed=1)
-    dn = stats.speedup_draws(cn.prefill_samples_ms_uncut, cn.prefill_samples_ms, seed=2)
-    lo, hi = stats.ratio_interval(dn, db, tol.confidence)
+                    f"verdict needs >= {MIN_ROUNDS} (generate.rounds)"), *advisory([decode])]
     sb = stats.paired_speedup(cb.prefill_samples_ms_uncut, cb.prefill_samples_ms)
     sn = stats.paired_speedup(cn.prefill_samples_ms_uncut, cn.prefill_samples_ms)
-    row = _ratio_row(metrics[0], f"{sb:.3g}× (ratio {cb.prefill_ratio:.3g})",
-                     f"{sn:.3g}× (ratio {cn.prefill_ratio:.3g})", lo, hi, sn / sb,
-                     tol.max_speedup_drop, tol.confidence)
-    return [*advisory([row]), decode]
+    row = _paired(metrics[0], (cb.prefill_samples_ms_uncut, cb.prefill_samples_ms),
+                  (cn.prefill_samples_ms_uncut, cn.prefill_samples_ms),
+                  f"{sb:.3g}× (ratio {cb.prefill_ratio:.3g})",
+                  f"{sn:.3g}× (ratio {cn.prefill_ratio:.3g})", tol)
+    return advisory([row, decode])  # (an info row passes through unchanged)
 
 
 def vlm_rows(base: VlmReport, now: VlmReport, tol: CheckCfg) -> list[Row]:

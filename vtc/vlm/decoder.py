@@ -3,8 +3,11 @@ and rewritten by vtc's decoder passes.
 
     LLaVA checkpoint ─► lm/ (a Llama/Mistral causal-LM directory: config.json, the LM's
         tensors renamed, one safetensors shard at a time; tokenizer.json)
-    lm/ ─► python -m onnxruntime_genai.models.builder -p fp32|fp16|int4 -e cpu
+    lm/ ─► python -m onnxruntime_genai.models.builder -p fp32|fp16 -e cpu
         --extra_options exclude_embeds=true ─► model.onnx (+ .data), genai_config.json
+        (int4: the builder's fp32 decoder ─► `passes.int4`, one weight at a time: the
+        builder's own int4 path holds every fp32 weight at once and does not fit a 7B LM
+        in 24 GiB; the result is the builder's int4 decoder, initializer for initializer)
     model.onnx ─► passes: FastV (`passes.fastv_decoder`, with the recipe's cut),
         last-token logits (`passes.last_logits`) ─► decoder.onnx (+ decoder.onnx.data)
 
@@ -135,8 +138,9 @@ def run_builder(lm: Path, out: Path, precision: str, log: Log) -> Path:
     require_genai()
     if precision not in PRECISIONS:
         raise InputError(f"decoder precision {precision!r}; give one of {', '.join(PRECISIONS)}")
+    built = "fp32" if precision == "int4" else precision
     cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(lm), "-o",
-           str(out), "-p", precision, "-e", "cpu", "-c", str(out.parent / "builder-cache"),
+           str(out), "-p", built, "-e", "cpu", "-c", str(out.parent / "builder-cache"),
            "--extra_options", "exclude_embeds=true", "hf_token=false"]
     env = dict(os.environ, TQDM_DISABLE="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
@@ -144,8 +148,24 @@ def run_builder(lm: Path, out: Path, precision: str, log: Log) -> Path:
         lines = [x for x in (proc.stderr + proc.stdout).strip().splitlines() if x.strip()]
         raise InputError(f"onnxruntime-genai's model builder failed on {lm} "
                          f"({lines[-1].strip() if lines else f'exit {proc.returncode}'})")
+    if precision == "int4":
+        _to_int4(out, log)
     log(f"  decoder: onnxruntime-genai model builder, {precision}")
     return out
+
+
+def _to_int4(out: Path, log: Log) -> None:
+    """The builder's fp32 ``out/model.onnx`` → int4 in place (`passes.int4`)."""
+    from vtc.passes import int4
+
+    fp32 = out / "fp32"
+    fp32.mkdir()
+    for f in ("model.onnx", "model.onnx.data"):
+        if (out / f).exists():
+            os.replace(out / f, fp32 / f)
+    n = int4.quantize_file(fp32 / "model.onnx", out / "model.onnx")
+    shutil.rmtree(fp32)
+    log(f"  decoder: {n} MatMuls to int4 (block 32, symmetric; onnxruntime's kernel)")
 
 
 def rewrite(src: Path, dst: Path, fastv: Any = None) -> dict[str, Any]:

@@ -1,0 +1,125 @@
+"""Generation parity, fidelity and cost of a vision-language bundle: the validation and
+timing stages of `stages.vlm`.
+
+    bundle (onnxruntime-genai) ─┐
+    eager HF + the cuts ────────┼─► parity (tokens equal, first logits, vision graph)
+    HF's own uncut generate ────┘   fidelity (first logits cosine, first token, exact)
+    uncut bundle ─┬─ interleaved rounds ─► cost (vision ms, decoder prefill ms, decode tok/s)
+    cut bundle ───┘
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vtc.errors import InputError
+from vtc.report_vlm import GenerationFidelity, GenerationParity, VlmCost
+from vtc.runtime import BundleError
+from vtc.runtime.generate import VlmBundle
+from vtc.vlm import export, reference
+from vtc.vlm.llava import VlmGeometry
+from vtc.vlm.modules import Cuts
+
+Log = Callable[[str], None]
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
+
+
+def validate(model: Any, geo: VlmGeometry, cuts: Cuts, bundle: VlmBundle, prompts: list[str],
+             images: list[Image.Image], max_new: int, log: Log
+             ) -> tuple[GenerationParity, GenerationFidelity]:
+    """Parity (engines vs eager with the cuts) and fidelity (vs HF's uncut model)."""
+    eos = bundle.eos
+    equal = exact = top1 = 0
+    logit_diff = vision_diff = 0.0
+    cosines: list[float] = []
+    for i, (prompt, img) in enumerate(zip(prompts, images, strict=True)):
+        try:
+            ids = bundle.prompt_ids(prompt, max_new_tokens=max_new)
+        except BundleError as exc:
+            raise InputError(f"generate.prompts[{i}]: {exc}") from None
+        px = bundle.pixels(img)
+        eng = bundle.generate(ids, px, max_new)
+        vis = bundle.session("vision").run(None, {"pixel_values": px})[0]
+        pt = torch.from_numpy(px)
+        ie = reference.image_embeds(model, geo, cuts, pt)
+        emb, at = reference.splice(model, ids, geo.image_token_id, ie)
+        ref = reference.generate(model, geo, cuts, emb, at, max_new, eos)
+        full = reference.hf_generate(model, geo, ids, pt, max_new, eos)
+        vision_diff = max(vision_diff, float(np.abs(vis - ie.numpy()).max()))
+        diff = np.abs(eng.first_logits - ref.first_logits.numpy()).max()
+        logit_diff = max(logit_diff, float(diff))
+        equal += eng.tokens == ref.tokens
+        exact += eng.tokens == full.tokens
+        top1 += eng.tokens[:1] == full.tokens[:1]
+        cosines.append(_cos(eng.first_logits, full.first_logits.numpy()))
+        log(f"  prompt {i + 1}/{len(prompts)}: {len(eng.tokens)} tokens, "
+            f"{'=' if eng.tokens == ref.tokens else '≠'} eager with cuts, "
+            f"{'=' if eng.tokens == full.tokens else '≠'} uncut")
+    n = len(prompts)
+    parity = GenerationParity(n, max_new, equal / n, logit_diff, vision_diff)
+    fid = GenerationFidelity(n, statistics.fmean(cosines), min(cosines), top1 / n, exact / n,
+                             random_weights=getattr(model, "_vtc_random", False))
+    return parity, fid
+
+
+def _ms(fn: Callable[[], Any]) -> float:
+    t = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t) * 1e3
+
+
+def decoder_feeds(b: VlmBundle, ids: list[int], px: np.ndarray) -> dict[str, np.ndarray]:
+    """The decoder's prompt inputs for one prompt (vision and embedding graphs run once;
+    an empty cache), to time the decoder's prefill alone."""
+    img = b.session("vision").run(None, {"pixel_values": px})[0]
+    full = np.asarray([b.expand(ids)], np.int64)
+    embeds = b.session("embedding").run(None, {"input_ids": full, export.FEATURES: img})[0]
+    dec = b.decoder_config
+    past = np.zeros((1, dec["num_key_value_heads"], 0, dec["head_size"]), embeds.dtype)
+    feeds = {"inputs_embeds": embeds, "attention_mask": np.ones(full.shape, np.int64)}
+    for i in range(dec["num_hidden_layers"]):
+        for kv in ("key", "value"):
+            feeds[f"past_key_values.{i}.{kv}"] = past
+    return feeds
+
+
+def cost(base: VlmBundle, cut: VlmBundle, prompt: str, image: Image.Image, rounds: int,
+         steps: int) -> VlmCost:
+    """Vision latency, decoder prefill latency (onnxruntime sessions on the bundles'
+    graphs) and decode rate (onnxruntime-genai), uncut and cut, interleaved."""
+    sides = []
+    for b in (base, cut):
+        ids = b.prompt_ids(prompt, max_new_tokens=steps)
+        px = b.pixels(image)
+        sides.append((b, ids, px, decoder_feeds(b, ids, px)))
+    vis: list[list[float]] = [[], []]
+    pre: list[list[float]] = [[], []]
+    dec: list[list[float]] = [[], []]
+    for _ in range(rounds + 1):  # the first round warms up and is dropped
+        for k, (b, _ids, px, feeds) in enumerate(sides):
+            vision, prefill = b.session("vision"), b.session("decoder")
+            vis[k].append(_ms(partial(vision.run, None, {"pixel_values": px})))
+            pre[k].append(_ms(partial(prefill.run, None, feeds)))
+        for k, (b, ids, px, _f) in enumerate(sides):
+            r = b.generate(ids, px, steps, stop_at_eos=False)
+            dec[k].append(r.tokens_per_s)
+    med = [statistics.median(v[1:]) for v in vis]
+    pmed = [statistics.median(v[1:]) for v in pre]
+    dmed = [statistics.median(v[1:]) for v in dec]
+    return VlmCost(rounds, round(med[0], 3), round(med[1], 3), round(pmed[0], 3),
+                   round(pmed[1], 3), round(pmed[1] / pmed[0], 4), steps,
+                   round(dmed[0], 2), round(dmed[1], 2),
+                   [round(x, 3) for x in pre[0][1:]], [round(x, 3) for x in pre[1][1:]],
+                   [round(x, 3) for x in dec[0][1:]], [round(x, 3) for x in dec[1][1:]])
