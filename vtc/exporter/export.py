@@ -157,9 +157,6 @@ def _export_dynamo(
         output_names=output_names,
         external_data=not inline,
         verbose=False,
-        # every consumer prepares the file with onnxscript's optimizer
-        # (passes.model_io.prepare); torch's own pass would run it twice
-        optimize=False,
     )
     if program is None:  # pragma: no cover - dynamo export always returns a program
         raise RuntimeError("torch.onnx.export(dynamo=True) returned no program")
