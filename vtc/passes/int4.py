@@ -14,7 +14,7 @@ Symmetric blocks of 32 along K, quantized by onnxruntime's own kernel
 (`quantize_matmul_4bits`, what the builder's `MatMulNBitsQuantizer` calls), with the
 builder's node and tensor names (``<node>_Q4``, ``<weight>_Q4``, ``<weight>_scales``):
 the result equals the builder's ``-p int4 -e cpu`` decoder initializer for initializer
-(tests/vlm/test_int4.py). MatMuls whose second input is not a 2-D fp32 initializer are
+(tests/vlm/test_decoder.py). MatMuls whose second input is not a 2-D fp32 initializer are
 left as they are.
 """
 

@@ -5,14 +5,14 @@
               last-token logits) ─► genai_config.json ─► validate (onnxruntime-genai)
            ─► time ─► bundle
 
-Validation (`vtc.validate.generation`) runs every prompt of `generate.prompts` (each with one image: --images, else
-scikit-image's photos) through onnxruntime-genai on the bundle, the eager HF model with
-the same cuts (`vtc.vlm.reference.generate`: parity) and HF's own uncut generate
-(fidelity), then times the uncut bundle (uncut vision graph, the builder's decoder as
-written) and the cut one interleaved (cost). The bundle holds vision.onnx,
-embedding.onnx, decoder.onnx (+ .data), genai_config.json, tokenizer files,
-generation.json, manifest.json, report.json and report.md; the builder's output and the
-uncut graphs live in a scratch directory beside it and are removed.
+Validation (`vtc.validate.generation`) runs every prompt of `generate.prompts` (each
+with one image: --images, else scikit-image's photos) through onnxruntime-genai on the
+bundle, the eager HF model with the same cuts (`vtc.vlm.reference.generate`: parity)
+and HF's own uncut generate (fidelity), then times the uncut bundle (uncut vision graph,
+the builder's decoder as written) and the cut one interleaved (cost). The bundle holds
+vision.onnx, embedding.onnx, decoder.onnx (+ .data), genai_config.json, tokenizer
+files, generation.json, manifest.json, report.json and report.md; the builder's output
+and the uncut graphs live in a scratch directory beside it and are removed.
 """
 
 from __future__ import annotations
