@@ -23,7 +23,6 @@ eager reference (about 28 GB) and does not fit on a 24 GiB machine (docs/limits.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import threading
@@ -86,8 +85,9 @@ def write_random_checkpoint(config: Any, path: Path, shard_bytes: int = 2 << 30)
     at a time (names and shapes from a meta-device model): N(0, 0.02) matrices, ones for
     norm weights, zeros for biases. Returns the parameter count."""
     import torch
-    from safetensors.torch import save_file
     from transformers import LlavaForConditionalGeneration
+
+    from vtc.vlm.decoder import ShardWriter
 
     path.mkdir(parents=True)
     config.vtc_random_weights = True
@@ -95,17 +95,8 @@ def write_random_checkpoint(config: Any, path: Path, shard_bytes: int = 2 << 30)
     with torch.device("meta"):
         meta = LlavaForConditionalGeneration(config)
     gen = torch.Generator().manual_seed(0)
-    weight_map: dict[str, str] = {}
-    buf: dict[str, torch.Tensor] = {}
-    size = count = 0
-
-    def flush() -> None:
-        nonlocal buf, size
-        name = f"model-{len(set(weight_map.values())) + 1:05d}.safetensors"
-        save_file(buf, str(path / name), metadata={"format": "pt"})
-        weight_map.update(dict.fromkeys(buf, name))
-        buf, size = {}, 0
-
+    shards = ShardWriter(path, shard_bytes)
+    count = 0
     for name, t in meta.state_dict().items():
         if not t.is_floating_point():
             continue  # no such tensor is saved by save_pretrained either
@@ -115,25 +106,22 @@ def write_random_checkpoint(config: Any, path: Path, shard_bytes: int = 2 << 30)
             x = torch.ones(t.shape, dtype=torch.float16)
         else:
             x = (torch.randn(t.shape, generator=gen) * 0.02).to(torch.float16)
-        buf[name] = x
-        size += x.numel() * 2
+        shards.add(name, x)
         count += x.numel()
-        if size >= shard_bytes:
-            flush()
-    if buf:
-        flush()
-    (path / "model.safetensors.index.json").write_text(json.dumps(
-        {"metadata": {"total_size": count * 2}, "weight_map": weight_map}))
+    shards.close({"total_size": shards.total})
     config.save_pretrained(path)
     return count
+
+
+def _head_dim(text_config: Any) -> int:
+    return int(getattr(text_config, "head_dim", None)
+               or text_config.hidden_size // text_config.num_attention_heads)
 
 
 def lm_matrix_params(text_config: Any) -> int:
     """Parameters of the LM's matrices the decoder holds (projections of every layer and
     the head; the token table lives in the embedding graph)."""
-    d, f, h = text_config.hidden_size, text_config.intermediate_size, text_config.head_dim \
-        if getattr(text_config, "head_dim", None) else (
-            text_config.hidden_size // text_config.num_attention_heads)
+    d, f, h = text_config.hidden_size, text_config.intermediate_size, _head_dim(text_config)
     per = d * h * (2 * text_config.num_attention_heads + 2 * text_config.num_key_value_heads)
     return text_config.num_hidden_layers * (per + 3 * d * f) + d * text_config.vocab_size
 
@@ -175,8 +163,7 @@ def prefill_once(decoder: Path, text_config: Any, length: int, cut: tuple[int, i
     t = time.perf_counter()
     sess = ort.InferenceSession(str(decoder), providers=["CPUExecutionProvider"])
     load_s = time.perf_counter() - t
-    kv, hd = text_config.num_key_value_heads, text_config.hidden_size // \
-        text_config.num_attention_heads
+    kv, hd = text_config.num_key_value_heads, _head_dim(text_config)
     rng = np.random.default_rng(0)
     feeds: dict[str, Any] = {
         "inputs_embeds": (rng.standard_normal((1, length, text_config.hidden_size)) * 0.02

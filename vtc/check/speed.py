@@ -27,7 +27,7 @@ from vtc.check.rows import Row
 from vtc.recipe import CheckCfg
 from vtc.report import Report, ThroughputInfo, speedup_text
 
-__all__ = ["MIN_ROUNDS", "advisory", "speed_rows"]
+__all__ = ["MIN_ROUNDS", "advisory", "paired_row", "speed_rows"]
 
 MIN_ROUNDS = stats.MIN_ROUNDS  # fewer rounds: the speed rows are skipped and say so
 
@@ -47,13 +47,26 @@ def _ratio_row(metric: str, before: str, now: str, lo: float, hi: float, point: 
                values={"ratio": point, "ratio_low": lo, "ratio_high": hi, "floor": floor})
 
 
-def _speedup(b: ThroughputInfo, n: ThroughputInfo, tol: CheckCfg) -> Row:
-    db = stats.speedup_draws(b.baseline.samples_ms, b.compressed.samples_ms, seed=1)
-    dn = stats.speedup_draws(n.baseline.samples_ms, n.compressed.samples_ms, seed=2)
+def paired_row(metric: str, base: tuple[list[float], list[float]],
+               now: tuple[list[float], list[float]], before: str, after: str, tol: CheckCfg,
+               point: float | None = None) -> Row:
+    """The change of a paired speedup between two runs, each given as its per-round
+    (uncut, cut) latencies in ms, judged on the bootstrap interval of now / baseline.
+    `point`: the estimate of that ratio when the reports store one (else recomputed)."""
+    db = stats.speedup_draws(*base, seed=1)
+    dn = stats.speedup_draws(*now, seed=2)
     lo, hi = stats.ratio_interval(dn, db, tol.confidence)
-    point = n.speedup_ci.estimate / b.speedup_ci.estimate
-    return _ratio_row("throughput.speedup", speedup_text(b, 3), speedup_text(n, 3), lo, hi, point,
-                      tol.max_speedup_drop, tol.confidence)
+    if point is None:
+        point = stats.paired_speedup(*now) / stats.paired_speedup(*base)
+    return _ratio_row(metric, before, after, lo, hi, point, tol.max_speedup_drop,
+                      tol.confidence)
+
+
+def _speedup(b: ThroughputInfo, n: ThroughputInfo, tol: CheckCfg) -> Row:
+    return paired_row("throughput.speedup", (b.baseline.samples_ms, b.compressed.samples_ms),
+                      (n.baseline.samples_ms, n.compressed.samples_ms), speedup_text(b, 3),
+                      speedup_text(n, 3), tol,
+                      point=n.speedup_ci.estimate / b.speedup_ci.estimate)
 
 
 def _throughput(base: Report, now: Report, tol: CheckCfg) -> Row:

@@ -26,7 +26,7 @@ from typing import Any
 
 from vtc import stats
 from vtc.check.rows import Row, _exact, _limit_row, drop_row
-from vtc.check.speed import MIN_ROUNDS, _ratio_row, advisory
+from vtc.check.speed import MIN_ROUNDS, advisory, paired_row
 from vtc.recipe import CheckCfg
 from vtc.report_vlm import VlmCost, VlmReport
 
@@ -86,19 +86,6 @@ def _fidelity_rows(b: VlmReport, n: VlmReport, tol: CheckCfg) -> list[Row]:
                      tol.max_agreement_drop, "max_agreement_drop")]
 
 
-def _paired(metric: str, base: tuple[list[float], list[float]],
-            now: tuple[list[float], list[float]], before: str, after: str,
-            tol: CheckCfg) -> Row:
-    """The change of a paired (uncut, cut) latency speedup between two runs, judged on
-    its bootstrap interval (samples in ms, lower is faster)."""
-    db = stats.speedup_draws(*base, seed=1)
-    dn = stats.speedup_draws(*now, seed=2)
-    lo, hi = stats.ratio_interval(dn, db, tol.confidence)
-    point = stats.paired_speedup(*now) / stats.paired_speedup(*base)
-    return _ratio_row(metric, before, after, lo, hi, point, tol.max_speedup_drop,
-                      tol.confidence)
-
-
 def _ms_per_token(tok_s: list[float]) -> list[float]:
     return [1e3 / x for x in tok_s]
 
@@ -115,9 +102,9 @@ def _decode_row(cb: VlmCost, cn: VlmCost, tol: CheckCfg) -> Row:
                    {"baseline": cb.decode_tok_s, "now": cn.decode_tok_s})
     pair = [(_ms_per_token(c.decode_samples_tok_s_uncut), _ms_per_token(c.decode_samples_tok_s))
             for c in (cb, cn)]
-    return _paired("cost.decode_speedup", pair[0], pair[1],
-                   f"{stats.paired_speedup(*pair[0]):.3g}× ({before})",
-                   f"{stats.paired_speedup(*pair[1]):.3g}× ({after})", tol)
+    return paired_row("cost.decode_speedup", pair[0], pair[1],
+                      f"{stats.paired_speedup(*pair[0]):.3g}× ({before})",
+                      f"{stats.paired_speedup(*pair[1]):.3g}× ({after})", tol)
 
 
 def _speed_rows(b: VlmReport, n: VlmReport, tol: CheckCfg) -> list[Row]:
@@ -134,10 +121,10 @@ def _speed_rows(b: VlmReport, n: VlmReport, tol: CheckCfg) -> list[Row]:
                     f"verdict needs >= {MIN_ROUNDS} (generate.rounds)"), *advisory([decode])]
     sb = stats.paired_speedup(cb.prefill_samples_ms_uncut, cb.prefill_samples_ms)
     sn = stats.paired_speedup(cn.prefill_samples_ms_uncut, cn.prefill_samples_ms)
-    row = _paired(metrics[0], (cb.prefill_samples_ms_uncut, cb.prefill_samples_ms),
-                  (cn.prefill_samples_ms_uncut, cn.prefill_samples_ms),
-                  f"{sb:.3g}× (ratio {cb.prefill_ratio:.3g})",
-                  f"{sn:.3g}× (ratio {cn.prefill_ratio:.3g})", tol)
+    row = paired_row(metrics[0], (cb.prefill_samples_ms_uncut, cb.prefill_samples_ms),
+                     (cn.prefill_samples_ms_uncut, cn.prefill_samples_ms),
+                     f"{sb:.3g}× (ratio {cb.prefill_ratio:.3g})",
+                     f"{sn:.3g}× (ratio {cn.prefill_ratio:.3g})", tol)
     return advisory([row, decode])  # (an info row passes through unchanged)
 
 

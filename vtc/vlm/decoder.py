@@ -72,12 +72,44 @@ def _shards(ckpt: Path) -> list[Path]:
                      "LM's tensors from safetensors files")
 
 
+class ShardWriter:
+    """Tensors into ``model-0000K.safetensors`` shards of about `limit` bytes in `out`, one
+    shard buffered at a time; `close` writes ``model.safetensors.index.json``."""
+
+    def __init__(self, out: Path, limit: int = SHARD_BYTES) -> None:
+        self.out, self.limit = out, limit
+        self.weight_map: dict[str, str] = {}
+        self.buf: dict[str, Any] = {}
+        self.size = self.total = 0
+
+    def add(self, name: str, tensor: Any) -> None:
+        self.buf[name] = tensor.contiguous()
+        nbytes = tensor.numel() * tensor.element_size()
+        self.size += nbytes
+        self.total += nbytes
+        if self.size >= self.limit:
+            self._flush()
+
+    def _flush(self) -> None:
+        from safetensors.torch import save_file
+
+        if self.buf:
+            name = f"model-{len(set(self.weight_map.values())) + 1:05d}.safetensors"
+            save_file(self.buf, str(self.out / name), metadata={"format": "pt"})
+            self.weight_map.update(dict.fromkeys(self.buf, name))
+            self.buf, self.size = {}, 0
+
+    def close(self, metadata: dict[str, Any] | None = None) -> None:
+        self._flush()
+        (self.out / "model.safetensors.index.json").write_text(json.dumps(
+            {"metadata": metadata or {}, "weight_map": self.weight_map}, indent=1))
+
+
 def write_lm_dir(ckpt: Path, text_config: Any, out: Path, model: Any = None) -> Path:
     """The LM as a causal-LM checkpoint directory in `out` (module docstring). Tensors are
     copied one at a time from the checkpoint's safetensors files; `model` (a loaded LLaVA)
     is used instead when the checkpoint has none (a pickle checkpoint)."""
     from safetensors import safe_open
-    from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
     cfg = text_config.to_dict()
@@ -85,25 +117,7 @@ def write_lm_dir(ckpt: Path, text_config: Any, out: Path, model: Any = None) -> 
                             .get(text_config.model_type, "LlamaForCausalLM")]
     cfg.pop("_name_or_path", None)
     (out / "config.json").write_text(json.dumps(cfg, indent=1))
-    weight_map: dict[str, str] = {}
-    buf: dict[str, Any] = {}
-    size = 0
-
-    def flush() -> None:
-        nonlocal buf, size
-        if buf:
-            name = f"model-{len(set(weight_map.values())) + 1:05d}.safetensors"
-            save_file(buf, str(out / name), metadata={"format": "pt"})
-            weight_map.update(dict.fromkeys(buf, name))
-            buf, size = {}, 0
-
-    def add(name: str, tensor: Any) -> None:
-        nonlocal size
-        buf[name] = tensor.contiguous()
-        size += tensor.numel() * tensor.element_size()
-        if size >= SHARD_BYTES:
-            flush()
-
+    shards = ShardWriter(out)
     try:
         files = _shards(ckpt)
     except InputError:
@@ -112,17 +126,15 @@ def write_lm_dir(ckpt: Path, text_config: Any, out: Path, model: Any = None) -> 
         for k, v in model.state_dict().items():
             n = lm_name(k)
             if n is not None and not n.startswith("model.embed_tokens"):
-                add(n, v.detach())
+                shards.add(n, v.detach())
         files = []
     for f in files:
         with safe_open(str(f), "pt") as st:
             for k in st.keys():
                 n = lm_name(k)
                 if n is not None:
-                    add(n, st.get_tensor(k))
-    flush()
-    (out / "model.safetensors.index.json").write_text(json.dumps(
-        {"metadata": {}, "weight_map": weight_map}, indent=1))
+                    shards.add(n, st.get_tensor(k))
+    shards.close()
     tok = ckpt / "tokenizer.json"
     if tok.is_file():
         shutil.copyfile(tok, out / "tokenizer.json")
