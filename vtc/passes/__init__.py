@@ -1,5 +1,10 @@
 """Graph passes and helpers on the ONNX IR that know no reduction method.
 
+* `base` — what a pass is (an onnx-ir in-place pass: requires → call → ensures) and
+  `run`, which applies a sequence of them;
+* `encoder` — the encoder rewrite as such a sequence (locate, reduce, size bias,
+  unmerge, token sizes, shape fix-up, check); the decoder's passes (`decoder_layers`,
+  `fastv_decoder`, `last_logits`, `int4`) are run by `vtc.vlm.decoder`;
 * `graph` — load/prepare a model, find its transformer blocks from structure alone;
 * `emit` — the node builder every rewrite uses (portable ops only);
 * `shape_fixup` — rewrite constants that baked the old token count;
@@ -9,10 +14,12 @@
 * `fuse_attention` — each attention block as one com.microsoft.MultiHeadAttention
   (for engines that run contrib ops; never in the bundle's portable graph).
 
-The methods (`vtc.methods`) write the reductions themselves; the compress stage
-(`vtc.stages.compress`) puts it all together.
+The methods (`vtc.methods`) write the reductions themselves (`vtc.methods.rewrite` is
+the one pass that dispatches to them); the compress stage (`vtc.stages.compress`) runs
+the sequence.
 """
 
+from vtc.passes.base import Pass, run
 from vtc.passes.dynamic_batch import PROBES, make_batch_dynamic
 from vtc.passes.fuse_attention import FuseResult, fuse_attention, fuse_file
 from vtc.passes.graph import Block, GraphError, NoBlocksError, find_blocks
@@ -24,6 +31,7 @@ __all__ = [
     "FuseResult",
     "GraphError",
     "NoBlocksError",
+    "Pass",
     "check",
     "find_blocks",
     "fuse_attention",
@@ -32,4 +40,5 @@ __all__ = [
     "make_batch_dynamic",
     "prepare",
     "read_onnx",
+    "run",
 ]

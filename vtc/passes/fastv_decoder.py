@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
+from vtc.passes.base import Pass
 from vtc.passes.decoder_layers import DecoderLayer, DecoderStructureError, find_layers
 from vtc.passes.emit import Emitter
 
@@ -211,3 +212,32 @@ def apply(model: ir.Model, plan: FastVPlan) -> dict[str, int]:
         _rotary_outside(graph, lay, positions, seqlens_cut, total_cut)
     return {"layer": plan.layer, "kept": plan.keep, "dropped": plan.dropped,
             "nodes": sum(1 for n in graph if n.name and n.name.startswith(e.prefix))}
+
+
+class FastVDecoder(Pass):
+    """`apply` as a pass: requires finds the layers and checks the plan against them;
+    ensures the cut's layers read the shorter cache (done: what `apply` returns)."""
+
+    name = "fastv"
+
+    def __init__(self, plan: FastVPlan) -> None:
+        super().__init__()
+        self.plan = plan
+        self._after: list[ir.Node] = []
+
+    def requires(self, model: ir.Model) -> None:
+        layers = find_layers(model)
+        _check(layers, self.plan)
+        self._after = [lay.attention for lay in layers[self.plan.layer:]]
+
+    def apply(self, model: ir.Model) -> bool:
+        self.done = apply(model, self.plan)
+        return True
+
+    def ensures(self, model: ir.Model) -> None:
+        for att in self._after:
+            total = att.inputs[6]
+            node = total.producer() if total is not None else None
+            if node is None or not (node.name or "").startswith(f"/vtc/fastv{self.plan.layer}"):
+                raise DecoderStructureError(f"{att.name!r} after the cut does not read the "
+                                            "shortened cache length")

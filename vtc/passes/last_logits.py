@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from vtc.passes.base import Pass
 from vtc.passes.decoder_layers import DecoderStructureError
 from vtc.passes.emit import Emitter
 
@@ -48,3 +49,24 @@ def apply(model: ir.Model, logits: str = "logits") -> bool:
     if out.shape is not None and len(out.shape) == 3:
         out.shape = ir.Shape([out.shape[0], 1, out.shape[2]])
     return True
+
+
+class LastLogits(Pass):
+    """`apply` as a pass (done: False when the logits were trimmed already); ensures the
+    output is ``[B, 1, vocab]``."""
+
+    name = "last_token_logits"
+
+    def __init__(self, logits: str = "logits") -> None:
+        super().__init__()
+        self.logits = logits
+
+    def apply(self, model: ir.Model) -> bool:
+        self.done = apply(model, self.logits)
+        return bool(self.done)
+
+    def ensures(self, model: ir.Model) -> None:
+        out = next(v for v in model.graph.outputs if v.name == self.logits)
+        if out.shape is not None and len(out.shape) == 3 and out.shape[1] != 1:
+            raise DecoderStructureError(f"output {self.logits!r} still has {out.shape[1]} "
+                                        "positions after the trim")

@@ -181,31 +181,23 @@ def _to_int4(out: Path, log: Log) -> None:
 
 
 def rewrite(src: Path, dst: Path, fastv: Any = None) -> dict[str, Any]:
-    """The builder's ``model.onnx`` → `dst` with vtc's passes (module docstring); `fastv`
-    a `passes.fastv_decoder.FastVPlan` or None. Returns what the passes did."""
+    """The builder's ``model.onnx`` → `dst` with vtc's pass sequence (module docstring):
+    last-token logits, the FastV cut when `fastv` (a `passes.fastv_decoder.FastVPlan`)
+    is given, the builder's stale shapes dropped, unused nodes removed. Returns what the
+    passes did, by pass name."""
     import onnx_ir as ir
     from onnx_ir.passes.common import RemoveUnusedNodesPass
 
-    from vtc.passes import fastv_decoder, last_logits
+    from vtc.passes.base import ForgetShapes, run
+    from vtc.passes.fastv_decoder import FastVDecoder
+    from vtc.passes.last_logits import LastLogits
 
     model = ir.load(str(src))
-    done: dict[str, Any] = {"last_token_logits": last_logits.apply(model)}
+    seq: list[Any] = [LastLogits()]
     if fastv is not None:
-        done["fastv"] = fastv_decoder.apply(model, fastv)
-    _forget_shapes(model)
-    RemoveUnusedNodesPass()(model)
+        seq.append(FastVDecoder(fastv))
+    done = run(model, [*seq, ForgetShapes(), RemoveUnusedNodesPass()])
     # always external: the builder's tensors are read from its file one at a time and
     # written to ours (an inline save would keep references to the builder's file)
     ir.save(model, str(dst), external_data=f"{dst.name}.data")
     return done
-
-
-def _forget_shapes(model: Any) -> None:
-    """Drop the builder's intermediate shape annotations: after a cut they name the old
-    sequence length, and onnxruntime would try to reuse buffers by them."""
-    graph = model.graph
-    keep = {id(v) for v in (*graph.inputs, *graph.outputs)}
-    for node in graph:
-        for v in node.outputs:
-            if id(v) not in keep:
-                v.shape = None
