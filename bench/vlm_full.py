@@ -187,7 +187,7 @@ def prefill_once(decoder: Path, text_config: Any, length: int, cut: tuple[int, i
 
 def full(tmp: Path, log: Any = print, cfg: Any = None) -> list[Row]:
     """The build (module docstring) of `cfg` (default: LLaVA-1.5-7B's shapes) in `tmp`."""
-    from vtc.passes.fastv_decoder import FastVPlan
+    from vtc.passes.fastv_decoder import FastVDecoder, FastVPlan
     from vtc.stages.vlm import image_start
     from vtc.vlm import decoder, llava
 
@@ -216,7 +216,7 @@ def full(tmp: Path, log: Any = print, cfg: Any = None) -> list[Row]:
         out = tmp / "bundle"
         out.mkdir()
         done = decoder.rewrite(built / "model.onnx", out / "decoder.onnx",
-                               FastVPlan(FASTV_LAYER, start, visual, keep))
+                               [FastVDecoder(FastVPlan(FASTV_LAYER, start, visual, keep))])
         log(f"  decoder passes in {time.perf_counter() - t1:.0f} s: {done}")
     import resource
 

@@ -28,7 +28,9 @@ class CutsInfo:
     """Where visual tokens go, per image, at a full prefill.
 
     tower_tokens: the vision tower's tokens (CLS included); encoder: the encoder cuts'
-    label ("none" without) and tokens leaving the tower; visual_tokens_uncut /
+    label ("none" without) and tokens leaving the tower; steps: each cut outside the
+    encoder (method, site, tokens_in, tokens_out, layer for an LM cut, the frozen
+    params), projector cuts first, then LM cuts by layer; visual_tokens_uncut /
     visual_tokens: what the LM reads without / with the cuts before it; lm_layer_tokens:
     tokens each LM layer reads at a full prefill (FastV shortens the layers from L on);
     prefill_length(_uncut): the nominal prompt lengths (visual + prompt_tokens; prompts
@@ -39,8 +41,7 @@ class CutsInfo:
     tower_tokens: int
     encoder: str
     encoder_tokens_out: int
-    visionzip: dict[str, int] | None
-    fastv: dict[str, int] | None
+    steps: list[dict[str, Any]]
     visual_tokens_uncut: int
     visual_tokens: int
     prompt_tokens: int

@@ -52,7 +52,7 @@ def test_bundle_files_and_report(combined_bundle: Path) -> None:
     assert set(manifest["files"]) >= {"decoder.onnx", "decoder.onnx.data", "embedding.onnx",
                                       "genai_config.json", "tokenizer.json"}
     gen_cfg = json.loads((combined_bundle / "generation.json").read_text())
-    assert gen_cfg["visual_tokens"] == 9 and gen_cfg["fastv"]["image_start"] == 3
+    assert gen_cfg["visual_tokens"] == 9 and gen_cfg["image_start"] == 3
 
 
 def test_bundle_is_what_onnxruntime_genai_loads(combined_bundle: Path) -> None:

@@ -129,3 +129,45 @@ def test_vlm_gates_share_the_gate_rules() -> None:
     assert by["min_tokens_equal"].passed and not by["max_generation_logits_diff"].passed
     assert by["max_generation_logits_diff"].note == "value is NaN"
     assert rep.gates_skipped == ["max_prefill_ratio"] and rep.passed is False
+
+
+def _geo(lm_layers: int = 32) -> object:
+    from vtc.vlm.llava import VlmGeometry
+
+    # LLaVA-1.5-7B's shapes: CLIP ViT-L/14 at 336 px (577 tokens), feature layer -2
+    return VlmGeometry(image_size=336, patch=14, tower_tokens=577, tower_layers=24,
+                       feature_layer=22, strategy="default", vision_width=1024,
+                       vision_heads=16, vision_mlp=4096, lm_width=4096, lm_layers=lm_layers,
+                       lm_heads=32, kv_heads=32, head_dim=128, mlp_width=11008, vocab=32000,
+                       image_token_id=32000)
+
+
+def test_plan_chains_the_cuts_by_their_sites_without_naming_them() -> None:
+    """VisionZip (projector) then FastV (LM) from one recipe: each step as its method
+    plans it, FastV's R taken from what VisionZip left, the layer tokens from the steps."""
+    from vtc.recipe import load_recipe
+    from vtc.vlm import plan
+
+    recipe = load_recipe("llava-tome-visionzip-fastv", [])
+    geo = _geo()
+    cuts = plan.plan(recipe, geo)  # type: ignore[arg-type]
+    proj, fastv = cuts.steps
+    assert (proj.method, proj.site, fastv.method, fastv.site) == (
+        "visionzip", "projector", "fastv", "lm")
+    assert proj.tokens_in == cuts.encoder.tokens_out  # type: ignore[union-attr]
+    assert fastv.tokens_in == proj.tokens_out == cuts.visual
+    assert fastv.tokens_out == get("fastv").tokens_after(  # type: ignore[attr-defined]
+        recipe.fastv, cuts.visual)
+    per_layer = plan.layer_tokens(geo, cuts)  # type: ignore[arg-type]
+    layer = fastv.layer
+    assert per_layer[:layer] == [cuts.prefill] * layer
+    assert per_layer[layer:] == [cuts.prefill - fastv.dropped] * (32 - layer)
+    assert cuts.lm_tokens == per_layer[-1]
+
+
+def test_plan_refuses_a_cut_past_the_last_lm_layer() -> None:
+    from vtc.recipe import load_recipe
+    from vtc.vlm import plan
+
+    with pytest.raises(BudgetError, match="has 3 layers"):
+        plan.plan(load_recipe("llava-fastv", ["fastv.layer=3"]), _geo(3))  # type: ignore[arg-type]

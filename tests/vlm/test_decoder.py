@@ -12,9 +12,11 @@ import onnx_ir as ir
 import pytest
 import torch
 
+from vtc.methods import get
+from vtc.methods.cut import CutStep
 from vtc.passes import decoder_layers, fastv_decoder, last_logits
 from vtc.vlm import decoder, llava, reference
-from vtc.vlm.modules import Cuts
+from vtc.vlm.plan import Cuts
 
 
 @pytest.fixture(scope="session")
@@ -35,7 +37,7 @@ def _prompt(model: Any, geo: Any, text_after: int, seed: int) -> tuple[torch.Ten
     g = torch.Generator().manual_seed(seed)
     px = torch.randn(1, 3, geo.image_size, geo.image_size, generator=g)
     ids = [1, 5, 6, geo.image_token_id, *range(7, 7 + text_after)]
-    cuts = Cuts(None, None, None, geo.visual, 0)
+    cuts = Cuts(None, (), geo.visual, 0)
     return reference.splice(model, ids, geo.image_token_id,
                             reference.image_embeds(model, geo, cuts, px))
 
@@ -71,10 +73,10 @@ def test_fastv_pass_matches_the_eager_reference(built: Path, tiny: tuple[Any, An
     kept tokens, original rotary positions), and layers L.. write shorter caches."""
     model, geo = tiny
     emb, at = _prompt(model, geo, after, seed=layer * 10 + keep)
-    cuts = Cuts(None, None, (layer, keep), geo.visual, 0)
+    cuts = Cuts(None, (CutStep("fastv", "lm", geo.visual, keep, layer),), geo.visual, 0)
     ref = reference.generate(model, geo, cuts, emb, at, 1, set())
     done = decoder.rewrite(built / "model.onnx", tmp_path / "decoder.onnx",
-                           fastv_decoder.FastVPlan(layer, at, geo.visual, keep))
+                           [get("fastv").decoder_pass(cuts.steps[0], at)])
     assert done["fastv"]["dropped"] == geo.visual - keep
     out = _run(tmp_path / "decoder.onnx", emb.numpy())
     assert out["logits"].shape == (1, 1, geo.vocab)

@@ -10,7 +10,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from vtc.vlm import llava, modules, reference
+from vtc.vlm import llava, reference
+from vtc.vlm.plan import Cuts
 
 
 @pytest.mark.parametrize(("edit", "message"), [
@@ -96,7 +97,7 @@ def test_reference_matches_hf(llava_dir: Path) -> None:
     """Uncut: the eager reference gives HF's own greedy tokens and first logits (HF
     forward + generate)."""
     model, geo = llava.load(llava_dir)
-    cuts = modules.Cuts(None, None, None, geo.visual, geo.visual + 12)
+    cuts = Cuts(None, (), geo.visual, geo.visual + 12)
     g = torch.Generator().manual_seed(1)
     px = torch.randn(1, 3, geo.image_size, geo.image_size, generator=g)
     ids = [1, 5, 6, geo.image_token_id, 7, 8, 9]

@@ -13,7 +13,7 @@ from vtc.methods.base import BlockStep, Method, MethodConfig, Site, SiteOut
 from vtc.methods.planner import plan_budget, schedule
 from vtc.methods.registry import get, methods, names, register
 
-_MACHINERY = {"base", "cut", "merging", "planner", "registry"}
+_MACHINERY = {"base", "cut", "merging", "planner", "registry", "rewrite"}
 for _mod in pkgutil.iter_modules(__path__):
     if _mod.name not in _MACHINERY:
         importlib.import_module(f"{__name__}.{_mod.name}")  # registers its method

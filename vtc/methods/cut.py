@@ -9,17 +9,25 @@ over the vision tower's blocks). The other two have no encoder block to rewrite:
 * ``site = "lm"``: inside the language model's prefill (`fastv`): after layer L the
   sequence keeps only R of the visual tokens.
 
-Such a method is still one registered module (its recipe section, its static
-schedule — `tokens_after` — and its op), but its op is a torch function that vtc's
-own LLaVA modules (`vtc.vlm`) call where the cut sits; it is traced into the ONNX
-graphs at export, and the eager reference calls the same op between Hugging Face's
-modules. It claims no encoder block, so the encoder planner never sees it.
+Such a method is one registered module: its recipe section, its static schedule
+(`plan_cut` → a `CutStep`), and its implementations, which the VLM build and the
+eager reference call through this interface without naming the method:
+
+* a ``projector`` cut gives `tower`: a torch op on the tower's feature-layer output,
+  traced into vision.onnx by vtc's tower modules (`vtc.vlm.modules`) and called by the
+  eager reference between Hugging Face's modules;
+* an ``lm`` cut gives `decoder_pass`, a graph pass (`vtc.passes.base.Pass`) on the
+  decoder the standard exporter wrote, and `keep`, the same selection on torch tensors
+  for the eager reference, which drives Hugging Face's own decoder layers.
+
+It claims no encoder block, so the encoder planner never sees it.
 """
 
 from __future__ import annotations
 
 import abc
-from typing import TYPE_CHECKING, ClassVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import field_validator
 
@@ -28,6 +36,30 @@ from vtc.methods.base import BlockStep, Method, MethodConfig, Site, SiteOut
 
 if TYPE_CHECKING:
     from torch import Tensor
+
+    from vtc.passes.base import Pass
+
+
+@dataclass(frozen=True)
+class CutStep:
+    """One cut of a bundle's static budget.
+
+    method, site: the registered method and where it acts ("projector" | "lm");
+    tokens_in / tokens_out: visual tokens per image reaching it and leaving it;
+    layer: for an lm cut, the first LM layer that reads the shorter sequence (its
+    selection reads layer ``layer - 1``'s attention); params: the frozen parameters its
+    implementations read (e.g. ``{"dominant": 54, "contextual": 10}``)."""
+
+    method: str
+    site: str
+    tokens_in: int
+    tokens_out: int
+    layer: int | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def dropped(self) -> int:
+        return self.tokens_in - self.tokens_out
 
 
 class CutConfig(MethodConfig):
@@ -67,7 +99,41 @@ class VisualCut(Method):
         """Visual tokens left by the cut when `visual` reach it (BudgetError when the
         section asks for more than there are)."""
 
+    @abc.abstractmethod
+    def plan_cut(self, cfg: MethodConfig, visual: int, lm_layers: int) -> CutStep:
+        """The cut when `visual` tokens reach it, in an LM of `lm_layers` layers
+        (BudgetError naming the misfit). For a projector cut `visual` counts the tower's
+        tokens with CLS."""
+
+    # ---- projector cuts ------------------------------------------------------------------
+    def tower(self, step: CutStep, features: Tensor, probs: Tensor, keys: Tensor) -> Tensor:
+        """features `[B, T, C]` (the tower's feature layer, CLS first), its attention
+        probabilities `[B, H, T, T]` and head-averaged keys `[B, T, hd]` → the tokens the
+        projector reads, `[B, step.tokens_out, C]`."""
+        raise TypeError(f"{self.name} does not cut at the projector")
+
+    # ---- lm cuts -------------------------------------------------------------------------
+    def decoder_pass(self, step: CutStep, image_start: int) -> Pass:
+        """The graph pass that writes this cut into the exported decoder; the image's
+        tokens sit at ``[image_start, image_start + step.tokens_in)`` of the prompt."""
+        raise TypeError(f"{self.name} does not cut inside the language model")
+
+    def keep(self, step: CutStep, probs: Tensor, image_start: int) -> Tensor:
+        """The eager selection: layer ``step.layer - 1``'s attention probabilities
+        `[B, H, S, S]` → the positions that stay, ascending, `[B, S - step.dropped]`."""
+        raise TypeError(f"{self.name} does not cut inside the language model")
+
 
 def check_positive(name: str, value: int) -> None:
     if value < 0:
         raise BudgetError(f"{name} is {value}; give a count ≥ 0")
+
+
+def get_cut(name: str) -> VisualCut:
+    """The registered cut called `name` (TypeError for an encoder method)."""
+    from vtc.methods.registry import get
+
+    m = get(name)
+    if not isinstance(m, VisualCut):
+        raise TypeError(f"{name} is an encoder method, not a cut outside the encoder")
+    return m

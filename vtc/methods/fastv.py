@@ -32,11 +32,13 @@ from pydantic import field_validator, model_validator
 
 from vtc.budget import BudgetError
 from vtc.methods.base import MethodConfig
-from vtc.methods.cut import CutConfig, VisualCut
+from vtc.methods.cut import CutConfig, CutStep, VisualCut
 from vtc.methods.registry import register
 
 if TYPE_CHECKING:
     from torch import Tensor
+
+    from vtc.passes.base import Pass
 
 
 class FastVConfig(CutConfig):
@@ -108,3 +110,24 @@ class FastV(VisualCut):
         if cfg.layer >= layers:
             raise BudgetError(f"fastv.layer is {cfg.layer} but the language model has "
                               f"{layers} layers (0..{layers - 1}); give 1 ≤ L < {layers}")
+
+    def plan_cut(self, cfg: MethodConfig, visual: int, lm_layers: int) -> CutStep:
+        assert isinstance(cfg, FastVConfig)
+        self.check_layer(cfg, lm_layers)
+        kept = self.tokens_after(cfg, visual)
+        return CutStep(self.name, self.site, visual, kept, cfg.layer,
+                       {"layer": cfg.layer, "keep": kept})
+
+    def decoder_pass(self, step: CutStep, image_start: int) -> Pass:
+        from vtc.passes.fastv_decoder import FastVDecoder, FastVPlan
+
+        assert step.layer is not None
+        return FastVDecoder(FastVPlan(step.layer, image_start, step.tokens_in, step.tokens_out))
+
+    def keep(self, step: CutStep, probs: Tensor, image_start: int) -> Tensor:
+        import torch
+
+        row = probs[:, :, -1].mean(dim=1)                                   # [B, S]
+        p = torch.arange(row.shape[1])[None]
+        visual = (p >= image_start) & (p < image_start + step.tokens_in)
+        return keep_indices(row, visual, step.tokens_in, step.tokens_out)

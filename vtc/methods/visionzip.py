@@ -45,7 +45,7 @@ from pydantic import field_validator
 
 from vtc.budget import BudgetError
 from vtc.methods.base import MethodConfig
-from vtc.methods.cut import CutConfig, VisualCut
+from vtc.methods.cut import CutConfig, CutStep, VisualCut
 from vtc.methods.registry import register
 
 if TYPE_CHECKING:
@@ -144,3 +144,12 @@ class VisionZip(VisualCut):
             raise BudgetError(f"visionzip.contextual is {cfg.contextual} but only {rest} "
                               f"tokens remain after {cfg.dominant} dominant ones; lower it")
         return cfg.dominant + cfg.contextual
+
+    def plan_cut(self, cfg: MethodConfig, visual: int, lm_layers: int) -> CutStep:
+        assert isinstance(cfg, VisionZipConfig)
+        return CutStep(self.name, self.site, visual, self.tokens_after(cfg, visual), None,
+                       {"dominant": cfg.dominant, "contextual": cfg.contextual})
+
+    def tower(self, step: CutStep, features: Tensor, probs: Tensor, keys: Tensor) -> Tensor:
+        return select(features, probs, keys, step.params["dominant"],
+                      step.params["contextual"])

@@ -11,7 +11,7 @@ module is the processor, and genai runs everything else:
 
 1. the prompt (wrapped in the template unless it already holds the image token) →
    token ids with one image token, expanded to K image tokens; one image per prompt;
-   with FastV the image must sit where the bundle was built for (``fastv.image_start``:
+   with an LM cut (FastV) the image must sit where the bundle was built for (``image_start``:
    the template puts it there);
 2. image → ``pixel_values[1, 3, H, W]``;
 3. ``og.NamedTensors`` {input_ids, pixel_values, num_image_tokens: [K]} →
@@ -94,8 +94,9 @@ class VlmBundle:
         self.visual = int(config["visual_tokens"])
         self.image_token_id = int(config["image_token_id"])
         self.eos = {int(i) for i in config["eos_token_ids"]}
-        fastv = config.get("fastv") or {}
-        self.image_start: int | None = fastv.get("image_start")
+        # an LM cut's static image span (bundles before vtc wrote "cuts": under "fastv")
+        start = config.get("image_start", (config.get("fastv") or {}).get("image_start"))
+        self.image_start: int | None = start
         self._sessions: dict[str, Any] = {}
 
     @classmethod

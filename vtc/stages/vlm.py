@@ -48,7 +48,7 @@ from vtc.validate.generation import cost, validate
 from vtc.validate.report_vlm import judge, render_markdown
 from vtc.vlm import decoder, embedding, export, llava, plan
 from vtc.vlm.llava import VlmGeometry
-from vtc.vlm.modules import Cuts
+from vtc.vlm.plan import Cuts
 
 Log = Callable[[str], None]
 
@@ -94,10 +94,16 @@ def generation_json(geo: VlmGeometry, cuts: Cuts, image_token: str, eos: list[in
         "eos_token_ids": eos, "image_size": geo.image_size, "resize": "crop",
         "mean": list(CLIP_MEAN), "std": list(CLIP_STD), "layers": geo.lm_layers,
         "decoder_precision": precision,
-        "fastv": None if cuts.fastv is None else {
-            "layer": cuts.fastv[0], "keep": cuts.fastv[1], "image_start": start},
+        # an LM cut selects within a static span: the image must sit at image_start
+        "image_start": start if cuts.lm_steps else None,
+        "cuts": [_step_json(st) for st in cuts.steps],
     }
     return json.dumps(data, indent=1) + "\n"
+
+
+def _step_json(st: Any) -> dict[str, Any]:
+    return {"method": st.method, "site": st.site, "tokens_in": st.tokens_in,
+            "tokens_out": st.tokens_out, "layer": st.layer, "params": dict(st.params)}
 
 
 def genai_config(built: Path, folder: Path) -> None:
@@ -182,7 +188,7 @@ def _write_graphs(model: Any, geo: VlmGeometry, cuts: Cuts, folder: Path, built:
                   start: int | None, rewrite: bool = True) -> dict[str, Any]:
     """One bundle's files into `folder`; `rewrite=False` keeps the builder's decoder as
     written (the uncut baseline a user would run without vtc)."""
-    from vtc.passes.fastv_decoder import FastVPlan
+    from vtc.methods.cut import get_cut
 
     enc = cuts.encoder is not None and bool(cuts.encoder.reducing_layers)
     if enc:
@@ -194,9 +200,9 @@ def _write_graphs(model: Any, geo: VlmGeometry, cuts: Cuts, folder: Path, built:
     embedding.write(table, geo.image_token_id, dtype, folder / "embedding.onnx")
     done: dict[str, Any] = {}
     if rewrite:
-        fastv = None if cuts.fastv is None else FastVPlan(cuts.fastv[0], int(start or 0),
-                                                          cuts.visual, cuts.fastv[1])
-        done = decoder.rewrite(built / "model.onnx", folder / "decoder.onnx", fastv)
+        lm_cuts = [get_cut(st.method).decoder_pass(st, int(start or 0))
+                   for st in cuts.lm_steps]
+        done = decoder.rewrite(built / "model.onnx", folder / "decoder.onnx", lm_cuts)
     else:
         shutil.copyfile(built / "model.onnx", folder / "decoder.onnx")
         data = built / "model.onnx.data"
@@ -233,10 +239,7 @@ def cuts_info(recipe: Any, geo: VlmGeometry, cuts: Cuts, base: Cuts) -> CutsInfo
     return CutsInfo(
         tower_tokens=geo.tower_tokens, encoder=enc.label if enc is not None else "none",
         encoder_tokens_out=enc.tokens_out if enc is not None else geo.tower_tokens,
-        visionzip=None if cuts.visionzip is None else dict(zip(
-            ("dominant", "contextual"), cuts.visionzip, strict=True)),
-        fastv=None if cuts.fastv is None else dict(zip(("layer", "keep"), cuts.fastv,
-                                                       strict=True)),
+        steps=[_step_json(st) for st in cuts.steps],
         visual_tokens_uncut=base.visual, visual_tokens=cuts.visual,
         prompt_tokens=recipe.generate.prompt_tokens, prefill_length_uncut=base.prefill,
         prefill_length=cuts.prefill, lm_layer_tokens_uncut=lt0, lm_layer_tokens=lt,

@@ -26,7 +26,7 @@ from vtc.runtime import BundleError
 from vtc.runtime.generate import VlmBundle
 from vtc.vlm import export, reference
 from vtc.vlm.llava import VlmGeometry
-from vtc.vlm.modules import Cuts
+from vtc.vlm.plan import Cuts
 
 Log = Callable[[str], None]
 

@@ -24,7 +24,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -180,23 +180,19 @@ def _to_int4(out: Path, log: Log) -> None:
     log(f"  decoder: {n} MatMuls to int4 (block 32, symmetric; onnxruntime's kernel)")
 
 
-def rewrite(src: Path, dst: Path, fastv: Any = None) -> dict[str, Any]:
+def rewrite(src: Path, dst: Path, cuts: Sequence[Any] = ()) -> dict[str, Any]:
     """The builder's ``model.onnx`` → `dst` with vtc's pass sequence (module docstring):
-    last-token logits, the FastV cut when `fastv` (a `passes.fastv_decoder.FastVPlan`)
-    is given, the builder's stale shapes dropped, unused nodes removed. Returns what the
-    passes did, by pass name."""
+    last-token logits, the LM cuts' passes (`cuts`: each an LM cut method's
+    `decoder_pass`, in layer order), the builder's stale shapes dropped, unused nodes
+    removed. Returns what the passes did, by pass name."""
     import onnx_ir as ir
     from onnx_ir.passes.common import RemoveUnusedNodesPass
 
     from vtc.passes.base import ForgetShapes, run
-    from vtc.passes.fastv_decoder import FastVDecoder
     from vtc.passes.last_logits import LastLogits
 
     model = ir.load(str(src))
-    seq: list[Any] = [LastLogits()]
-    if fastv is not None:
-        seq.append(FastVDecoder(fastv))
-    done = run(model, [*seq, ForgetShapes(), RemoveUnusedNodesPass()])
+    done = run(model, [LastLogits(), *cuts, ForgetShapes(), RemoveUnusedNodesPass()])
     # always external: the builder's tensors are read from its file one at a time and
     # written to ours (an inline save would keep references to the builder's file)
     ir.save(model, str(dst), external_data=f"{dst.name}.data")

@@ -25,7 +25,8 @@ from vtc.exporter.export import _quiet_exporter
 from vtc.passes import model_io
 
 from .llava import VlmGeometry
-from .modules import Cuts, TowerBody, TowerTail, VisionEncoder
+from .modules import TowerBody, TowerTail, VisionEncoder
+from .plan import Cuts
 
 OPSET = 17
 FEATURES = "image_features"

@@ -7,47 +7,26 @@ attention and the cuts itself, with static shapes where the budget fixes them:
 
 * `VisionEncoder`: ``pixel_values[B, 3, H, W]`` → ``image_features[B, K, D]``: the CLIP
   tower up to its feature layer F (encoder cuts — tome, evit — by their eager ops in
-  blocks 0..F-1), the feature selection (``default`` drops CLS), VisionZip when the
-  recipe has it, the projector.
+  blocks 0..F-1), the feature selection (``default`` drops CLS), the projector cut
+  (VisionZip) when the recipe has one, the projector.
 * `TowerBody` / `TowerTail`: the same graph in two parts, so that the encoder passes
   rewrite the body as they rewrite any encoder.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor, nn
 
 from vtc import methods
-from vtc.budget import NONE, Budget
+from vtc.budget import NONE
 from vtc.exporter.clip import encoder_blocks
 from vtc.exporter.eager import attention as vit_attention
-from vtc.methods.visionzip import select
+from vtc.methods.cut import get_cut
 
 from .llava import VlmGeometry
-
-
-@dataclass(frozen=True)
-class Cuts:
-    """The static budget of one LLaVA bundle.
-
-    encoder: the budget of tower blocks 0..F-1 (None: uncut); visionzip: (dominant,
-    contextual) or None; fastv: (layer L, kept R) or None; visual: tokens per image
-    the LM reads (after VisionZip); prefill: the nominal prompt length P
-    (visual + generate.prompt_tokens) the analytic FLOPs are counted at."""
-
-    encoder: Budget | None
-    visionzip: tuple[int, int] | None
-    fastv: tuple[int, int] | None
-    visual: int
-    prefill: int
-
-    @property
-    def lm_tokens(self) -> int:
-        """Tokens the LM layers past the FastV cut read, at a full prefill."""
-        return self.prefill if self.fastv is None else self.prefill - self.visual + self.fastv[1]
+from .plan import Cuts
 
 
 class VisionEncoder(nn.Module):
@@ -92,11 +71,13 @@ class VisionEncoder(nn.Module):
 
 def to_lm(projector: nn.Module, geo: VlmGeometry, cuts: Cuts, x: Tensor, probs: Tensor,
           keys: Tensor) -> Tensor:
-    """Layer F's output ``[B, T', C]`` (its probabilities and head-averaged keys for
-    VisionZip) → the LM's visual tokens ``[B, K, D]``: VisionZip, or the strategy's
-    selection (``default`` drops CLS), then the projector."""
-    if cuts.visionzip is not None:
-        x = select(x, probs, keys, *cuts.visionzip)
+    """Layer F's output ``[B, T', C]`` (its probabilities and head-averaged keys for a
+    projector cut) → the LM's visual tokens ``[B, K, D]``: the projector cut (VisionZip)
+    by its method's `tower` op, or the strategy's selection (``default`` drops CLS),
+    then the projector."""
+    step = cuts.projector
+    if step is not None:
+        x = get_cut(step.method).tower(step, x, probs, keys)
     elif geo.strategy == "default":
         x = x[:, 1:]
     return projector(x)  # type: ignore[no-any-return]

@@ -1,18 +1,55 @@
-"""The static budget of a LLaVA bundle from a recipe: encoder cuts over the tower's
-blocks before the feature layer, VisionZip's K, FastV's (L, R), the nominal prompt length;
-and the analytic MACs that give the FLOPs ratios."""
+"""The static budget of a vision-language bundle from a recipe: encoder cuts over the
+tower's blocks before the feature layer, then every cut outside the encoder as its
+registered method plans it (`VisualCut.plan_cut`: a projector cut such as VisionZip's
+K, LM cuts such as FastV's (L, R)), the nominal prompt length; and the analytic MACs
+that give the FLOPs ratios."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from vtc import methods
 from vtc.budget import Budget, BudgetError, Geometry
-from vtc.methods.fastv import FastV
-from vtc.methods.visionzip import VisionZipConfig
+from vtc.methods.cut import CutStep, VisualCut
 
 from .llava import VlmGeometry
-from .modules import Cuts
+
+SITES = ("projector", "lm")  # where a VisualCut acts, in the order the tokens meet them
+
+
+@dataclass(frozen=True)
+class Cuts:
+    """The static budget of one vision-language bundle.
+
+    encoder: the budget of tower blocks 0..F-1 (None: uncut); steps: the cuts outside
+    the encoder, each from its registered method (`CutStep`), projector cuts first, then
+    LM cuts by layer; visual: tokens per image the LM reads (after the projector cuts);
+    prefill: the nominal prompt length P (visual + generate.prompt_tokens) the analytic
+    FLOPs are counted at."""
+
+    encoder: Budget | None
+    steps: tuple[CutStep, ...]
+    visual: int
+    prefill: int
+
+    @property
+    def projector(self) -> CutStep | None:
+        return next((st for st in self.steps if st.site == "projector"), None)
+
+    @property
+    def lm_steps(self) -> tuple[CutStep, ...]:
+        return tuple(st for st in self.steps if st.site == "lm")
+
+    def tokens_at(self, layer: int) -> int:
+        """Tokens LM layer `layer` reads at a full prefill."""
+        return self.prefill - sum(st.dropped for st in self.lm_steps
+                                  if st.layer is not None and st.layer <= layer)
+
+    @property
+    def lm_tokens(self) -> int:
+        """Tokens the LM layers past every LM cut read, at a full prefill."""
+        return self.prefill - sum(st.dropped for st in self.lm_steps)
 
 
 def encoder_geometry(geo: VlmGeometry) -> Geometry:
@@ -20,6 +57,39 @@ def encoder_geometry(geo: VlmGeometry) -> Geometry:
     is what VisionZip reads, so it stays whole)."""
     return Geometry(tokens=geo.tower_tokens, protected=1, width=geo.vision_width,
                     mlp_width=geo.vision_mlp, layers=geo.feature_layer, heads=geo.vision_heads)
+
+
+def _cut_steps(recipe: Any, geo: VlmGeometry, tower_out: int) -> tuple[list[CutStep], int]:
+    """Every cut outside the encoder as its method plans it; and the visual tokens the
+    LM reads. No method is named: each one's site says where it acts."""
+    cuts: list[tuple[VisualCut, Any]] = []
+    for m, cfg in recipe.cuts():
+        if not isinstance(m, VisualCut) or m.site not in SITES:
+            raise BudgetError(f"{m.name} acts at {m.site!r}, which a vision-language bundle "
+                              f"has no place for (sites: {', '.join(SITES)})")
+        cuts.append((m, cfg))
+    steps: list[CutStep] = []
+    proj = [(m, c) for m, c in cuts if m.site == "projector"]
+    if len(proj) > 1:
+        raise BudgetError(f"{' and '.join(m.name for m, _ in proj)} both cut at the projector; "
+                          "keep one")
+    visual = tower_out - 1 if geo.strategy == "default" else tower_out
+    for m, cfg in proj:
+        steps.append(m.plan_cut(cfg, tower_out, geo.lm_layers))
+        visual = steps[-1].tokens_out
+    # LM cuts by layer; each selects among the tokens the one before it left
+    layer_of = {m.name: m.plan_cut(c, visual, geo.lm_layers).layer or 0
+                for m, c in cuts if m.site == "lm"}
+    reaching = visual
+    for m, cfg in sorted((mc for mc in cuts if mc[0].site == "lm"),
+                         key=lambda mc: layer_of[mc[0].name]):
+        st = m.plan_cut(cfg, reaching, geo.lm_layers)
+        if steps and steps[-1].site == "lm" and steps[-1].layer == st.layer:
+            raise BudgetError(f"{steps[-1].method} and {st.method} both cut at LM layer "
+                              f"{st.layer}; give them different layers")
+        steps.append(st)
+        reaching = st.tokens_out
+    return steps, visual
 
 
 def plan(recipe: Any, geo: VlmGeometry) -> Cuts:
@@ -33,31 +103,16 @@ def plan(recipe: Any, geo: VlmGeometry) -> Cuts:
                               "for an encoder cut; drop it")
         budget = methods.plan_budget(encoder_geometry(geo), enc)
         tower_out = budget.tokens_out
-    by_name = {m.name: (m, c) for m, c in recipe.cuts()}
-    visionzip = None
-    visual = tower_out - 1 if geo.strategy == "default" else tower_out
-    if "visionzip" in by_name:
-        m, cfg = by_name["visionzip"]
-        visual = m.tokens_after(cfg, tower_out)  # type: ignore[attr-defined]
-        assert isinstance(cfg, VisionZipConfig)
-        visionzip = (cfg.dominant, cfg.contextual)
-    fastv = None
-    if "fastv" in by_name:
-        m, cfg = by_name["fastv"]
-        assert isinstance(m, FastV)
-        m.check_layer(cfg, geo.lm_layers)
-        fastv = (cfg.layer, m.tokens_after(cfg, visual))  # type: ignore[attr-defined]
-    prompt = recipe.generate.prompt_tokens
-    return Cuts(budget, visionzip, fastv, visual, visual + prompt)
+    steps, visual = _cut_steps(recipe, geo, tower_out)
+    return Cuts(budget, tuple(steps), visual, visual + recipe.generate.prompt_tokens)
 
 
 def uncut(recipe: Any, geo: VlmGeometry) -> Cuts:
-    return Cuts(None, None, None, geo.visual, geo.visual + recipe.generate.prompt_tokens)
+    return Cuts(None, (), geo.visual, geo.visual + recipe.generate.prompt_tokens)
 
 
 def layer_tokens(geo: VlmGeometry, cuts: Cuts) -> list[int]:
-    cut = cuts.fastv[0] if cuts.fastv is not None else geo.lm_layers
-    return [cuts.prefill if i < cut else cuts.lm_tokens for i in range(geo.lm_layers)]
+    return [cuts.tokens_at(i) for i in range(geo.lm_layers)]
 
 
 def lm_macs(geo: VlmGeometry, tokens: list[int]) -> int:

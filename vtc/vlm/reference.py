@@ -5,9 +5,10 @@ Independent of `vtc.vlm.modules` where it matters: the tower runs as HF's
 ``CLIPVisionModel`` (its hidden states and attention probabilities), the language
 model as HF's own ``LlamaDecoderLayer``s with HF's attention, rotary application and
 ``DynamicCache`` (one cache per layer, so a FastV cut leaves the later layers' caches
-shorter, as in the engines). The cuts call the methods' ops (`methods.visionzip.select`,
-`methods.fastv.keep_indices`), whose own tests hold them to independent implementations
-of the published code. A tower with encoder cuts (tome, evit) runs through vtc's block
+shorter, as in the engines). The cuts call their methods' torch ops through the cut interface
+(`VisualCut.tower` — VisionZip's `select` —, `VisualCut.keep` — FastV's
+`keep_indices`), whose own tests hold them to independent implementations of the
+published code. A tower with encoder cuts (tome, evit) runs through vtc's block
 loop instead (`VisionEncoder.features`), as the encoder reference does.
 
 Shapes: ``ids`` a list of token ids with one image token; ``image_embeds[1, K, D]``;
@@ -22,10 +23,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from vtc.methods.fastv import keep_indices
+from vtc.methods.cut import get_cut
 
 from .llava import VlmGeometry
-from .modules import Cuts, VisionEncoder, to_lm
+from .modules import VisionEncoder, to_lm
+from .plan import Cuts
 
 
 @dataclass
@@ -72,28 +74,29 @@ def _causal(s: int) -> Tensor:
 
 def generate(model: nn.Module, geo: VlmGeometry, cuts: Cuts, embeds: Tensor, image_start: int,
              max_new: int, eos: set[int]) -> Greedy:
-    """Greedy decoding through HF's decoder layers with FastV's cut (module docstring)."""
+    """Greedy decoding through HF's decoder layers with the LM cuts (FastV), each by its
+    method's `keep` on the attention HF's layer before it returns (module docstring)."""
     from transformers import DynamicCache
 
     m: Any = model
     lm = m.model.language_model
     cache = DynamicCache(config=lm.config)
-    seen: dict[str, Tensor] = {}
-    hook = None
-    if cuts.fastv is not None:
-        def grab(_mod: nn.Module, _inp: Any, out: Any) -> None:
-            seen["probs"] = out[1]
-        hook = lm.layers[cuts.fastv[0] - 1].self_attn.register_forward_hook(grab)
+    steps = {st.layer: st for st in cuts.lm_steps}
+    seen: dict[int, Tensor] = {}
+    hooks = []
+    for at in steps:
+        assert at is not None
+        def grab(_mod: nn.Module, _inp: Any, out: Any, at: int = at) -> None:
+            seen[at] = out[1]  # the probabilities of layer at - 1, read at layer at
+        hooks.append(lm.layers[at - 1].self_attn.register_forward_hook(grab))
     try:
         with torch.no_grad():
             h, s = embeds, embeds.shape[1]
             pos = torch.arange(s)[None]
             for i, layer in enumerate(lm.layers):
-                if cuts.fastv is not None and i == cuts.fastv[0]:
-                    row = seen["probs"][:, :, -1].mean(dim=1)
-                    p = torch.arange(h.shape[1])[None]
-                    visual = (p >= image_start) & (p < image_start + cuts.visual)
-                    idx = keep_indices(row, visual, cuts.visual, cuts.fastv[1])[0]
+                if i in steps:  # an LM cut: its method's own selection
+                    st = steps[i]
+                    idx = get_cut(st.method).keep(st, seen[i], image_start)[0]
                     h, pos = h[:, idx], pos[:, idx]
                 h = layer(h, attention_mask=_causal(h.shape[1]), position_ids=pos, cache=cache,
                           use_cache=True, position_embeddings=lm.rotary_emb(h, pos))
@@ -113,7 +116,7 @@ def generate(model: nn.Module, geo: VlmGeometry, cuts: Cuts, embeds: Tensor, ima
                               use_cache=True, position_embeddings=emb)
                 logits = m.lm_head(lm.norm(h[:, -1]))
     finally:
-        if hook is not None:
+        for hook in hooks:
             hook.remove()
     return Greedy(tokens, first)
 
