@@ -46,8 +46,9 @@ from vtc.source import Source
 from vtc.util import sha256_file, write_atomic
 from vtc.validate.generation import cost, validate
 from vtc.validate.report_vlm import judge, render_markdown
-from vtc.vlm import decoder, embedding, export, llava, plan
-from vtc.vlm.llava import VlmGeometry
+from vtc.vlm import decoder, embedding, export, families, plan
+from vtc.vlm.families import Family
+from vtc.vlm.llava import TEMPLATE, VlmGeometry
 from vtc.vlm.plan import Cuts
 
 Log = Callable[[str], None]
@@ -74,23 +75,23 @@ def _eos(model: Any) -> list[int]:
     return sorted({int(i) for i in (ids if isinstance(ids, list) else [ids]) if i is not None})
 
 
-def image_start(tok_file: Path, image_token_id: int) -> int:
+def image_start(tok_file: Path, image_token_id: int, template: str = TEMPLATE) -> int:
     """Where the chat template puts the image (token index): FastV's static span starts
     there."""
     from tokenizers import Tokenizer
 
-    ids = Tokenizer.from_file(str(tok_file)).encode(llava.TEMPLATE.format(prompt="x")).ids
+    ids = Tokenizer.from_file(str(tok_file)).encode(template.format(prompt="x")).ids
     return ids.index(image_token_id)
 
 
-def generation_json(geo: VlmGeometry, cuts: Cuts, image_token: str, eos: list[int],
+def generation_json(fam: Family, geo: Any, cuts: Cuts, image_token: str, eos: list[int],
                     precision: str, start: int | None) -> str:
     from vtc.exporter.clip import CLIP_MEAN, CLIP_STD
 
     data = {
         "visual_tokens": cuts.visual, "image_token": image_token,
         "image_token_id": geo.image_token_id,
-        "template": llava.TEMPLATE.replace("<image>", image_token),
+        "template": fam.template.replace("<image>", image_token),
         "eos_token_ids": eos, "image_size": geo.image_size, "resize": "crop",
         "mean": list(CLIP_MEAN), "std": list(CLIP_STD), "layers": geo.lm_layers,
         "decoder_precision": precision,
@@ -127,7 +128,8 @@ def genai_config(built: Path, folder: Path) -> None:
             shutil.copyfile(built / f, folder / f)
 
 
-def vision_with_encoder_cuts(model: Any, geo: VlmGeometry, cuts: Cuts, path: Path) -> Path:
+def vision_with_encoder_cuts(fam: Family, model: Any, geo: Any, cuts: Cuts, path: Path
+                             ) -> Path:
     """vision.onnx when the recipe cuts inside the tower: the uncut tower body rewritten
     by the encoder passes (as `stages.compress` rewrites any encoder, tokens left merged
     with their sizes), joined to the tail (layer F, VisionZip, projector) exported at the
@@ -143,14 +145,14 @@ def vision_with_encoder_cuts(model: Any, geo: VlmGeometry, cuts: Cuts, path: Pat
     assert cuts.encoder is not None
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".vision-") as scratch:
         s = Path(scratch)
-        body = export.export_tower_body(model, geo, s / "body.onnx")
+        body = fam.export_tower_body(model, geo, s / "body.onnx")
         graph = passes.load(body, 1, (geo.image_size, geo.image_size), 3)
         rewrite(graph, cuts.encoder, "never", "merged")
         sizes = any(o.name == "token_sizes" for o in graph.graph.outputs) and any(
             lp.attn_bias for lp in cuts.encoder.layers)  # layer F reads them
         save_model(graph, s / "body_cut.onnx")
-        tail = export.export_tower_tail(model, geo, cuts, cuts.encoder.tokens_out, sizes,
-                                        s / "tail.onnx")
+        tail = fam.export_tower_tail(model, geo, cuts, cuts.encoder.tokens_out, sizes,
+                                     s / "tail.onnx")
         first, second = onnx.load(str(s / "body_cut.onnx")), onnx.load(str(tail))
         second = compose.add_prefix(second, "tail_", rename_outputs=False)
         version = max(o.version for o in first.opset_import if o.domain in ("", "ai.onnx"))
@@ -183,7 +185,7 @@ def _decoder_dtype(path: Path) -> type:
     return np.float16 if vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16 else np.float32
 
 
-def _write_graphs(model: Any, geo: VlmGeometry, cuts: Cuts, folder: Path, built: Path,
+def _write_graphs(fam: Family, model: Any, geo: Any, cuts: Cuts, folder: Path, built: Path,
                   tok: Path, image_token: str, eos: list[int], precision: str,
                   start: int | None, rewrite: bool = True) -> dict[str, Any]:
     """One bundle's files into `folder`; `rewrite=False` keeps the builder's decoder as
@@ -192,9 +194,9 @@ def _write_graphs(model: Any, geo: VlmGeometry, cuts: Cuts, folder: Path, built:
 
     enc = cuts.encoder is not None and bool(cuts.encoder.reducing_layers)
     if enc:
-        vision_with_encoder_cuts(model, geo, cuts, folder / "vision.onnx")
+        vision_with_encoder_cuts(fam, model, geo, cuts, folder / "vision.onnx")
     else:
-        export.export_vision(model, geo, cuts, folder / "vision.onnx")
+        fam.export_vision(model, geo, cuts, folder / "vision.onnx")
     table = model.get_input_embeddings().weight.detach().float().numpy()
     dtype = _decoder_dtype(built / "model.onnx")
     embedding.write(table, geo.image_token_id, dtype, folder / "embedding.onnx")
@@ -211,7 +213,7 @@ def _write_graphs(model: Any, geo: VlmGeometry, cuts: Cuts, folder: Path, built:
     genai_config(built, folder)
     shutil.copyfile(tok, folder / "tokenizer.json")
     write_atomic(folder / "generation.json",
-                 generation_json(geo, cuts, image_token, eos, precision, start))
+                 generation_json(fam, geo, cuts, image_token, eos, precision, start))
     return done
 
 
@@ -258,11 +260,12 @@ def build(src: Source, recipe: Any, tmp: Path, images: Path | None, bench: bool,
     def step(k: int, msg: str) -> None:
         log(f"[{k}/{steps}] {msg} (+{time.perf_counter() - t0:.1f}s)")
 
-    step(1, f"loading {src.spec} (llava)")
+    fam = families.get(src.model_type or "llava")
+    step(1, f"loading {src.spec} ({fam.name})")
     if model is None:
-        model, geo = llava.load(src.path, use_safetensors=not allow_pickle)
+        model, geo = fam.load(src.path, use_safetensors=not allow_pickle)
     else:
-        geo = llava.check_config(model.config, src.spec)
+        geo = fam.check_config(model.config, src.spec)
     try:
         cuts, base = plan.plan(recipe, geo), plan.uncut(recipe, geo)
     except vtc.budget.BudgetError as exc:
@@ -277,7 +280,7 @@ def build(src: Source, recipe: Any, tmp: Path, images: Path | None, bench: bool,
                          f"{geo.image_token_id}; use the checkpoint's own tokenizer")
     precision = recipe.generate.precision
     decoder.require_genai()
-    start = image_start(tok_file, geo.image_token_id)
+    start = image_start(tok_file, geo.image_token_id, fam.template)
     with tempfile.TemporaryDirectory(dir=tmp.parent, prefix=f".{tmp.name}.build-") as scratch:
         work = Path(scratch)
         step(2, f"exporting the decoder ({precision}) with onnxruntime-genai's model builder")
@@ -285,11 +288,11 @@ def build(src: Source, recipe: Any, tmp: Path, images: Path | None, bench: bool,
         step(3, f"writing the cut graphs: visual tokens {base.visual} → {cuts.visual}, LM "
                 f"layer tokens {plan.layer_tokens(geo, cuts)}; and the uncut ones (timing; "
                 "not shipped)")
-        passes_done = _write_graphs(model, geo, cuts, tmp, built, tok_file, image_token, eos,
+        passes_done = _write_graphs(fam, model, geo, cuts, tmp, built, tok_file, image_token, eos,
                                     precision, start)
         uncut_dir = work / "uncut"
         uncut_dir.mkdir()
-        _write_graphs(model, geo, base, uncut_dir, built, tok_file, image_token, eos,
+        _write_graphs(fam, model, geo, base, uncut_dir, built, tok_file, image_token, eos,
                       precision, start, rewrite=False)
         shutil.rmtree(built)
         cut_b = VlmBundle.load(tmp, verified=False)  # no manifest.json yet
@@ -297,7 +300,7 @@ def build(src: Source, recipe: Any, tmp: Path, images: Path | None, bench: bool,
         imgs = _images(images, len(gen.prompts))
         step(4, f"validating {len(gen.prompts)} prompts × greedy {gen.max_new_tokens} tokens: "
                 "onnxruntime-genai, eager with cuts, uncut HF")
-        parity, fid = validate(model, geo, cuts, cut_b, list(gen.prompts), imgs,
+        parity, fid = validate(fam, model, geo, cuts, cut_b, list(gen.prompts), imgs,
                                gen.max_new_tokens, log)
         vlm_cost = None
         if bench:
@@ -314,7 +317,7 @@ def build(src: Source, recipe: Any, tmp: Path, images: Path | None, bench: bool,
     graphs = {p.name: p.stat().st_size for p in sorted(tmp.iterdir())
               if p.suffix in (".onnx", ".data")}
     report = VlmReport(
-        vtc_version=vtc.__version__, source=SourceInfo(src.spec, src.kind, "llava", "llava"),
+        vtc_version=vtc.__version__, source=SourceInfo(src.spec, src.kind, fam.name, fam.name),
         recipe=recipe.to_dict(), model=to_jsonable(geo), cuts=cuts_info(recipe, geo, cuts, base),
         engine=VlmEngine("onnxruntime-genai", ["CPUExecutionProvider"], graphs,
                          export.OPSET),

@@ -24,8 +24,8 @@ from vtc.errors import InputError
 from vtc.report_vlm import GenerationFidelity, GenerationParity, VlmCost
 from vtc.runtime import BundleError
 from vtc.runtime.generate import VlmBundle
-from vtc.vlm import export, reference
-from vtc.vlm.llava import VlmGeometry
+from vtc.vlm import export
+from vtc.vlm.families import Family
 from vtc.vlm.plan import Cuts
 
 Log = Callable[[str], None]
@@ -36,7 +36,7 @@ def _cos(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
 
 
-def validate(model: Any, geo: VlmGeometry, cuts: Cuts, bundle: VlmBundle, prompts: list[str],
+def validate(fam: Family, model: Any, geo: Any, cuts: Cuts, bundle: VlmBundle, prompts: list[str],
              images: list[Image.Image], max_new: int, log: Log
              ) -> tuple[GenerationParity, GenerationFidelity]:
     """Parity (engines vs eager with the cuts) and fidelity (vs HF's uncut model)."""
@@ -53,10 +53,10 @@ def validate(model: Any, geo: VlmGeometry, cuts: Cuts, bundle: VlmBundle, prompt
         eng = bundle.generate(ids, px, max_new)
         vis = bundle.session("vision").run(None, {"pixel_values": px})[0]
         pt = torch.from_numpy(px)
-        ie = reference.image_embeds(model, geo, cuts, pt)
-        emb, at = reference.splice(model, ids, geo.image_token_id, ie)
-        ref = reference.generate(model, geo, cuts, emb, at, max_new, eos)
-        full = reference.hf_generate(model, geo, ids, pt, max_new, eos)
+        ie = fam.image_embeds(model, geo, cuts, pt)
+        emb, at = fam.splice(model, ids, geo.image_token_id, ie)
+        ref = fam.generate(model, geo, cuts, emb, at, max_new, eos)
+        full = fam.hf_generate(model, geo, ids, pt, max_new, eos)
         vision_diff = max(vision_diff, float(np.abs(vis - ie.numpy()).max()))
         diff = np.abs(eng.first_logits - ref.first_logits.numpy()).max()
         logit_diff = max(logit_diff, float(diff))
