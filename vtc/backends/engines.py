@@ -2,15 +2,29 @@
 
 An engine turns an ONNX file into a runner (`vtc.backends.base.Runner`) and says
 which file in the bundle holds the built engine. The pipeline never names ONNX
-Runtime or TensorRT; it asks the registry. Adding an engine is one class here
-(or in a module that registers itself) and its tests.
+Runtime or TensorRT; it asks the registry and the engine's hooks:
+
+* `check` — refuse options the installed engine cannot honour, before any work;
+* `static_batch` — why the engine needs a static batch (None: any batch);
+* `lint` — refuse a graph the engine cannot build, before any engine is built;
+* `placement` — where a graph's nodes run (per node, the device or provider), for the
+  CUDA-graph decision and the report (None where the notion does not apply);
+* `runner`, `fusions`, `providers` — build and run; inspect the built engine.
+
+Engine modules live in `vtc.backends.kinds` and register themselves; the registry
+imports every module there the first time it is asked (as `vtc.methods` does), so a
+new engine is one module there and its tests. An engine module imports its runtime
+lazily: the recipe reads the registry's names at start-up.
 """
 
 from __future__ import annotations
 
 import abc
+import importlib
+import pkgutil
+from collections.abc import Mapping
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from vtc.backends.base import Runner
 from vtc.backends.options import EngineOptions
@@ -49,8 +63,34 @@ class Engine(abc.ABC):
         """The execution providers a loaded runner uses ([] when the notion does not apply)."""
         return []
 
+    # why the engine needs the static build batch (e.g. one optimization profile), or
+    # None when it takes any batch; the load stage keeps the batch static for it
+    static_batch: ClassVar[str | None] = None
+
+    def lint(self, graph: Path) -> None:  # noqa: B027 - most engines build any valid graph
+        """Refuse a graph this engine cannot build, before any engine is built
+        (`vtc.errors.InputError`, one line naming the node). Default: accept."""
+
+    def placement(self, graph: Path, opts: EngineOptions, feeds: Mapping[str, Any]
+                  ) -> dict[str, str] | None:
+        """Where each node of `graph` runs (node name → device or provider), measured
+        with `feeds`; None when the engine runs everything on one device or cannot say."""
+        return None
+
 
 _ENGINES: dict[str, Engine] = {}
+_DISCOVERED: list[bool] = []
+
+
+def _discover() -> None:
+    """Import every engine module in `vtc.backends.kinds` once (each registers itself)."""
+    if _DISCOVERED:
+        return
+    _DISCOVERED.append(True)
+    from vtc.backends import kinds
+
+    for mod in pkgutil.iter_modules(kinds.__path__):
+        importlib.import_module(f"{kinds.__name__}.{mod.name}")
 
 
 def register(cls: type[Engine]) -> type[Engine]:
@@ -63,59 +103,13 @@ def register(cls: type[Engine]) -> type[Engine]:
 
 
 def names() -> list[str]:
+    _discover()
     return sorted(_ENGINES)
 
 
 def get(name: str) -> Engine:
+    _discover()
     try:
         return _ENGINES[name]
     except KeyError:
         raise InputError(f"unknown engine {name!r}; known engines: {', '.join(names())}") from None
-
-
-@register
-class OrtEngine(Engine):
-    """ONNX Runtime: the session optimised at ORT_ENABLE_ALL, saved as the engine file."""
-
-    name = "ort"
-    suffix = ".ort.onnx"
-    converts_precision = True
-
-    def check(self, opts: EngineOptions) -> None:
-        import onnxruntime as ort
-
-        from vtc.backends.options import check_ort
-
-        check_ort(opts, list(ort.get_available_providers()), ort.__version__)
-    fuses_attention = True
-
-    def runner(self, onnx_path: Path, engine_path: Path, opts: EngineOptions) -> Runner:
-        from vtc.backends.ort import OrtRunner
-
-        return OrtRunner(onnx_path, providers=list(opts.providers),
-                         optimized_model_path=engine_path, intra_op_threads=opts.threads,
-                         provider_options={p: opts.options_for(p) for p in opts.providers},
-                         io_binding=opts.io_binding)
-
-    def fusions(self, baseline_engine: Path, compressed_engine: Path
-                ) -> dict[str, dict[str, int]] | None:
-        from vtc.backends.ort import fused_op_counts, fusion_summary
-
-        return fusion_summary(fused_op_counts(baseline_engine), fused_op_counts(compressed_engine))
-
-    def providers(self, runner: Runner) -> list[str]:
-        return list(getattr(runner, "providers", []))
-
-
-@register
-class TensorRTEngine(Engine):
-    """TensorRT (imported lazily; needs the bindings and a CUDA GPU)."""
-
-    name = "tensorrt"
-    suffix = ".plan"
-
-    def runner(self, onnx_path: Path, engine_path: Path, opts: EngineOptions) -> Runner:
-        from vtc.backends.tensorrt import TensorRTRunner
-
-        return TensorRTRunner(onnx_path, engine_path, fp16=opts.fp16,
-                              input_shapes=dict(opts.input_shapes) or None, rebuild=True)

@@ -35,9 +35,11 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from vtc.errors import InputError
 from vtc.report import TrtFinding, TrtLintInfo
 
-__all__ = ["CHECKS", "TOPK_MAX", "UNSUPPORTED", "format_finding", "lint", "lint_file", "summary"]
+__all__ = ["CHECKS", "TOPK_MAX", "UNSUPPORTED", "TrtLintError", "format_finding", "lint",
+           "lint_file", "summary"]
 
 TOPK_MAX = 3840  # ITopKLayer: k <= 3840 (TensorRT 10.x operator reference)
 
@@ -91,6 +93,10 @@ _DTYPES: dict[int, tuple[str, str, str]] = {
                    "split into real and imaginary float tensors"),
 }
 _INT32 = np.iinfo(np.int32)
+
+
+class TrtLintError(InputError):
+    """A graph breaks a TensorRT parser limit and the recipe asks for TensorRT."""
 
 
 @dataclass

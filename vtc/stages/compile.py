@@ -144,13 +144,11 @@ def _placement(engine: engines.Engine, graph: Path, opts: EngineOptions
     """Where the deployed graph's nodes run and whether it can be a CUDA graph: the
     node counts per provider, the nodes off the CUDA EP, and the options with
     `enable_cuda_graph` set when it can (`vtc.backends.options.cuda_graph_decision`).
-    Measured only when a provider other than the CPU is requested."""
-    if engine.name != "ort" or opts.providers == ("CPUExecutionProvider",):
+    Measured by the engine's `placement` hook (ORT: only when a provider other than
+    the CPU is requested; None: nothing to decide)."""
+    where = engine.placement(graph, opts, _zero_feeds(graph))
+    if where is None:
         return {}, [], opts
-    from vtc.backends.ort import node_placement
-
-    where = node_placement(graph, list(opts.providers), opts.provider_options,
-                           _zero_feeds(graph))
     counts: dict[str, int] = {}
     for p in where.values():
         counts[p] = counts.get(p, 0) + 1

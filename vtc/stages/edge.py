@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vtc.backends.trt_lint import format_finding, lint_file
-from vtc.errors import InputError
+from vtc.backends import engines
+from vtc.backends.trt_lint import lint_file
 from vtc.report import Preprocess, Report, TrtLintInfo
 from vtc.util import sha256_file, write_atomic
 
@@ -43,28 +43,17 @@ CHECK_TEMPLATE = Path(__file__).parents[1] / "runtime" / "trt_check.py"
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 
 
-class TrtLintError(InputError):
-    """model.onnx breaks a TensorRT parser limit and the recipe asks for TensorRT."""
-
-
-def _refuse(path: Path, info: TrtLintInfo) -> None:
-    if info.errors:
-        first = next(f for f in info.findings if f.severity == "error")
-        raise TrtLintError(f"backend.kind tensorrt: {path.name} breaks a TensorRT parser "
-                           f"limit ({info.errors} error(s)); first: {format_finding(first)}; "
-                           f"`vtc lint-trt {path}` lists all")
-
-
 def lint(model: Path, kind: str, log: Callable[[str], None], baseline: Path | None = None
          ) -> TrtLintInfo:
-    """Lint `model` for TensorRT 10 (the report's finding list). With `kind ==
-    "tensorrt"` an error in `model` — or in `baseline`, whose engine is built too — is
-    refused before any engine is built."""
+    """Lint `model` for TensorRT 10 (the report's finding list, for any engine: the edge
+    bundle may be built with TensorRT elsewhere). The recipe's engine first refuses what
+    it cannot build (`Engine.lint`: TensorRT refuses a lint error in `model` or in
+    `baseline`, whose engine is built too) before any engine is built."""
+    engine = engines.get(kind)
+    engine.lint(model)  # the engine refuses what it cannot build (TensorRT: lint errors)
+    if baseline is not None:
+        engine.lint(baseline)
     info = lint_file(model)
-    if kind == "tensorrt":
-        _refuse(model, info)
-        if baseline is not None:
-            _refuse(baseline, lint_file(baseline))
     if info.errors or info.warnings:
         log(f"      TensorRT lint of {model.name}: {info.errors} error(s), {info.warnings} "
             "warning(s) (report.json: trt_lint)")

@@ -20,6 +20,7 @@ import onnx
 import onnx_ir as ir
 
 from vtc import passes
+from vtc.backends import engines
 from vtc.budget import Geometry
 from vtc.data.captions import DEFAULT_CAPTIONS
 from vtc.exporter import Family, get_family
@@ -131,8 +132,8 @@ def batch_axis(recipe: RecipeBase, log: Log = lambda _msg: None) -> tuple[bool, 
                           "backend.cuda_graph: auto)")
     if want is not None:
         return want, want
-    needs = ("a TensorRT engine (one static optimization profile)" if b.kind == "tensorrt"
-             else "backend.cuda_graph: on (graph capture)" if b.cuda_graph == "on" else None)
+    needs = (engines.get(b.kind).static_batch or
+             ("backend.cuda_graph: on (graph capture)" if b.cuda_graph == "on" else None))
     if needs is not None:
         log(f"      static batch for {needs}; export.dynamic_batch: true makes it symbolic")
         return False, False
