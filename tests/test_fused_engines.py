@@ -67,6 +67,9 @@ def test_both_engines_fuse_every_block_and_lose_nothing(bundles: dict[str, Path]
     fus = rep["fusions"]
     assert fus["baseline"][OP] == fus["compressed"][OP] == BLOCKS
     assert fus["lost"] == {}
+    # every MLP's erf GELU fused in both engines (passes.gelu_form), dynamic batch included
+    for side in ("baseline", "compressed"):
+        assert fus[side].get("Gelu", 0) + fus[side].get("BiasGelu", 0) == BLOCKS, fus[side]
     assert rep["parity"]["engine"]["max_abs_diff"] <= 1e-4 and rep["passed"] is True
     # the portable graph has no contrib op; the engine file has the fused node
     assert _domains(out / "model.onnx") <= {"", "ai.onnx"}

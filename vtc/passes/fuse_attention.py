@@ -61,6 +61,7 @@ from vtc.passes.fuse_attention_io import (
     source_of,
     target_of,
 )
+from vtc.passes.gelu_form import reorder_gelu
 from vtc.passes.graph import (
     Block,
     GraphError,
@@ -331,7 +332,8 @@ def _rename(graph: ir.Graph, old: str, new: str) -> None:
 
 
 def fuse_file(src: Path, dst: Path) -> FuseResult:
-    """`src` → `dst` with attention fused. A symbolic batch is pinned at two probe
+    """`src` → `dst` with attention fused and every erf GELU in the form ONNX Runtime
+    fuses (`vtc.passes.gelu_form`). A symbolic batch is pinned at two probe
     batches, both fused, and made symbolic again (`make_batch_dynamic`). Raises
     GraphError when nothing could be fused (the caller keeps `src`)."""
     proto = read_onnx(src)
@@ -342,9 +344,11 @@ def fuse_file(src: Path, dst: Path) -> FuseResult:
     if not res.fused:
         raise GraphError(f"{src.name}: no attention block could be fused "
                          f"({'; '.join(sorted(set(res.unfused.values())))})")
+    reorder_gelu(model)  # the GELU form ORT fuses, bit for bit the same (passes.gelu_form)
     if dynamic:
         twin = prepare(ir.from_proto(read_onnx(src)), PROBES[1])
         fuse_attention(twin)
+        reorder_gelu(twin)
         for m in (model, twin):  # a graph made dynamic before holds the names it would emit
             _rename(m.graph, BATCH_PREFIX, f"{BATCH_PREFIX}0")
         make_batch_dynamic(model, twin, name=first[0].dim_param or "batch")
