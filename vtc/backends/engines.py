@@ -20,6 +20,7 @@ lazily: the recipe reads the registry's names at start-up.
 from __future__ import annotations
 
 import abc
+import functools
 import importlib
 import pkgutil
 from collections.abc import Mapping
@@ -79,14 +80,11 @@ class Engine(abc.ABC):
 
 
 _ENGINES: dict[str, Engine] = {}
-_DISCOVERED: list[bool] = []
 
 
+@functools.cache
 def _discover() -> None:
     """Import every engine module in `vtc.backends.kinds` once (each registers itself)."""
-    if _DISCOVERED:
-        return
-    _DISCOVERED.append(True)
     from vtc.backends import kinds
 
     for mod in pkgutil.iter_modules(kinds.__path__):

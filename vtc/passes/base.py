@@ -21,6 +21,7 @@ budget wants 197 tokens") back as itself, so the command still says one line, ex
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -40,8 +41,9 @@ class Pass(ir.passes.InPlacePass):
     def __init__(self) -> None:
         self.done: Any = None
 
-    def apply(self, model: ir.Model) -> bool:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def apply(self, model: ir.Model) -> bool:
+        """Rewrite `model` in place; True when it changed (what it did goes to `done`)."""
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         return ir.passes.PassResult(model, self.apply(model))

@@ -167,10 +167,13 @@ def _rotary_outside(graph: ir.Graph, lay: DecoderLayer, positions: ir.Value,
     node.attributes["do_rotary"] = ir.AttrInt64("do_rotary", 0)
 
 
-def apply(model: ir.Model, plan: FastVPlan) -> dict[str, int]:
-    """Insert the cut (module docstring) into `model` in place; returns what it did."""
-    layers = find_layers(model)
-    _check(layers, plan)
+def apply(model: ir.Model, plan: FastVPlan, layers: list[DecoderLayer] | None = None
+          ) -> dict[str, int]:
+    """Insert the cut (module docstring) into `model` in place; returns what it did.
+    `layers`: the model's layers, already found and checked against `plan`."""
+    if layers is None:
+        layers = find_layers(model)
+        _check(layers, plan)
     graph = model.graph
     prev, cut = layers[plan.layer - 1], layers[plan.layer]
     if cut.norm.op_type not in ("SkipSimplifiedLayerNormalization", "SkipLayerNormalization"):
@@ -223,19 +226,19 @@ class FastVDecoder(Pass):
     def __init__(self, plan: FastVPlan) -> None:
         super().__init__()
         self.plan = plan
-        self._after: list[ir.Node] = []
+        self._layers: list[DecoderLayer] = []
 
     def requires(self, model: ir.Model) -> None:
-        layers = find_layers(model)
-        _check(layers, self.plan)
-        self._after = [lay.attention for lay in layers[self.plan.layer:]]
+        self._layers = find_layers(model)
+        _check(self._layers, self.plan)
 
     def apply(self, model: ir.Model) -> bool:
-        self.done = apply(model, self.plan)
+        self.done = apply(model, self.plan, self._layers)
         return True
 
     def ensures(self, model: ir.Model) -> None:
-        for att in self._after:
+        for lay in self._layers[self.plan.layer:]:
+            att = lay.attention
             total = att.inputs[6]
             node = total.producer() if total is not None else None
             if node is None or not (node.name or "").startswith(f"/vtc/fastv{self.plan.layer}"):

@@ -17,6 +17,7 @@ and the uncut graphs live in a scratch directory beside it and are removed.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import shutil
@@ -97,14 +98,9 @@ def generation_json(fam: Family, geo: Any, cuts: Cuts, image_token: str, eos: li
         "decoder_precision": precision,
         # an LM cut selects within a static span: the image must sit at image_start
         "image_start": start if cuts.lm_steps else None,
-        "cuts": [_step_json(st) for st in cuts.steps],
+        "cuts": [dataclasses.asdict(st) for st in cuts.steps],
     }
     return json.dumps(data, indent=1) + "\n"
-
-
-def _step_json(st: Any) -> dict[str, Any]:
-    return {"method": st.method, "site": st.site, "tokens_in": st.tokens_in,
-            "tokens_out": st.tokens_out, "layer": st.layer, "params": dict(st.params)}
 
 
 def genai_config(built: Path, folder: Path) -> None:
@@ -241,7 +237,7 @@ def cuts_info(recipe: Any, geo: VlmGeometry, cuts: Cuts, base: Cuts) -> CutsInfo
     return CutsInfo(
         tower_tokens=geo.tower_tokens, encoder=enc.label if enc is not None else "none",
         encoder_tokens_out=enc.tokens_out if enc is not None else geo.tower_tokens,
-        steps=[_step_json(st) for st in cuts.steps],
+        steps=[dataclasses.asdict(st) for st in cuts.steps],
         visual_tokens_uncut=base.visual, visual_tokens=cuts.visual,
         prompt_tokens=recipe.generate.prompt_tokens, prefill_length_uncut=base.prefill,
         prefill_length=cuts.prefill, lm_layer_tokens_uncut=lt0, lm_layer_tokens=lt,
