@@ -17,7 +17,11 @@
    built twice passes `vtc check` (bench/real.py). 9. a third-party
    nn.MultiheadAttention encoder (1×128×512, no CLS) at FLOPs ratio 2.0: ≥ 1.8×
    (bench/third_party.py). 0. start-up: `vtc --help` and `vtc lint-trt FILE` < 1.5 s,
-   median of 5 (bench/startup.py; run first, whatever --only says).
+   median of 5 (bench/startup.py; run first, whatever --only says). 10. the OpenVINO
+   engine (`backend.kind: openvino`): parity on every family, ViT-B/16 tome-r16 ≥ 1.8×
+   OpenVINO uncompressed (bench/openvino.py). 11. int8 (`backend.precision: int8`):
+   ViT-B/16 tome-r16 ≥ 1.8× int8 uncompressed, and int8/fp32 for information
+   (bench/int8.py).
 
 Sections 1-4 use random weights (fixed seed): speed and parity do not depend
 on them. Sections 5-6 (bench/real.py) use the zoo's real dinov2-small weights
@@ -224,6 +228,16 @@ def main() -> int:
             results += published(tmp)
             print("[bench] ViT-B/16 throughput, 4 engines (several minutes) ...", flush=True)
             results += speed(tmp, args.repeats)
+            from bench.openvino import openvino
+
+            print("[bench] OpenVINO engine: parity on every family, ViT-B/16 tome-r16 "
+                  "throughput (minutes) ...", flush=True)
+            results += openvino(tmp, args.repeats)
+            from bench.int8 import int8
+
+            print("[bench] int8 engines: ViT-B/16 tome-r16, int8 and fp32 (minutes) ...",
+                  flush=True)
+            results += int8(tmp, args.repeats)
             from bench.check_noise import check_noise
 
             print("[bench] vtc check: planted slowdown vs unchanged, 10 runs each ...",

@@ -67,7 +67,9 @@ def _vtc(*argv: str, expected: str) -> Case:
 
 
 def _recipe(setting: str, expected: str) -> Case:
-    return _export("{vit}", "--set", setting, expected=expected)
+    """`--set setting` (several when `setting` joins them with ` --set `)."""
+    sets = [a for part in setting.split(" --set ") for a in ("--set", part)]
+    return _export("{vit}", *sets, expected=expected)
 
 
 def _made(make: Callable[[Path, Fixtures], list[str]], expected: str) -> Case:
@@ -472,6 +474,21 @@ RECIPE_CASES: dict[str, Case] = {
         ("backend.providers=[CUDAExecutionProvider]",
          "CUDAExecutionProvider is not in the installed onnxruntime .*onnxruntime-gpu"),
         ("backend.precision=fp8", "backend.precision"),
+        ("backend.options={{device: CPU}}", "options.device is not a setting of the ort engine"),
+        ("backend.kind=openvino --set backend.options={{devcie: CPU}}",
+         "options.devcie is not a setting of the openvino engine .*device, performance_hint"),
+        ("backend.kind=openvino --set backend.options.device=NPU7",
+         "OpenVINO .* has no device 'NPU7' here .*CPU"),
+        ("backend.kind=openvino --set backend.precision=fp16",
+         "precision fp16 is not supported yet"),
+        ("backend.kind=openvino --set backend.precision=int8",
+         "backend.kind openvino: precision int8 is not supported .*deploys fp32"),
+        ("backend.precision=int8 --set backend.providers=[CUDAExecutionProvider]",
+         "int8 runs on the CPU execution provider only"),
+        ("backend.kind=openvino --set backend.providers=[CUDAExecutionProvider]",
+         "ONNX Runtime's settings; with backend.kind openvino drop them"),
+        ("backend.kind=openvino --set backend.options.performance_hint=fast",
+         "options.performance_hint"),
         ("backend.cuda_graph=on", "cuda_graph: on needs the CUDA execution provider"),
         ("backend.provider_options={{CPUExecutionProvider: {{use_tf32: 0}}}}",
          "takes no provider options"),

@@ -40,9 +40,10 @@ IMPORT_WALL_S = 5.0
 
 # Never needed to list commands, read recipes, methods, reports or the zoo and data tables.
 HEAVY = ("torch", "transformers", "onnxruntime", "sklearn", "onnx", "onnx_ir", "onnxscript",
-         "matplotlib", "skimage", "scipy")
+         "matplotlib", "skimage", "scipy", "openvino")
 # What the ONNX-reading commands may load: onnx (lint-trt), onnx_ir/onnxscript (inspect).
-NEVER = ("torch", "transformers", "onnxruntime", "sklearn", "matplotlib", "skimage", "scipy")
+NEVER = ("torch", "transformers", "onnxruntime", "sklearn", "matplotlib", "skimage", "scipy",
+         "openvino")
 
 _CHILD = """
 import json, sys, time

@@ -98,7 +98,9 @@ def check_engine(recipe: RecipeBase) -> None:
     """Refuse engine options the installed engine cannot honour (a provider this
     onnxruntime lacks, an unknown provider option, a CUDA graph without CUDA) before
     any work."""
-    engines.get(recipe.backend.kind).check(engine_options(recipe))
+    engine, opts = engines.get(recipe.backend.kind), engine_options(recipe)
+    engine.check(opts)
+    engine.check_precision(opts)
 
 
 def _check_images(folder: Path) -> None:
@@ -135,8 +137,15 @@ def run(opts: Options) -> Result:
 
 
 def check_cuts(recipe: RecipeBase, vlm_bundle: bool) -> None:
-    """Cuts outside the encoder (visionzip, fastv) need a vision-language model."""
+    """Cuts outside the encoder (visionzip, fastv) need a vision-language model; a
+    vision-language model takes no other engine kind or precision than the default."""
     cuts = [m.name for m, _ in recipe.cuts()]
+    b = recipe.backend
+    if vlm_bundle and (b.kind != "ort" or b.precision != "fp32"):
+        raise InputError(f"backend.kind {b.kind} / backend.precision {b.precision}: a "
+                         "vision-language bundle runs on onnxruntime-genai, which the backend "
+                         "section does not configure; drop them (the decoder's precision is "
+                         "generate.precision: fp32, fp16 or int4)")
     if cuts and not vlm_bundle:
         raise InputError(f"{', '.join(cuts)} cut(s) visual tokens before or inside a language "
                          "model; this source is an encoder: use a LLaVA checkpoint, or drop "
@@ -201,7 +210,7 @@ def build(opts: Options, src: Source, tmp: Path, task_fn: TaskFn | None = None) 
     step(f"compiling {recipe.backend.kind} engines")
     inputs = select_inputs(recipe, opts.images, loaded, dense)
     with compile_engines(recipe, exported.baseline, comp.path, tmp, twin=comp.twin,
-                         pre=pre) as eng:
+                         pre=pre, calibration=inputs.x) as eng:
         val = validate(recipe, loaded, budget, eng, inputs, dense, opts.bench, step, opts.log,
                        comp.graph.tokens_out, task_fn)
     zero_shot = None

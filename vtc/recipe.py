@@ -100,13 +100,18 @@ class InputCfg(_Strict):
 
 
 class BackendCfg(_Strict):
-    kind: str = "ort"  # the engine registry's name: ort | tensorrt
+    kind: str = "ort"  # the engine registry's name: ort | tensorrt | openvino
+    # the engine's own settings, checked against its schema (`Engine.options`), e.g.
+    # openvino: {device: CPU, performance_hint: latency}; ort and tensorrt take none
+    # (ONNX Runtime's settings below predate the per-engine schema)
+    options: dict[str, Any] = Field(default_factory=dict)
     providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"],
                                  min_length=1)
     threads: int | None = Field(default=None, ge=1, le=1024)  # null: the engine's default
-    # fp16: fp16 arithmetic with fp32 inputs, outputs and merge/prune decisions; parity
-    # still runs an fp32 engine (vtc.backends.options)
-    precision: Literal["fp32", "fp16"] = "fp32"
+    # fp16: fp16 arithmetic with fp32 inputs, outputs and merge/prune decisions; int8:
+    # weight MatMuls/Gemms int8, calibrated on the validation images, decisions fp32;
+    # parity still runs an fp32 engine (vtc.backends.options)
+    precision: Literal["fp32", "fp16", "int8"] = "fp32"
     # per execution provider, passed through: {CUDAExecutionProvider: {use_tf32: 0}}
     provider_options: dict[str, dict[str, str | int | float | bool]] = Field(
         default_factory=dict)
@@ -145,6 +150,18 @@ class BackendCfg(_Strict):
         if v not in engines.names():
             raise ValueError(f"unknown engine {v!r}; known engines: {', '.join(engines.names())}")
         return v
+
+    @_model_validator(mode="before")
+    @classmethod
+    def _engine_options(cls, data: Any) -> Any:
+        """`options` against the schema of the engine `kind` names, defaults filled in (an
+        unknown kind is left to the `kind` check)."""
+        if not isinstance(data, dict) or not isinstance(data.get("options", {}), dict):
+            return data
+        kind = data.get("kind", "ort")
+        if isinstance(kind, str) and kind in engines.names():
+            data = {**data, "options": engines.get(kind).parse_options(data.get("options", {}))}
+        return data
 
 
 class ValidateCfg(_Strict):
@@ -282,8 +299,8 @@ class RecipeBase(_Strict):
         cuda = "CUDAExecutionProvider" in b.providers
         if deploy and b.precision == "fp32" and not cuda:
             raise ValueError(f"gate(s) {deploy} judge a deployed engine that differs from the "
-                             "fp32 reference one; set backend.precision: fp16 (or deploy on "
-                             "the CUDA execution provider), or drop them")
+                             "fp32 reference one; set backend.precision: fp16 or int8 (or "
+                             "deploy on the CUDA execution provider), or drop them")
         task = sorted(g for g in self.gates if task_gate(g) is not None)
         if task and self.validate_.task is None:
             raise ValueError(f"gate(s) {task} need validate.task "

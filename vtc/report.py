@@ -125,7 +125,9 @@ class EngineInfo:
     # measured when a provider other than the CPU is requested)
     placement: dict[str, int] = field(default_factory=dict)
     fallback: list[str] = field(default_factory=list)  # nodes off the CUDA EP (first 50)
-    conversion: dict[str, int] = field(default_factory=dict)  # fp16: nodes fp16/fp32, casts
+    # what the precision conversion did: fp16 nodes fp16/fp32 and casts; int8 MatMul/Gemm
+    # nodes int8 and those kept fp32
+    conversion: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass

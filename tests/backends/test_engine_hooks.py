@@ -17,7 +17,7 @@ from vtc.errors import InputError
 
 def test_every_module_in_kinds_registers_one_engine() -> None:
     modules = sorted(m.name for m in pkgutil.iter_modules(kinds.__path__))
-    assert modules == engines.names() == ["ort", "tensorrt"]
+    assert modules == engines.names() == ["openvino", "ort", "tensorrt"]
     for name in modules:
         assert type(engines.get(name)).__module__ == f"vtc.backends.kinds.{name}"
 

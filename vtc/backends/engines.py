@@ -9,7 +9,13 @@ Runtime or TensorRT; it asks the registry and the engine's hooks:
 * `lint` — refuse a graph the engine cannot build, before any engine is built;
 * `placement` — where a graph's nodes run (per node, the device or provider), for the
   CUDA-graph decision and the report (None where the notion does not apply);
-* `runner`, `fusions`, `providers` — build and run; inspect the built engine.
+* `runner`, `fusions`, `providers` — build and run; inspect the built engine;
+* `options` — the schema of the engine's own settings (`backend.options` in a recipe,
+  checked when the recipe is read); `files` — what the built engine is made of.
+
+The ORT-era settings at the top of `backend:` (providers, provider_options,
+cuda_graph, io_binding) are ONNX Runtime's; an engine that has no use for them refuses
+them in `check` rather than ignoring them.
 
 Engine modules live in `vtc.backends.kinds` and register themselves; the registry
 imports every module there the first time it is asked (as `vtc.methods` does), so a
@@ -27,11 +33,19 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
+from pydantic import BaseModel, ConfigDict, ValidationError
+
 from vtc.backends.base import Runner
 from vtc.backends.options import EngineOptions
 from vtc.errors import InputError
 
-__all__ = ["Engine", "EngineOptions", "get", "names", "register"]
+__all__ = ["Engine", "EngineOptions", "NoOptions", "get", "names", "register"]
+
+
+class NoOptions(BaseModel):
+    """The `backend.options` schema of an engine that has no settings of its own."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class Engine(abc.ABC):
@@ -41,10 +55,43 @@ class Engine(abc.ABC):
     # needs the graph converted first (vtc.passes.precision); False: the engine's builder
     # takes the precision as a flag (TensorRT --fp16).
     converts_precision: ClassVar[bool] = False
+    # the `backend.precision` values it deploys (anything else is refused before work)
+    precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16")
+    # the schema of `backend.options` (pydantic, extra keys forbidden)
+    options: ClassVar[type[BaseModel]] = NoOptions
+    # timing can keep inputs and outputs on the device (`backend.io_binding`)
+    binds_io: ClassVar[bool] = False
+
+    def parse_options(self, raw: Mapping[str, Any]) -> dict[str, Any]:
+        """`backend.options` validated against this engine's schema, defaults filled in
+        (`ValueError`, one line, naming the key)."""
+        try:
+            return self.options.model_validate(dict(raw)).model_dump()
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            key = ".".join(str(x) for x in first["loc"])
+            known = ", ".join(self.options.model_fields) or "none"
+            if first["type"] == "extra_forbidden":
+                raise ValueError(f"options.{key} is not a setting of the {self.name} engine "
+                                 f"(its settings: {known})") from None
+            raise ValueError(f"options.{key}: {first['msg']}") from None
+
+    def files(self, engine_path: Path) -> list[Path]:
+        """The files the built engine at `engine_path` is made of (removed together,
+        listed together in the manifest): the file and its external data when present."""
+        return [engine_path, engine_path.with_name(engine_path.name + ".data")]
 
     def check(self, opts: EngineOptions) -> None:  # noqa: B027 - most engines check nothing
         """Refuse options this engine (as installed) cannot honour, before any work
-        (`vtc.errors.InputError`, one line). The default accepts every option."""
+        (`vtc.errors.InputError`, one line). The default accepts every option; the
+        precision is checked against `precisions` by `check_precision`."""
+
+    def check_precision(self, opts: EngineOptions) -> None:
+        """Refuse a `backend.precision` this engine does not deploy (one line)."""
+        if opts.precision not in self.precisions:
+            raise InputError(f"backend.kind {self.name}: precision {opts.precision} is not "
+                             f"supported (this engine deploys {', '.join(self.precisions)}); "
+                             "set backend.precision to one of those")
     # runs com.microsoft ops: the compile stage gives it both graphs with attention fused
     # (vtc.passes.fuse_attention) unless the recipe says backend.fuse_attention: false
     fuses_attention: ClassVar[bool] = False

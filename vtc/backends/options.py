@@ -1,7 +1,7 @@
 """Engine options a recipe's `backend:` section sets, and the two configurations the
 pipeline derives from them.
 
-* the **deployed** configuration: the recipe's precision (fp32 | fp16) and provider
+* the **deployed** configuration: the recipe's precision (fp32 | fp16 | int8) and provider
   options as given (e.g. the CUDA EP's default TF32 MatMuls, `enable_cuda_graph`);
   it is what the bundle ships and what throughput is measured on;
 * the **reference** configuration: fp32, with TF32 off on the CUDA EP (`use_tf32=0`)
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal
 
 from vtc.errors import InputError
 
@@ -27,7 +27,7 @@ CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 TRT_EP = "TensorrtExecutionProvider"
 
-Precision = Literal["fp32", "fp16"]
+Precision = Literal["fp32", "fp16", "int8"]
 CudaGraph = Literal["auto", "on", "off"]
 
 # The onnxruntime package that offers each execution provider (onnxruntime's docs).
@@ -85,11 +85,14 @@ class EngineOptions:
 
     providers: tuple[str, ...] = (CPU,)  # ORT execution providers, in priority order
     threads: int | None = None  # ORT intra-op threads
-    precision: Precision = "fp32"  # fp16: fp16 arithmetic, fp32 inputs/outputs/decisions
+    # fp16: fp16 arithmetic, fp32 inputs/outputs/decisions; int8: weight MatMuls int8
+    precision: Precision = "fp32"
     provider_options: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     cuda_graph: CudaGraph = "auto"  # auto: on when every node runs on the CUDA EP
     io_binding: bool = True  # timing binds inputs and outputs on the device
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # TensorRT profile
+    # the engine's own settings (`backend.options`, validated by its `Engine.options`)
+    engine: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def fp16(self) -> bool:
@@ -109,7 +112,7 @@ class EngineOptions:
 
     def differs_from_reference(self) -> bool:
         """Whether the deployed engine computes anything differently from the reference
-        one (fp16, or the CUDA EP with TF32 left on): then it gets its own engines and
+        one (fp16, int8, or the CUDA EP with TF32 left on): then it gets its own engines and
         is judged as fidelity against the reference."""
         if self.precision != "fp32":
             return True

@@ -32,14 +32,17 @@ Examples:
   vtc-export model.onnx --recipe tome-r8 --set tome.r=12 --out out/
   vtc-export ./ckpt --recipe my.yaml --images ./val_images --out out/
   vtc-export dinov2-small --set validate.dataset=fashion-mnist --out out/fm
+  vtc-export dinov2-small --set backend.kind=openvino --out out/ov   # OpenVINO IR
+  vtc-export dinov2-small --set backend.precision=int8 --out out/i8  # int8, CPU
   vtc-export ./llava-1.5-7b-hf --recipe llava-visionzip64 --out out/llava-vz64
 
 \b
 Writes out/baseline.onnx, out/model.onnx, out/model.ort.onnx (the ONNX Runtime
-engine), out/manifest.json, out/report.json and out/report.md. A full CLIP
-checkpoint (vision and text) also gets out/text.onnx, out/text.ort.onnx and
-out/tokenizer/, and a zero-shot agreement tier against the eager CLIPModel
-(captions: --captions FILE, else the recipe's validate.captions, else vtc's).
+engine; out/model.ov.xml + .bin with backend.kind=openvino), out/manifest.json,
+out/report.json and out/report.md. A full CLIP checkpoint (vision and text) also
+gets out/text.onnx, out/text.ort.onnx and out/tokenizer/, and a zero-shot agreement
+tier against the eager CLIPModel (captions: --captions FILE, else the recipe's
+validate.captions, else vtc's).
 A LLaVA checkpoint (recipes llava-visionzip64, llava-fastv,
 llava-tome-visionzip-fastv) gives vision.onnx, embedding.onnx, decoder.onnx (+.data),
 genai_config.json, the tokenizer files and generation.json instead of the engines:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import vtc
+from vtc.backends import engines
 from vtc.budget import Budget, Geometry
 from vtc.recipe import RecipeBase
 from vtc.report import BudgetInfo, LayerInfo, Preprocess, Report, to_jsonable
@@ -51,12 +52,20 @@ def judge(report: Report, recipe: RecipeBase, bench: bool, geo: Geometry | None 
     report.payoff = payoff(report, recipe, geo)
 
 
+def engine_endings(kind: str) -> tuple[str, ...]:
+    """How the names of the files a built engine of `kind` is made of end (`Engine.files`:
+    OpenVINO's `.ov.xml` and `.ov.bin`)."""
+    engine = engines.get(kind)
+    return tuple(f.name.removeprefix("x") for f in engine.files(Path("x" + engine.suffix)))
+
+
 def manifest(report: Report, src: Source, tmp: Path, input_shape: list[int | str],
              opset: int | None, text: dict[str, Any] | None = None) -> dict[str, Any]:
     """What the bundle is and where it came from, with every graph's and engine's sha256;
     `text`: an image–text model's text tower (`vtc.stages.text.manifest_entry`)."""
+    built = engine_endings(report.engine.kind)
     files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())
-             if p.is_file() and (p.suffix in (".onnx", ".plan", ".data")
+             if p.is_file() and (p.suffix in (".onnx", ".plan", ".data") or p.name.endswith(built)
                                  or p.name in (CONFIG, PREPROCESSOR, "preprocess.json"))}
     return {
         "vtc_version": vtc.__version__,

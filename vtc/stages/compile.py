@@ -14,9 +14,11 @@ An engine whose class says `fuses_attention` (ort) builds both graphs with atten
 fused (`vtc.passes.fuse_attention`), from temp copies outside the bundle, unless the
 recipe says `backend.fuse_attention: false`; `model.onnx` stays portable. An fp16
 deployment on an engine that runs the graph as written (ORT) then gets that graph
-converted by `vtc.passes.precision` (decisions stay fp32); a builder that takes a
-flag (TensorRT) gets the flag. All runners are loaded here and closed when the block
-ends; only the deployed compressed engine's file stays in the bundle.
+converted by `vtc.passes.precision`, and an int8 one gets its weight MatMuls/Gemms
+quantized by `vtc.passes.quantize`, calibrated on the validation images (decisions stay
+fp32 in both); a builder that takes a flag (TensorRT) gets the flag. All runners are
+loaded here and closed when the block ends; only the deployed compressed engine's file
+stays in the bundle.
 """
 
 from __future__ import annotations
@@ -77,13 +79,16 @@ def options(recipe: RecipeBase, input_shape: tuple[int, ...] | None = None
         providers=tuple(b.providers), threads=b.threads, precision=b.precision,
         provider_options={p: {k: option_value(v) for k, v in o.items()}
                           for p, o in b.provider_options.items()},
-        cuda_graph=b.cuda_graph, io_binding=b.io_binding,
+        cuda_graph=b.cuda_graph, io_binding=b.io_binding, engine=dict(b.options),
         input_shapes={"pixel_values": input_shape} if input_shape else {})
 
 
-def _remove(*files: Path) -> None:
+def _remove(*files: Path, engine: engines.Engine | None = None) -> None:
+    """Remove graphs (with their external data) or, given `engine`, built engines (every
+    file `engine.files` names)."""
     for f in files:
-        for p in [f, f.with_name(f.name + ".data")]:
+        for p in (engine.files(f) if engine is not None
+                  else [f, f.with_name(f.name + ".data")]):
             p.unlink(missing_ok=True)
 
 
@@ -100,7 +105,8 @@ def _twin(recipe: RecipeBase, twin: Path | None, tmp: Path, opts: EngineOptions
         with engine.runner(twin, made, opts) as rt:
             yield rt
     finally:
-        _remove(twin, made)
+        _remove(twin)
+        _remove(made, engine=engine)
 
 
 @contextmanager
@@ -161,11 +167,21 @@ def _placement(engine: engines.Engine, graph: Path, opts: EngineOptions
 
 
 def _deployed_graphs(engine: engines.Engine, opts: EngineOptions, baseline: Path,
-                     model: Path, tmp: Path) -> tuple[Path, Path, dict[str, int]]:
-    """The graphs the deployed engines build from: converted to fp16 for an engine that
-    runs the graph as written, else the graphs themselves."""
-    if not (opts.fp16 and engine.converts_precision):
+                     model: Path, tmp: Path, calibration: np.ndarray | None = None,
+                     image: str = "pixel_values") -> tuple[Path, Path, dict[str, int]]:
+    """The graphs the deployed engines build from: converted to fp16, or quantized to
+    int8 (calibrated on `calibration`, float32 [n, C, H, W] fed as `image`), for an
+    engine that runs the graph as written; else the graphs themselves."""
+    if opts.precision == "fp32" or not engine.converts_precision:
         return baseline, model, {}
+    if opts.precision == "int8":
+        from vtc.passes.quantize import to_int8
+
+        if calibration is None or not len(calibration):
+            raise ValueError("an int8 deployment needs calibration images")
+        b8, m8 = tmp / ".baseline.int8.onnx", tmp / ".model.int8.onnx"
+        to_int8(baseline, b8, image, calibration)
+        return b8, m8, to_int8(model, m8, image, calibration)
     b16, m16 = tmp / ".baseline.fp16.onnx", tmp / ".model.fp16.onnx"
     to_fp16(baseline, b16)
     return b16, m16, to_fp16(model, m16)
@@ -187,11 +203,13 @@ def _wants_own_engines(opts: EngineOptions) -> bool:
 @contextmanager
 def compile_engines(recipe: RecipeBase, baseline: Path, model: Path, tmp: Path,
                     input_shape: tuple[int, ...] | None = None, twin: Path | None = None,
-                    pre: Preprocess | None = None) -> Iterator[Compiled]:
+                    pre: Preprocess | None = None, calibration: np.ndarray | None = None
+                    ) -> Iterator[Compiled]:
     """Build and load the reference and deployed engines of both graphs (and the
     unmerged twin's, `twin`); yields them with what the build reported. With `pre`
     naming other graph inputs than the image, the runners feed those zeros (`ZeroFed`)
-    and take the image alone."""
+    and take the image alone. `calibration` (float32 [n, C, H, W]): the images an int8
+    deployment is calibrated on."""
     engine = engines.get(recipe.backend.kind)
     deploy = options(recipe, input_shape)
     ref = deploy.reference()
@@ -203,7 +221,9 @@ def compile_engines(recipe: RecipeBase, baseline: Path, model: Path, tmp: Path,
         baseline, model = stack.enter_context(_fused(recipe, engine, baseline, model))
         base_g, model_g = baseline, model
         if _wants_own_engines(deploy):
-            base_g, model_g, conversion = _deployed_graphs(engine, deploy, baseline, model, tmp)
+            base_g, model_g, conversion = _deployed_graphs(
+                engine, deploy, baseline, model, tmp, calibration,
+                pre.name if pre is not None else "pixel_values")
             stack.callback(_remove, *{base_g, model_g} - {baseline, model})
             placement, fallback, deploy = _placement(engine, model_g, deploy)
         own = deploy.differs_from_reference() or _cuda_graph(deploy)
@@ -213,7 +233,7 @@ def compile_engines(recipe: RecipeBase, baseline: Path, model: Path, tmp: Path,
             model, tmp / f".ref.model{engine.suffix}" if own else comp_file, ref))
         if own:
             stack.callback(_remove, tmp / f".ref.baseline{engine.suffix}",
-                           tmp / f".ref.model{engine.suffix}")
+                           tmp / f".ref.model{engine.suffix}", engine=engine)
             dep_b = stack.enter_context(engine.runner(base_g, base_file, deploy))
             dep_c = stack.enter_context(engine.runner(model_g, comp_file, deploy))
         else:
@@ -221,12 +241,12 @@ def compile_engines(recipe: RecipeBase, baseline: Path, model: Path, tmp: Path,
         twin_rt = stack.enter_context(_twin(recipe, twin, tmp, ref))
         counts = engine.fusions(base_file, comp_file)
         nodes = {"baseline": _nodes(base_file), "compressed": _nodes(comp_file)}
-        _remove(base_file)
+        _remove(base_file, engine=engine)
         info = EngineInfo(
             kind=engine.name, providers=engine.providers(dep_c), file=comp_file.name,
             precision=deploy.precision, provider_options=_options(deploy),
-            cuda_graph=_cuda_graph(deploy), io_binding=deploy.io_binding,
-            reference=RunConfigInfo(ref.precision, _options(ref)) if own else None,
+            cuda_graph=_cuda_graph(deploy), io_binding=deploy.io_binding and engine.binds_io,
+            reference=RunConfigInfo("fp32", _options(ref)) if own else None,
             nodes={k: v for k, v in nodes.items() if v}, placement=placement,
             fallback=fallback, conversion=conversion)
         fusions = FusionInfo(**counts) if counts else None

@@ -133,7 +133,7 @@ def _engine(e: EngineInfo) -> list[str]:
     if e.nodes:
         lines.append("- engine nodes: " + ", ".join(f"{k} {v}" for k, v in e.nodes.items()))
     if e.conversion:
-        lines.append("- fp16 conversion: " + ", ".join(f"{k} {v}" for k, v in
+        lines.append(f"- {e.precision} conversion: " + ", ".join(f"{k} {v}" for k, v in
                                                        e.conversion.items()))
     if e.placement:
         lines.append("- node placement: " + ", ".join(f"{k} {v}" for k, v in

@@ -10,6 +10,7 @@ from typing import Any
 from vtc.backends.base import Runner
 from vtc.backends.engines import Engine, register
 from vtc.backends.options import CPU, EngineOptions
+from vtc.errors import InputError
 
 
 @register
@@ -19,13 +20,19 @@ class OrtEngine(Engine):
     name = "ort"
     suffix = ".ort.onnx"
     converts_precision = True
+    precisions = ("fp32", "fp16", "int8")
     fuses_attention = True
+    binds_io = True
 
     def check(self, opts: EngineOptions) -> None:
         import onnxruntime as ort
 
         from vtc.backends.options import check_ort
 
+        if opts.precision == "int8" and tuple(opts.providers) != (CPU,):
+            raise InputError(f"backend.precision int8 runs on the CPU execution provider only "
+                             f"(asked: {', '.join(opts.providers)}); set backend.providers: "
+                             f"[{CPU}] or precision fp16")
         check_ort(opts, list(ort.get_available_providers()), ort.__version__)
 
     def runner(self, onnx_path: Path, engine_path: Path, opts: EngineOptions) -> Runner:

@@ -1,0 +1,107 @@
+"""int8 deployment with fp32 decisions (`vtc.passes.quantize`, `backend.precision: int8`):
+the quantized graph keeps every vtc decision node in fp32, and the bundle's parity runs
+on the fp32 reference engine while the int8 engine is judged as the deployment tier."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from click.testing import CliRunner
+
+from tests.conftest import FAST
+from vtc.cli import export_main
+from vtc.passes.precision import KEEP_PREFIX
+from vtc.passes.quantize import calibration_feeds, to_int8
+
+
+@pytest.fixture(scope="module")
+def int8_bundle(tmp_path_factory: pytest.TempPathFactory, vit_dir: Path) -> Path:
+    out = tmp_path_factory.mktemp("int8") / "b"
+    res = CliRunner().invoke(export_main, [
+        str(vit_dir), "--recipe", "tome-r8", "--out", str(out), *FAST, "--set", "tome.r=3",
+        "--set", "backend.precision=int8", "--set", "gates.min_deploy_cosine=0.9"])
+    assert res.exit_code == 0, res.output
+    assert "Please consider" not in res.output  # the quantizer's advice is silenced
+    return out
+
+
+def _images(n: int, size: int = 32) -> np.ndarray:
+    return np.random.default_rng(0).standard_normal((n, 3, size, size)).astype(np.float32)
+
+
+def test_weight_matmuls_are_int8_and_decisions_stay_fp32(int8_bundle: Path,
+                                                         tmp_path: Path) -> None:
+    src = int8_bundle / "model.onnx"  # the portable fp32 graph
+    counts = to_int8(src, tmp_path / "m8.onnx", "pixel_values", _images(6))
+    m = onnx.load(str(tmp_path / "m8.onnx"))
+    inits = {i.name for i in m.graph.initializer}
+    producer = {o: n for n in m.graph.node for o in n.output}
+    ops = [n for n in m.graph.node if n.op_type in ("MatMul", "Gemm")]
+
+    def dequantized(name: str) -> bool:
+        n = producer.get(name)
+        return n is not None and n.op_type == "DequantizeLinear"
+
+    vtc_ops = [n for n in ops if n.name.startswith(KEEP_PREFIX)]
+    assert vtc_ops and not any(dequantized(i) for n in vtc_ops for i in n.input)
+    weight_ops = [n for n in onnx.load(str(src)).graph.node
+                  if n.op_type in ("MatMul", "Gemm") and not n.name.startswith(KEEP_PREFIX)
+                  and n.input[1] in {i.name for i in onnx.load(str(src)).graph.initializer}]
+    quantized = [n for n in ops if dequantized(n.input[1])]
+    # every weight MatMul/Gemm at least (the exporter also folds some weights into
+    # constants computed from initializers, which the quantizer takes as weights too)
+    assert len(quantized) == counts["int8 MatMul/Gemm"] >= len(weight_ops) > 0
+    assert counts["fp32 MatMul/Gemm"] == len(ops) - len(quantized) >= len(vtc_ops)
+    # the weights are stored int8 (per output channel), not as a second fp32 copy
+    w = {i.name: i for i in m.graph.initializer}
+    for n in quantized:
+        q = producer[n.input[1]].input[0]
+        assert q in inits and w[q].data_type == onnx.TensorProto.INT8
+    # the graph's inputs and outputs stay float32
+    assert {v.type.tensor_type.elem_type for v in [*m.graph.input, *m.graph.output]} == {
+        onnx.TensorProto.FLOAT}
+
+
+def test_the_int8_graph_runs_close_to_fp32(int8_bundle: Path, tmp_path: Path) -> None:
+    to_int8(int8_bundle / "model.onnx", tmp_path / "m8.onnx", "pixel_values", _images(8))
+    x = np.random.default_rng(3).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    y8 = ort.InferenceSession(str(tmp_path / "m8.onnx")).run(None, {"pixel_values": x})[0]
+    y32 = ort.InferenceSession(str(int8_bundle / "model.onnx")).run(None, {"pixel_values": x})[0]
+    assert y8.dtype == np.float32 and not np.allclose(y8, y32, atol=1e-6)  # it did quantize
+    cos = (y8 * y32).sum(1) / np.linalg.norm(y8, axis=1) / np.linalg.norm(y32, axis=1)
+    assert cos.min() > 0.95
+
+
+def test_calibration_batches_follow_the_static_batch() -> None:
+    x = onnx.helper.make_tensor_value_info("pixel_values", onnx.TensorProto.FLOAT, [4, 3, 8, 8])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [4, 3, 8, 8])
+    g = onnx.helper.make_graph([onnx.helper.make_node("Relu", ["pixel_values"], ["y"])],
+                               "g", [x], [y])
+    feeds = calibration_feeds(onnx.helper.make_model(g), "pixel_values", _images(6, 8))
+    assert [f["pixel_values"].shape[0] for f in feeds] == [4, 4]
+    imgs = _images(6, 8)
+    np.testing.assert_array_equal(feeds[1]["pixel_values"][2], imgs[4])  # padded by repeat
+
+
+def test_bundle_parity_on_fp32_reference_int8_judged_as_deployment(int8_bundle: Path) -> None:
+    rep = json.loads((int8_bundle / "report.json").read_text())
+    e = rep["engine"]
+    assert e["precision"] == "int8" and e["reference"]["precision"] == "fp32"
+    assert e["conversion"]["int8 MatMul/Gemm"] > 0
+    assert rep["parity"]["engine"]["max_abs_diff"] <= 1e-4  # fp32 engines, as always
+    d = rep["deployment"]
+    assert d["precision"] == "int8" and 0.9 <= d["cosine_mean"] < 1.0
+    gates = {g["name"]: g for g in rep["gates"]}
+    assert gates["min_deploy_cosine"]["passed"]
+    assert gates["min_deploy_cosine"]["value"] == pytest.approx(d["cosine_min"]) or \
+        gates["min_deploy_cosine"]["value"] == pytest.approx(d["cosine_mean"])
+    engine = onnx.load(str(int8_bundle / "model.ort.onnx"), load_external_data=False)
+    ops = {n.op_type for n in engine.graph.node}
+    assert ops & {"QLinearMatMul", "MatMulInteger", "DynamicQuantizeMatMul",
+                  "MatMulIntegerToFloat", "QGemm"}, sorted(ops)
+    assert "- int8 conversion:" in (int8_bundle / "report.md").read_text()

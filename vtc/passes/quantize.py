@@ -1,0 +1,146 @@
+"""int8 engines with fp32 decisions: static QDQ quantization of a graph's weight
+MatMuls and Gemms with ONNX Runtime's quantization tooling, calibrated on images,
+except the nodes that decide which tokens merge or drop.
+
+Before (fp32 throughout)::
+
+    x f32 ─► MatMul(W f32) ─► … ─► [vtc_tome3/… metric MatMul, TopK, weighted merge]
+      ─► … ─► logits f32
+
+After::
+
+    x f32 ─► QuantizeLinear ─► DequantizeLinear ─► MatMul ◄─ DequantizeLinear ◄─ W int8
+      ─► … ─► [vtc_* nodes, fp32, untouched] ─► … ─► logits f32
+
+ONNX Runtime's optimizer then fuses each Q/DQ ─► MatMul group into an integer kernel
+(uint8 activations × int8 weights, the x86 VNNI/AMX layout). What is quantized and
+how:
+
+* only MatMul and Gemm nodes whose second input is a constant weight
+  (`MatMulConstBOnly`): the projections and MLP layers, where the time is. The
+  attention products (Q·Kᵀ, P·V) and fused attention nodes stay fp32;
+* every node a method, the size bias, the unmerge or the token-size bookkeeping
+  emitted (names starting with `vtc_`: similarities, scores, TopK, index arithmetic,
+  weighted averages) is excluded, as with fp16 (`vtc.passes.precision`);
+* weights int8 per output channel, symmetric; activations uint8 per tensor,
+  asymmetric, their ranges the min/max over the calibration batches (MinMax).
+
+What the decisions read (keys, attention probabilities) comes out of int8 layers, so
+an int8 engine can decide differently from the fp32 one on a near-tie; the pipeline
+judges it as the deployment tier (`Report.deployment`), never as parity.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from vtc.passes.precision import KEEP_PREFIX
+
+QUANTIZED_OPS = ("MatMul", "Gemm")
+
+
+def _input_specs(model: onnx.ModelProto) -> dict[str, tuple[list[int | None], Any]]:
+    """Graph inputs (not initializers) → (dims, None where symbolic; numpy dtype)."""
+    inits = {i.name for i in model.graph.initializer}
+    out = {}
+    for inp in model.graph.input:
+        if inp.name in inits:
+            continue
+        t = inp.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+        out[inp.name] = (dims, onnx.helper.tensor_dtype_to_np_dtype(t.elem_type))
+    return out
+
+
+def calibration_feeds(model: onnx.ModelProto, image: str, images: np.ndarray
+                      ) -> list[dict[str, np.ndarray]]:
+    """The calibration batches: `images` float32 [n, C, H, W] in chunks of the graph's
+    static batch (the last padded by repeating its first image) or in one batch when
+    the batch is symbolic; every other graph input zeros of that batch."""
+    specs = _input_specs(model)
+    batch = specs[image][0][0] if specs[image][0] else None
+    step = batch or len(images)
+    feeds = []
+    for i in range(0, len(images), step):
+        x = images[i:i + step]
+        if len(x) < step:
+            x = np.concatenate([x, np.repeat(x[:1], step - len(x), axis=0)])
+        feed = {image: np.ascontiguousarray(x, dtype=np.float32)}
+        for name, (dims, dtype) in specs.items():
+            if name != image:
+                shape = [len(x) if j == 0 else (d or 1) for j, d in enumerate(dims)]
+                feed[name] = np.zeros(shape, dtype=dtype)
+        feeds.append(feed)
+    return feeds
+
+
+def _constants(model: onnx.ModelProto) -> set[str]:
+    """Values computed from initializers and Constant nodes alone (nodes in order)."""
+    const = {i.name for i in model.graph.initializer}
+    for n in model.graph.node:
+        ins = [i for i in n.input if i]
+        if n.op_type == "Constant" or (ins and all(i in const for i in ins)):
+            const.update(n.output)
+    return const
+
+
+def excluded(model: onnx.ModelProto) -> list[str]:
+    """The MatMul/Gemm nodes that stay fp32: the ones vtc's passes emitted, and every
+    product whose second input is not a constant (Q·Kᵀ, P·V: ONNX Runtime's quantizer
+    would quantize those too, `MatMulConstBOnly` notwithstanding in QDQ format)."""
+    const = _constants(model)
+    return [n.name for n in model.graph.node if n.op_type in QUANTIZED_OPS
+            and (n.name.startswith(KEEP_PREFIX) or n.input[1] not in const)]
+
+
+def to_int8(src: Path, dst: Path, image: str, images: np.ndarray,
+            extra: Mapping[str, Any] | None = None) -> dict[str, int]:
+    """Write `src` with its weight MatMuls/Gemms quantized to int8 (QDQ) to `dst`,
+    calibrated on `images` (float32 [n, C, H, W], fed as `image`). Returns the counts
+    for the report: MatMul/Gemm nodes quantized, and those left fp32 (vtc's decisions,
+    and products of two activations such as Q·Kᵀ)."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    model = onnx.load(str(src), load_external_data=False)
+    feeds = calibration_feeds(model, image, images)
+    keep = excluded(model)
+
+    class _Reader(CalibrationDataReader):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.it: Iterator[dict[str, np.ndarray]] = iter(feeds)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.it, None)
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # its "consider pre-processing" advice, once per call
+    try:
+        quantize_static(
+            str(src), str(dst), _Reader(), quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(QUANTIZED_OPS), per_channel=True,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            nodes_to_exclude=keep, calibrate_method=CalibrationMethod.MinMax,
+            extra_options={"MatMulConstBOnly": True, "ActivationSymmetric": False,
+                           "WeightSymmetric": True, **dict(extra or {})},
+            use_external_data_format=False,
+            calibration_providers=["CPUExecutionProvider"])
+    finally:
+        root.setLevel(level)
+    out = onnx.load(str(dst), load_external_data=False)
+    quantized = {n.output[0] for n in out.graph.node if n.op_type == "DequantizeLinear"}
+    ops = [n for n in out.graph.node if n.op_type in QUANTIZED_OPS]
+    n_q = sum(1 for n in ops if any(i in quantized for i in n.input[1:2]))
+    return {"int8 MatMul/Gemm": n_q, "fp32 MatMul/Gemm": len(ops) - n_q}
