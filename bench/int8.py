@@ -18,20 +18,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.run import _line, _run
-from vtc.exporter._hf import quiet_transformers
+from bench.run import _line, _run, vit_b16
 
 
 def int8(tmp: Path, repeats: int) -> list[tuple[bool | None, str]]:
-    import torch
-    from transformers import ViTConfig, ViTForImageClassification
-
-    torch.manual_seed(0)
-    ckpt = tmp / "int8-vit-b16"
-    cfg = ViTConfig()  # ViT-B/16 at 224 px
-    cfg.num_labels = 1000
-    with quiet_transformers():
-        ViTForImageClassification(cfg).eval().save_pretrained(ckpt)
+    ckpt = vit_b16(tmp / "int8-vit-b16")
     sets = [f"validate.repeats={repeats}", "validate.samples=8", "validate.warmup=3",
             "backend.precision=int8"]
     rep = _run(ckpt, "tome-r16", tmp / "int8-b16", True, sets)

@@ -18,8 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.run import FAMILY_CONFIGS, _line, _run, save_checkpoint
-from vtc.exporter._hf import quiet_transformers
+from bench.run import FAMILY_CONFIGS, _line, _run, save_checkpoint, vit_b16
 
 KIND = ["backend.kind=openvino"]
 
@@ -44,15 +43,7 @@ def parity(tmp: Path) -> list[tuple[bool | None, str]]:
 
 
 def speed(tmp: Path, repeats: int) -> list[tuple[bool | None, str]]:
-    import torch
-    from transformers import ViTConfig, ViTForImageClassification
-
-    torch.manual_seed(0)
-    ckpt = tmp / "ov-vit-b16"
-    cfg = ViTConfig()  # ViT-B/16 at 224 px
-    cfg.num_labels = 1000
-    with quiet_transformers():
-        ViTForImageClassification(cfg).eval().save_pretrained(ckpt)
+    ckpt = vit_b16(tmp / "ov-vit-b16")
     sets = [f"validate.repeats={repeats}", "validate.samples=8", "validate.warmup=3"]
     lines: list[tuple[bool | None, str]] = []
     for kind in ("openvino", "ort"):

@@ -115,18 +115,23 @@ def _speed_text(recipe: str, rep: dict[str, Any]) -> str:
             f"{rep['engine']['nodes'].get('compressed')}")
 
 
-def speed(tmp: Path, repeats: int) -> list[tuple[bool | None, str]]:
-    """ViT-B/16: the tome-r16 target; tome-r8, evit-keep70 and a dynamic-batch
-    tome-r16 engine for information."""
+def vit_b16(ckpt: Path) -> Path:
+    """A ViT-B/16 (224 px, 1,000 classes) with random weights (seed 0), saved at `ckpt`."""
     import torch
     from transformers import ViTConfig, ViTForImageClassification
 
     torch.manual_seed(0)
-    ckpt = tmp / "vit-b16"
     cfg = ViTConfig()  # ViT-B/16 at 224 px
     cfg.num_labels = 1000
     with quiet_transformers():
         ViTForImageClassification(cfg).eval().save_pretrained(ckpt)
+    return ckpt
+
+
+def speed(tmp: Path, repeats: int) -> list[tuple[bool | None, str]]:
+    """ViT-B/16: the tome-r16 target; tome-r8, evit-keep70 and a dynamic-batch
+    tome-r16 engine for information."""
+    ckpt = vit_b16(tmp / "vit-b16")
     sets = [f"validate.repeats={repeats}", "validate.samples=8", "validate.warmup=3"]
     lines: list[tuple[bool | None, str]] = []
     for recipe, extra in (("tome-r16", []), ("tome-r8", []), ("pitome-r16", []),

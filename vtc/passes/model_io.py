@@ -69,6 +69,20 @@ def input_dims(path: Path, name: str | None = None) -> list[int | str]:
             for d in vi.type.tensor_type.shape.dim]
 
 
+def graph_inputs(model: onnx.ModelProto) -> dict[str, tuple[list[int | None], np.dtype]]:
+    """The graph's inputs that are not initializers → (dims, None where symbolic;
+    their numpy dtype)."""
+    inits = {i.name for i in model.graph.initializer}
+    out = {}
+    for inp in model.graph.input:
+        if inp.name in inits:
+            continue
+        t = inp.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+        out[inp.name] = (dims, np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)))
+    return out
+
+
 def external_files(path: Path) -> list[Path]:
     """The external data files an ONNX file names (relative to its folder), sorted."""
     proto = onnx.load(str(path), load_external_data=False)

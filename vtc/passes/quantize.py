@@ -40,22 +40,10 @@ from typing import Any
 import numpy as np
 import onnx
 
+from vtc.passes.model_io import graph_inputs
 from vtc.passes.precision import KEEP_PREFIX
 
 QUANTIZED_OPS = ("MatMul", "Gemm")
-
-
-def _input_specs(model: onnx.ModelProto) -> dict[str, tuple[list[int | None], Any]]:
-    """Graph inputs (not initializers) → (dims, None where symbolic; numpy dtype)."""
-    inits = {i.name for i in model.graph.initializer}
-    out = {}
-    for inp in model.graph.input:
-        if inp.name in inits:
-            continue
-        t = inp.type.tensor_type
-        dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
-        out[inp.name] = (dims, onnx.helper.tensor_dtype_to_np_dtype(t.elem_type))
-    return out
 
 
 def calibration_feeds(model: onnx.ModelProto, image: str, images: np.ndarray
@@ -63,7 +51,7 @@ def calibration_feeds(model: onnx.ModelProto, image: str, images: np.ndarray
     """The calibration batches: `images` float32 [n, C, H, W] in chunks of the graph's
     static batch (the last padded by repeating its first image) or in one batch when
     the batch is symbolic; every other graph input zeros of that batch."""
-    specs = _input_specs(model)
+    specs = graph_inputs(model)
     batch = specs[image][0][0] if specs[image][0] else None
     step = batch or len(images)
     feeds = []

@@ -38,6 +38,7 @@ from vtc.backends.base import Runner, ZeroFed
 from vtc.backends.options import CUDA, EngineOptions, cuda_graph_decision
 from vtc.passes.fuse_attention import fuse_file
 from vtc.passes.graph import GraphError
+from vtc.passes.model_io import graph_inputs
 from vtc.passes.precision import to_fp16
 from vtc.recipe import RecipeBase
 from vtc.report import EngineInfo, FusionInfo, Preprocess, RunConfigInfo
@@ -134,15 +135,8 @@ def _fused(recipe: RecipeBase, engine: engines.Engine, *graphs: Path) -> Iterato
 def _zero_feeds(path: Path) -> dict[str, np.ndarray]:
     """Zeros for every graph input (a dynamic dim as 1): enough for one profiled run."""
     model = onnx.load(str(path), load_external_data=False)
-    inits = {i.name for i in model.graph.initializer}
-    feeds = {}
-    for inp in model.graph.input:
-        if inp.name in inits:
-            continue
-        t = inp.type.tensor_type
-        shape = [d.dim_value if d.HasField("dim_value") else 1 for d in t.shape.dim]
-        feeds[inp.name] = np.zeros(shape, dtype=onnx.helper.tensor_dtype_to_np_dtype(t.elem_type))
-    return feeds
+    return {name: np.zeros([1 if d is None else d for d in dims], dtype=dtype)
+            for name, (dims, dtype) in graph_inputs(model).items()}
 
 
 def _placement(engine: engines.Engine, graph: Path, opts: EngineOptions
