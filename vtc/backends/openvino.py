@@ -54,6 +54,16 @@ def version() -> str:
     return str(import_openvino().__version__).split("-")[0]
 
 
+def require_device(device: str) -> None:
+    """Refuse (`BackendUnavailable`, one line) a device this installation does not list;
+    `GPU.1` and `GPU` both name the GPU plugin."""
+    available = devices()
+    if device.split(".")[0].split(":")[0] not in {d.split(".")[0] for d in available}:
+        raise BackendUnavailable(
+            f"backend.options.device: OpenVINO {version()} has no device {device!r} here "
+            f"(it offers {', '.join(available)}); set backend.options.device to one of those")
+
+
 def _unconverted(message: str) -> list[str]:
     """The `domain.op_type`s OpenVINO's conversion report lists as having no rule."""
     m = re.search(r"No conversion rule found for operations:\s*(.+)", message)
@@ -127,12 +137,7 @@ class OpenVinoRunner(Runner):
 
     def load(self) -> None:
         ov = import_openvino()
-        available = devices()
-        if self.device.split(".")[0].split(":")[0] not in {d.split(".")[0] for d in available}:
-            raise BackendUnavailable(
-                f"backend.options.device: OpenVINO {version()} has no device {self.device!r} "
-                f"here (it offers {', '.join(available)}); set backend.options.device to one "
-                "of those")
+        require_device(self.device)
         model = read(self.onnx_path)
         ov.save_model(model, str(self.engine_path), compress_to_fp16=False)
         self._compiled = ov.Core().compile_model(model, self.device, self.config())

@@ -38,6 +38,11 @@ class OpenVinoOptions(BaseModel):
     performance_hint: Literal["latency", "throughput"] = "latency"
 
 
+def _settings(opts: EngineOptions) -> OpenVinoOptions:
+    """`opts.engine` as this engine's settings, the schema's defaults where unset."""
+    return OpenVinoOptions.model_validate(dict(opts.engine))
+
+
 @register
 class OpenVinoEngine(Engine):
     """OpenVINO (module docstring)."""
@@ -48,7 +53,7 @@ class OpenVinoEngine(Engine):
     precisions = ("fp32",)
 
     def check(self, opts: EngineOptions) -> None:
-        from vtc.backends.openvino import devices, version
+        from vtc.backends.openvino import require_device
 
         if opts.precision == "fp16":
             raise InputError(f"backend.kind openvino: precision {opts.precision} is not "
@@ -58,19 +63,14 @@ class OpenVinoEngine(Engine):
             raise InputError("backend.providers, provider_options and cuda_graph are ONNX "
                              "Runtime's settings; with backend.kind openvino drop them and "
                              "choose the device with backend.options.device")
-        device = str(opts.engine.get("device", "CPU"))
-        have = devices()
-        if device.split(".")[0] not in {d.split(".")[0] for d in have}:
-            raise InputError(f"backend.options.device: OpenVINO {version()} has no device "
-                             f"{device!r} here (it offers {', '.join(have)}); set it to one "
-                             "of those")
+        require_device(_settings(opts).device)
 
     def runner(self, onnx_path: Path, engine_path: Path, opts: EngineOptions) -> Runner:
         from vtc.backends.openvino import OpenVinoRunner
 
-        return OpenVinoRunner(onnx_path, engine_path, device=str(opts.engine.get("device", "CPU")),
-                              threads=opts.threads,
-                              hint=str(opts.engine.get("performance_hint", "latency")))
+        s = _settings(opts)
+        return OpenVinoRunner(onnx_path, engine_path, device=s.device, threads=opts.threads,
+                              hint=s.performance_hint)
 
     def providers(self, runner: Runner) -> list[str]:
         from vtc.backends.openvino import version
