@@ -40,7 +40,8 @@ def generate(bundle: Path, images: tuple[Path, ...], prompt: str, max_new_tokens
     \b
     Exit codes: 0 done; 2 bad input (no bundle, unreadable image, image count not
     matching <image> tokens, a prompt and new tokens past the bundle's max_length, the
-    image away from where a FastV bundle needs it — the message names the fix).
+    image away from where a FastV bundle needs it, a Qwen2.5-VL image whose size maps to
+    another grid than the bundle was built for — the message names the fix).
     """
     def _run() -> int:
         from PIL import Image, UnidentifiedImageError
@@ -54,7 +55,9 @@ def generate(bundle: Path, images: tuple[Path, ...], prompt: str, max_new_tokens
         except BundleError as exc:
             raise InputError(str(exc)) from None
         try:
-            px = b.pixels(Image.open(images[0]))
+            px = b.pixels(images[0])
+        except BundleError as exc:  # a Qwen2.5-VL image of another size than the bundle's
+            raise InputError(str(exc)) from None
         except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
             raise InputError(f"--image {images[0]}: not a readable image "
                              f"({type(exc).__name__}); give a JPEG/PNG file") from None

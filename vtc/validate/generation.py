@@ -24,7 +24,6 @@ from vtc.errors import InputError
 from vtc.report_vlm import GenerationFidelity, GenerationParity, VlmCost
 from vtc.runtime import BundleError
 from vtc.runtime.generate import VlmBundle
-from vtc.vlm import export
 from vtc.vlm.families import Family
 from vtc.vlm.plan import Cuts
 
@@ -49,15 +48,15 @@ def validate(fam: Family, model: Any, geo: Any, cuts: Cuts, bundle: VlmBundle, p
             ids = bundle.prompt_ids(prompt, max_new_tokens=max_new)
         except BundleError as exc:
             raise InputError(f"generate.prompts[{i}]: {exc}") from None
-        px = bundle.pixels(img)
+        px = bundle.pixels(img, fit=True)
         eng = bundle.generate(ids, px, max_new)
         vis = bundle.session("vision").run(None, {"pixel_values": px})[0]
         pt = torch.from_numpy(px)
         ie = fam.image_embeds(model, geo, cuts, pt)
-        emb, at = fam.splice(model, ids, geo.image_token_id, ie)
-        ref = fam.generate(model, geo, cuts, emb, at, max_new, eos)
+        ref = fam.generate(model, geo, cuts, ids, pt, max_new, eos)
         full = fam.hf_generate(model, geo, ids, pt, max_new, eos)
-        vision_diff = max(vision_diff, float(np.abs(vis - ie.numpy()).max()))
+        vision_diff = max(vision_diff, float(np.abs(vis.reshape(-1) -
+                                                    ie.numpy().reshape(-1)).max()))
         diff = np.abs(eng.first_logits - ref.first_logits.numpy()).max()
         logit_diff = max(logit_diff, float(diff))
         equal += eng.tokens == ref.tokens
@@ -80,21 +79,6 @@ def _ms(fn: Callable[[], Any]) -> float:
     return (time.perf_counter() - t) * 1e3
 
 
-def decoder_feeds(b: VlmBundle, ids: list[int], px: np.ndarray) -> dict[str, np.ndarray]:
-    """The decoder's prompt inputs for one prompt (vision and embedding graphs run once;
-    an empty cache), to time the decoder's prefill alone."""
-    img = b.session("vision").run(None, {"pixel_values": px})[0]
-    full = np.asarray([b.expand(ids)], np.int64)
-    embeds = b.session("embedding").run(None, {"input_ids": full, export.FEATURES: img})[0]
-    dec = b.decoder_config
-    past = np.zeros((1, dec["num_key_value_heads"], 0, dec["head_size"]), embeds.dtype)
-    feeds = {"inputs_embeds": embeds, "attention_mask": np.ones(full.shape, np.int64)}
-    for i in range(dec["num_hidden_layers"]):
-        for kv in ("key", "value"):
-            feeds[f"past_key_values.{i}.{kv}"] = past
-    return feeds
-
-
 def cost(base: VlmBundle, cut: VlmBundle, prompt: str, image: Image.Image, rounds: int,
          steps: int) -> VlmCost:
     """Vision latency, decoder prefill latency (onnxruntime sessions on the bundles'
@@ -102,8 +86,8 @@ def cost(base: VlmBundle, cut: VlmBundle, prompt: str, image: Image.Image, round
     sides = []
     for b in (base, cut):
         ids = b.prompt_ids(prompt, max_new_tokens=steps)
-        px = b.pixels(image)
-        sides.append((b, ids, px, decoder_feeds(b, ids, px)))
+        px = b.pixels(image, fit=True)
+        sides.append((b, ids, px, b.prefill_feeds(ids, px)))
     vis: list[list[float]] = [[], []]
     pre: list[list[float]] = [[], []]
     dec: list[list[float]] = [[], []]

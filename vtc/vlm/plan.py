@@ -1,19 +1,46 @@
 """The static budget of a vision-language bundle from a recipe: encoder cuts over the
-tower's blocks before the feature layer, then every cut outside the encoder as its
-registered method plans it (`VisualCut.plan_cut`: a projector cut such as VisionZip's
-K, LM cuts such as FastV's (L, R)), the nominal prompt length; and the analytic MACs
-that give the FLOPs ratios."""
+tower's blocks (where the family's geometry allows them), then every cut outside the
+encoder as its registered method plans it (`VisualCut.plan_cut`: a projector cut such as
+VisionZip's K, LM cuts such as FastV's (L, R)), the nominal prompt length; and the
+analytic MACs that give the FLOPs ratios.
+
+The family's geometry (`VlmShape`: LLaVA's `VlmShape`, Qwen2.5-VL's `QwenGeometry`)
+says what the cuts are sized by: the tokens a projector cut sees (``tower_tokens``, a
+CLS among them for LLaVA, merged tokens for Qwen2.5-VL), the tokens the LM reads
+uncut, the encoder geometry of its tower (or a refusal naming the method), the LM's
+shape and the tower's MACs."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from vtc import methods
 from vtc.budget import Budget, BudgetError, Geometry
 from vtc.methods.cut import CutStep, VisualCut
 
-from .llava import VlmGeometry
+
+class VlmShape(Protocol):
+    """What `plan` reads of a family's geometry (module docstring)."""
+
+    tower_tokens: int
+    lm_layers: int
+    lm_width: int
+    lm_heads: int
+    kv_heads: int
+    head_dim: int
+    mlp_width: int
+    vocab: int
+
+    @property
+    def visual(self) -> int: ...
+
+    @property
+    def dropped_at_projector(self) -> int: ...
+
+    def encoder_geometry(self, sections: list[Any]) -> Geometry: ...
+
+    def vision_macs(self, cuts: Any) -> int: ...
 
 SITES = ("projector", "lm")  # where a VisualCut acts, in the order the tokens meet them
 
@@ -52,14 +79,7 @@ class Cuts:
         return self.prefill - sum(st.dropped for st in self.lm_steps)
 
 
-def encoder_geometry(geo: VlmGeometry) -> Geometry:
-    """The tower as an encoder for the block methods: blocks 0..F-1 (layer F's attention
-    is what VisionZip reads, so it stays whole)."""
-    return Geometry(tokens=geo.tower_tokens, protected=1, width=geo.vision_width,
-                    mlp_width=geo.vision_mlp, layers=geo.feature_layer, heads=geo.vision_heads)
-
-
-def _cut_steps(recipe: Any, geo: VlmGeometry, tower_out: int) -> tuple[list[CutStep], int]:
+def _cut_steps(recipe: Any, geo: VlmShape, tower_out: int) -> tuple[list[CutStep], int]:
     """Every cut outside the encoder as its method plans it; and the visual tokens the
     LM reads. No method is named: each one's site says where it acts."""
     cuts: list[tuple[VisualCut, Any]] = []
@@ -73,7 +93,7 @@ def _cut_steps(recipe: Any, geo: VlmGeometry, tower_out: int) -> tuple[list[CutS
     if len(proj) > 1:
         raise BudgetError(f"{' and '.join(m.name for m, _ in proj)} both cut at the projector; "
                           "keep one")
-    visual = tower_out - 1 if geo.strategy == "default" else tower_out
+    visual = tower_out - geo.dropped_at_projector
     for m, cfg in proj:
         steps.append(m.plan_cut(cfg, tower_out, geo.lm_layers))
         visual = steps[-1].tokens_out
@@ -92,30 +112,27 @@ def _cut_steps(recipe: Any, geo: VlmGeometry, tower_out: int) -> tuple[list[CutS
     return steps, visual
 
 
-def plan(recipe: Any, geo: VlmGeometry) -> Cuts:
+def plan(recipe: Any, geo: VlmShape) -> Cuts:
     """The recipe's cuts on this model (BudgetError naming the misfit)."""
     enc = [s for s in recipe.sections() if s[0].site == "encoder"]
     budget: Budget | None = None
     tower_out = geo.tower_tokens
     if enc:
-        if geo.feature_layer == 0:
-            raise BudgetError("the feature layer is the tower's first layer: no block is left "
-                              "for an encoder cut; drop it")
-        budget = methods.plan_budget(encoder_geometry(geo), enc)
+        budget = methods.plan_budget(geo.encoder_geometry(enc), enc)
         tower_out = budget.tokens_out
     steps, visual = _cut_steps(recipe, geo, tower_out)
     return Cuts(budget, tuple(steps), visual, visual + recipe.generate.prompt_tokens)
 
 
-def uncut(recipe: Any, geo: VlmGeometry) -> Cuts:
+def uncut(recipe: Any, geo: VlmShape) -> Cuts:
     return Cuts(None, (), geo.visual, geo.visual + recipe.generate.prompt_tokens)
 
 
-def layer_tokens(geo: VlmGeometry, cuts: Cuts) -> list[int]:
+def layer_tokens(geo: VlmShape, cuts: Cuts) -> list[int]:
     return [cuts.tokens_at(i) for i in range(geo.lm_layers)]
 
 
-def lm_macs(geo: VlmGeometry, tokens: list[int]) -> int:
+def lm_macs(geo: VlmShape, tokens: list[int]) -> int:
     """Prefill MACs of the LM layers (projections, QKᵀ and PV, gated MLP) at `tokens`
     per layer, plus the head on the last position."""
     d, hd = geo.lm_width, geo.head_dim
@@ -126,11 +143,6 @@ def lm_macs(geo: VlmGeometry, tokens: list[int]) -> int:
     return total + d * geo.vocab
 
 
-def vision_macs(geo: VlmGeometry, cuts: Cuts) -> int:
-    """Tower MACs up to the feature layer plus the projector on the K tokens."""
-    c = geo.vision_width
-    per = [geo.tower_tokens] * (geo.feature_layer + 1)
-    if cuts.encoder is not None:
-        per = [lp.tokens_in for lp in cuts.encoder.layers] + [cuts.encoder.tokens_out]
-    total = sum(n * (4 * c * c + 2 * c * geo.vision_mlp) + 2 * n * n * c for n in per)
-    return total + cuts.visual * (c * geo.lm_width + geo.lm_width * geo.lm_width)
+def vision_macs(geo: VlmShape, cuts: Cuts) -> int:
+    """The tower's MACs with the cuts (the family's count)."""
+    return geo.vision_macs(cuts)
