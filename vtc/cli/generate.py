@@ -1,5 +1,5 @@
-"""``vtc generate``: greedy decoding on a vision-language bundle through
-onnxruntime-genai (`vtc.runtime.generate`: onnxruntime-genai, numpy, Pillow, tokenizers;
+"""``vtc generate``: greedy decoding on a vision-language bundle through its runtime
+(`vtc.runtime.generate`: onnxruntime-genai or onnxruntime, numpy, Pillow, tokenizers;
 no torch)."""
 
 from __future__ import annotations
@@ -26,9 +26,10 @@ __all__ = ["generate"]
 @click.option("--quiet", is_flag=True, help="print only the text, no progress on stderr")
 def generate(bundle: Path, images: tuple[Path, ...], prompt: str, max_new_tokens: int,
              quiet: bool) -> None:
-    """Answer PROMPT about an image with BUNDLE (a LLaVA bundle from vtc-export) through
-    onnxruntime-genai: vision graph → embedding graph → the decoder's prefill (any prompt
-    length up to the bundle's max_length) → greedy decode, until EOS or
+    """Answer PROMPT about an image with BUNDLE (a LLaVA or Qwen2.5-VL bundle from
+    vtc-export) through its runtime (onnxruntime-genai; onnxruntime sessions where
+    generation.json says so): vision graph → embedding graph → the decoder's prefill (any
+    prompt length up to the bundle's max_length) → greedy decode, until EOS or
     --max-new-tokens. Progress (tokens/s) goes to stderr, the text to stdout.
 
     \b

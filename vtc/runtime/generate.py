@@ -106,7 +106,8 @@ class VlmBundle:
 
     def __init__(self, folder: Path, config: dict[str, Any], genai_config: dict[str, Any],
                  model: Any, tokenizer: Any) -> None:
-        self.folder, self.config, self.model, self.tokenizer = folder, config, model, tokenizer
+        self.folder, self.config, self.tokenizer = folder, config, tokenizer
+        self._model = model
         self.runtime = str(config.get("runtime", GENAI))
         self.decoder_config: dict[str, Any] = (config["decoder"] if self.runtime == ORT
                                                else genai_config["model"]["decoder"])
@@ -124,10 +125,11 @@ class VlmBundle:
         self._sessions: dict[str, Any] = {}
 
     @classmethod
-    def load(cls, folder: str | Path, verified: bool = True) -> VlmBundle:
+    def load(cls, folder: str | Path, verified: bool = True, lazy: bool = False) -> VlmBundle:
         """Read generation.json, the tokenizer and the genai model. `verified`: check the
         sha256 manifest.json lists for each file read (False only while vtc-export
-        builds the bundle, before its manifest exists)."""
+        builds the bundle, before its manifest exists); `lazy`: load the genai model on
+        first use (the timing stage, which holds a phase's graphs at a time)."""
         from tokenizers import Tokenizer
 
         folder = Path(folder)
@@ -150,7 +152,7 @@ class VlmBundle:
                               "tokenizer.json")
         if verified:
             _verify(folder)
-        model = _genai_model(folder) if on_genai else None
+        model = _genai_model(folder) if on_genai and not lazy else None
         try:
             tokenizer = Tokenizer.from_file(str(tok_path))
         except Exception as exc:  # the tokenizers library's own error: one line
@@ -162,6 +164,21 @@ class VlmBundle:
             raise BundleError(f"{folder}: generation.json or genai_config.json lacks a field "
                               f"({type(exc).__name__}: {exc}); rebuild the bundle with "
                               "vtc-export") from None
+
+    @property
+    def model(self) -> Any:
+        """The onnxruntime-genai model (loaded on first use after `load(lazy=True)`)."""
+        if self._model is None:
+            self._model = _genai_model(self.folder)
+        return self._model
+
+    def release(self) -> None:
+        """Drop the onnxruntime sessions and the genai model (memory: the next use
+        loads them again)."""
+        self._sessions.clear()
+        self._model = None
+        if hasattr(self, "_loop"):
+            del self._loop
 
     def session(self, graph: str) -> Any:
         """An onnxruntime session on one of the bundle's graphs (timing and checks)."""

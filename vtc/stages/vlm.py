@@ -323,7 +323,8 @@ def build(src: Source, recipe: Any, tmp: Path, images: Path | None, bench: bool,
             model = None
             gc.collect()
             step(5, f"timing uncut vs cut bundles, {gen.rounds} interleaved rounds")
-            uncut_b = VlmBundle.load(uncut_dir, verified=False)  # no manifest: not shipped
+            cut_b.release()
+            uncut_b = VlmBundle.load(uncut_dir, verified=False, lazy=True)  # not shipped
             vlm_cost = cost(uncut_b, cut_b, gen.prompts[0], imgs[0], gen.rounds,
                             min(gen.max_new_tokens, 8))
             del uncut_b

@@ -82,28 +82,39 @@ def _ms(fn: Callable[[], Any]) -> float:
 def cost(base: VlmBundle, cut: VlmBundle, prompt: str, image: Image.Image, rounds: int,
          steps: int) -> VlmCost:
     """Vision latency, decoder prefill latency (onnxruntime sessions on the bundles'
-    graphs) and decode rate (onnxruntime-genai), uncut and cut, interleaved."""
+    graphs) and decode rate (each bundle's runtime), uncut and cut, interleaved round by
+    round within each of the three phases; a phase's graphs are released before the
+    next loads (the vision graphs, then the decoders, then the runtimes), so at most two
+    bundles' worth of one phase is held at once."""
     sides = []
     for b in (base, cut):
         ids = b.prompt_ids(prompt, max_new_tokens=steps)
-        px = b.pixels(image, fit=True)
-        sides.append((b, ids, px, b.prefill_feeds(ids, px)))
-    vis: list[list[float]] = [[], []]
-    pre: list[list[float]] = [[], []]
-    dec: list[list[float]] = [[], []]
-    for _ in range(rounds + 1):  # the first round warms up and is dropped
-        for k, (b, _ids, px, feeds) in enumerate(sides):
-            vision, prefill = b.session("vision"), b.session("decoder")
-            vis[k].append(_ms(partial(vision.run, None, {"pixel_values": px})))
-            pre[k].append(_ms(partial(prefill.run, None, feeds)))
-        for k, (b, ids, px, _f) in enumerate(sides):
-            r = b.generate(ids, px, steps, stop_at_eos=False)
-            dec[k].append(r.tokens_per_s)
-    med = [statistics.median(v[1:]) for v in vis]
-    pmed = [statistics.median(v[1:]) for v in pre]
-    dmed = [statistics.median(v[1:]) for v in dec]
+        sides.append((b, ids, b.pixels(image, fit=True)))
+
+    def interleaved(run: Callable[[int], float]) -> list[list[float]]:
+        got: list[list[float]] = [[], []]
+        for _ in range(rounds + 1):  # the first round warms up and is dropped
+            for k in (0, 1):
+                got[k].append(run(k))
+        for b, _ids, _px in sides:
+            b.release()
+        return [g[1:] for g in got]
+
+    vis = interleaved(lambda k: _ms(partial(sides[k][0].session("vision").run, None,
+                                            {"pixel_values": sides[k][2]})))
+    feeds = [b.prefill_feeds(ids, px) for b, ids, px in sides]
+    for b, _ids, _px in sides:
+        b.release()
+    pre = interleaved(lambda k: _ms(partial(sides[k][0].session("decoder").run, None,
+                                            feeds[k])))
+    del feeds
+    dec = interleaved(lambda k: sides[k][0].generate(sides[k][1], sides[k][2], steps,
+                                                     stop_at_eos=False).tokens_per_s)
+    med = [statistics.median(v) for v in vis]
+    pmed = [statistics.median(v) for v in pre]
+    dmed = [statistics.median(v) for v in dec]
     return VlmCost(rounds, round(med[0], 3), round(med[1], 3), round(pmed[0], 3),
                    round(pmed[1], 3), round(pmed[1] / pmed[0], 4), steps,
                    round(dmed[0], 2), round(dmed[1], 2),
-                   [round(x, 3) for x in pre[0][1:]], [round(x, 3) for x in pre[1][1:]],
-                   [round(x, 3) for x in dec[0][1:]], [round(x, 3) for x in dec[1][1:]])
+                   [round(x, 3) for x in pre[0]], [round(x, 3) for x in pre[1]],
+                   [round(x, 3) for x in dec[0]], [round(x, 3) for x in dec[1]])
