@@ -30,6 +30,11 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # Qwen2-VL's processor (OpenAI 
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
+def load(path: Path, use_safetensors: bool = True, recipe: Any = None
+         ) -> tuple[Any, QwenGeometry]:
+    return qwen2_5_vl.load(path, use_safetensors, recipe)
+
+
 def check_config(config: Any, where: str, recipe: Any = None) -> QwenGeometry:
     return qwen2_5_vl.check_config(config, where, qwen2_5_vl.image_size_of(recipe))
 
@@ -88,9 +93,7 @@ def runtime(cuts: Any) -> str:
 
 FAMILY = Family(
     name="qwen2_5_vl", template=qwen2_5_vl.TEMPLATE,
-    load=lambda path, use_safetensors=True, recipe=None: qwen2_5_vl.load(
-        path, use_safetensors, recipe),
-    check_config=check_config, lm_dir=lm_dir, export_vision=export_vision,
+    load=load, check_config=check_config, lm_dir=lm_dir, export_vision=export_vision,
     export_tower_body=None, export_tower_tail=None, features_rank=2, genai=genai,
     processor=processor, runtime=runtime, image_embeds=qwen_reference.image_embeds,
     generate=qwen_reference.generate, hf_generate=qwen_reference.hf_generate)
