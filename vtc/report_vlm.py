@@ -68,8 +68,28 @@ class GenerationParity:
 
 
 @dataclass
+class DeploymentParity:
+    """A bundle whose decoder is not fp32 (``generate.precision`` fp16 or int4) against
+    its fp32 twin with the same cuts (the graphs `generation` judged against the eager
+    model), over `prompts` prompts: `tokens_equal` the fraction whose greedy tokens are
+    identical, the first step's logits cosine (min over prompts) and max abs
+    difference."""
+
+    precision: str
+    prompts: int
+    tokens_equal: float
+    first_logits_cosine_min: float
+    first_logits_max_abs_diff: float
+
+
+@dataclass
 class VlmParity:
+    """`generation`: the fp32 graphs (the bundle's own, or the fp32 twin of an fp16/int4
+    bundle) against the eager model with the same cuts; `deployment`: the fp16/int4
+    bundle against that fp32 twin (None for an fp32 bundle)."""
+
     generation: GenerationParity
+    deployment: DeploymentParity | None = None
 
 
 @dataclass
@@ -155,6 +175,8 @@ VLM_GATES: dict[str, tuple[tuple[str, ...], Kind]] = {
     "min_first_token_agreement": (("fidelity", "top1_agreement"), "min"),
     "min_exact_match": (("fidelity", "exact_match"), "min"),
     "max_prefill_ratio": (("cost", "prefill_ratio"), "max"),
+    "min_deploy_tokens_equal": (("parity", "deployment", "tokens_equal"), "min"),
+    "min_deploy_logits_cosine": (("parity", "deployment", "first_logits_cosine_min"), "min"),
 }
 
 

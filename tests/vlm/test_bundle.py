@@ -11,6 +11,7 @@ from typing import Any
 
 import jsonschema
 import numpy as np
+import onnx_ir as ir
 import pytest
 from click.testing import CliRunner
 from PIL import Image
@@ -268,6 +269,37 @@ def test_evit_in_the_tower_then_fastv(llava_dir: Path, tmp_path: Path) -> None:
     assert rep.cuts.lm_layer_tokens == [35, 29, 29, 29]
     assert rep.parity.generation.tokens_equal == 1.0
     assert rep.parity.generation.first_logits_max_abs_diff <= 1e-3
+
+
+def test_an_fp16_decoder_is_judged_on_its_fp32_twin(llava_dir: Path, tmp_path: Path) -> None:
+    """An fp16 bundle with FastV: parity (the shipped 1e-3 gate) is judged on its fp32
+    twin with the same cuts, and the fp16 decoder against that twin is the deployment
+    tier, whose gates pass when set."""
+    from vtc import pipeline
+    from vtc.recipe import from_dict
+    from vtc.report_vlm import VlmReport
+
+    recipe = {"name": "fastv-fp16", "method": "fastv", "fastv": {"layer": 2, "keep": 0.5},
+              "generate": {"prompt_tokens": 24, "max_new_tokens": 6, "precision": "fp16",
+                           "prompts": ["What is in the picture?"]},
+              "gates": {"min_tokens_equal": 1.0, "max_generation_logits_diff": 1e-3,
+                        "min_deploy_logits_cosine": 0.99}}
+    res = pipeline.run(pipeline.Options(source=str(llava_dir),
+                                        recipe=from_dict(recipe, "test"),
+                                        out=tmp_path / "out", batch=1, bench=False,
+                                        log=lambda _m: None))
+    rep = res.report
+    assert isinstance(rep, VlmReport) and rep.passed, rep.gates
+    assert rep.parity.generation.first_logits_max_abs_diff <= 1e-3
+    dep = rep.parity.deployment
+    assert dep is not None and dep.precision == "fp16"
+    assert dep.first_logits_cosine_min > 0.99 and 0 < dep.first_logits_max_abs_diff < 0.5
+    assert {g.name for g in rep.gates} >= {"min_deploy_logits_cosine", "min_tokens_equal"}
+    m = ir.load(str(tmp_path / "out" / "decoder.onnx"))
+    assert {n.op_type for n in m.graph} >= {"GroupQueryAttention", "TopK"}
+    embeds = next(v for v in m.graph.inputs if v.name == "inputs_embeds")
+    assert embeds.dtype == ir.DataType.FLOAT16
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if "fp32" in p.name) == []
 
 
 def test_constant_tensors_in_files_of_their_own_come_along(tmp_path: Path) -> None:

@@ -144,9 +144,11 @@ def test_lm_dir_holds_the_lm_tensors_unchanged(llava_dir: Path, tiny: tuple[Any,
 
 def test_precisions_shrink_the_decoder(built: Path, llava_dir: Path, tiny: tuple[Any, Any],
                                        tmp_path: Path) -> None:
-    """fp16 and int4 (MatMulNBits) decoders from the builder: smaller. FastV's pass
-    applies to the int4 one with its selection in fp32; the builder's CPU fp16 decoder
-    uses MultiHeadAttention (no GroupQueryAttention), which the pass names and refuses."""
+    """fp16 (the builder's CUDA decoder: GroupQueryAttention in fp16) and int4
+    (MatMulNBits) decoders: smaller, and FastV's pass applies to both with its selection
+    in fp32. The fp16 decoder's genai config is on the CPU provider."""
+    import json
+
     model, geo = tiny
     lm = decoder.write_lm_dir(llava_dir, model.config.text_config, tmp_path / "lm")
     size32 = (built / "model.onnx.data").stat().st_size  # the weights (the graph is tiny)
@@ -156,17 +158,14 @@ def test_precisions_shrink_the_decoder(built: Path, llava_dir: Path, tiny: tuple
         assert size < limit * size32, (precision, size, size32)
         m = ir.load(str(out / "model.onnx"))
         ops = {n.op_type for n in m.graph}
-        if precision == "fp16":
-            assert "MultiHeadAttention" in ops
-            with pytest.raises(decoder_layers.DecoderStructureError,
-                               match="no GroupQueryAttention"):
-                decoder_layers.find_layers(m)
-            continue
-        assert "MatMulNBits" in ops
+        assert "GroupQueryAttention" in ops and "MultiHeadAttention" not in ops
+        assert ("MatMulNBits" in ops) == (precision == "int4")
         fastv_decoder.apply(m, fastv_decoder.FastVPlan(2, 3, geo.visual, 8))
         casts = [n for n in m.graph if n.name.startswith("/vtc/fastv2/Cast")
                  and n.attributes["to"].value == ir.DataType.FLOAT]
         assert casts  # the selection reads fp32 copies
+        cfg = json.loads((out / "genai_config.json").read_text())
+        assert cfg["model"]["decoder"]["session_options"].get("provider_options", []) == []
 
 
 def test_int4_pass_equals_the_builders_own_int4(built: Path, llava_dir: Path,

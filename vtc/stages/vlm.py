@@ -165,12 +165,22 @@ def vision_with_encoder_cuts(fam: Family, model: Any, geo: Any, cuts: Cuts, path
     return path
 
 
-def build_decoder(model: Any, src: Source, scratch: Path, precision: str, log: Log) -> Path:
-    """The builder's decoder of the checkpoint's LM (a folder in `scratch`)."""
+def build_decoder(model: Any, src: Source, scratch: Path, precision: str, log: Log
+                  ) -> tuple[Path, Path | None]:
+    """The builder's decoder of the checkpoint's LM at `precision` (a folder in
+    `scratch`), and for fp16/int4 its fp32 twin (the graphs parity is judged on; int4 is
+    quantized from it)."""
     lm = decoder.write_lm_dir(src.path, model.config.text_config, scratch / "lm", model)
-    built = decoder.run_builder(lm, scratch / "built", precision, log)
+    fp32: Path | None = None
+    if precision != "fp32":
+        fp32 = decoder.run_builder(lm, scratch / "built-fp32", "fp32", log)
+    if precision == "int4":
+        assert fp32 is not None
+        built = decoder.quantize_int4(fp32, scratch / "built", log)
+    else:
+        built = decoder.run_builder(lm, scratch / "built", precision, log)
     shutil.rmtree(lm)
-    return built
+    return built, fp32
 
 
 def _decoder_dtype(path: Path) -> type:
@@ -280,7 +290,7 @@ def build(src: Source, recipe: Any, tmp: Path, images: Path | None, bench: bool,
     with tempfile.TemporaryDirectory(dir=tmp.parent, prefix=f".{tmp.name}.build-") as scratch:
         work = Path(scratch)
         step(2, f"exporting the decoder ({precision}) with onnxruntime-genai's model builder")
-        built = build_decoder(model, src, work, precision, log)
+        built, built32 = build_decoder(model, src, work, precision, log)
         step(3, f"writing the cut graphs: visual tokens {base.visual} → {cuts.visual}, LM "
                 f"layer tokens {plan.layer_tokens(geo, cuts)}; and the uncut ones (timing; "
                 "not shipped)")
@@ -291,13 +301,21 @@ def build(src: Source, recipe: Any, tmp: Path, images: Path | None, bench: bool,
         _write_graphs(fam, model, geo, base, uncut_dir, built, tok_file, image_token, eos,
                       precision, start, rewrite=False)
         shutil.rmtree(built)
+        ref_b = None
+        if built32 is not None:  # the fp32 twin, same cuts: what parity is judged on
+            (work / "fp32").mkdir()
+            _write_graphs(fam, model, geo, cuts, work / "fp32", built32, tok_file, image_token,
+                          eos, "fp32", start)
+            shutil.rmtree(built32)
+            ref_b = VlmBundle.load(work / "fp32", verified=False)
         cut_b = VlmBundle.load(tmp, verified=False)  # no manifest.json yet
         gen = recipe.generate
         imgs = _images(images, len(gen.prompts))
         step(4, f"validating {len(gen.prompts)} prompts × greedy {gen.max_new_tokens} tokens: "
                 "onnxruntime-genai, eager with cuts, uncut HF")
-        parity, fid = validate(fam, model, geo, cuts, cut_b, list(gen.prompts), imgs,
-                               gen.max_new_tokens, log)
+        parity, fid, deploy = validate(fam, model, geo, cuts, cut_b, list(gen.prompts), imgs,
+                                       gen.max_new_tokens, log, reference=ref_b)
+        del ref_b
         vlm_cost = None
         if bench:
             # the torch model is done: free it before the uncut bundle loads
@@ -317,7 +335,7 @@ def build(src: Source, recipe: Any, tmp: Path, images: Path | None, bench: bool,
         recipe=recipe.to_dict(), model=to_jsonable(geo), cuts=cuts_info(recipe, geo, cuts, base),
         engine=VlmEngine("onnxruntime-genai", ["CPUExecutionProvider"], graphs,
                          export.OPSET),
-        machine=machine_info(["CPUExecutionProvider"]), parity=VlmParity(parity),
+        machine=machine_info(["CPUExecutionProvider"]), parity=VlmParity(parity, deploy),
         fidelity=fid, cost=vlm_cost)
     judge(report, dict(recipe.gates))
     report.elapsed_s = round(time.perf_counter() - t0, 2)
