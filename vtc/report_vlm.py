@@ -32,11 +32,14 @@ class CutsInfo:
     encoder (method, site, tokens_in, tokens_out, layer for an LM cut, the frozen
     params), projector cuts first, then LM cuts by layer; visual_tokens_uncut /
     visual_tokens: what the LM reads without / with the cuts before it; lm_layer_tokens:
-    tokens each LM layer reads at a full prefill (FastV shortens the layers from L on);
+    tokens each LM layer reads at a full prefill (an LM cut shortens the layers from L on);
     prefill_length(_uncut): the nominal prompt lengths (visual + prompt_tokens; prompts
     may have any length);
     flops_ratio: LM prefill MACs uncut / cut at those lengths; vision_flops_ratio: the
-    same for the tower + projector."""
+    same for the tower + projector; lm_gflops(_uncut): the LM's analytic prefill GFLOPs
+    (2 × MACs; a layer whose cut ranks with its own projections counts them over the
+    tokens before the cut), and each step's ``lm_gflops``: the LM's with the steps up to
+    and including it (what each method leaves)."""
 
     tower_tokens: int
     encoder: str
@@ -51,6 +54,8 @@ class CutsInfo:
     lm_layer_tokens: list[int]
     flops_ratio: float
     vision_flops_ratio: float
+    lm_gflops_uncut: float = 0.0  # 0.0 in reports written before vtc recorded them
+    lm_gflops: float = 0.0
 
 
 @dataclass

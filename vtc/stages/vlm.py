@@ -196,8 +196,6 @@ def _write_graphs(fam: Family, model: Any, geo: Any, cuts: Cuts, folder: Path, b
                   start: int | None, rewrite: bool = True) -> dict[str, Any]:
     """One bundle's files into `folder`; `rewrite=False` keeps the builder's decoder as
     written (the uncut baseline a user would run without vtc)."""
-    from vtc.methods.cut import get_cut
-
     enc = cuts.encoder is not None and bool(cuts.encoder.reducing_layers)
     if enc:
         vision_with_encoder_cuts(fam, model, geo, cuts, folder / "vision.onnx")
@@ -208,9 +206,8 @@ def _write_graphs(fam: Family, model: Any, geo: Any, cuts: Cuts, folder: Path, b
     embedding.write(table, geo.image_token_id, dtype, folder / "embedding.onnx")
     done: dict[str, Any] = {}
     if rewrite:
-        lm_cuts = [get_cut(st.method).decoder_pass(st, int(start or 0))
-                   for st in cuts.lm_steps]
-        done = decoder.rewrite(built / "model.onnx", folder / "decoder.onnx", lm_cuts)
+        done = decoder.rewrite(built / "model.onnx", folder / "decoder.onnx",
+                               decoder.cut_passes(cuts.lm_steps, int(start or 0)))
     else:
         shutil.copyfile(built / "model.onnx", folder / "decoder.onnx")
         data = built / "model.onnx.data"
@@ -244,15 +241,18 @@ def _images(folder: Path | None, n: int) -> list[Image.Image]:
 def cuts_info(recipe: Any, geo: VlmGeometry, cuts: Cuts, base: Cuts) -> CutsInfo:
     enc = cuts.encoder
     lt, lt0 = plan.layer_tokens(geo, cuts), plan.layer_tokens(geo, base)
+    steps = [dict(dataclasses.asdict(st), lm_gflops=g)
+             for st, g in zip(cuts.steps, plan.step_gflops(geo, cuts), strict=True)]
+    g0, g = plan.gflops(geo, base), plan.gflops(geo, cuts)
     return CutsInfo(
         tower_tokens=geo.tower_tokens, encoder=enc.label if enc is not None else "none",
         encoder_tokens_out=enc.tokens_out if enc is not None else geo.tower_tokens,
-        steps=[dataclasses.asdict(st) for st in cuts.steps],
-        visual_tokens_uncut=base.visual, visual_tokens=cuts.visual,
+        steps=steps, visual_tokens_uncut=base.visual, visual_tokens=cuts.visual,
         prompt_tokens=recipe.generate.prompt_tokens, prefill_length_uncut=base.prefill,
         prefill_length=cuts.prefill, lm_layer_tokens_uncut=lt0, lm_layer_tokens=lt,
-        flops_ratio=round(plan.lm_macs(geo, lt0) / plan.lm_macs(geo, lt), 4),
-        vision_flops_ratio=round(plan.vision_macs(geo, base) / plan.vision_macs(geo, cuts), 4))
+        flops_ratio=round(g0 / g, 4),
+        vision_flops_ratio=round(plan.vision_macs(geo, base) / plan.vision_macs(geo, cuts), 4),
+        lm_gflops_uncut=g0, lm_gflops=g)
 
 
 def build(src: Source, recipe: Any, tmp: Path, images: Path | None, bench: bool,

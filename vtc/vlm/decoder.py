@@ -12,8 +12,9 @@ and rewritten by vtc's decoder passes.
         (int4: the builder's fp32 decoder ─► `passes.int4`, one weight at a time: the
         builder's own int4 path holds every fp32 weight at once and does not fit a 7B LM
         in 24 GiB; the result is the builder's int4 decoder, initializer for initializer)
-    model.onnx ─► passes: FastV (`passes.fastv_decoder`, with the recipe's cut),
-        last-token logits (`passes.last_logits`) ─► decoder.onnx (+ decoder.onnx.data)
+    model.onnx ─► passes: the LM cuts (`passes.decoder_cuts`: FastV, PyramidDrop's
+        stages, a visual-token exit), last-token logits (`passes.last_logits`)
+        ─► decoder.onnx (+ decoder.onnx.data)
 
 ``exclude_embeds`` makes the decoder read ``inputs_embeds``: the token table lives in the
 embedding graph (`vtc.vlm.embedding`) only, the head in the decoder only, so every LM
@@ -206,11 +207,22 @@ def quantize_int4(fp32: Path, out: Path, log: Log) -> Path:
     return out
 
 
+def cut_passes(steps: Sequence[Any], image_start: int) -> list[Any]:
+    """The LM cuts (`CutStep`s of ``site: lm``, in layer order) as the decoder's cut pass:
+    each step's method says what its stage is (`VisualCut.lm_stage`); none for none."""
+    from vtc.methods.cut import get_cut
+    from vtc.passes.decoder_cuts import CutPlan, DecoderCuts
+
+    if not steps:
+        return []
+    stages = tuple(get_cut(st.method).lm_stage(st) for st in steps)
+    return [DecoderCuts(CutPlan(image_start, steps[0].tokens_in, stages))]
+
+
 def rewrite(src: Path, dst: Path, cuts: Sequence[Any] = ()) -> dict[str, Any]:
     """The builder's ``model.onnx`` → `dst` with vtc's pass sequence (module docstring):
-    last-token logits, the LM cuts' passes (`cuts`: each an LM cut method's
-    `decoder_pass`, in layer order), the builder's stale shapes dropped, unused nodes
-    removed. Returns what the passes did, by pass name."""
+    last-token logits, the LM cuts (`cuts`: passes, `cut_passes`), the builder's stale
+    shapes dropped, unused nodes removed. Returns what the passes did, by pass name."""
     import onnx_ir as ir
     from onnx_ir.passes.common import RemoveUnusedNodesPass
 

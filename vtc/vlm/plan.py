@@ -78,17 +78,18 @@ def _cut_steps(recipe: Any, geo: VlmGeometry, tower_out: int) -> tuple[list[CutS
         steps.append(m.plan_cut(cfg, tower_out, geo.lm_layers))
         visual = steps[-1].tokens_out
     # LM cuts by layer; each selects among the tokens the one before it left
-    layer_of = {m.name: m.plan_cut(c, visual, geo.lm_layers).layer or 0
-                for m, c in cuts if m.site == "lm"}
+    lm = [(m, c) for m, c in cuts if m.site == "lm"]
+    first = {m.name: m.plan_cuts(c, visual, geo.lm_layers)[0].layer or 0 for m, c in lm}
     reaching = visual
-    for m, cfg in sorted((mc for mc in cuts if mc[0].site == "lm"),
-                         key=lambda mc: layer_of[mc[0].name]):
-        st = m.plan_cut(cfg, reaching, geo.lm_layers)
-        if steps and steps[-1].site == "lm" and steps[-1].layer == st.layer:
-            raise BudgetError(f"{steps[-1].method} and {st.method} both cut at LM layer "
-                              f"{st.layer}; give them different layers")
-        steps.append(st)
-        reaching = st.tokens_out
+    for m, cfg in sorted(lm, key=lambda mc: first[mc[0].name]):
+        for st in m.plan_cuts(cfg, reaching, geo.lm_layers):
+            if steps and steps[-1].site == "lm" and (steps[-1].layer or 0) >= (st.layer or 0):
+                raise BudgetError(f"{steps[-1].method} cuts at LM layer {steps[-1].layer} and "
+                                  f"{st.method} at {st.layer}; give each cut a later layer "
+                                  "than the one before (cuts of two methods may not "
+                                  "interleave)")
+            steps.append(st)
+            reaching = st.tokens_out
     return steps, visual
 
 
@@ -115,15 +116,43 @@ def layer_tokens(geo: VlmGeometry, cuts: Cuts) -> list[int]:
     return [cuts.tokens_at(i) for i in range(geo.lm_layers)]
 
 
-def lm_macs(geo: VlmGeometry, tokens: list[int]) -> int:
+def qkv_tokens(geo: VlmGeometry, cuts: Cuts) -> list[int]:
+    """Tokens each LM layer's q/k/v projections read at a full prefill: the layer's own
+    count, but the count before the cut at a layer whose cut ranks with that layer's own
+    projections (PyramidDrop's stages: the reference projects every token, then drops)."""
+    from vtc.methods.cut import get_cut
+
+    own = {st.layer for st in cuts.lm_steps
+           if get_cut(st.method).lm_stage(st).score == "own"}
+    return [cuts.tokens_at(i - 1) if i in own else cuts.tokens_at(i)
+            for i in range(geo.lm_layers)]
+
+
+def lm_macs(geo: VlmGeometry, tokens: list[int], qkv: list[int] | None = None) -> int:
     """Prefill MACs of the LM layers (projections, QKᵀ and PV, gated MLP) at `tokens`
-    per layer, plus the head on the last position."""
+    per layer (`qkv`: the tokens the q/k/v projections read, when more), plus the head
+    on the last position."""
     d, hd = geo.lm_width, geo.head_dim
-    proj = d * hd * (2 * geo.lm_heads + 2 * geo.kv_heads)
+    qkv_w = d * hd * (geo.lm_heads + 2 * geo.kv_heads)
+    out_w = d * hd * geo.lm_heads
     total = 0
-    for n in tokens:
-        total += n * proj + 2 * n * n * geo.lm_heads * hd + 3 * n * d * geo.mlp_width
+    for i, n in enumerate(tokens):
+        q = qkv[i] if qkv is not None else n
+        total += q * qkv_w + n * out_w + 2 * n * n * geo.lm_heads * hd + 3 * n * d * geo.mlp_width
     return total + d * geo.vocab
+
+
+def gflops(geo: VlmGeometry, cuts: Cuts) -> float:
+    """The LM's analytic prefill GFLOPs (2 × MACs) at the nominal prompt length."""
+    return round(2 * lm_macs(geo, layer_tokens(geo, cuts), qkv_tokens(geo, cuts)) / 1e9, 4)
+
+
+def step_gflops(geo: VlmGeometry, cuts: Cuts) -> list[float]:
+    """The LM's prefill GFLOPs with the steps up to and including each one (a projector
+    cut, always first, sets the visual count; each LM cut then shortens its layers):
+    what each method leaves, the last entry being the bundle's."""
+    return [gflops(geo, Cuts(cuts.encoder, cuts.steps[:k], cuts.visual, cuts.prefill))
+            for k in range(1, len(cuts.steps) + 1)]
 
 
 def vision_macs(geo: VlmGeometry, cuts: Cuts) -> int:
