@@ -240,11 +240,36 @@ def test_encoder_source_refuses_vlm_cuts(vit_dir: Path, tmp_path: Path) -> None:
     assert res.exit_code == 2 and "use a LLaVA checkpoint" in res.output
 
 
-def test_sweep_says_vlm_is_not_its(llava_dir: Path, tmp_path: Path) -> None:
-    res = CliRunner().invoke(main, ["sweep", str(llava_dir), "--recipe", "llava-fastv",
-                                    "--values", "fastv.layer=1,2", "--out",
-                                    str(tmp_path / "sw")])
-    assert res.exit_code == 2 and "vtc sweep runs encoder bundles" in res.output, res.output
+def test_sweep_runs_vlm_cuts(llava_dir: Path, tmp_path: Path) -> None:
+    """`vtc sweep` over a VLM cut: one bundle per value, the prefill speed-up and ratio
+    against the first-logits cosine in sweep.json/md/png; a value past the LM is refused
+    before anything runs."""
+    out = tmp_path / "sw"
+    args = ["sweep", str(llava_dir), "--recipe", "llava-fastv", "--out", str(out),
+            "--set", "generate.rounds=3", "--set", "generate.max_new_tokens=3",
+            "--set", "generate.prompts=[\"What is in the picture?\"]",
+            "--set", "generate.prompt_tokens=24"]
+    bad = CliRunner().invoke(main, [*args, "--values", "fastv.layer=1,4"])
+    assert bad.exit_code == 2 and "fastv.layer=4" in bad.output \
+        and "language model has 4 layers" in bad.output, bad.output
+    assert not out.exists()
+    res = CliRunner().invoke(main, [*args, "--values", "fastv.keep=0.25,0.75"])
+    assert res.exit_code == 0, res.output
+    sweep = json.loads((out / "sweep.json").read_text())
+    assert sweep["kind"] == "vlm" and sweep["quality"]["metric"] == "fidelity"
+    assert "first-step logits cosine" in sweep["quality"]["label"]
+    pts = sweep["points"]
+    assert [p["tokens_out"] for p in pts] == [16, 16]  # FastV cuts inside the LM
+    assert [p["tokens_per_layer"][-1] for p in pts] == [28, 36]  # 40 - 16 + 4, + 12
+    for p in pts:
+        assert p["speedup"] > 0 and p["prefill_ratio"] > 0 and p["tokens_equal"] == 1.0
+        assert -1.0 <= p["fidelity_cosine"] <= 1.0 and p["speedup_low"] <= p["speedup_high"]
+    assert pts[0]["flops_ratio"] > pts[1]["flops_ratio"] > 1.0
+    md = (out / "sweep.md").read_text()
+    assert "prefill ratio (cut / uncut)" in md and "random weights" in md
+    assert (out / "sweep.png").stat().st_size > 10_000
+    assert sorted(d.name for d in (out / "runs").iterdir()) == ["fastv.keep=0.25",
+                                                                "fastv.keep=0.75"]
 
 
 def test_evit_in_the_tower_then_fastv(llava_dir: Path, tmp_path: Path) -> None:
