@@ -203,8 +203,12 @@ def test_generate_names_a_damaged_bundle_file(combined_bundle: Path, tmp_path: P
     (["visionzip.dominant=40"], "visionzip.dominant is 40"),
     (["fastv.tokens=50", "fastv.keep=null"], "fastv.tokens is 50"),
     (["fastv.layer=9"], "fastv.layer is 9 but the language model has 4 layers"),
-    (["backend.precision=int8"], "runs on onnxruntime-genai, which the backend section"),
-    (["backend.kind=openvino"], "generate.precision: fp32, fp16 or int4"),
+    (["backend.precision=int8"], "decoder precision is generate.precision (fp32, fp16 or "
+                                  "int4)"),
+    (["backend.kind=openvino"], "backend.kind openvino: that engine cannot run a "
+                                "vision-language bundle yet (its graphs run in a generation "
+                                "loop); kinds that can: ort (onnxruntime-genai)"),
+    (["pyramid.stages=[3,9]"], "pyramid.stages reach layer 9 but the language model has 4"),
 ])
 def test_export_refuses_cuts_that_do_not_fit(llava_dir: Path, tmp_path: Path,
                                              sets: list[str], message: str) -> None:

@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image
 
 import vtc
+from vtc.backends import engines
 from vtc.backends.machine import machine_info
 from vtc.data.images import IMAGE_EXTENSIONS
 from vtc.errors import InputError
@@ -267,6 +268,7 @@ def build(src: Source, recipe: Any, tmp: Path, images: Path | None, bench: bool,
         log(f"[{k}/{steps}] {msg} (+{time.perf_counter() - t0:.1f}s)")
 
     fam = families.get(src.model_type or "llava")
+    eng = engines.get(recipe.backend.kind)  # checked by the pipeline: it runs generation
     step(1, f"loading {src.spec} ({fam.name})")
     if model is None:
         model, geo = fam.load(src.path, use_safetensors=not allow_pickle)
@@ -333,9 +335,9 @@ def build(src: Source, recipe: Any, tmp: Path, images: Path | None, bench: bool,
     report = VlmReport(
         vtc_version=vtc.__version__, source=SourceInfo(src.spec, src.kind, fam.name, fam.name),
         recipe=recipe.to_dict(), model=to_jsonable(geo), cuts=cuts_info(recipe, geo, cuts, base),
-        engine=VlmEngine("onnxruntime-genai", ["CPUExecutionProvider"], graphs,
+        engine=VlmEngine(str(eng.generation), list(eng.generation_providers), graphs,
                          export.OPSET),
-        machine=machine_info(["CPUExecutionProvider"]), parity=VlmParity(parity, deploy),
+        machine=machine_info(list(eng.generation_providers)), parity=VlmParity(parity, deploy),
         fidelity=fid, cost=vlm_cost)
     judge(report, dict(recipe.gates))
     report.elapsed_s = round(time.perf_counter() - t0, 2)
