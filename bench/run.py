@@ -10,7 +10,8 @@
    compresses with the same recipes and agrees with the engine built from the
    HF directory of the same weights (output cosine ≥ 0.999).
 4. vtc's ToMe and PiToMe engines against the published algorithms (independent
-   implementations in tests/reference) on a seeded ViT-S/16: ≤ 1e-4
+   implementations in tests/reference) on a seeded ViT-S/16: ≤ 1e-4; vtc's PyramidDrop
+   decoder against the authors' algorithm on a seeded LLaVA: ≤ 1e-4
    (bench/published.py).
 7. `vtc check` with a planted 15 % slowdown: caught in ≥ 9/10 runs, an unchanged
    bundle passes in ≥ 9/10 (bench/check_noise.py). 8. the real dinov2-small bundle
@@ -228,11 +229,14 @@ def main() -> int:
             results += parity(tmp)
             print("[bench] TorchScript-exported .onnx source ...", flush=True)
             results += torchscript_source(tmp)
-            from bench.published import published
+            from bench.published import published, pyramid_published
 
             print("[bench] ToMe and PiToMe vs the published algorithms (ViT-S/16) ...",
                   flush=True)
             results += published(tmp)
+            print("[bench] PyramidDrop vs the authors' algorithm (seeded LLaVA) ...",
+                  flush=True)
+            results += pyramid_published(tmp)
             print("[bench] ViT-B/16 throughput, 4 engines (several minutes) ...", flush=True)
             results += speed(tmp, args.repeats)
             from bench.openvino import openvino

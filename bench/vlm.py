@@ -11,7 +11,8 @@ tiny models, all through onnxruntime-genai bundles.
    Fidelity figures there come from random weights and are printed as such.
 2. **Decoder size** on that shape: the builder's fp16 decoder ≤ 0.52× the fp32 one,
    int4 ≤ 0.30× (weights on disk).
-3. **Tiny LLaVA**, every shipped LLaVA recipe (budgets scaled to its 17 tower tokens), 4
+3. **Tiny LLaVA**, every shipped LLaVA recipe (budgets scaled to its 17 tower tokens and
+   4 LM layers: PyramidDrop's and MustDrop's stages at layers 1/2/3, the exit after 1), 4
    prompts × 16 greedy tokens through onnxruntime-genai: tokens identical to the eager
    HF model with the same cuts, first-step logits max |Δ| ≤ 1e-3; and the int4 decoder
    against the fp32 one (random weights: a plumbing figure, not a quality one).
@@ -47,7 +48,12 @@ TINY_SETS = {
     "llava-fastv": [],
     "llava-tome-visionzip-fastv": ["tome.r=2", "visionzip.dominant=6",
                                    "visionzip.contextual=3"],
+    "llava-pyramid": ["pyramid.stages=[1,2,3]"],
+    "llava-mustdrop": ["pyramid.stages=[1,2,3]"],
+    "llava-exit": ["exit.layer=1"],
 }
+# stages that fit the LLaVA-1.5-shaped model's LM_LAYERS layers (sets per recipe)
+LARGE_SETS = {"llava-pyramid": ["pyramid.stages=[1,2]"]}
 
 
 def _report(src: Path, recipe: str, sets: list[str], out: Path, bench: bool) -> VlmReport:
@@ -57,7 +63,7 @@ def _report(src: Path, recipe: str, sets: list[str], out: Path, bench: bool) -> 
     return rep
 
 
-LARGE = ("llava-visionzip64", "llava-fastv", "llava-tome-visionzip-fastv")
+LARGE = ("llava-visionzip64", "llava-fastv", "llava-tome-visionzip-fastv", "llava-pyramid")
 
 
 def large(tmp: Path, rounds: int, recipes: tuple[str, ...] = LARGE, sizes_too: bool = True
@@ -72,7 +78,8 @@ def large(tmp: Path, rounds: int, recipes: tuple[str, ...] = LARGE, sizes_too: b
     for recipe in recipes:
         t = time.perf_counter()
         rep = _report(ckpt, recipe,
-                      [f"generate.rounds={rounds}", "generate.max_new_tokens=8",
+                      [*LARGE_SETS.get(recipe, []), f"generate.rounds={rounds}",
+                       "generate.max_new_tokens=8",
                        "generate.prompt_tokens=32", f'generate.prompts=["{PROMPT32}"]'],
                       tmp / f"llava15-{recipe}", bench=True)
         c, k, f = rep.cuts, rep.cost, rep.fidelity

@@ -187,7 +187,7 @@ def prefill_once(decoder: Path, text_config: Any, length: int, cut: tuple[int, i
 
 def full(tmp: Path, log: Any = print, cfg: Any = None) -> list[Row]:
     """The build (module docstring) of `cfg` (default: LLaVA-1.5-7B's shapes) in `tmp`."""
-    from vtc.passes.fastv_decoder import FastVDecoder, FastVPlan
+    from vtc.passes.decoder_cuts import CutPlan, CutStage, DecoderCuts
     from vtc.stages.vlm import image_start
     from vtc.vlm import decoder, llava
 
@@ -215,8 +215,8 @@ def full(tmp: Path, log: Any = print, cfg: Any = None) -> list[Row]:
         start = image_start(ckpt / "tokenizer.json", cfg.image_token_id)
         out = tmp / "bundle"
         out.mkdir()
-        done = decoder.rewrite(built / "model.onnx", out / "decoder.onnx",
-                               [FastVDecoder(FastVPlan(FASTV_LAYER, start, visual, keep))])
+        fastv = CutPlan(start, visual, (CutStage(FASTV_LAYER, keep),))
+        done = decoder.rewrite(built / "model.onnx", out / "decoder.onnx", [DecoderCuts(fastv)])
         log(f"  decoder passes in {time.perf_counter() - t1:.0f} s: {done}")
     import resource
 

@@ -137,15 +137,25 @@ def run(opts: Options) -> Result:
 
 
 def check_cuts(recipe: RecipeBase, vlm_bundle: bool) -> None:
-    """Cuts outside the encoder (visionzip, fastv) need a vision-language model; a
-    vision-language model takes no other engine kind or precision than the default."""
+    """Cuts outside the encoder (visionzip, fastv, …) need a vision-language model; a
+    vision-language model needs an engine kind that runs generation (the registry's
+    `Engine.generation`) and takes its decoder's precision from generate.precision."""
+    from vtc.backends import engines
+
     cuts = [m.name for m, _ in recipe.cuts()]
     b = recipe.backend
-    if vlm_bundle and (b.kind != "ort" or b.precision != "fp32"):
-        raise InputError(f"backend.kind {b.kind} / backend.precision {b.precision}: a "
-                         "vision-language bundle runs on onnxruntime-genai, which the backend "
-                         "section does not configure; drop them (the decoder's precision is "
-                         "generate.precision: fp32, fp16 or int4)")
+    if vlm_bundle:
+        eng = engines.get(b.kind)
+        if eng.generation is None:
+            able = [f"{k} ({engines.get(k).generation})" for k in engines.names()
+                    if engines.get(k).generation is not None]
+            raise InputError(f"backend.kind {b.kind}: that engine cannot run a "
+                             "vision-language bundle yet (its graphs run in a generation "
+                             f"loop); kinds that can: {', '.join(able)}")
+        if b.precision != "fp32":
+            raise InputError(f"backend.precision {b.precision}: a vision-language bundle's "
+                             "decoder precision is generate.precision (fp32, fp16 or int4); "
+                             "drop backend.precision")
     if cuts and not vlm_bundle:
         raise InputError(f"{', '.join(cuts)} cut(s) visual tokens before or inside a language "
                          "model; this source is an encoder: use a LLaVA checkpoint, or drop "

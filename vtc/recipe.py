@@ -306,7 +306,13 @@ class RecipeBase(_Strict):
         if "max_deploy_accuracy_drop" in self.gates and self.validate_.dataset is None:
             raise ValueError("gate max_deploy_accuracy_drop needs validate.dataset (e.g. "
                              "fashion-mnist)")
-        deploy = sorted(g for g in self.gates if g.startswith(("min_deploy", "max_deploy")))
+        deploy = sorted(g for g in self.gates
+                        if g in GATES and g.startswith(("min_deploy", "max_deploy")))
+        vlm_deploy = sorted(g for g in self.gates if g in VLM_GATES and
+                            VLM_GATES[g][0][:2] == ("parity", "deployment"))
+        if vlm_deploy and self.generate.precision == "fp32":
+            raise ValueError(f"gate(s) {vlm_deploy} judge an fp16 or int4 decoder against its "
+                             "fp32 twin; set generate.precision: fp16 or int4, or drop them")
         b = self.backend
         cuda = "CUDAExecutionProvider" in b.providers
         if deploy and b.precision == "fp32" and not cuda:

@@ -32,11 +32,14 @@ class CutsInfo:
     encoder (method, site, tokens_in, tokens_out, layer for an LM cut, the frozen
     params), projector cuts first, then LM cuts by layer; visual_tokens_uncut /
     visual_tokens: what the LM reads without / with the cuts before it; lm_layer_tokens:
-    tokens each LM layer reads at a full prefill (FastV shortens the layers from L on);
+    tokens each LM layer reads at a full prefill (an LM cut shortens the layers from L on);
     prefill_length(_uncut): the nominal prompt lengths (visual + prompt_tokens; prompts
     may have any length);
     flops_ratio: LM prefill MACs uncut / cut at those lengths; vision_flops_ratio: the
-    same for the tower + projector."""
+    same for the tower + projector; lm_gflops(_uncut): the LM's analytic prefill GFLOPs
+    (2 × MACs; a layer whose cut ranks with its own projections counts them over the
+    tokens before the cut), and each step's ``lm_gflops``: the LM's with the steps up to
+    and including it (what each method leaves)."""
 
     tower_tokens: int
     encoder: str
@@ -51,6 +54,8 @@ class CutsInfo:
     lm_layer_tokens: list[int]
     flops_ratio: float
     vision_flops_ratio: float
+    lm_gflops_uncut: float = 0.0  # 0.0 in reports written before vtc recorded them
+    lm_gflops: float = 0.0
 
 
 @dataclass
@@ -68,8 +73,28 @@ class GenerationParity:
 
 
 @dataclass
+class DeploymentParity:
+    """A bundle whose decoder is not fp32 (``generate.precision`` fp16 or int4) against
+    its fp32 twin with the same cuts (the graphs `generation` judged against the eager
+    model), over `prompts` prompts: `tokens_equal` the fraction whose greedy tokens are
+    identical, the first step's logits cosine (min over prompts) and max abs
+    difference."""
+
+    precision: str
+    prompts: int
+    tokens_equal: float
+    first_logits_cosine_min: float
+    first_logits_max_abs_diff: float
+
+
+@dataclass
 class VlmParity:
+    """`generation`: the fp32 graphs (the bundle's own, or the fp32 twin of an fp16/int4
+    bundle) against the eager model with the same cuts; `deployment`: the fp16/int4
+    bundle against that fp32 twin (None for an fp32 bundle)."""
+
     generation: GenerationParity
+    deployment: DeploymentParity | None = None
 
 
 @dataclass
@@ -155,6 +180,8 @@ VLM_GATES: dict[str, tuple[tuple[str, ...], Kind]] = {
     "min_first_token_agreement": (("fidelity", "top1_agreement"), "min"),
     "min_exact_match": (("fidelity", "exact_match"), "min"),
     "max_prefill_ratio": (("cost", "prefill_ratio"), "max"),
+    "min_deploy_tokens_equal": (("parity", "deployment", "tokens_equal"), "min"),
+    "min_deploy_logits_cosine": (("parity", "deployment", "first_logits_cosine_min"), "min"),
 }
 
 

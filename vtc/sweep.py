@@ -2,6 +2,12 @@
 
     vtc sweep SOURCE --recipe tome --values r=0,4,8,12,16,20 --out out/sweep
     vtc sweep SOURCE --recipe tome --recipe pitome --values r=0,4,8 --out out/cmp
+    vtc sweep LLAVA_DIR --recipe llava-fastv --values fastv.keep=0.25,0.5,0.75 --out out/v
+
+A vision-language checkpoint sweeps its cuts the same way: each point is a VLM bundle,
+its speed the decoder's prefill speed-up over the uncut bundle (1 / prefill ratio, the
+paired estimate of its report's interleaved rounds) and its quality the first-step
+logits cosine against the uncut model (`vtc.sweep_plot`).
 
 Each --recipe is one *series* (a curve); every value runs in every series and
 becomes a recipe (the series' base recipe, the --set overrides, then KEY=value,
@@ -249,10 +255,8 @@ def _check_budgets(source: str, points: list[Planned], batch: int | None, allow_
     The model is loaded once per image size (the load stage of the pipeline)."""
     src = resolve(source)
     if is_vlm(src.model_type):
-        raise SweepError(f"{source}: vtc sweep runs encoder bundles; for a vision-language "
-                         f"checkpoint ({src.model_type}) "
-                         "run vtc-export once per value with --set (e.g. --set "
-                         "visionzip.dominant=54)")
+        _check_cuts(src, points, log)
+        return
     geos: dict[int | None, Geometry] = {}
     log(f"checking {len(points)} budgets against {source}")
     for p in points:
@@ -263,6 +267,29 @@ def _check_budgets(source: str, points: list[Planned], batch: int | None, allow_
                               allow_pickle).geometry
         try:
             p.recipe.budget(geos[size])
+        except BudgetError as exc:
+            raise SweepError(f"{p.where}: {exc}") from exc
+
+
+def _check_cuts(src: Any, points: list[Planned], log: Callable[[str], None]) -> None:
+    """A vision-language checkpoint: every point's cuts planned against its config (the
+    weights are not loaded)."""
+    from transformers import AutoConfig
+
+    from vtc.vlm import families
+    from vtc.vlm import plan as vlm_plan
+
+    fam = families.get(src.model_type or "")
+    try:
+        cfg = AutoConfig.from_pretrained(str(src.path), local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise SweepError(f"{src.spec}: config.json cannot be read ({type(exc).__name__})") \
+            from None
+    geo = fam.check_config(cfg, src.spec)
+    log(f"checking {len(points)} cut plans against {src.spec} ({fam.name})")
+    for p in points:
+        try:
+            vlm_plan.plan(p.recipe, geo)
         except BudgetError as exc:
             raise SweepError(f"{p.where}: {exc}") from exc
 
@@ -344,8 +371,10 @@ def run_sweep(source: str, recipes: str | Sequence[str], key: str, values: Seque
             "source": {**first["source"], "name": _model_name(source)},
             "base_recipe": fields["base_recipe"], "key": fields["key"], "key_given": key,
             "values": [p.value for p in series[0].points], "batch": batch,
-            "inputs": first["inputs"],
-            "dataset": dataset_name(results[series[0].name], first["inputs"]),
+            "kind": first.get("kind", "encoder"),
+            "inputs": first.get("inputs") or _prompts_inputs(first),
+            "dataset": dataset_name(results[series[0].name],
+                                    first.get("inputs") or _prompts_inputs(first)),
             "quality": quality, "engine": first["engine"], "machine": machine_info(),
             **fields, "elapsed_s": round(time.perf_counter() - t0, 2),
         }
@@ -379,6 +408,13 @@ def _series_fields(series: list[Series], results: dict[str, list[dict[str, Any]]
             "points": [pt for e in entries for pt in e["points"]],
             "pareto": [f"{e['name']}/{label}" for e in entries for label in e["pareto"]],
             "series": entries}
+
+
+def _prompts_inputs(report: dict[str, Any]) -> dict[str, Any]:
+    """What a vision-language point was validated on (its report has no `inputs`)."""
+    gen = (report.get("parity") or {}).get("generation") or {}
+    return {"kind": "prompts", "count": gen.get("prompts"),
+            "max_new_tokens": gen.get("max_new_tokens")}
 
 
 def _model_name(source: str) -> str:

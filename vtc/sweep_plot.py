@@ -18,6 +18,7 @@ from typing import Any
 
 FIDELITY_LABEL = "fidelity: embedding cosine"
 ACCURACY_LABEL = "linear-probe top-1 accuracy (%)"
+VLM_LABEL = "fidelity: first-step logits cosine vs the uncut model"
 
 
 # ---- metrics, from each point's report.json -----------------------------------------------
@@ -37,9 +38,43 @@ def _accuracy(report: dict[str, Any]) -> dict[str, Any] | None:
             "n_test": acc.get("n_test"), "dataset": acc.get("dataset")}
 
 
+def _vlm_point(label: str, value: Any, report: dict[str, Any], run_dir: str
+               ) -> dict[str, Any]:
+    """A vision-language point: its speed is the decoder's prefill speed-up over the uncut
+    bundle (the paired estimate and interval of its interleaved rounds; 1 / the prefill
+    ratio), its quality the first-step logits cosine against the uncut model."""
+    from vtc import stats
+
+    c, cost, fid = report["cuts"], report.get("cost") or {}, report["fidelity"]
+    speed = low = high = None
+    u, k = cost.get("prefill_samples_ms_uncut") or [], cost.get("prefill_samples_ms") or []
+    if u and k:
+        speed = stats.paired_speedup(u, k)
+        if len(u) >= 3:  # an interval for the plot's error bar
+            low, high = stats.interval(stats.speedup_draws(u, k), 0.95)
+    return {
+        "label": label, "value": value, "run": run_dir, "kind": "vlm",
+        "tokens_in": c["visual_tokens_uncut"], "tokens_out": c["visual_tokens"],
+        "tokens_per_layer": c["lm_layer_tokens"], "flops_ratio": c["flops_ratio"],
+        "lm_gflops": c.get("lm_gflops"), "prefill_ratio": cost.get("prefill_ratio"),
+        "prefill_ms": cost.get("prefill_ms"), "prefill_ms_uncut": cost.get("prefill_ms_uncut"),
+        "batch": 1, "speedup": speed, "speedup_low": low, "speedup_high": high,
+        "efficiency": None if speed is None else round(speed / c["flops_ratio"], 4),
+        "baseline_ips": None, "compressed_ips": None, "accuracy": None,
+        "fidelity_cosine": fid["first_logits_cosine_mean"],
+        "top1_agreement": fid["top1_agreement"],
+        "tokens_equal": report["parity"]["generation"]["tokens_equal"],
+        "random_weights": fid.get("random_weights"),
+        "dense_pearson_mean": None, "dense_iou_mean": None,
+        "gates_passed": bool(report.get("passed")), "elapsed_s": report.get("elapsed_s"),
+    }
+
+
 def point_metrics(label: str, value: Any, report: dict[str, Any], run_dir: str
                   ) -> dict[str, Any]:
     """The figures of one point, read off its report.json content."""
+    if report.get("kind") == "vlm":
+        return _vlm_point(label, value, report, run_dir)
     b, th = report["budget"], report.get("throughput") or {}
     ci = th.get("speedup_ci") or {}
     fid, dense = report.get("fidelity") or {}, report.get("dense") or {}
@@ -65,6 +100,12 @@ def _fmt(v: Any, spec: str) -> str:
 
 def result_line(pt: dict[str, Any]) -> str:
     acc = pt["accuracy"]
+    if pt.get("kind") == "vlm":
+        return (f"visual tokens {pt['tokens_in']} → {pt['tokens_out']}, LM FLOPs "
+                f"{pt['flops_ratio']:.2f}×, prefill ratio {_fmt(pt['prefill_ratio'], '.3f')} "
+                f"(speed-up {speedup_cell(pt)}), first-logits cosine "
+                f"{_fmt(pt['fidelity_cosine'], '.4f')}, tokens equal to eager "
+                f"{_fmt(pt['tokens_equal'], '.2f')}")
     quality = (f"accuracy {_fmt(acc['compressed_acc'], '.2f')} % "
                f"(drop {_fmt(acc['drop_points'], '.2f')} pts)" if acc else
                f"fidelity cosine {_fmt(pt['fidelity_cosine'], '.4f')}")
@@ -108,6 +149,8 @@ def set_quality(points: list[dict[str, Any]]) -> dict[str, str]:
         return {"metric": "accuracy", "label": ACCURACY_LABEL}
     for p in points:
         p["quality"] = p["fidelity_cosine"]
+    if points and all(p.get("kind") == "vlm" for p in points):
+        return {"metric": "fidelity", "label": VLM_LABEL}
     return {"metric": "fidelity", "label": FIDELITY_LABEL}
 
 
@@ -120,6 +163,9 @@ def dataset_name(points: list[dict[str, Any]], inputs: dict[str, Any]) -> str:
         n = acc.get("n_test") or (ds.get("n_test") if isinstance(ds, dict) else None)
         return f"{name}, linear probe" + (f", {n} test images" if n else "")
     kind, count = inputs.get("kind"), inputs.get("count")
+    if kind == "prompts":
+        weights = " (random weights)" if points and points[0].get("random_weights") else ""
+        return f"{count} prompts × {inputs.get('max_new_tokens')} greedy tokens{weights}"
     if kind == "images":
         return f"images in {inputs.get('folder')} ({count})"
     if kind == "synthetic":
@@ -164,9 +210,35 @@ def several(sweep: dict[str, Any]) -> bool:
     return len(sweep.get("series") or []) > 1
 
 
+def vlm(sweep: dict[str, Any]) -> bool:
+    """Whether the sweep's points are vision-language bundles."""
+    return sweep.get("kind") == "vlm"
+
+
+def _vlm_table(sweep: dict[str, Any]) -> list[str]:
+    multi = several(sweep)
+    head = (["series"] if multi else []) + [
+        sweep["key_given"], "visual tokens", "LM layer tokens", "LM FLOPs ratio",
+        "prefill ratio (cut / uncut)", "prefill speed-up (paired, 95 % interval)",
+        "first-logits cosine", "first-token agreement", "tokens = eager", "Pareto"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for _, pts in series_points(sweep):
+        for p in pts:
+            row = ([p["series"]] if multi else []) + [
+                p["label"].split("=", 1)[1], f"{p['tokens_in']} → {p['tokens_out']}",
+                "→".join(map(str, p["tokens_per_layer"])), _num(p["flops_ratio"], ".2f"),
+                _num(p.get("prefill_ratio"), ".3f"), speedup_cell(p),
+                _num(p["fidelity_cosine"], ".4f"), _num(p["top1_agreement"], ".2f"),
+                _num(p.get("tokens_equal"), ".2f"), "★" if p["pareto"] else ""]
+            lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
 def table(sweep: dict[str, Any]) -> list[str]:
     """The markdown table of every point (Pareto points starred, each series' own front);
     with several series a first `series` column, rows grouped by series."""
+    if vlm(sweep):
+        return _vlm_table(sweep)
     multi = several(sweep)
     points = [p for _, pts in series_points(sweep) for p in pts]
     acc = sweep["quality"]["metric"] == "accuracy"
@@ -233,12 +305,21 @@ def render_markdown(sweep: dict[str, Any]) -> str:
         + " (no other point is at least as fast, measured, and at least as good, "
         f"and better in one): {fronts}.",
         "",
-        "Speed-up is measured (ONNX Runtime, interleaved timing, batch "
-        f"{', '.join(map(str, batches)) or '?'}, on {m['platform']} with {m['cpu_count']} "
-        "CPUs) as each bundle's report gives it: the paired estimate (geometric mean of the "
-        "per-round ratios, 10 % trimmed) and its 95 % bootstrap interval; the FLOPs ratio "
-        "is analytic; efficiency = speed-up / FLOPs ratio. "
-        f"Each point's full bundle and report: `{runs}`.",
+        (("The prefill speed-up is the decoder's over the uncut bundle's (the builder's "
+          "decoder as written, reading every visual token), timed interleaved in each "
+          f"bundle's report on {m['platform']} with {m['cpu_count']} CPUs: the paired "
+          "estimate (1 / the prefill ratio; geometric mean of the per-round ratios, 10 % "
+          "trimmed) and its 95 % bootstrap interval; the LM FLOPs ratio is analytic. "
+          "Quality is the first-step logits cosine against the uncut model"
+          + (" — with random weights, a plumbing figure, not a quality one" if any(
+              p.get("random_weights") for p in sweep["points"]) else "") + ". ")
+         if vlm(sweep) else
+         ("Speed-up is measured (ONNX Runtime, interleaved timing, batch "
+          f"{', '.join(map(str, batches)) or '?'}, on {m['platform']} with {m['cpu_count']} "
+          "CPUs) as each bundle's report gives it: the paired estimate (geometric mean of the "
+          "per-round ratios, 10 % trimmed) and its 95 % bootstrap interval; the FLOPs ratio "
+          "is analytic; efficiency = speed-up / FLOPs ratio. "))
+        + f"Each point's full bundle and report: `{runs}`.",
         "",
         "Plot: [sweep.png](sweep.png) (quality vs measured speed-up, and vs the analytic "
         "FLOPs ratio" + (", one curve per series)." if several(sweep) else ")."),
@@ -312,10 +393,21 @@ def write_plot(sweep: dict[str, Any], path: Path) -> None:
                                arrowprops={"arrowstyle": "->", "color": "gray", "alpha": 0.6})
     ring = Line2D([], [], ls="none", marker="o", ms=12, mfc="none", mec="gray", mew=2,
                   label="Pareto front" + (" (per series)" if several(sweep) else ""))
-    left.set_xlabel("measured speed-up over the uncompressed engine (×)")
+    left.set_xlabel("measured prefill speed-up over the uncut bundle (× = 1 / prefill ratio)"
+                    if vlm(sweep) else "measured speed-up over the uncompressed engine (×)")
+    if vlm(sweep):  # the same axis read as the prefill ratio the report gives
+        import numpy as np
+
+        def inverse(x: Any) -> Any:
+            return 1.0 / np.maximum(np.asarray(x, dtype=float), 1e-9)
+
+        top = left.secondary_xaxis("top", functions=(inverse, inverse))
+        top.set_xlabel("prefill ratio (cut / uncut latency)")
     left.set_ylabel(ylabel)
     left.set_title("quality vs measured speed-up")
-    right.set_xlabel("speed-up (×): analytic FLOPs ratio (dashed) → measured (solid)")
+    right.set_xlabel(("prefill speed-up (×): analytic LM FLOPs ratio (dashed) → measured "
+                      "(solid)") if vlm(sweep) else
+                     "speed-up (×): analytic FLOPs ratio (dashed) → measured (solid)")
     right.set_title("analytic vs measured")
     for ax in (left, right):
         ax.axvline(1.0, color="gray", ls=":", lw=1)

@@ -12,47 +12,13 @@ import onnx_ir as ir
 import pytest
 import torch
 
-from vtc.methods import get
 from vtc.methods.cut import CutStep
-from vtc.passes import decoder_layers, fastv_decoder, last_logits
-from vtc.vlm import decoder, llava, reference
+from vtc.passes import decoder_cuts, decoder_layers, last_logits
+from vtc.passes.decoder_cuts import CutPlan, CutStage
+from vtc.vlm import decoder, reference
 from vtc.vlm.plan import Cuts
 
-
-@pytest.fixture(scope="session")
-def built(llava_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    model, _geo = llava.load(llava_dir)
-    work = tmp_path_factory.mktemp("built")
-    lm = decoder.write_lm_dir(llava_dir, model.config.text_config, work / "lm")
-    return decoder.run_builder(lm, work / "fp32", "fp32", lambda _m: None)
-
-
-@pytest.fixture(scope="session")
-def tiny(llava_dir: Path) -> tuple[Any, Any]:
-    return llava.load(llava_dir)
-
-
-def _prompt(model: Any, geo: Any, text_after: int, seed: int) -> tuple[torch.Tensor, int]:
-    """Embeddings [1, S, D] of 3 text tokens, the image, `text_after` text tokens."""
-    g = torch.Generator().manual_seed(seed)
-    px = torch.randn(1, 3, geo.image_size, geo.image_size, generator=g)
-    ids = [1, 5, 6, geo.image_token_id, *range(7, 7 + text_after)]
-    cuts = Cuts(None, (), geo.visual, 0)
-    return reference.splice(model, ids, geo.image_token_id,
-                            reference.image_embeds(model, geo, cuts, px))
-
-
-def _run(path: Path, embeds: np.ndarray, layers: int = 4) -> dict[str, np.ndarray]:
-    """The decoder's outputs by name for a prompt with an empty cache."""
-    import onnxruntime as ort
-
-    s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    feeds = {"inputs_embeds": embeds, "attention_mask": np.ones((1, embeds.shape[1]), np.int64)}
-    for i in range(layers):
-        for kv in ("key", "value"):
-            feeds[f"past_key_values.{i}.{kv}"] = np.zeros((1, 2, 0, 16), np.float32)
-    names = [o.name for o in s.get_outputs()]
-    return dict(zip(names, s.run(None, feeds), strict=True))
+from .conftest import prompt_embeds, run_decoder
 
 
 def test_layers_found_by_structure(built: Path) -> None:
@@ -72,13 +38,13 @@ def test_fastv_pass_matches_the_eager_reference(built: Path, tiny: tuple[Any, An
     """The rewritten decoder's prompt logits equal HF's layers with FastV's cut (the same
     kept tokens, original rotary positions), and layers L.. write shorter caches."""
     model, geo = tiny
-    emb, at = _prompt(model, geo, after, seed=layer * 10 + keep)
+    emb, at = prompt_embeds(model, geo, after, seed=layer * 10 + keep)
     cuts = Cuts(None, (CutStep("fastv", "lm", geo.visual, keep, layer),), geo.visual, 0)
     ref = reference.generate(model, geo, cuts, emb, at, 1, set())
     done = decoder.rewrite(built / "model.onnx", tmp_path / "decoder.onnx",
-                           [get("fastv").decoder_pass(cuts.steps[0], at)])
-    assert done["fastv"]["dropped"] == geo.visual - keep
-    out = _run(tmp_path / "decoder.onnx", emb.numpy())
+                           decoder.cut_passes(cuts.lm_steps, at))
+    assert done["lm_cuts"]["cuts"][0]["dropped"] == geo.visual - keep
+    out = run_decoder(tmp_path / "decoder.onnx", emb.numpy())
     assert out["logits"].shape == (1, 1, geo.vocab)
     np.testing.assert_allclose(out["logits"][0, 0], ref.first_logits.numpy(), rtol=0,
                                atol=1e-4)
@@ -90,11 +56,11 @@ def test_fastv_pass_matches_the_eager_reference(built: Path, tiny: tuple[Any, An
 def test_last_logits_alone_changes_nothing_but_the_length(built: Path, tiny: tuple[Any, Any],
                                                           tmp_path: Path) -> None:
     model, geo = tiny
-    emb, _at = _prompt(model, geo, 5, seed=3)
-    full = _run(built / "model.onnx", emb.numpy())["logits"]
+    emb, _at = prompt_embeds(model, geo, 5, seed=3)
+    full = run_decoder(built / "model.onnx", emb.numpy())["logits"]
     assert full.shape[1] == emb.shape[1]
     decoder.rewrite(built / "model.onnx", tmp_path / "d.onnx")
-    last = _run(tmp_path / "d.onnx", emb.numpy())["logits"]
+    last = run_decoder(tmp_path / "d.onnx", emb.numpy())["logits"]
     np.testing.assert_allclose(last[0, 0], full[0, -1], rtol=0, atol=1e-5)
     m = ir.load(str(tmp_path / "d.onnx"))
     assert last_logits.apply(m) is False  # already trimmed
@@ -103,9 +69,11 @@ def test_last_logits_alone_changes_nothing_but_the_length(built: Path, tiny: tup
 def test_fastv_pass_refuses_what_does_not_fit(built: Path) -> None:
     m = ir.load(str(built / "model.onnx"))
     with pytest.raises(decoder_layers.DecoderStructureError, match="decoder has 4 layers"):
-        fastv_decoder.apply(m, fastv_decoder.FastVPlan(4, 3, 16, 8))
+        decoder_cuts.apply(m, CutPlan(3, 16, (CutStage(4, 8),)))
     with pytest.raises(decoder_layers.DecoderStructureError, match="keeps 17 of 16"):
-        fastv_decoder.apply(m, fastv_decoder.FastVPlan(2, 3, 16, 17))
+        decoder_cuts.apply(m, CutPlan(3, 16, (CutStage(2, 17),)))
+    with pytest.raises(decoder_layers.DecoderStructureError, match="give each a later layer"):
+        decoder_cuts.apply(m, CutPlan(3, 16, (CutStage(2, 8), CutStage(2, 4))))
 
 
 def test_a_graph_without_decoder_layers_is_named(vit_onnx: Path) -> None:
@@ -144,9 +112,11 @@ def test_lm_dir_holds_the_lm_tensors_unchanged(llava_dir: Path, tiny: tuple[Any,
 
 def test_precisions_shrink_the_decoder(built: Path, llava_dir: Path, tiny: tuple[Any, Any],
                                        tmp_path: Path) -> None:
-    """fp16 and int4 (MatMulNBits) decoders from the builder: smaller. FastV's pass
-    applies to the int4 one with its selection in fp32; the builder's CPU fp16 decoder
-    uses MultiHeadAttention (no GroupQueryAttention), which the pass names and refuses."""
+    """fp16 (the builder's CUDA decoder: GroupQueryAttention in fp16) and int4
+    (MatMulNBits) decoders: smaller, and FastV's pass applies to both with its selection
+    in fp32. The fp16 decoder's genai config is on the CPU provider."""
+    import json
+
     model, geo = tiny
     lm = decoder.write_lm_dir(llava_dir, model.config.text_config, tmp_path / "lm")
     size32 = (built / "model.onnx.data").stat().st_size  # the weights (the graph is tiny)
@@ -156,17 +126,16 @@ def test_precisions_shrink_the_decoder(built: Path, llava_dir: Path, tiny: tuple
         assert size < limit * size32, (precision, size, size32)
         m = ir.load(str(out / "model.onnx"))
         ops = {n.op_type for n in m.graph}
-        if precision == "fp16":
-            assert "MultiHeadAttention" in ops
-            with pytest.raises(decoder_layers.DecoderStructureError,
-                               match="no GroupQueryAttention"):
-                decoder_layers.find_layers(m)
-            continue
-        assert "MatMulNBits" in ops
-        fastv_decoder.apply(m, fastv_decoder.FastVPlan(2, 3, geo.visual, 8))
-        casts = [n for n in m.graph if n.name.startswith("/vtc/fastv2/Cast")
-                 and n.attributes["to"].value == ir.DataType.FLOAT]
-        assert casts  # the selection reads fp32 copies
+        assert "GroupQueryAttention" in ops and "MultiHeadAttention" not in ops
+        assert ("MatMulNBits" in ops) == (precision == "int4")
+        decoder_cuts.apply(m, CutPlan(3, geo.visual, (
+            CutStage(1, 8), CutStage(2, 4, "own", "compact"), CutStage(3, 0, "none"))))
+        for layer in (1, 2):
+            casts = [n for n in m.graph if n.name.startswith(f"/vtc/cut{layer}/Cast")
+                     and n.attributes["to"].value == ir.DataType.FLOAT]
+            assert casts  # each selection reads fp32 copies
+        cfg = json.loads((out / "genai_config.json").read_text())
+        assert cfg["model"]["decoder"]["session_options"].get("provider_options", []) == []
 
 
 def test_int4_pass_equals_the_builders_own_int4(built: Path, llava_dir: Path,

@@ -1,7 +1,9 @@
-"""Qwen2.5-VL bundles end to end on a tiny seeded checkpoint in the real layout: the
-shipped recipes' greedy tokens through the bundle's runtime equal the eager HF model's
-with the same cuts (4 prompts × 16 tokens, first-step logits ≤ 1e-3); which runtime runs
-which bundle; `vtc generate` and the torch-free runtime; bad input, one line, exit 2."""
+"""Qwen2.5-VL bundles end to end on a tiny seeded checkpoint in the real layout: greedy
+tokens through the bundle's runtime equal the eager HF model's with the same cuts (4
+prompts × 16 tokens, first-step logits ≤ 1e-3) for a cut before the LLM with FastV and a
+visual-token exit behind it (vtc.runtime) and for FastV then a PyramidDrop stage (genai);
+which runtime runs which bundle; `vtc generate` and the torch-free runtime; bad input,
+one line, exit 2."""
 
 from __future__ import annotations
 
@@ -22,6 +24,13 @@ from vtc.cli.export import export_main
 from .test_bundle import _SHIM, ROOT
 
 VZ = "qwen2_5_vl-visionzip25"
+# every LM cut kind behind a cut before the LLM: 16 → 4 merged tokens, FastV after layer 2
+# keeps 2 (layer 1's attention), the exit drops them all from layer 3 on
+VZ_ALL = ("qwen2_5_vl-visionzip25-fastv", "method=[visionzip, fastv, exit]", "exit.layer=2")
+# on genai: FastV after layer 2 keeps 8, a PyramidDrop stage at layer 3 keeps 4 (its own
+# projections' attention), positions kept
+FV_PYR = ("qwen2_5_vl-fastv", "method=[fastv, pyramid]", "pyramid.stages=[3]",
+          "pyramid.keep=0.5", "pyramid.positions=keep")
 
 
 def _image(path: Path, size: tuple[int, int] = (112, 112)) -> Path:
@@ -34,11 +43,12 @@ def _report(bundle: Path) -> dict[str, Any]:
     return json.loads((bundle / "report.json").read_text())  # type: ignore[no-any-return]
 
 
-def test_visionzip_bundle_equals_eager_and_runs_on_vtc_runtime(qwen_bundle: Any) -> None:
+def test_visionzip_fastv_exit_equal_eager_on_vtc_runtime(qwen_bundle: Any) -> None:
     """256 → 64 scaled to the tiny grid: 16 merged tokens → 4 (3 dominant + 1
-    contextual); the kept tokens keep their M-RoPE positions, which genai has no input
-    for, so the bundle names onnxruntime and ships no genai_config.json."""
-    b = qwen_bundle(VZ)
+    contextual), then FastV and the exit inside the LM; the kept tokens keep their M-RoPE
+    positions, which genai has no input for after a cut before the LLM, so the bundle
+    names onnxruntime and ships no genai_config.json."""
+    b = qwen_bundle(*VZ_ALL)
     rep = _report(b)
     gen = rep["parity"]["generation"]
     assert (gen["prompts"], gen["max_new_tokens"]) == (4, 16)
@@ -47,11 +57,46 @@ def test_visionzip_bundle_equals_eager_and_runs_on_vtc_runtime(qwen_bundle: Any)
     c = rep["cuts"]
     assert (c["tower_tokens"], c["visual_tokens_uncut"], c["visual_tokens"]) == (16, 16, 4)
     assert c["steps"][0]["params"] == {"dominant": 3, "contextual": 1}
+    p = c["prefill_length"]
+    assert c["lm_layer_tokens"] == [p, p, p - 2, p - 4]
     assert rep["engine"]["kind"] == "onnxruntime" and rep["passed"] is True
     assert not (b / "genai_config.json").exists()
     cfg = json.loads((b / "generation.json").read_text())
     assert cfg["runtime"] == "onnxruntime" and cfg["processor"]["image_size"] == [112, 112]
     assert cfg["features_rank"] == 2 and cfg["visual_tokens"] == 4
+
+
+def test_fastv_and_pyramid_equal_eager_on_genai(qwen_bundle: Any) -> None:
+    """LM cuts only: genai's Qwen2.5-VL pipeline computes the full grid's positions and
+    the decoder's cut pass gathers them ([3, B, S] → [3, B, S']) for the layers behind
+    each cut; genai runs the bundle, token for token with the eager model."""
+    import onnxruntime_genai as og
+
+    b = qwen_bundle(*FV_PYR)
+    rep = _report(b)
+    gen = rep["parity"]["generation"]
+    assert gen["tokens_equal"] == 1.0 and gen["first_logits_max_abs_diff"] <= 1e-3
+    c = rep["cuts"]
+    p = c["prefill_length"]
+    assert c["visual_tokens"] == 16 and c["lm_layer_tokens"] == [p, p, p - 8, p - 12]
+    assert rep["engine"]["kind"] == "onnxruntime-genai"
+    cfg = json.loads((b / "genai_config.json").read_text())["model"]
+    assert cfg["type"] == "qwen2_5_vl" and cfg["vision"]["spatial_merge_size"] == 2
+    og.Model(str(b))  # genai itself loads it (the tests' parity ran through it)
+
+
+def test_pyramid_renumbering_is_refused_on_mrope(qwen_dir: Path, tmp_path: Path) -> None:
+    from .conftest import QWEN_SETS
+
+    argv = [str(qwen_dir), "--recipe", "qwen2_5_vl-pyramid", "--out", str(tmp_path / "o"),
+            "--no-bench", "--set", "pyramid.stages=[2]", "--set", "pyramid.positions=compact"]
+    for s in QWEN_SETS:
+        argv += ["--set", s]
+    res = CliRunner().invoke(export_main, argv)
+    lines = [ln for ln in res.output.splitlines() if ln.startswith("error")]
+    assert res.exit_code == 2 and len(lines) == 1, res.output
+    assert "pyramid renumbers the kept tokens' positions" in lines[0]
+    assert "--set pyramid.positions=keep" in lines[0]
 
 
 def test_the_vision_graph_gives_the_kept_tokens_and_their_positions(qwen_bundle: Any,
@@ -60,7 +105,7 @@ def test_the_vision_graph_gives_the_kept_tokens_and_their_positions(qwen_bundle:
 
     from vtc.runtime.generate import VlmBundle
 
-    b = qwen_bundle(VZ)
+    b = qwen_bundle(*VZ_ALL)
     sess = ort.InferenceSession(str(b / "vision.onnx"))
     assert [i.name for i in sess.get_inputs()] == ["pixel_values"]
     assert sess.get_inputs()[0].shape == [64, 1176]
@@ -71,7 +116,7 @@ def test_the_vision_graph_gives_the_kept_tokens_and_their_positions(qwen_bundle:
 
 
 def test_vtc_generate_and_the_torch_free_runtime(qwen_bundle: Any, tmp_path: Path) -> None:
-    b = qwen_bundle(VZ)
+    b = qwen_bundle(*VZ_ALL)
     img = _image(tmp_path / "a.png", (120, 110))  # Qwen's resize: 112 × 112
     res = CliRunner().invoke(main, ["generate", str(b), "--image", str(img), "--prompt",
                                     "What is in the picture?", "--max-new-tokens", "5"])
@@ -85,7 +130,7 @@ def test_vtc_generate_and_the_torch_free_runtime(qwen_bundle: Any, tmp_path: Pat
 
 def test_an_image_of_another_size_is_refused_naming_the_built_one(qwen_bundle: Any,
                                                                   tmp_path: Path) -> None:
-    b = qwen_bundle(VZ)
+    b = qwen_bundle(*VZ_ALL)
     img = _image(tmp_path / "wide.png", (300, 120))
     for argv in (["generate", str(b)], None):
         if argv is not None:

@@ -61,6 +61,12 @@ class Engine(abc.ABC):
     options: ClassVar[type[BaseModel]] = NoOptions
     # timing can keep inputs and outputs on the device (`backend.io_binding`)
     binds_io: ClassVar[bool] = False
+    # the runtime that runs a vision-language bundle whose graphs this engine kind runs
+    # (its generation loop: vision → embedding → decoder with a KV cache), and the
+    # execution providers it runs them on; None: the kind cannot run one (the VLM stage
+    # refuses it before any work)
+    generation: ClassVar[str | None] = None
+    generation_providers: ClassVar[tuple[str, ...]] = ()
 
     def parse_options(self, raw: Mapping[str, Any]) -> dict[str, Any]:
         """`backend.options` validated against this engine's schema, defaults filled in

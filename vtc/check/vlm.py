@@ -7,6 +7,8 @@
         ├─ cuts      visual tokens, LM tokens per layer, prefill FLOPs ratio   exact
         ├─ parity    greedy tokens equal to the eager model with the cuts     no drop
         │            first-step logits / vision max |diff|                    ≤ the recipe's gate
+        ├─ deploy    an fp16/int4 decoder vs its fp32 twin: tokens equal,    drop ≤ tolerance
+        │            first-logits cosine (min)
         ├─ fidelity  first-logits cosine; first-token agreement, exact match  drop ≤ tolerance
         ├─ speed     prefill speedup (uncut / cut, timed interleaved)         bootstrap interval
         │            decode speedup (per-round tokens/s, same pairing)        bootstrap interval
@@ -76,6 +78,16 @@ def _parity_rows(b: VlmReport, n: VlmReport, tol: CheckCfg) -> list[Row]:
     return rows
 
 
+def _deployment_rows(b: VlmReport, n: VlmReport, tol: CheckCfg) -> list[Row]:
+    db, dn = b.parity.deployment, n.parity.deployment
+    if db is None or dn is None:  # fp32 decoders (the precisions are equal: compared above)
+        return []
+    return [drop_row("parity.deployment.tokens_equal", db.tokens_equal, dn.tokens_equal,
+                     tol.max_agreement_drop, "max_agreement_drop"),
+            drop_row("parity.deployment.first_logits_cosine_min", db.first_logits_cosine_min,
+                     dn.first_logits_cosine_min, tol.max_cosine_drop, "max_cosine_drop")]
+
+
 def _fidelity_rows(b: VlmReport, n: VlmReport, tol: CheckCfg) -> list[Row]:
     fb, fn = b.fidelity, n.fidelity
     return [drop_row("fidelity.first_logits_cosine_mean", fb.first_logits_cosine_mean,
@@ -131,7 +143,8 @@ def _speed_rows(b: VlmReport, n: VlmReport, tol: CheckCfg) -> list[Row]:
 def vlm_rows(base: VlmReport, now: VlmReport, tol: CheckCfg) -> list[Row]:
     """Every row but the gates' for `now` against `base` (module docstring)."""
     return [*_cut_rows(base, now), *_parity_rows(base, now, tol),
-            *_fidelity_rows(base, now, tol), *_speed_rows(base, now, tol)]
+            *_deployment_rows(base, now, tol), *_fidelity_rows(base, now, tol),
+            *_speed_rows(base, now, tol)]
 
 
 def from_dict(data: dict[str, Any]) -> VlmReport:

@@ -29,6 +29,8 @@ Examples:
       --batch 16 --out out/sweep --force
   vtc sweep dinov2-small --recipe tome --recipe pitome --values r=0,4,8,12,16,20 \\
       --out out/cmp --set validate.dataset=fashion-mnist   # ToMe vs PiToMe
+  vtc sweep ./llava-1.5-7b-hf --recipe llava-fastv --values fastv.keep=0.25,0.5,0.75 \\
+      --out out/fastv --set generate.rounds=10   # a vision-language checkpoint
 
 \b
 Writes OUT/sweep.json (every point's tokens, FLOPs ratio, measured speed-up,
@@ -38,6 +40,10 @@ the analytic FLOPs ratio) and OUT/runs/KEY=VALUE/ (one full bundle each).
 With several series: OUT/runs/SERIES/KEY=VALUE/, a series column in the
 table, one curve and one Pareto front per series, and one quality metric for
 all (accuracy if every point has one, else the embedding cosine).
+A vision-language checkpoint (LLaVA) sweeps its cuts (visionzip, fastv, pyramid,
+exit): each point is a VLM bundle, speed is the decoder's prefill speed-up over
+the uncut bundle (1 / prefill ratio; the plot's top axis reads the ratio) and
+quality the first-step logits cosine against the uncut model.
 Sweeps do not gate: exit 0 when every point ran, 2 on a usage or input error
 (nothing is written), 3 on an internal error (the traceback goes to a file the
 message names; nothing is written), 130 when interrupted (nothing is written).

@@ -6,8 +6,9 @@ over the vision tower's blocks). The other two have no encoder block to rewrite:
 
 * ``site = "projector"``: between the vision tower and the language model
   (`visionzip`): the image's tokens ``[B, T, C]`` become ``[B, K, C]``;
-* ``site = "lm"``: inside the language model's prefill (`fastv`): after layer L the
-  sequence keeps only R of the visual tokens.
+* ``site = "lm"``: inside the language model's prefill (`fastv`, `pyramid`, `exit`):
+  from layer L on the sequence keeps only R of the visual tokens (a method may cut at
+  several layers: PyramidDrop's stages).
 
 Such a method is one registered module: its recipe section, its static schedule
 (`plan_cut` → a `CutStep`), and its implementations, which the VLM build and the
@@ -20,9 +21,11 @@ eager reference call through this interface without naming the method:
   Hugging Face's modules. The score is the family's: LLaVA's CLIP tower gives the CLS
   token's attention, Qwen2.5-VL's (no CLS) the attention each merged token receives in
   its last full-attention layer, so the cut itself knows no tower;
-* an ``lm`` cut gives `decoder_pass`, a graph pass (`vtc.passes.base.Pass`) on the
-  decoder the standard exporter wrote, and `keep`, the same selection on torch tensors
-  for the eager reference, which drives Hugging Face's own decoder layers.
+* an ``lm`` cut gives `lm_stage`, what its reference code does at the cut (whose
+  attention ranks the tokens, whether the kept ones keep their positions:
+  `vtc.passes.decoder_cuts.CutStage`), which the decoder's cut pass writes into the
+  graph the standard exporter wrote, and `keep`, the same selection on torch tensors for
+  the eager reference, which drives Hugging Face's own decoder layers.
 
 It claims no encoder block, so the encoder planner never sees it.
 """
@@ -41,7 +44,7 @@ from vtc.methods.base import BlockStep, Method, MethodConfig, Site, SiteOut
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from vtc.passes.base import Pass
+    from vtc.passes.decoder_cuts import CutStage
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,11 @@ class VisualCut(Method):
         (BudgetError naming the misfit). For a projector cut `visual` counts the tower's
         tokens with CLS."""
 
+    def plan_cuts(self, cfg: MethodConfig, visual: int, lm_layers: int) -> list[CutStep]:
+        """Every cut of the section, in layer order (one for most methods; PyramidDrop
+        cuts at each stage), each selecting among what the one before it left."""
+        return [self.plan_cut(cfg, visual, lm_layers)]
+
     # ---- projector cuts ------------------------------------------------------------------
     def tower(self, step: CutStep, out: TowerOutput) -> tuple[Tensor, Tensor]:
         """The tower's output → the tokens the projector reads, `[B, step.tokens_out, C]`,
@@ -134,14 +142,18 @@ class VisualCut(Method):
         raise TypeError(f"{self.name} does not cut at the projector")
 
     # ---- lm cuts -------------------------------------------------------------------------
-    def decoder_pass(self, step: CutStep, image_start: int) -> Pass:
-        """The graph pass that writes this cut into the exported decoder; the image's
-        tokens sit at ``[image_start, image_start + step.tokens_in)`` of the prompt."""
+    def lm_stage(self, step: CutStep) -> CutStage:
+        """What the decoder's cut pass writes for this step: its layer and kept count,
+        whose attention scores the tokens (``previous``: layer L-1's; ``own``: layer L's
+        projections before it runs; ``none``) and whether the kept tokens keep their
+        rotary positions (``keep``) or are renumbered (``compact``)."""
         raise TypeError(f"{self.name} does not cut inside the language model")
 
-    def keep(self, step: CutStep, probs: Tensor, image_start: int) -> Tensor:
-        """The eager selection: layer ``step.layer - 1``'s attention probabilities
-        `[B, H, S, S]` → the positions that stay, ascending, `[B, S - step.dropped]`."""
+    def keep(self, step: CutStep, probs: Tensor | None, image_start: int) -> Tensor:
+        """The eager selection: the attention probabilities `lm_stage` names as the
+        score (`[B, H, Q, S]`, the last query row last; zeros `[B, 1, 1, S]` for
+        ``none``), the image's `step.tokens_in` tokens at ``image_start`` → the positions
+        that stay, ascending, `[B, S - step.dropped]`."""
         raise TypeError(f"{self.name} does not cut inside the language model")
 
 

@@ -17,11 +17,13 @@ keep their **original position ids** (rotary positions are not renumbered), and 
 text tokens all stay. Decoding then attends to a key/value cache that, from layer L on,
 is V - R entries shorter.
 
-Graph (traced from `keep_indices` inside vtc's prefill graph)::
+The decoder's graph pass is `vtc.passes.decoder_cuts` with this cut's stage (score
+``previous``: layer L-1's attention; positions ``keep``)::
 
-    probs_{L-1}[B,H,1,S] (last query row) ─► ReduceMean(H) ─► score[B,S]
+    q_{L-1}[B,1,H,hd], k_{L-1}[B,S,Hkv,hd] (rotary at the tokens' positions) ─► softmax
+        ─► ReduceMean(H) ─► score[B,S]
     visual[B,S] (image_start ≤ s < image_start + V) ─► Where(visual, score, 2) ─► TopK(S-V+R)
-        ─► sort ─► idx[B, S-V+R] ─► Gather(hidden, cos/sin, key padding) ─► layers L..
+        ─► sort ─► idx[B, S-V+R] ─► GatherElements(layer L's inputs) ─► layers L..
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from vtc.methods.registry import register
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from vtc.passes.base import Pass
+    from vtc.passes.decoder_cuts import CutStage
 
 
 class FastVConfig(CutConfig):
@@ -118,16 +120,23 @@ class FastV(VisualCut):
         return CutStep(self.name, self.site, visual, kept, cfg.layer,
                        {"layer": cfg.layer, "keep": kept})
 
-    def decoder_pass(self, step: CutStep, image_start: int) -> Pass:
-        from vtc.passes.fastv_decoder import FastVDecoder, FastVPlan
+    def lm_stage(self, step: CutStep) -> CutStage:
+        from vtc.passes.decoder_cuts import CutStage
 
         assert step.layer is not None
-        return FastVDecoder(FastVPlan(step.layer, image_start, step.tokens_in, step.tokens_out))
+        return CutStage(step.layer, step.tokens_out, score="previous", positions="keep")
 
-    def keep(self, step: CutStep, probs: Tensor, image_start: int) -> Tensor:
-        import torch
+    def keep(self, step: CutStep, probs: Tensor | None, image_start: int) -> Tensor:
+        assert probs is not None
+        return last_query_keep(probs, image_start, step.tokens_in, step.tokens_out)
 
-        row = probs[:, :, -1].mean(dim=1)                                   # [B, S]
-        p = torch.arange(row.shape[1])[None]
-        visual = (p >= image_start) & (p < image_start + step.tokens_in)
-        return keep_indices(row, visual, step.tokens_in, step.tokens_out)
+
+def last_query_keep(probs: Tensor, image_start: int, visual: int, keep: int) -> Tensor:
+    """probs `[B, H, Q, S]` → the positions that stay `[B, S - visual + keep]`: the last
+    query's row averaged over heads ranks the `visual` tokens at `image_start`."""
+    import torch
+
+    row = probs[:, :, -1].float().mean(dim=1)                               # [B, S]
+    p = torch.arange(row.shape[1])[None]
+    span = (p >= image_start) & (p < image_start + visual)
+    return keep_indices(row, span, visual, keep)

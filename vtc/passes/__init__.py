@@ -4,7 +4,7 @@
   `run`, which applies a sequence of them;
 * `encoder` — the encoder rewrite as such a sequence (locate, reduce, size bias,
   unmerge, token sizes, shape fix-up, check); the decoder's passes (`decoder_layers`,
-  `fastv_decoder`, `last_logits`, `int4`) are run by `vtc.vlm.decoder`;
+  `decoder_cuts`, `last_logits`, `int4`) are run by `vtc.vlm.decoder`;
 * `graph` — load/prepare a model, find its transformer blocks from structure alone;
 * `emit` — the node builder every rewrite uses (portable ops only);
 * `shape_fixup` — rewrite constants that baked the old token count;

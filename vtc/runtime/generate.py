@@ -119,6 +119,7 @@ class VlmBundle:
         self.visual = int(config["visual_tokens"])
         self.image_token_id = int(config["image_token_id"])
         self.eos = {int(i) for i in config["eos_token_ids"]}
+        self.precision = str(config.get("decoder_precision", "fp32"))
         # an LM cut's static image span (bundles before vtc wrote "cuts": under "fastv")
         start = config.get("image_start", (config.get("fastv") or {}).get("image_start"))
         self.image_start: int | None = start

@@ -34,6 +34,7 @@ import numpy as np
 from PIL import Image
 
 import vtc
+from vtc.backends import engines
 from vtc.backends.machine import machine_info
 from vtc.data.images import IMAGE_EXTENSIONS
 from vtc.errors import InputError
@@ -51,7 +52,7 @@ from vtc.util import sha256_file, write_atomic
 from vtc.validate.generation import cost, validate
 from vtc.validate.report_vlm import judge, render_markdown
 from vtc.vlm import decoder, embedding, export, families, plan
-from vtc.vlm.families import GENAI, Family
+from vtc.vlm.families import GENAI, ORT, Family
 from vtc.vlm.llava import TEMPLATE
 from vtc.vlm.plan import Cuts
 
@@ -178,12 +179,21 @@ def vision_with_encoder_cuts(fam: Family, model: Any, geo: Any, cuts: Cuts, path
 
 
 def build_decoder(fam: Family, model: Any, src: Source, scratch: Path, precision: str,
-                  log: Log) -> Path:
-    """The builder's decoder of the checkpoint's LM (a folder in `scratch`)."""
+                  log: Log) -> tuple[Path, Path | None]:
+    """The builder's decoder of the checkpoint's LM at `precision` (a folder in
+    `scratch`), and for fp16/int4 its fp32 twin (the graphs parity is judged on; int4 is
+    quantized from it)."""
     lm = fam.lm_dir(src.path, model, scratch / "lm")
-    built = decoder.run_builder(lm, scratch / "built", precision, log)
+    fp32: Path | None = None
+    if precision != "fp32":
+        fp32 = decoder.run_builder(lm, scratch / "built-fp32", "fp32", log)
+    if precision == "int4":
+        assert fp32 is not None
+        built = decoder.quantize_int4(fp32, scratch / "built", log)
+    else:
+        built = decoder.run_builder(lm, scratch / "built", precision, log)
     shutil.rmtree(lm)
-    return built
+    return built, fp32
 
 
 def _decoder_dtype(path: Path) -> type:
@@ -199,8 +209,6 @@ def _write_graphs(fam: Family, model: Any, geo: Any, cuts: Cuts, folder: Path, b
                   start: int | None, rewrite: bool = True) -> dict[str, Any]:
     """One bundle's files into `folder`; `rewrite=False` keeps the builder's decoder as
     written (the uncut baseline a user would run without vtc)."""
-    from vtc.methods.cut import get_cut
-
     enc = cuts.encoder is not None and bool(cuts.encoder.reducing_layers)
     if enc:
         vision_with_encoder_cuts(fam, model, geo, cuts, folder / "vision.onnx")
@@ -212,9 +220,8 @@ def _write_graphs(fam: Family, model: Any, geo: Any, cuts: Cuts, folder: Path, b
                     fam.features_rank)
     done: dict[str, Any] = {}
     if rewrite:
-        lm_cuts = [get_cut(st.method).decoder_pass(st, int(start or 0))
-                   for st in cuts.lm_steps]
-        done = decoder.rewrite(built / "model.onnx", folder / "decoder.onnx", lm_cuts)
+        done = decoder.rewrite(built / "model.onnx", folder / "decoder.onnx",
+                               decoder.cut_passes(cuts.lm_steps, int(start or 0)))
     else:
         shutil.copyfile(built / "model.onnx", folder / "decoder.onnx")
         data = built / "model.onnx.data"
@@ -253,15 +260,18 @@ def _images(folder: Path | None, n: int) -> list[Image.Image]:
 def cuts_info(recipe: Any, geo: Any, cuts: Cuts, base: Cuts) -> CutsInfo:
     enc = cuts.encoder
     lt, lt0 = plan.layer_tokens(geo, cuts), plan.layer_tokens(geo, base)
+    steps = [dict(dataclasses.asdict(st), lm_gflops=g)
+             for st, g in zip(cuts.steps, plan.step_gflops(geo, cuts), strict=True)]
+    g0, g = plan.gflops(geo, base), plan.gflops(geo, cuts)
     return CutsInfo(
         tower_tokens=geo.tower_tokens, encoder=enc.label if enc is not None else "none",
         encoder_tokens_out=enc.tokens_out if enc is not None else geo.tower_tokens,
-        steps=[dataclasses.asdict(st) for st in cuts.steps],
-        visual_tokens_uncut=base.visual, visual_tokens=cuts.visual,
+        steps=steps, visual_tokens_uncut=base.visual, visual_tokens=cuts.visual,
         prompt_tokens=recipe.generate.prompt_tokens, prefill_length_uncut=base.prefill,
         prefill_length=cuts.prefill, lm_layer_tokens_uncut=lt0, lm_layer_tokens=lt,
-        flops_ratio=round(plan.lm_macs(geo, lt0) / plan.lm_macs(geo, lt), 4),
-        vision_flops_ratio=round(plan.vision_macs(geo, base) / plan.vision_macs(geo, cuts), 4))
+        flops_ratio=round(g0 / g, 4),
+        vision_flops_ratio=round(plan.vision_macs(geo, base) / plan.vision_macs(geo, cuts), 4),
+        lm_gflops_uncut=g0, lm_gflops=g)
 
 
 def build(src: Source, recipe: Any, tmp: Path, images: Path | None, bench: bool,
@@ -276,6 +286,7 @@ def build(src: Source, recipe: Any, tmp: Path, images: Path | None, bench: bool,
         log(f"[{k}/{steps}] {msg} (+{time.perf_counter() - t0:.1f}s)")
 
     fam = families.get(src.model_type or "llava")
+    eng = engines.get(recipe.backend.kind)  # checked by the pipeline: it runs generation
     step(1, f"loading {src.spec} ({fam.name})")
     if model is None:
         model, geo = fam.load(src.path, use_safetensors=not allow_pickle, recipe=recipe)
@@ -285,6 +296,9 @@ def build(src: Source, recipe: Any, tmp: Path, images: Path | None, bench: bool,
         cuts, base = plan.plan(recipe, geo), plan.uncut(recipe, geo)
     except vtc.budget.BudgetError as exc:
         raise InputError(str(exc)) from None
+    # the engine kind's generation runtime, unless the family says it cannot express
+    # these cuts (Qwen2.5-VL after a cut before the LLM): vtc.runtime's onnxruntime loop
+    runtime = str(eng.generation) if fam.runtime(cuts) == GENAI else ORT
     eos = _eos(model)
     from tokenizers import Tokenizer
 
@@ -299,7 +313,7 @@ def build(src: Source, recipe: Any, tmp: Path, images: Path | None, bench: bool,
     with tempfile.TemporaryDirectory(dir=tmp.parent, prefix=f".{tmp.name}.build-") as scratch:
         work = Path(scratch)
         step(2, f"exporting the decoder ({precision}) with onnxruntime-genai's model builder")
-        built = build_decoder(fam, model, src, work, precision, log)
+        built, built32 = build_decoder(fam, model, src, work, precision, log)
         step(3, f"writing the cut graphs: visual tokens {base.visual} → {cuts.visual}, LM "
                 f"layer tokens {plan.layer_tokens(geo, cuts)}; and the uncut ones (timing; "
                 "not shipped)")
@@ -310,13 +324,21 @@ def build(src: Source, recipe: Any, tmp: Path, images: Path | None, bench: bool,
         _write_graphs(fam, model, geo, base, uncut_dir, built, tok_file, image_token, eos,
                       precision, start, rewrite=False)
         shutil.rmtree(built)
+        ref_b = None
+        if built32 is not None:  # the fp32 twin, same cuts: what parity is judged on
+            (work / "fp32").mkdir()
+            _write_graphs(fam, model, geo, cuts, work / "fp32", built32, tok_file, image_token,
+                          eos, "fp32", start)
+            shutil.rmtree(built32)
+            ref_b = VlmBundle.load(work / "fp32", verified=False)
         cut_b = VlmBundle.load(tmp, verified=False)  # no manifest.json yet
         gen = recipe.generate
         imgs = _images(images, len(gen.prompts))
         step(4, f"validating {len(gen.prompts)} prompts × greedy {gen.max_new_tokens} tokens: "
-                f"{fam.runtime(cuts)}, eager with cuts, uncut HF")
-        parity, fid = validate(fam, model, geo, cuts, cut_b, list(gen.prompts), imgs,
-                               gen.max_new_tokens, log)
+                f"{runtime}, eager with cuts, uncut HF")
+        parity, fid, deploy = validate(fam, model, geo, cuts, cut_b, list(gen.prompts), imgs,
+                                       gen.max_new_tokens, log, reference=ref_b)
+        del ref_b
         vlm_cost = None
         if bench:
             # the torch model is done: free it before the uncut bundle loads
@@ -335,8 +357,8 @@ def build(src: Source, recipe: Any, tmp: Path, images: Path | None, bench: bool,
     report = VlmReport(
         vtc_version=vtc.__version__, source=SourceInfo(src.spec, src.kind, fam.name, fam.name),
         recipe=recipe.to_dict(), model=to_jsonable(geo), cuts=cuts_info(recipe, geo, cuts, base),
-        engine=VlmEngine(fam.runtime(cuts), ["CPUExecutionProvider"], graphs, export.OPSET),
-        machine=machine_info(["CPUExecutionProvider"]), parity=VlmParity(parity),
+        engine=VlmEngine(runtime, list(eng.generation_providers), graphs, export.OPSET),
+        machine=machine_info(list(eng.generation_providers)), parity=VlmParity(parity, deploy),
         fidelity=fid, cost=vlm_cost)
     judge(report, dict(recipe.gates))
     report.elapsed_s = round(time.perf_counter() - t0, 2)

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from vtc.errors import InputError
-from vtc.report_vlm import GenerationFidelity, GenerationParity, VlmCost
+from vtc.report_vlm import DeploymentParity, GenerationFidelity, GenerationParity, VlmCost
 from vtc.runtime import BundleError
 from vtc.runtime.generate import VlmBundle
 from vtc.vlm.families import Family
@@ -36,13 +36,17 @@ def _cos(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def validate(fam: Family, model: Any, geo: Any, cuts: Cuts, bundle: VlmBundle, prompts: list[str],
-             images: list[Image.Image], max_new: int, log: Log
-             ) -> tuple[GenerationParity, GenerationFidelity]:
-    """Parity (engines vs eager with the cuts) and fidelity (vs HF's uncut model)."""
+             images: list[Image.Image], max_new: int, log: Log,
+             reference: VlmBundle | None = None
+             ) -> tuple[GenerationParity, GenerationFidelity, DeploymentParity | None]:
+    """Parity (fp32 engines vs eager with the cuts), fidelity (the bundle vs HF's uncut
+    model) and, for a bundle whose decoder is not fp32, its deployment tier against
+    `reference` (its fp32 twin with the same cuts; parity is judged on that twin)."""
     eos = bundle.eos
-    equal = exact = top1 = 0
-    logit_diff = vision_diff = 0.0
+    equal = exact = top1 = dep_equal = 0
+    logit_diff = vision_diff = dep_diff = 0.0
     cosines: list[float] = []
+    dep_cos: list[float] = []
     for i, (prompt, img) in enumerate(zip(prompts, images, strict=True)):
         try:
             ids = bundle.prompt_ids(prompt, max_new_tokens=max_new)
@@ -50,27 +54,36 @@ def validate(fam: Family, model: Any, geo: Any, cuts: Cuts, bundle: VlmBundle, p
             raise InputError(f"generate.prompts[{i}]: {exc}") from None
         px = bundle.pixels(img, fit=True)
         eng = bundle.generate(ids, px, max_new)
-        vis = bundle.session("vision").run(None, {"pixel_values": px})[0]
+        fp32 = eng if reference is None else reference.generate(ids, px, max_new)
+        vis = (reference or bundle).session("vision").run(None, {"pixel_values": px})[0]
         pt = torch.from_numpy(px)
         ie = fam.image_embeds(model, geo, cuts, pt)
         ref = fam.generate(model, geo, cuts, ids, pt, max_new, eos)
         full = fam.hf_generate(model, geo, ids, pt, max_new, eos)
         vision_diff = max(vision_diff, float(np.abs(vis.reshape(-1) -
                                                     ie.numpy().reshape(-1)).max()))
-        diff = np.abs(eng.first_logits - ref.first_logits.numpy()).max()
+        diff = np.abs(fp32.first_logits - ref.first_logits.numpy()).max()
         logit_diff = max(logit_diff, float(diff))
-        equal += eng.tokens == ref.tokens
+        equal += fp32.tokens == ref.tokens
         exact += eng.tokens == full.tokens
         top1 += eng.tokens[:1] == full.tokens[:1]
         cosines.append(_cos(eng.first_logits, full.first_logits.numpy()))
+        if reference is not None:
+            dep_equal += eng.tokens == fp32.tokens
+            dep_cos.append(_cos(eng.first_logits, fp32.first_logits))
+            dep_diff = max(dep_diff, float(np.abs(eng.first_logits - fp32.first_logits).max()))
         log(f"  prompt {i + 1}/{len(prompts)}: {len(eng.tokens)} tokens, "
-            f"{'=' if eng.tokens == ref.tokens else '≠'} eager with cuts, "
-            f"{'=' if eng.tokens == full.tokens else '≠'} uncut")
+            f"{'=' if fp32.tokens == ref.tokens else '≠'} eager with cuts"
+            + ("" if reference is None else
+               f" (fp32 twin), {'=' if eng.tokens == fp32.tokens else '≠'} fp32 twin")
+            + f", {'=' if eng.tokens == full.tokens else '≠'} uncut")
     n = len(prompts)
     parity = GenerationParity(n, max_new, equal / n, logit_diff, vision_diff)
     fid = GenerationFidelity(n, statistics.fmean(cosines), min(cosines), top1 / n, exact / n,
                              random_weights=getattr(model, "_vtc_random", False))
-    return parity, fid
+    dep = None if reference is None else DeploymentParity(
+        bundle.precision, n, dep_equal / n, min(dep_cos), dep_diff)
+    return parity, fid, dep
 
 
 def _ms(fn: Callable[[], Any]) -> float:
@@ -107,7 +120,6 @@ def cost(base: VlmBundle, cut: VlmBundle, prompt: str, image: Image.Image, round
         b.release()
     pre = interleaved(lambda k: _ms(partial(sides[k][0].session("decoder").run, None,
                                             feeds[k])))
-    del feeds
     dec = interleaved(lambda k: sides[k][0].generate(sides[k][1], sides[k][2], steps,
                                                      stop_at_eos=False).tokens_per_s)
     med = [statistics.median(v) for v in vis]

@@ -21,6 +21,9 @@ def judge(report: VlmReport, gates: dict[str, float]) -> None:
         if path[0] == "cost" and report.cost is None:
             skipped.append(name)
             continue
+        if path[:2] == ("parity", "deployment") and report.parity.deployment is None:
+            skipped.append(name)  # an fp32 decoder has no deployment tier
+            continue
         out.append(judge_value(name, lookup(report, path), limit, kind, path))
     report.gates, report.gates_skipped = out, skipped
     report.passed = all(g.passed for g in out)
@@ -33,12 +36,15 @@ def render_markdown(report: VlmReport) -> str:
              f"{'PASS' if report.passed else 'FAIL'} · {report.elapsed_s:.1f} s", ""]
     for title, part in (("Cuts", report.cuts), ("Parity (engines vs eager with the same cuts)",
                                                 report.parity.generation),
+                        ("Deployment (the fp16/int4 decoder vs its fp32 twin, same cuts)",
+                         report.parity.deployment),
                         ("Fidelity (vs the uncut eager model)", report.fidelity),
                         ("Cost (uncut vs cut engines, interleaved)", report.cost),
                         ("Engine", report.engine), ("Machine", report.machine)):
         lines += [f"## {title}", ""]
         if part is None:
-            lines += ["not measured (--no-bench)", ""]
+            lines += ["not measured (--no-bench)" if title.startswith("Cost") else
+                      "none: the decoder is fp32", ""]
             continue
         lines += ["| field | value |", "|---|---|"]
         for k, v in to_jsonable(part).items():

@@ -3,13 +3,18 @@ and rewritten by vtc's decoder passes.
 
     LLaVA checkpoint ─► lm/ (a Llama/Mistral causal-LM directory: config.json, the LM's
         tensors renamed, one safetensors shard at a time; tokenizer.json)
-    lm/ ─► python -m onnxruntime_genai.models.builder -p fp32|fp16 -e cpu
+    lm/ ─► python -m onnxruntime_genai.models.builder -p fp32 -e cpu | -p fp16 -e cuda
         --extra_options exclude_embeds=true ─► model.onnx (+ .data), genai_config.json
+        (fp16 is the builder's CUDA decoder: GroupQueryAttention in fp16, which ONNX
+        Runtime's CPU EP runs too; the builder's CPU fp16 decoder has MultiHeadAttention
+        with the rotary and the mask outside it instead, a second layout for every
+        decoder pass. The genai config is set back to the CPU provider.)
         (int4: the builder's fp32 decoder ─► `passes.int4`, one weight at a time: the
         builder's own int4 path holds every fp32 weight at once and does not fit a 7B LM
         in 24 GiB; the result is the builder's int4 decoder, initializer for initializer)
-    model.onnx ─► passes: FastV (`passes.fastv_decoder`, with the recipe's cut),
-        last-token logits (`passes.last_logits`) ─► decoder.onnx (+ decoder.onnx.data)
+    model.onnx ─► passes: the LM cuts (`passes.decoder_cuts`: FastV, PyramidDrop's
+        stages, a visual-token exit), last-token logits (`passes.last_logits`)
+        ─► decoder.onnx (+ decoder.onnx.data)
 
 ``exclude_embeds`` makes the decoder read ``inputs_embeds``: the token table lives in the
 embedding graph (`vtc.vlm.embedding`) only, the head in the decoder only, so every LM
@@ -163,8 +168,9 @@ def run_builder(lm: Path, out: Path, precision: str, log: Log) -> Path:
     if precision not in PRECISIONS:
         raise InputError(f"decoder precision {precision!r}; give one of {', '.join(PRECISIONS)}")
     built = "fp32" if precision == "int4" else precision
+    ep = "cuda" if built == "fp16" else "cpu"  # fp16 GroupQueryAttention (module docstring)
     cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(lm), "-o",
-           str(out), "-p", built, "-e", "cpu", "-c", str(out.parent / "builder-cache"),
+           str(out), "-p", built, "-e", ep, "-c", str(out.parent / "builder-cache"),
            "--extra_options", "exclude_embeds=true", "hf_token=false"]
     env = dict(os.environ, TQDM_DISABLE="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
@@ -174,29 +180,61 @@ def run_builder(lm: Path, out: Path, precision: str, log: Log) -> Path:
                          f"({lines[-1].strip() if lines else f'exit {proc.returncode}'})")
     if precision == "int4":
         _to_int4(out, log)
+    if ep != "cpu":
+        _cpu_provider(out / "genai_config.json")
     log(f"  decoder: onnxruntime-genai model builder, {precision}")
     return out
 
 
+def _cpu_provider(config: Path) -> None:
+    """The builder's genai_config.json with its decoder on the CPU provider (genai's
+    default when ``provider_options`` is empty)."""
+    cfg = json.loads(config.read_text())
+    cfg["model"]["decoder"].setdefault("session_options", {})["provider_options"] = []
+    config.write_text(json.dumps(cfg, indent=4))
+
+
 def _to_int4(out: Path, log: Log) -> None:
     """The builder's fp32 ``out/model.onnx`` → int4 in place (`passes.int4`)."""
-    from vtc.passes import int4
-
     fp32 = out / "fp32"
     fp32.mkdir()
     for f in ("model.onnx", "model.onnx.data"):
         if (out / f).exists():
             os.replace(out / f, fp32 / f)
-    n = int4.quantize_file(fp32 / "model.onnx", out / "model.onnx")
+    quantize_int4(fp32, out, log)
     shutil.rmtree(fp32)
+
+
+def quantize_int4(fp32: Path, out: Path, log: Log) -> Path:
+    """The builder's fp32 decoder folder `fp32` → its int4 twin in `out` (`passes.int4`;
+    the builder's other files copied), leaving `fp32` as it is."""
+    from vtc.passes import int4
+
+    out.mkdir(parents=True, exist_ok=True)
+    for f in fp32.iterdir():
+        if f.is_file() and f.name not in ("model.onnx", "model.onnx.data"):
+            shutil.copyfile(f, out / f.name)
+    n = int4.quantize_file(fp32 / "model.onnx", out / "model.onnx")
     log(f"  decoder: {n} MatMuls to int4 (block 32, symmetric; onnxruntime's kernel)")
+    return out
+
+
+def cut_passes(steps: Sequence[Any], image_start: int) -> list[Any]:
+    """The LM cuts (`CutStep`s of ``site: lm``, in layer order) as the decoder's cut pass:
+    each step's method says what its stage is (`VisualCut.lm_stage`); none for none."""
+    from vtc.methods.cut import get_cut
+    from vtc.passes.decoder_cuts import CutPlan, DecoderCuts
+
+    if not steps:
+        return []
+    stages = tuple(get_cut(st.method).lm_stage(st) for st in steps)
+    return [DecoderCuts(CutPlan(image_start, steps[0].tokens_in, stages))]
 
 
 def rewrite(src: Path, dst: Path, cuts: Sequence[Any] = ()) -> dict[str, Any]:
     """The builder's ``model.onnx`` → `dst` with vtc's pass sequence (module docstring):
-    last-token logits, the LM cuts' passes (`cuts`: each an LM cut method's
-    `decoder_pass`, in layer order), the builder's stale shapes dropped, unused nodes
-    removed. Returns what the passes did, by pass name."""
+    last-token logits, the LM cuts (`cuts`: passes, `cut_passes`), the builder's stale
+    shapes dropped, unused nodes removed. Returns what the passes did, by pass name."""
     import onnx_ir as ir
     from onnx_ir.passes.common import RemoveUnusedNodesPass
 

@@ -72,6 +72,11 @@ class VlmGeometry:
         return 1
 
     @property
+    def rope(self) -> str:
+        """The LLM's rotary positions: "1d" or "mrope" (3-D, t/h/w)."""
+        return "1d"
+
+    @property
     def dropped_at_projector(self) -> int:
         """Tokens the feature selection drops when no cut does (``default``: CLS)."""
         return 1 if self.strategy == "default" else 0

@@ -23,20 +23,38 @@ from vtc.methods.cut import CutStep, VisualCut
 class VlmShape(Protocol):
     """What `plan` reads of a family's geometry (module docstring)."""
 
-    tower_tokens: int
-    lm_layers: int
-    lm_width: int
-    lm_heads: int
-    kv_heads: int
-    head_dim: int
-    mlp_width: int
-    vocab: int
+    @property
+    def tower_tokens(self) -> int: ...
+
+    @property
+    def lm_layers(self) -> int: ...
+
+    @property
+    def lm_width(self) -> int: ...
+
+    @property
+    def lm_heads(self) -> int: ...
+
+    @property
+    def kv_heads(self) -> int: ...
+
+    @property
+    def head_dim(self) -> int: ...
+
+    @property
+    def mlp_width(self) -> int: ...
+
+    @property
+    def vocab(self) -> int: ...
 
     @property
     def visual(self) -> int: ...
 
     @property
     def dropped_at_projector(self) -> int: ...
+
+    @property
+    def rope(self) -> str: ...
 
     def encoder_geometry(self, sections: list[Any]) -> Geometry: ...
 
@@ -98,18 +116,34 @@ def _cut_steps(recipe: Any, geo: VlmShape, tower_out: int) -> tuple[list[CutStep
         steps.append(m.plan_cut(cfg, tower_out, geo.lm_layers))
         visual = steps[-1].tokens_out
     # LM cuts by layer; each selects among the tokens the one before it left
-    layer_of = {m.name: m.plan_cut(c, visual, geo.lm_layers).layer or 0
-                for m, c in cuts if m.site == "lm"}
+    lm = [(m, c) for m, c in cuts if m.site == "lm"]
+    first = {m.name: m.plan_cuts(c, visual, geo.lm_layers)[0].layer or 0 for m, c in lm}
     reaching = visual
-    for m, cfg in sorted((mc for mc in cuts if mc[0].site == "lm"),
-                         key=lambda mc: layer_of[mc[0].name]):
-        st = m.plan_cut(cfg, reaching, geo.lm_layers)
-        if steps and steps[-1].site == "lm" and steps[-1].layer == st.layer:
-            raise BudgetError(f"{steps[-1].method} and {st.method} both cut at LM layer "
-                              f"{st.layer}; give them different layers")
-        steps.append(st)
-        reaching = st.tokens_out
+    for m, cfg in sorted(lm, key=lambda mc: first[mc[0].name]):
+        for st in m.plan_cuts(cfg, reaching, geo.lm_layers):
+            if steps and steps[-1].site == "lm" and (steps[-1].layer or 0) >= (st.layer or 0):
+                raise BudgetError(f"{steps[-1].method} cuts at LM layer {steps[-1].layer} and "
+                                  f"{st.method} at {st.layer}; give each cut a later layer "
+                                  "than the one before (cuts of two methods may not "
+                                  "interleave)")
+            steps.append(st)
+            reaching = st.tokens_out
+    if geo.rope == "mrope":
+        _keep_positions(steps)
     return steps, visual
+
+
+def _keep_positions(steps: list[CutStep]) -> None:
+    """Refuse an LM cut that renumbers positions on a model whose positions are 3-D."""
+    from vtc.methods.cut import get_cut
+
+    for st in steps:
+        if st.site == "lm" and get_cut(st.method).lm_stage(st).positions == "compact":
+            raise BudgetError(
+                f"{st.method} renumbers the kept tokens' positions after its cut at LM layer "
+                f"{st.layer} (its reference code, on a 1-D rotary LLM); this model's "
+                "positions are 3-D (M-RoPE), for which no renumbering is defined: keep them "
+                f"with --set {st.method}.positions=keep")
 
 
 def plan(recipe: Any, geo: VlmShape) -> Cuts:
@@ -132,15 +166,43 @@ def layer_tokens(geo: VlmShape, cuts: Cuts) -> list[int]:
     return [cuts.tokens_at(i) for i in range(geo.lm_layers)]
 
 
-def lm_macs(geo: VlmShape, tokens: list[int]) -> int:
+def qkv_tokens(geo: VlmShape, cuts: Cuts) -> list[int]:
+    """Tokens each LM layer's q/k/v projections read at a full prefill: the layer's own
+    count, but the count before the cut at a layer whose cut ranks with that layer's own
+    projections (PyramidDrop's stages: the reference projects every token, then drops)."""
+    from vtc.methods.cut import get_cut
+
+    own = {st.layer for st in cuts.lm_steps
+           if get_cut(st.method).lm_stage(st).score == "own"}
+    return [cuts.tokens_at(i - 1) if i in own else cuts.tokens_at(i)
+            for i in range(geo.lm_layers)]
+
+
+def lm_macs(geo: VlmShape, tokens: list[int], qkv: list[int] | None = None) -> int:
     """Prefill MACs of the LM layers (projections, QKᵀ and PV, gated MLP) at `tokens`
-    per layer, plus the head on the last position."""
+    per layer (`qkv`: the tokens the q/k/v projections read, when more), plus the head
+    on the last position."""
     d, hd = geo.lm_width, geo.head_dim
-    proj = d * hd * (2 * geo.lm_heads + 2 * geo.kv_heads)
+    qkv_w = d * hd * (geo.lm_heads + 2 * geo.kv_heads)
+    out_w = d * hd * geo.lm_heads
     total = 0
-    for n in tokens:
-        total += n * proj + 2 * n * n * geo.lm_heads * hd + 3 * n * d * geo.mlp_width
+    for i, n in enumerate(tokens):
+        q = qkv[i] if qkv is not None else n
+        total += q * qkv_w + n * out_w + 2 * n * n * geo.lm_heads * hd + 3 * n * d * geo.mlp_width
     return total + d * geo.vocab
+
+
+def gflops(geo: VlmShape, cuts: Cuts) -> float:
+    """The LM's analytic prefill GFLOPs (2 × MACs) at the nominal prompt length."""
+    return round(2 * lm_macs(geo, layer_tokens(geo, cuts), qkv_tokens(geo, cuts)) / 1e9, 4)
+
+
+def step_gflops(geo: VlmShape, cuts: Cuts) -> list[float]:
+    """The LM's prefill GFLOPs with the steps up to and including each one (a projector
+    cut, always first, sets the visual count; each LM cut then shortens its layers):
+    what each method leaves, the last entry being the bundle's."""
+    return [gflops(geo, Cuts(cuts.encoder, cuts.steps[:k], cuts.visual, cuts.prefill))
+            for k in range(1, len(cuts.steps) + 1)]
 
 
 def vision_macs(geo: VlmShape, cuts: Cuts) -> int:

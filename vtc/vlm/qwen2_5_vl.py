@@ -107,6 +107,11 @@ class QwenGeometry:
         return 0
 
     @property
+    def rope(self) -> str:
+        """The LLM's rotary positions: "1d" or "mrope" (3-D, t/h/w)."""
+        return "mrope"
+
+    @property
     def dropped_at_projector(self) -> int:
         return 0
 

@@ -11,8 +11,10 @@ same cuts as the engines, independent of `vtc.vlm.qwen_vision` where it matters.
   past the largest (HF's ``rope_deltas``);
 * the language model runs as HF's ``Qwen2_5_VLDecoderLayer``s with HF's M-RoPE and a
   ``DynamicCache`` (one cache per layer, so an LM cut leaves the later layers' caches
-  shorter, as in the engines), an LM cut by its method's `keep` on the attention HF's
-  layer before it returns.
+  shorter, as in the engines); an LM cut is its method's `keep` on the attention its
+  stage names (`VisualCut.lm_stage`: layer L-1's as HF's layer returns it, or layer L's
+  own projections before it runs, or none), and the kept tokens keep their 3-D
+  positions.
 
 Shapes: ``ids`` a list of token ids with one image token; ``pixel_values[N, 1176]``;
 image features ``[K, D]``; logits ``[vocab]``.
@@ -30,7 +32,7 @@ from vtc.methods.cut import get_cut
 from .plan import Cuts
 from .qwen2_5_vl import QwenGeometry
 from .qwen_vision import merged_output, to_lm
-from .reference import Greedy, _causal
+from .reference import Greedy, _causal, own_probs
 
 
 def _thw(geo: QwenGeometry) -> Tensor:
@@ -98,20 +100,22 @@ def generate(model: nn.Module, geo: QwenGeometry, cuts: Cuts, ids: list[int],
     feats, kept = image_features(model, geo, cuts, pixel_values)
     full, at = _expand(ids, geo, geo.visual)
     pos_full = _rope_index(model, geo, full)
-    cut, _ = _expand(ids, geo, feats.shape[0])
+    cut_ids, _ = _expand(ids, geo, feats.shape[0])
     keep = torch.cat([torch.arange(at), at + kept, torch.arange(at + geo.visual, len(full))])
     pos = pos_full[:, :, keep]
     emb = m.get_input_embeddings()
     with torch.no_grad():
-        h = emb(torch.tensor([cut]))
+        h = emb(torch.tensor([cut_ids]))
         h[0, at:at + feats.shape[0]] = feats
     nxt_pos = int(pos_full.max()) + 1
     cache = DynamicCache(config=lm.config)
-    steps = {st.layer: st for st in cuts.lm_steps}
+    steps = {int(st.layer or 0): (st, get_cut(st.method)) for st in cuts.lm_steps}
+    stages = {i: cut.lm_stage(st) for i, (st, cut) in steps.items()}
     seen: dict[int, Tensor] = {}
     hooks = []
-    for layer_at in steps:
-        assert layer_at is not None
+    for layer_at, stage in stages.items():
+        if stage.score != "previous":
+            continue
 
         def hold(_mod: nn.Module, _inp: Any, out: Any, at_: int = layer_at) -> None:
             seen[at_] = out[1]  # the probabilities of layer at - 1, read at layer at
@@ -119,9 +123,13 @@ def generate(model: nn.Module, geo: QwenGeometry, cuts: Cuts, ids: list[int],
     try:
         with torch.no_grad():
             for i, layer in enumerate(lm.layers):
-                if i in steps:
-                    st = steps[i]
-                    idx = get_cut(st.method).keep(st, seen[i], at)[0]
+                if i in steps:  # an LM cut: its method's own selection, on the attention
+                    (st, cut), stage = steps[i], stages[i]  # its stage names
+                    probs = (seen[i] if stage.score == "previous" else
+                             own_probs(lm, layer, h, pos) if stage.score == "own" else
+                             torch.zeros(h.shape[0], 1, 1, h.shape[1]))
+                    idx = cut.keep(st, probs, at)[0]
+                    # kept tokens keep their 3-D positions (plan refuses a renumbering)
                     h, pos = h[:, idx], pos[:, :, idx]
                 h = layer(h, attention_mask=_causal(h.shape[1]), cache=cache, use_cache=True,
                           position_embeddings=lm.rotary_emb(h, pos))

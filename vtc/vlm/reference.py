@@ -6,10 +6,11 @@ Independent of `vtc.vlm.modules` where it matters: the tower runs as HF's
 model as HF's own ``LlamaDecoderLayer``s with HF's attention, rotary application and
 ``DynamicCache`` (one cache per layer, so a FastV cut leaves the later layers' caches
 shorter, as in the engines). The cuts call their methods' torch ops through the cut interface
-(`VisualCut.tower` — VisionZip's `select` —, `VisualCut.keep` — FastV's
-`keep_indices`), whose own tests hold them to independent implementations of the
-published code. A tower with encoder cuts (tome, evit) runs through vtc's block
-loop instead (`VisionEncoder.features`), as the encoder reference does.
+(`VisualCut.tower` — VisionZip's `select` —, `VisualCut.keep` — FastV's, PyramidDrop's
+and the visual-token exit's selection, on the attention `VisualCut.lm_stage` names),
+whose own tests hold them to independent implementations of the published code. A
+tower with encoder cuts (tome, evit) runs through vtc's block loop instead
+(`VisionEncoder.features`), as the encoder reference does.
 
 Shapes: ``ids`` a list of token ids with one image token; ``image_embeds[1, K, D]``;
 ``embeds[1, S, D]``; logits ``[1, vocab]``.
@@ -72,32 +73,65 @@ def _causal(s: int) -> Tensor:
     return torch.where(allowed, 0.0, torch.finfo(torch.float32).min)[None, None]
 
 
+def own_probs(lm: Any, layer: nn.Module, h: Tensor, pos: Tensor) -> Tensor:
+    """Layer `layer`'s attention probabilities for the last query, ``[B, H, 1, S]``, from
+    its own input norm and query/key projections of `h` ``[B, S, D]`` with rotary at
+    `pos` ``[B, S]`` (causal: the last query sees every key; fp32 softmax): what a cut
+    that ranks with the layer it is about to run reads (PyramidDrop)."""
+    import sys
+
+    lay: Any = layer
+    att = lay.self_attn
+    rope = sys.modules[type(att).__module__].apply_rotary_pos_emb
+    x = lay.input_layernorm(h)
+    b, s, _ = x.shape
+    q = att.q_proj(x).view(b, s, -1, att.head_dim).transpose(1, 2)
+    k = att.k_proj(x).view(b, s, -1, att.head_dim).transpose(1, 2)
+    cos, sin = lm.rotary_emb(x, pos)
+    q, k = rope(q, k, cos, sin)
+    k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+    logits = (q[:, :, -1:] @ k.transpose(-1, -2)) * att.scaling
+    return logits.float().softmax(dim=-1)
+
+
 def generate(model: nn.Module, geo: VlmGeometry, cuts: Cuts, embeds: Tensor, image_start: int,
              max_new: int, eos: set[int]) -> Greedy:
-    """Greedy decoding through HF's decoder layers with the LM cuts (FastV), each by its
-    method's `keep` on the attention HF's layer before it returns (module docstring)."""
+    """Greedy decoding through HF's decoder layers with the LM cuts, each by its method's
+    `keep` on the attention its stage names (`VisualCut.lm_stage`: layer L-1's as HF's
+    layer returns it, layer L's own before it runs, or none); the kept tokens keep their
+    positions or are renumbered as the stage says, and decoding runs each layer at the
+    position after the last one it saw (module docstring)."""
     from transformers import DynamicCache
 
     m: Any = model
     lm = m.model.language_model
     cache = DynamicCache(config=lm.config)
-    steps = {st.layer: st for st in cuts.lm_steps}
+    steps = {int(st.layer or 0): (st, get_cut(st.method)) for st in cuts.lm_steps}
+    stages = {at: cut.lm_stage(st) for at, (st, cut) in steps.items()}
     seen: dict[int, Tensor] = {}
     hooks = []
-    for at in steps:
-        assert at is not None
+    for at, stage in stages.items():
+        if stage.score != "previous":
+            continue
         def grab(_mod: nn.Module, _inp: Any, out: Any, at: int = at) -> None:
             seen[at] = out[1]  # the probabilities of layer at - 1, read at layer at
         hooks.append(lm.layers[at - 1].self_attn.register_forward_hook(grab))
+    nxt_pos: list[int] = []  # per layer: the position of the first decoded token
     try:
         with torch.no_grad():
             h, s = embeds, embeds.shape[1]
             pos = torch.arange(s)[None]
             for i, layer in enumerate(lm.layers):
                 if i in steps:  # an LM cut: its method's own selection
-                    st = steps[i]
-                    idx = get_cut(st.method).keep(st, seen[i], image_start)[0]
-                    h, pos = h[:, idx], pos[:, idx]
+                    (st, cut), stage = steps[i], stages[i]
+                    probs = (seen[i] if stage.score == "previous" else
+                             own_probs(lm, layer, h, pos) if stage.score == "own" else
+                             torch.zeros(h.shape[0], 1, 1, h.shape[1]))
+                    idx = cut.keep(st, probs, image_start)[0]
+                    h = h[:, idx]
+                    pos = pos[:, idx] if stage.positions == "keep" else \
+                        torch.arange(len(idx))[None]
+                nxt_pos.append(int(pos[0, -1]) + 1)
                 h = layer(h, attention_mask=_causal(h.shape[1]), position_ids=pos, cache=cache,
                           use_cache=True, position_embeddings=lm.rotary_emb(h, pos))
             logits = m.lm_head(lm.norm(h[:, -1]))
@@ -109,11 +143,10 @@ def generate(model: nn.Module, geo: VlmGeometry, cuts: Cuts, embeds: Tensor, ima
                 if nxt in eos or t == max_new - 1:
                     break
                 h = m.get_input_embeddings()(torch.tensor([[nxt]]))
-                pos = torch.tensor([[s + t]])
-                emb = lm.rotary_emb(h, pos)
-                for layer in lm.layers:
-                    h = layer(h, attention_mask=None, position_ids=pos, cache=cache,
-                              use_cache=True, position_embeddings=emb)
+                for layer, at in zip(lm.layers, nxt_pos, strict=True):
+                    p = torch.tensor([[at + t]])
+                    h = layer(h, attention_mask=None, position_ids=p, cache=cache,
+                              use_cache=True, position_embeddings=lm.rotary_emb(h, p))
                 logits = m.lm_head(lm.norm(h[:, -1]))
     finally:
         for hook in hooks:

@@ -23,6 +23,9 @@ class OrtEngine(Engine):
     precisions = ("fp32", "fp16", "int8")
     fuses_attention = True
     binds_io = True
+    # a VLM bundle's graphs run in onnxruntime-genai (the CPU build vtc depends on)
+    generation = "onnxruntime-genai"
+    generation_providers = (CPU,)
 
     def check(self, opts: EngineOptions) -> None:
         import onnxruntime as ort
