@@ -22,7 +22,9 @@
    engine (`backend.kind: openvino`): parity on every family, ViT-B/16 tome-r16 ≥ 1.8×
    OpenVINO uncompressed (bench/openvino.py). 11. int8 (`backend.precision: int8`):
    ViT-B/16 tome-r16 ≥ 1.8× int8 uncompressed, and int8/fp32 for information
-   (bench/int8.py).
+   (bench/int8.py). 12. Qwen2.5-VL: tiny parity per shipped recipe, and Qwen2.5-VL-3B
+   shapes 256 → 64 visual tokens, LM prefill ≤ 0.40× the uncut genai bundle
+   (bench/vlm_qwen.py).
 
 Sections 1-4 use random weights (fixed seed): speed and parity do not depend
 on them. Sections 5-6 (bench/real.py) use the zoo's real dinov2-small weights
@@ -262,6 +264,12 @@ def main() -> int:
             print("[bench] LLaVA: tiny parity per recipe; LLaVA-1.5 shapes, prefill latency "
                   "(several minutes) ...", flush=True)
             results += vlm(tmp, rounds=5)
+            from bench.vlm_qwen import qwen
+
+            print("[bench] Qwen2.5-VL: tiny parity per recipe; Qwen2.5-VL-3B shapes, prefill "
+                  "latency (tens of minutes: the 3B tower runs about 10 s per image) ...",
+                  flush=True)
+            results += qwen(tmp, rounds=3)
         if args.only not in ("synthetic", "startup"):
             from bench.real import dinov2_probe, dinov2_self_check, focus_unmerge
 

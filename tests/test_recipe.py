@@ -100,7 +100,7 @@ def test_every_encoder_recipe_gates_speed_and_a_fidelity_floor_per_output_kind()
 
     for name in sorted(shipped()):
         rec = load_recipe(name)
-        if name.startswith("llava-"):
+        if list(rec.cuts()):  # a vision-language recipe: its gates are VLM_GATES
             continue
         assert set(FIDELITY_SCOPE) <= set(rec.gates), name
         if rec.method:  # a reduction: it must pay off

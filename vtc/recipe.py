@@ -236,6 +236,18 @@ class GenerateCfg(_Strict):
     max_new_tokens: int = Field(default=16, ge=1, le=4096)
     prompts: list[str] = Field(default_factory=lambda: list(DEFAULT_PROMPTS), min_length=1)
     rounds: int = Field(default=10, ge=1, le=1000)  # interleaved timing rounds
+    # the image size (pixels: one side, or [height, width]) a bundle of a family with
+    # dynamic resolution (Qwen2.5-VL) is built for; null: the family's default (448)
+    image_size: int | list[int] | None = None
+
+    @field_validator("image_size")
+    @classmethod
+    def _image_size(cls, v: int | list[int] | None) -> int | list[int] | None:
+        sides = [v] if isinstance(v, int) else v or []
+        if v is not None and (len(sides) not in (1, 2) or min(sides) < 1):
+            raise ValueError(f"generate.image_size is {v}; give one side or [height, width] "
+                             "in pixels, e.g. 448 or [448, 672]")
+        return v
 
 
 class RecipeBase(_Strict):

@@ -117,7 +117,7 @@ class GenerationFidelity:
 class VlmCost:
     """Median milliseconds over `rounds` interleaved rounds (uncut, cut) on the same
     prompt and image: the vision graph and the decoder's prefill (onnxruntime sessions on
-    the bundles' graphs), and decode tokens/s (onnxruntime-genai) over
+    the bundles' graphs), and decode tokens/s (each bundle's runtime) over
     `decode_tokens` steps; `prefill_ratio` = cut / uncut prefill latency."""
 
     rounds: int

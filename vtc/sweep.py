@@ -285,12 +285,11 @@ def _check_cuts(src: Any, points: list[Planned], log: Callable[[str], None]) -> 
     except (OSError, ValueError) as exc:
         raise SweepError(f"{src.spec}: config.json cannot be read ({type(exc).__name__})") \
             from None
-    geo = fam.check_config(cfg, src.spec)
     log(f"checking {len(points)} cut plans against {src.spec} ({fam.name})")
     for p in points:
-        try:
-            vlm_plan.plan(p.recipe, geo)
-        except BudgetError as exc:
+        try:  # the geometry per point: a family may size it by the recipe (an image size)
+            vlm_plan.plan(p.recipe, fam.check_config(cfg, src.spec, p.recipe))
+        except (BudgetError, InputError) as exc:
             raise SweepError(f"{p.where}: {exc}") from exc
 
 

@@ -101,3 +101,52 @@ def run_decoder(path: Path, embeds: np.ndarray, layers: int = 4) -> dict[str, np
             feeds[f"past_key_values.{i}.{kv}"] = np.zeros((1, 2, 0, 16), np.float32)
     names = [o.name for o in s.get_outputs()]
     return dict(zip(names, s.run(None, feeds), strict=True))
+# ---- Qwen2.5-VL: a tiny seeded checkpoint in the real layout, bundles of the shipped
+# recipes at 112 × 112 px (8 × 8 patches, 16 merged tokens) ----
+QWEN_PROMPTS = ["Describe the image.", "What is in the picture?",
+                "what colour is the main object ?", "is there a cat or a dog in this photo ?"]
+QWEN_SETS = ["generate.image_size=112", "generate.prompt_tokens=24",
+             "generate.max_new_tokens=16", "generate.rounds=2",
+             "generate.prompts=[" + ", ".join(f'"{p}"' for p in QWEN_PROMPTS) + "]"]
+
+
+def qwen_tiny() -> Any:
+    from vtc.vlm import qwen2_5_vl
+
+    cfg = qwen2_5_vl.tiny_config()
+    cfg.text_config.initializer_range = 0.3  # varied greedy tokens from random weights
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def qwen_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from vtc.vlm import qwen2_5_vl
+
+    path = tmp_path_factory.mktemp("qwen") / "ckpt"
+    cfg = qwen_tiny()
+    qwen2_5_vl.save_random(cfg, path, spread=0.1)
+    qwen2_5_vl.word_tokenizer(path, cfg)
+    return path
+
+
+@pytest.fixture(scope="session")
+def qwen_bundle(qwen_dir: Path, tmp_path_factory: pytest.TempPathFactory
+                ) -> Callable[..., Path]:
+    """The bundle of a shipped recipe (with --set overrides) on the tiny Qwen, built once
+    per session."""
+    from vtc import pipeline
+    from vtc.recipe import load_recipe
+
+    built: dict[tuple[str, ...], Path] = {}
+
+    def get(recipe: str, *sets: str, bench: bool = False) -> Path:
+        key = (recipe, *sets, str(bench))
+        if key not in built:
+            out = tmp_path_factory.mktemp("qwen-bundle") / "out"
+            pipeline.run(pipeline.Options(source=str(qwen_dir),
+                                          recipe=load_recipe(recipe, [*QWEN_SETS, *sets]),
+                                          out=out, batch=1, bench=bench,
+                                          log=lambda _m: None))
+            built[key] = out
+        return built[key]
+    return get

@@ -109,6 +109,27 @@ def test_weights_are_stored_once(combined_bundle: Path, llava_dir: Path) -> None
     assert counted == lm_params
 
 
+def test_a_bundle_from_before_the_processor_key_still_runs(combined_bundle: Path,
+                                                           tmp_path: Path) -> None:
+    """generation.json written before `processor`, `runtime` and `decoder` existed (CLIP's
+    crop keys at the top): the runtime reads it as a genai-run LLaVA bundle."""
+    import shutil
+
+    from vtc.runtime.generate import VlmBundle
+
+    old = tmp_path / "old"
+    shutil.copytree(combined_bundle, old)
+    cfg = json.loads((old / "generation.json").read_text())
+    for k in ("processor", "runtime", "decoder", "max_length", "features_rank"):
+        cfg.pop(k)
+    (old / "generation.json").write_text(json.dumps(cfg))
+    b = VlmBundle.load(old, verified=False)
+    assert b.runtime == "onnxruntime-genai" and b.processor["kind"] == "clip"
+    px = b.pixels(_image(tmp_path / "a.png"))
+    assert px.shape == (1, 3, 32, 32)
+    assert len(b.generate(b.prompt_ids("What is it?", max_new_tokens=2), px, 2).tokens) == 2
+
+
 def test_vtc_generate(combined_bundle: Path, tmp_path: Path) -> None:
     img = _image(tmp_path / "a.png")
     res = CliRunner().invoke(main, ["generate", str(combined_bundle), "--image", str(img),

@@ -8,6 +8,7 @@ import torch
 
 from vtc.budget import BudgetError
 from vtc.methods import get
+from vtc.methods.cut import cls_score
 from vtc.methods.fastv import FastVConfig, keep_indices
 from vtc.methods.visionzip import VisionZipConfig, select
 
@@ -44,7 +45,7 @@ def test_visionzip_matches_the_published_code(t: int, dominant: int, contextual:
     feats = torch.randn(2, t, 8, generator=g)
     attn = torch.randn(2, 4, t, t, generator=g).softmax(-1)
     keys = torch.randn(2, t, 6, generator=g)
-    ours = select(feats, attn, keys, dominant, contextual)
+    ours, _idx = select(feats, cls_score(attn), keys, dominant, contextual)
     assert ours.shape == (2, dominant + contextual, 8)
     if contextual == 0:
         ref = visionzip_as_published(feats, attn, keys, dominant, 1)[:, :dominant]
@@ -58,7 +59,8 @@ def test_visionzip_keeps_cls_and_the_original_order() -> None:
     feats = torch.arange(t, dtype=torch.float32)[None, :, None].expand(1, t, 2).clone()
     attn = torch.zeros(1, 1, t, t)
     attn[0, 0, 0, [7, 2, 5]] = torch.tensor([0.5, 0.3, 0.2])  # CLS attends 7 > 2 > 5
-    out = select(feats, attn, torch.randn(1, t, 3), dominant=4, contextual=0)
+    out, idx = select(feats, cls_score(attn), torch.randn(1, t, 3), dominant=4, contextual=0)
+    assert idx[0].tolist() == [0, 2, 5, 7]
     assert out[0, :, 0].tolist() == [0.0, 2.0, 5.0, 7.0]
 
 

@@ -18,13 +18,16 @@ def test_every_registered_family_binds_its_entry_points(model_type: str) -> None
     assert isinstance(fam, families.Family) and fam.name == model_type
     assert "<image>" in fam.template and "{prompt}" in fam.template
     assert all(callable(getattr(fam, f)) for f in (
-        "load", "check_config", "export_vision", "export_tower_body", "export_tower_tail",
-        "image_embeds", "splice", "generate", "hf_generate"))
+        "load", "check_config", "lm_dir", "export_vision", "genai", "processor", "runtime",
+        "image_embeds", "generate", "hf_generate"))
+    # encoder cuts: both halves of the tower graph, or neither (the family refuses them)
+    assert (fam.export_tower_body is None) == (fam.export_tower_tail is None)
+    assert fam.features_rank in (2, 3)
 
 
 def test_an_unsupported_family_names_the_supported_ones() -> None:
-    with pytest.raises(InputError, match=r"'qwen2_5_vl' is not .* supported: llava"):
-        families.get("qwen2_5_vl")
+    with pytest.raises(InputError, match=r"'idefics3' is not .* supported: llava, qwen2_5_vl"):
+        families.get("idefics3")
 
 
 def test_the_registry_imports_no_torch() -> None:

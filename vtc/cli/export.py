@@ -44,9 +44,11 @@ gets out/text.onnx, out/text.ort.onnx and out/tokenizer/, and a zero-shot agreem
 tier against the eager CLIPModel (captions: --captions FILE, else the recipe's
 validate.captions, else vtc's).
 A LLaVA checkpoint (recipes llava-visionzip64, llava-fastv,
-llava-tome-visionzip-fastv) gives vision.onnx, embedding.onnx, decoder.onnx (+.data),
-genai_config.json, the tokenizer files and generation.json instead of the engines:
-run it with `vtc generate` or onnxruntime-genai.
+llava-tome-visionzip-fastv) or a Qwen2.5-VL one (qwen2_5_vl-* recipes; one image
+size per bundle, --set generate.image_size=[H,W]) gives vision.onnx, embedding.onnx,
+decoder.onnx (+.data), the tokenizer files, generation.json and, where
+onnxruntime-genai runs it, genai_config.json instead of the engines: run it with
+`vtc generate` (generation.json names the runtime).
 
 VTC_SPEED_GATES=advisory (shared CI runners): speed gates are measured and
 reported but set aside, so only accuracy and parity decide the exit code.

@@ -1,5 +1,5 @@
-"""``vtc generate``: greedy decoding on a vision-language bundle through
-onnxruntime-genai (`vtc.runtime.generate`: onnxruntime-genai, numpy, Pillow, tokenizers;
+"""``vtc generate``: greedy decoding on a vision-language bundle through its runtime
+(`vtc.runtime.generate`: onnxruntime-genai or onnxruntime, numpy, Pillow, tokenizers;
 no torch)."""
 
 from __future__ import annotations
@@ -26,9 +26,10 @@ __all__ = ["generate"]
 @click.option("--quiet", is_flag=True, help="print only the text, no progress on stderr")
 def generate(bundle: Path, images: tuple[Path, ...], prompt: str, max_new_tokens: int,
              quiet: bool) -> None:
-    """Answer PROMPT about an image with BUNDLE (a LLaVA bundle from vtc-export) through
-    onnxruntime-genai: vision graph → embedding graph → the decoder's prefill (any prompt
-    length up to the bundle's max_length) → greedy decode, until EOS or
+    """Answer PROMPT about an image with BUNDLE (a LLaVA or Qwen2.5-VL bundle from
+    vtc-export) through its runtime (onnxruntime-genai; onnxruntime sessions where
+    generation.json says so): vision graph → embedding graph → the decoder's prefill (any
+    prompt length up to the bundle's max_length) → greedy decode, until EOS or
     --max-new-tokens. Progress (tokens/s) goes to stderr, the text to stdout.
 
     \b
@@ -40,7 +41,8 @@ def generate(bundle: Path, images: tuple[Path, ...], prompt: str, max_new_tokens
     \b
     Exit codes: 0 done; 2 bad input (no bundle, unreadable image, image count not
     matching <image> tokens, a prompt and new tokens past the bundle's max_length, the
-    image away from where a FastV bundle needs it — the message names the fix).
+    image away from where a FastV bundle needs it, a Qwen2.5-VL image whose size maps to
+    another grid than the bundle was built for — the message names the fix).
     """
     def _run() -> int:
         from PIL import Image, UnidentifiedImageError
@@ -54,7 +56,9 @@ def generate(bundle: Path, images: tuple[Path, ...], prompt: str, max_new_tokens
         except BundleError as exc:
             raise InputError(str(exc)) from None
         try:
-            px = b.pixels(Image.open(images[0]))
+            px = b.pixels(images[0])
+        except BundleError as exc:  # a Qwen2.5-VL image of another size than the bundle's
+            raise InputError(str(exc)) from None
         except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
             raise InputError(f"--image {images[0]}: not a readable image "
                              f"({type(exc).__name__}); give a JPEG/PNG file") from None

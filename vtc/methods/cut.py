@@ -14,9 +14,13 @@ Such a method is one registered module: its recipe section, its static schedule
 (`plan_cut` → a `CutStep`), and its implementations, which the VLM build and the
 eager reference call through this interface without naming the method:
 
-* a ``projector`` cut gives `tower`: a torch op on the tower's feature-layer output,
-  traced into vision.onnx by vtc's tower modules (`vtc.vlm.modules`) and called by the
-  eager reference between Hugging Face's modules;
+* a ``projector`` cut gives `tower`: a torch op on the tower's output (`TowerOutput`:
+  the tokens, one importance score per token, head-averaged keys and how many leading
+  tokens are protected), traced into vision.onnx by the family's tower modules
+  (`vtc.vlm.modules`, `vtc.vlm.qwen_vision`) and called by the eager reference between
+  Hugging Face's modules. The score is the family's: LLaVA's CLIP tower gives the CLS
+  token's attention, Qwen2.5-VL's (no CLS) the attention each merged token receives in
+  its last full-attention layer, so the cut itself knows no tower;
 * an ``lm`` cut gives `lm_stage`, what its reference code does at the cut (whose
   attention ranks the tokens, whether the kept ones keep their positions:
   `vtc.passes.decoder_cuts.CutStage`), which the decoder's cut pass writes into the
@@ -41,6 +45,22 @@ if TYPE_CHECKING:
     from torch import Tensor
 
     from vtc.passes.decoder_cuts import CutStage
+
+
+@dataclass(frozen=True)
+class TowerOutput:
+    """What a vision tower hands a projector cut (shapes for B images, T tokens).
+
+    features `[B, T, C]`: the tokens the projector reads, protected ones first;
+    score `[B, T - protected]`: importance of every unprotected token (higher is more
+    important), as the family defines it; keys `[B, T, D]`: the scoring layer's keys
+    averaged over heads (what contextual merges compare); protected: leading tokens
+    always kept (CLIP's CLS: 1; a tower without CLS: 0)."""
+
+    features: Tensor
+    score: Tensor
+    keys: Tensor
+    protected: int
 
 
 @dataclass(frozen=True)
@@ -114,10 +134,11 @@ class VisualCut(Method):
         return [self.plan_cut(cfg, visual, lm_layers)]
 
     # ---- projector cuts ------------------------------------------------------------------
-    def tower(self, step: CutStep, features: Tensor, probs: Tensor, keys: Tensor) -> Tensor:
-        """features `[B, T, C]` (the tower's feature layer, CLS first), its attention
-        probabilities `[B, H, T, T]` and head-averaged keys `[B, T, hd]` → the tokens the
-        projector reads, `[B, step.tokens_out, C]`."""
+    def tower(self, step: CutStep, out: TowerOutput) -> tuple[Tensor, Tensor]:
+        """The tower's output → the tokens the projector reads, `[B, step.tokens_out, C]`,
+        and for each the index `[B, step.tokens_out]` (int64, into the T tokens) of the
+        token whose place it takes: a kept token's own, a merged token's target's (the
+        family maps it to a position, e.g. Qwen2.5-VL's M-RoPE (t, h, w))."""
         raise TypeError(f"{self.name} does not cut at the projector")
 
     # ---- lm cuts -------------------------------------------------------------------------
@@ -134,6 +155,13 @@ class VisualCut(Method):
         ``none``), the image's `step.tokens_in` tokens at ``image_start`` → the positions
         that stay, ascending, `[B, S - step.dropped]`."""
         raise TypeError(f"{self.name} does not cut inside the language model")
+
+
+def cls_score(attn: Tensor, protected: int = 1) -> Tensor:
+    """A CLS tower's token score (VisionZip's reference code): attention probabilities
+    ``[B, H, T, T]`` summed over heads, the CLS row over the unprotected tokens →
+    ``[B, T - protected]``."""
+    return attn.sum(dim=1)[:, 0, protected:]
 
 
 def check_positive(name: str, value: int) -> None:

@@ -10,6 +10,9 @@ Recipe section::
       keep: 0.5             # λ: stage s keeps int(V · λ^(s+1)) of the V visual tokens
       # keep: [0.5, 0.25, 0.125]  # or the kept fraction of V after each stage (the
       #                           # authors' image_token_ratio_list past its leading 1.0)
+      positions: compact    # compact: renumber after each stage, as the reference code;
+                            # keep: the kept tokens keep theirs (as FastV), the only choice
+                            # on Qwen2.5-VL, whose 3-D M-RoPE positions have no renumbering
 
 What the reference does at inference, and vtc with it (V: the visual tokens the LM reads;
 its ``image_token_ratio_list`` is ``[1, r_1, …, r_n]``):
@@ -52,7 +55,7 @@ Graph: `vtc.passes.decoder_cuts`, one stage per layer (score ``own``, positions
 from __future__ import annotations
 
 from itertools import pairwise
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import field_validator, model_validator
 
@@ -71,6 +74,7 @@ if TYPE_CHECKING:
 class PyramidConfig(CutConfig):
     stages: list[int] = [8, 16, 24]  # noqa: RUF012 (pydantic copies defaults)
     keep: float | list[float] = 0.5
+    positions: Literal["compact", "keep"] = "compact"
 
     @field_validator("stages")
     @classmethod
@@ -142,7 +146,7 @@ class Pyramid(VisualCut):
             kept = int(visual * ratio)  # the reference's int(): of V, not of what reaches
             steps.append(CutStep(self.name, self.site, reach, kept, layer,
                                  {"stage": s, "layer": layer, "keep": kept,
-                                  "ratio": round(ratio, 6)}))
+                                  "ratio": round(ratio, 6), "positions": cfg.positions}))
             reach = kept
         return steps
 
@@ -150,7 +154,8 @@ class Pyramid(VisualCut):
         from vtc.passes.decoder_cuts import CutStage
 
         assert step.layer is not None
-        return CutStage(step.layer, step.tokens_out, score="own", positions="compact")
+        return CutStage(step.layer, step.tokens_out, score="own",
+                        positions=step.params.get("positions", "compact"))
 
     def keep(self, step: CutStep, probs: Tensor | None, image_start: int) -> Tensor:
         if probs is None:

@@ -49,6 +49,17 @@ positions the layers behind the cut get rotary at the kept tokens' positions app
 before the attention, whose own rotary is turned off (on the CPU it derives positions
 from the cache length and ignores ``position_ids`` in a first prompt). Everything a
 selection computes is fp32, whatever the decoder's precision.
+
+A decoder whose rotary sits outside the attention (Qwen2.5-VL's M-RoPE: ``position_ids``
+``[3, B, S]`` read by an ``MRotaryEmbedding`` on each layer's query and key,
+`vtc.passes.decoder_layers`) takes ``keep`` cuts only (a renumbering of 3-D positions is
+not defined): the scores read the attention's query and key, which carry their rotary
+already; a cut gathers the positions ``[3, B, S] → [3, B, S']``, and the rotary nodes
+of the layers behind it read the gathered ones (an ``own`` cut's layer reads those
+before its cut: its rotary runs before the gather)::
+
+    position_ids[3, B, S] ─► GatherElements(idx broadcast to [3, B, S'], axis 2)
+        ─► MRotaryEmbedding(q_L.., ·), MRotaryEmbedding(k_L.., ·) ─► GQA_L..
 """
 
 from __future__ import annotations
@@ -131,6 +142,13 @@ def check(layers: list[DecoderLayer], plan: CutPlan) -> None:
             raise DecoderStructureError(f"cut at layer {st.layer}: score {st.score!r}, "
                                         f"positions {st.positions!r}; give one of {SCORES} "
                                         f"and one of {POSITIONS}")
+    if layers and layers[0].rotary:
+        compact = [st.layer for st in plan.stages if st.positions == "compact"]
+        if compact:
+            raise DecoderStructureError(
+                f"the cut at layer {compact[0]} renumbers the kept tokens' positions, but "
+                "this decoder's rotary positions are an input (M-RoPE: [3, B, S]) with no "
+                "such renumbering; keep the positions (positions: keep)")
     for lay in layers[plan.stages[0].layer - 1 if plan.stages else n:]:
         _check_attention(lay)
 
@@ -184,9 +202,12 @@ def _scores(e: _Build, lay: DecoderLayer, positions: ir.Value) -> ir.Value:
     q, k = _qkv(e, lay)
     q4 = e.op("Reshape", e.f(e.last(q, 1)), e.const([0, 1, h, hd]))
     k4 = e.op("Reshape", e.f(k), e.const([0, -1, hkv, hd]))
-    cos, sin = e.cos_sin(lay.attention, positions, fp32=True)
-    qr = e.rotary(q4, e.last(cos, 1), e.last(sin, 1), hd)  # [B, 1, H, hd]
-    kr = e.rotary(k4, cos, sin, hd)  # [B, S, Hkv, hd]
+    if lay.rotary:  # rotary outside the attention: its query and key carry it already
+        qr, kr = q4, k4
+    else:
+        cos, sin = e.cos_sin(lay.attention, positions, fp32=True)
+        qr = e.rotary(q4, e.last(cos, 1), e.last(sin, 1), hd)  # [B, 1, H, hd]
+        kr = e.rotary(k4, cos, sin, hd)  # [B, S, Hkv, hd]
     qg = e.op("Reshape", e.op("Transpose", qr, perm=[0, 2, 1, 3]),
               e.const([0, hkv, h // hkv, hd]))  # [B, Hkv, G, hd]
     kt = e.op("Transpose", kr, perm=[0, 2, 3, 1])  # [B, Hkv, hd, S]
@@ -277,8 +298,14 @@ def apply(model: ir.Model, plan: CutPlan, layers: list[DecoderLayer] | None = No
     first = layers[0].attention
     seqlens, total = _in(first, 5), _in(first, 6)
     dropped = 0
-    positions: ir.Value | None = None  # None: positions are the cache index
-    per_layer: dict[int, tuple[ir.Value, ir.Value, ir.Value | None]] = {}
+    # None: positions are the cache index; with rotary outside the attention (M-RoPE)
+    # they are the graph's position input [3, B, S]
+    mrope = layers[0].positions
+    positions: ir.Value | None = mrope
+    # per layer: cut seqlens_k, total, the positions behind the cut, and (rotary outside
+    # the attention) the positions its rotary nodes read, before the gather of an ``own``
+    # cut at that layer
+    per_layer: dict[int, tuple[ir.Value, ir.Value, ir.Value | None, ir.Value | None]] = {}
     done = []
     stages = plan.stages
     for n, (st, reach) in enumerate(zip(stages, plan.reaching(), strict=True)):
@@ -310,7 +337,13 @@ def apply(model: ir.Model, plan: CutPlan, layers: list[DecoderLayer] | None = No
         dropped += reach - st.keep
         d32 = e.const(dropped, np.int32)
         cut = (e.op("Sub", seqlens, d32), e.op("Sub", total, d32))
-        if st.positions == "keep":
+        if st.positions == "keep" and mrope is not None:  # [3, B, S] → [3, B, S']
+            three = e.const([3])
+            full = e.op("Expand", p_in, e.op("Concat", three, e.op("Shape", ranked), axis=0))
+            idx3 = e.op("Expand", e.op("Unsqueeze", idx, e.const([0])),
+                        e.op("Concat", three, e.op("Shape", idx), axis=0))
+            positions = e.op("GatherElements", full, idx3, axis=2)
+        elif st.positions == "keep":
             full = e.op("Expand", p_in, e.op("Shape", ranked))  # [B, S]
             positions = e.op("GatherElements", full, idx, axis=1)  # [B, S'] kept positions
         else:
@@ -321,14 +354,19 @@ def apply(model: ir.Model, plan: CutPlan, layers: list[DecoderLayer] | None = No
             _gather_before_norm(e, lay, idx)
         end = stages[n + 1].layer if n + 1 < len(stages) else len(layers)
         for i in range(st.layer, end):
-            per_layer[i] = (*cut, positions)
+            own_here = st.score == "own" and i == st.layer  # its rotary runs before the gather
+            per_layer[i] = (*cut, positions, p_in if own_here else positions)
         done.append({"layer": st.layer, "kept": st.keep, "dropped": reach - st.keep,
                      "score": st.score, "positions": st.positions})
-    for i, (sl, tot, pos_i) in per_layer.items():
+    for i, (sl, tot, pos_i, rot_i) in per_layer.items():
         att = layers[i].attention
         att.replace_input_with(5, sl)
         att.replace_input_with(6, tot)
-        if pos_i is not None:
+        if layers[i].rotary:  # M-RoPE nodes before the attention: their position input
+            if rot_i is not None:
+                for node in layers[i].rotary:
+                    node.replace_input_with(1, rot_i)
+        elif pos_i is not None:
             _rotary_outside(graph, layers[i], pos_i)
     nodes = sum(1 for x in graph if x.name and x.name.startswith(PREFIX))
     return {"cuts": done, "nodes": nodes}

@@ -1,23 +1,29 @@
-"""Greedy generation on a vision-language bundle through onnxruntime-genai: no torch
-(vtc's LLaVA bundles; `vtc generate` and `python -m vtc.runtime.generate`).
+"""Greedy generation on a vision-language bundle: no torch (vtc's LLaVA and Qwen2.5-VL
+bundles; `vtc generate` and `python -m vtc.runtime.generate`).
 
-The bundle is what onnxruntime-genai loads: ``genai_config.json`` naming
-``vision.onnx`` (``pixel_values`` → ``image_features[1, K, D]``), ``embedding.onnx``
-(``input_ids``, ``image_features`` → ``inputs_embeds``) and ``decoder.onnx`` (the model
-builder's decoder, rewritten by vtc's passes); ``tokenizer.json``; ``generation.json``
-(vtc's processor: the chat template, the image size and normalisation, the cut visual
-count K). genai's own image processors (Phi, Gemma, Qwen) do not cover LLaVA, so this
-module is the processor, and genai runs everything else:
+The bundle holds ``vision.onnx`` (``pixel_values`` → ``image_features``, and for
+Qwen2.5-VL ``image_positions``), ``embedding.onnx`` (``input_ids``, ``image_features``
+→ ``inputs_embeds``) and ``decoder.onnx`` (the model builder's decoder, rewritten by
+vtc's passes); ``tokenizer.json``; ``generation.json`` (vtc's processor: the chat
+template, the image processing, the cut visual count K, and ``runtime``: which runtime
+runs it). This module is the processor (genai's own image processors do not cover
+LLaVA, and a vtc bundle has a static image size):
 
 1. the prompt (wrapped in the template unless it already holds the image token) →
    token ids with one image token, expanded to K image tokens; one image per prompt;
-   with an LM cut (FastV) the image must sit where the bundle was built for (``image_start``:
-   the template puts it there);
-2. image → ``pixel_values[1, 3, H, W]``;
-3. ``og.NamedTensors`` {input_ids, pixel_values, num_image_tokens: [K]} →
-   ``Generator.set_inputs`` (vision, embedding, decoder prefill) → greedy steps until an
-   EOS id or ``max_new_tokens``. The prompt may have any length up to the bundle's
-   ``max_length`` (with the new tokens).
+   with an LM cut (FastV) the image must sit where the bundle was built for
+   (``image_start``: the template puts it there);
+2. image → ``pixel_values``: ``[1, 3, H, W]`` (LLaVA: CLIP's crop and normalisation) or
+   Qwen2.5-VL's patches ``[N, 1176]`` at the bundle's size (`vtc.runtime.mrope`; an
+   image whose size maps to another grid is refused, naming the built size);
+3. ``runtime: onnxruntime-genai`` (``genai_config.json`` beside the graphs):
+   ``og.NamedTensors`` {input_ids, pixel_values, num_image_tokens: [K], and for
+   Qwen2.5-VL image_grid_thw} → ``Generator.set_inputs`` (vision, embedding, decoder
+   prefill; genai computes Qwen's M-RoPE positions) → greedy steps until an EOS id or
+   ``max_new_tokens``; ``runtime: onnxruntime`` (no genai_config.json: genai would
+   give the kept tokens of a cut before the LLM the wrong positions): the same graphs
+   through onnxruntime sessions (`vtc.runtime.ortloop`). The prompt may have any length
+   up to the bundle's ``max_length`` (with the new tokens).
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from PIL import Image
 from vtc.runtime import BundleError, graph_files, listed_files, open_session, to_input, verify
 
 GRAPHS = ("vision", "embedding", "decoder")
+GENAI, ORT = "onnxruntime-genai", "onnxruntime"  # generation.json "runtime"
 
 
 @dataclass
@@ -69,7 +76,8 @@ def _verify(folder: Path) -> None:
         raise BundleError(f"{folder / 'manifest.json'} is not a JSON object; rebuild the "
                           "bundle with vtc-export")
     listed = listed_files(man)
-    names = ["generation.json", "tokenizer.json", "genai_config.json",
+    names = ["generation.json", "tokenizer.json",
+             *(["genai_config.json"] if "genai_config.json" in listed else []),
              *(n for g in GRAPHS for n in graph_files(f"{g}.onnx", listed))]
     verify(folder, names, man)
 
@@ -83,14 +91,31 @@ def _genai() -> Any:
     return og
 
 
+def _genai_model(folder: Path) -> Any:
+    og = _genai()
+    try:
+        return og.Model(str(folder))
+    except Exception as exc:  # genai's own error: its first line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BundleError(f"{folder}: onnxruntime-genai cannot load the bundle ({first}); "
+                          "rebuild it with vtc-export") from None
+
+
 class VlmBundle:
     """A loaded VLM bundle (module docstring)."""
 
     def __init__(self, folder: Path, config: dict[str, Any], genai_config: dict[str, Any],
                  model: Any, tokenizer: Any) -> None:
-        self.folder, self.config, self.model, self.tokenizer = folder, config, model, tokenizer
-        self.decoder_config: dict[str, Any] = genai_config["model"]["decoder"]
-        self.max_length = int(genai_config["search"]["max_length"])
+        self.folder, self.config, self.tokenizer = folder, config, tokenizer
+        self._model = model
+        self.runtime = str(config.get("runtime", GENAI))
+        self.decoder_config: dict[str, Any] = (config["decoder"] if self.runtime == ORT
+                                               else genai_config["model"]["decoder"])
+        self.max_length = int(config["max_length"] if self.runtime == ORT
+                              else genai_config["search"]["max_length"])
+        # how an image becomes pixel_values (bundles before "processor": CLIP's crop)
+        self.processor: dict[str, Any] = config.get("processor") or {
+            "kind": "clip", **{k: config[k] for k in ("image_size", "resize", "mean", "std")}}
         self.visual = int(config["visual_tokens"])
         self.image_token_id = int(config["image_token_id"])
         self.eos = {int(i) for i in config["eos_token_ids"]}
@@ -101,17 +126,20 @@ class VlmBundle:
         self._sessions: dict[str, Any] = {}
 
     @classmethod
-    def load(cls, folder: str | Path, verified: bool = True) -> VlmBundle:
+    def load(cls, folder: str | Path, verified: bool = True, lazy: bool = False) -> VlmBundle:
         """Read generation.json, the tokenizer and the genai model. `verified`: check the
         sha256 manifest.json lists for each file read (False only while vtc-export
-        builds the bundle, before its manifest exists)."""
+        builds the bundle, before its manifest exists); `lazy`: load the genai model on
+        first use (the timing stage, which holds a phase's graphs at a time)."""
         from tokenizers import Tokenizer
 
         folder = Path(folder)
         try:
             config = json.loads((folder / "generation.json").read_text())
-            genai_cfg = json.loads((folder / "genai_config.json").read_text())
-        except (OSError, ValueError) as exc:
+            on_genai = config.get("runtime", GENAI) == GENAI
+            genai_cfg = (json.loads((folder / "genai_config.json").read_text()) if on_genai
+                         else {})
+        except (OSError, ValueError, AttributeError) as exc:
             raise BundleError(f"{folder}: not a vtc vision-language bundle (generation.json, "
                               f"genai_config.json: {type(exc).__name__}); build one with "
                               "vtc-export on a LLaVA checkpoint") from None
@@ -125,13 +153,7 @@ class VlmBundle:
                               "tokenizer.json")
         if verified:
             _verify(folder)
-        og = _genai()
-        try:
-            model = og.Model(str(folder))
-        except Exception as exc:  # genai's own error: its first line
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise BundleError(f"{folder}: onnxruntime-genai cannot load the bundle ({first}); "
-                              "rebuild it with vtc-export") from None
+        model = _genai_model(folder) if on_genai and not lazy else None
         try:
             tokenizer = Tokenizer.from_file(str(tok_path))
         except Exception as exc:  # the tokenizers library's own error: one line
@@ -143,6 +165,21 @@ class VlmBundle:
             raise BundleError(f"{folder}: generation.json or genai_config.json lacks a field "
                               f"({type(exc).__name__}: {exc}); rebuild the bundle with "
                               "vtc-export") from None
+
+    @property
+    def model(self) -> Any:
+        """The onnxruntime-genai model (loaded on first use after `load(lazy=True)`)."""
+        if self._model is None:
+            self._model = _genai_model(self.folder)
+        return self._model
+
+    def release(self) -> None:
+        """Drop the onnxruntime sessions and the genai model (memory: the next use
+        loads them again)."""
+        self._sessions.clear()
+        self._model = None
+        if hasattr(self, "_loop"):
+            del self._loop
 
     def session(self, graph: str) -> Any:
         """An onnxruntime session on one of the bundle's graphs (timing and checks)."""
@@ -181,11 +218,21 @@ class VlmBundle:
         at = ids.index(self.image_token_id)
         return ids[:at] + [self.image_token_id] * self.visual + ids[at + 1:]
 
-    def pixels(self, image: Image.Image | str | Path) -> np.ndarray:
-        """An image → ``pixel_values[1, 3, H, W]`` (the bundle's preprocessing)."""
-        c = self.config
-        return to_input(image, c["image_size"], c["image_size"], c["resize"], 3,
-                        np.asarray(c["mean"], np.float32), np.asarray(c["std"], np.float32))[None]
+    def pixels(self, image: Image.Image | str | Path, fit: bool = False) -> np.ndarray:
+        """An image → ``pixel_values`` (module docstring, step 2). `fit`: a Qwen2.5-VL
+        image of another size is resized to the bundle's instead of refused (the
+        validation's photos)."""
+        c = self.processor
+        if c["kind"] == "qwen2_5_vl":
+            from vtc.runtime import mrope
+
+            if isinstance(image, str | Path):
+                with Image.open(image) as img:
+                    return mrope.patches(img.convert("RGB"), c, fit, str(image))
+            return mrope.patches(image.convert("RGB"), c, fit, "the image")
+        size = c["image_size"]
+        return to_input(image, size, size, c["resize"], 3, np.asarray(c["mean"], np.float32),
+                        np.asarray(c["std"], np.float32))[None]
 
     def inputs(self, ids: list[int], pixel_values: np.ndarray) -> Any:
         """The genai inputs of one prompt (module docstring, step 3)."""
@@ -194,7 +241,26 @@ class VlmBundle:
         named["input_ids"] = np.asarray([self.expand(ids)], np.int32)
         named["pixel_values"] = np.ascontiguousarray(pixel_values, np.float32)
         named["num_image_tokens"] = np.asarray([self.visual], np.int64)
+        if self.processor["kind"] == "qwen2_5_vl":
+            from vtc.runtime import mrope
+
+            h, w = mrope.grid(self.processor)
+            m = self.processor["merge"]
+            named["image_grid_thw"] = np.asarray([[1, h * m, w * m]], np.int64)
         return named
+
+    def loop(self) -> Any:
+        """The onnxruntime loop over the bundle's graphs (`vtc.runtime.ortloop`)."""
+        from vtc.runtime.ortloop import OrtLoop
+
+        if not hasattr(self, "_loop"):
+            self._loop = OrtLoop(self.session, self.config)
+        return self._loop
+
+    def prefill_feeds(self, ids: list[int], pixel_values: np.ndarray) -> dict[str, np.ndarray]:
+        """The decoder's inputs for one prompt (the vision and embedding graphs run once,
+        an empty cache): what the decoder's prefill is timed on."""
+        return self.loop().prefill_feeds(self.expand(ids), pixel_values)[0]
 
     # ---- the loop ---------------------------------------------------------------------------
     def generate(self, ids: list[int], pixel_values: np.ndarray, max_new_tokens: int = 32,
@@ -202,6 +268,8 @@ class VlmBundle:
                  stop_at_eos: bool = True) -> Result:
         """Greedy decoding (module docstring); `on_token(token, elapsed_s)` per token;
         `stop_at_eos=False` runs all `max_new_tokens` steps (timing)."""
+        if self.runtime == ORT:
+            return self._generate_ort(ids, pixel_values, max_new_tokens, on_token, stop_at_eos)
         og = _genai()
         full = len(ids) - 1 + self.visual
         params = og.GeneratorParams(self.model)
@@ -230,6 +298,32 @@ class VlmBundle:
         return Result(tokens, text, first, t1 - t0, t2 - t1, full, stopped)
 
 
+    def _generate_ort(self, ids: list[int], pixel_values: np.ndarray, max_new_tokens: int,
+                      on_token: Callable[[int, float], None] | None, stop_at_eos: bool
+                      ) -> Result:
+        loop = self.loop()
+        full = self.expand(ids)
+        t0 = time.perf_counter()
+        logits, state = loop.prefill(full, pixel_values)
+        first = logits
+        t1 = time.perf_counter()
+        tokens: list[int] = []
+        stopped = "max_new_tokens"
+        while len(tokens) < max_new_tokens:
+            nxt = int(np.argmax(logits))
+            tokens.append(nxt)
+            if on_token is not None:
+                on_token(nxt, time.perf_counter() - t1)
+            if nxt in self.eos and stop_at_eos:
+                stopped = "eos"
+                break
+            if len(tokens) < max_new_tokens:
+                logits = loop.step(nxt, state)
+        t2 = time.perf_counter()
+        text = self.tokenizer.decode([i for i in tokens if i not in self.eos])
+        return Result(tokens, text, first, t1 - t0, t2 - t1, len(full), stopped)
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m vtc.runtime.generate BUNDLE --image IMG --prompt TEXT``: the text on
     stdout, one JSON line of timings on stderr; exit 2 with one line on bad input."""
@@ -247,6 +341,8 @@ def main(argv: list[str] | None = None) -> int:
         ids = b.prompt_ids(args.prompt, len(args.image), max(1, args.max_new_tokens))
         try:
             px = b.pixels(args.image[0])
+        except BundleError:
+            raise
         except (OSError, ValueError, Image.DecompressionBombError) as exc:
             raise BundleError(f"--image {args.image[0]}: not a readable image "
                               f"({type(exc).__name__})") from None

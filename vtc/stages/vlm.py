@@ -1,4 +1,5 @@
-"""The pipeline of a vision-language bundle (LLaVA), stage by stage::
+"""The pipeline of a vision-language bundle (a registered family: LLaVA, Qwen2.5-VL), stage
+by stage::
 
     SOURCE ─► load ─► plan cuts ─► vision graph (cut; uncut in scratch) ─► embedding graph
            ─► LM directory ─► onnxruntime-genai model builder ─► decoder passes (FastV,
@@ -6,13 +7,15 @@
            ─► time ─► bundle
 
 Validation (`vtc.validate.generation`) runs every prompt of `generate.prompts` (each
-with one image: --images, else scikit-image's photos) through onnxruntime-genai on the
-bundle, the eager HF model with the same cuts (`vtc.vlm.reference.generate`: parity)
-and HF's own uncut generate (fidelity), then times the uncut bundle (uncut vision graph,
-the builder's decoder as written) and the cut one interleaved (cost). The bundle holds
-vision.onnx, embedding.onnx, decoder.onnx (+ .data), genai_config.json, tokenizer
-files, generation.json, manifest.json, report.json and report.md; the builder's output
-and the uncut graphs live in a scratch directory beside it and are removed.
+with one image: --images, else scikit-image's photos) through the bundle's runtime
+(onnxruntime-genai, or `vtc.runtime`'s onnxruntime loop where the family says genai
+cannot express the cuts), the eager HF model with the same cuts (the family's
+reference: parity) and HF's own uncut generate (fidelity), then times the uncut bundle
+(uncut vision graph, the builder's decoder as written, on genai) and the cut one
+interleaved (cost). The bundle holds vision.onnx, embedding.onnx, decoder.onnx (+
+.data), genai_config.json (genai-run bundles), tokenizer files, generation.json,
+manifest.json, report.json and report.md; the builder's output and the uncut graphs
+live in a scratch directory beside it and are removed.
 """
 
 from __future__ import annotations
@@ -49,8 +52,8 @@ from vtc.util import sha256_file, write_atomic
 from vtc.validate.generation import cost, validate
 from vtc.validate.report_vlm import judge, render_markdown
 from vtc.vlm import decoder, embedding, export, families, plan
-from vtc.vlm.families import Family
-from vtc.vlm.llava import TEMPLATE, VlmGeometry
+from vtc.vlm.families import GENAI, ORT, Family
+from vtc.vlm.llava import TEMPLATE
 from vtc.vlm.plan import Cuts
 
 Log = Callable[[str], None]
@@ -82,35 +85,39 @@ def image_start(tok_file: Path, image_token_id: int, template: str = TEMPLATE) -
     there."""
     from tokenizers import Tokenizer
 
-    ids = Tokenizer.from_file(str(tok_file)).encode(template.format(prompt="x")).ids
-    return ids.index(image_token_id)
+    tok = Tokenizer.from_file(str(tok_file))
+    text = template.replace("<image>", tok.id_to_token(image_token_id) or "<image>")
+    return tok.encode(text.format(prompt="x")).ids.index(image_token_id)
 
 
 def generation_json(fam: Family, geo: Any, cuts: Cuts, image_token: str, eos: list[int],
-                    precision: str, start: int | None) -> str:
-    from vtc.exporter.clip import CLIP_MEAN, CLIP_STD
-
+                    precision: str, start: int | None, built: dict[str, Any]) -> str:
+    """vtc's processor config (`vtc.runtime.generate`); `built` is the builder's
+    genai_config.json (the decoder's shape and max_length)."""
     data = {
         "visual_tokens": cuts.visual, "image_token": image_token,
         "image_token_id": geo.image_token_id,
         "template": fam.template.replace("<image>", image_token),
-        "eos_token_ids": eos, "image_size": geo.image_size, "resize": "crop",
-        "mean": list(CLIP_MEAN), "std": list(CLIP_STD), "layers": geo.lm_layers,
-        "decoder_precision": precision,
+        "eos_token_ids": eos, "processor": fam.processor(geo),
+        "features_rank": fam.features_rank, "layers": geo.lm_layers,
+        "decoder_precision": precision, "runtime": fam.runtime(cuts),
+        "decoder": {k: built["model"]["decoder"][k] for k in (
+            "num_hidden_layers", "num_key_value_heads", "head_size", "hidden_size")},
+        "max_length": built["search"]["max_length"],
         # an LM cut selects within a static span: the image must sit at image_start
         "image_start": start if cuts.lm_steps else None,
         "cuts": [dataclasses.asdict(st) for st in cuts.steps],
     }
+    proc = data["processor"]
+    if proc["kind"] == "clip":  # the keys bundles before "processor" had at the top
+        data.update({k: proc[k] for k in ("image_size", "resize", "mean", "std")})
     return json.dumps(data, indent=1) + "\n"
 
 
-def genai_config(built: Path, folder: Path) -> None:
-    """genai_config.json: the builder's, with the vision and embedding graphs added.
-    ``type: gemma3`` selects genai's generic vision → embedding → decoder pipeline (the
-    decoder's graph is what matters, not the name; genai's Gemma image processor is not
-    used: vtc.runtime.generate feeds the inputs)."""
+def genai_config(fam: Family, geo: Any, built: Path, folder: Path) -> None:
+    """genai_config.json: the builder's, with the vision and embedding graphs added and
+    the family's pipeline selected (`Family.genai`)."""
     cfg = json.loads((built / "genai_config.json").read_text())
-    cfg["model"]["type"] = "gemma3"
     cfg["model"]["decoder"]["filename"] = "decoder.onnx"
     cfg["model"]["vision"] = {"filename": "vision.onnx",
                               "inputs": {"pixel_values": "pixel_values"},
@@ -119,7 +126,11 @@ def genai_config(built: Path, folder: Path) -> None:
                                  "inputs": {"input_ids": "input_ids",
                                             "image_features": export.FEATURES},
                                  "outputs": {"inputs_embeds": "inputs_embeds"}}
+    fam.genai(cfg["model"], geo)
     write_atomic(folder / "genai_config.json", json.dumps(cfg, indent=1) + "\n")
+
+
+def tokenizer_files(built: Path, folder: Path) -> None:
     for f in ("tokenizer_config.json", "special_tokens_map.json"):
         if (built / f).is_file():
             shutil.copyfile(built / f, folder / f)
@@ -142,6 +153,7 @@ def vision_with_encoder_cuts(fam: Family, model: Any, geo: Any, cuts: Cuts, path
     assert cuts.encoder is not None
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".vision-") as scratch:
         s = Path(scratch)
+        assert fam.export_tower_body is not None and fam.export_tower_tail is not None
         body = fam.export_tower_body(model, geo, s / "body.onnx")
         graph = passes.load(body, 1, (geo.image_size, geo.image_size), 3)
         rewrite(graph, cuts.encoder, "never", "merged")
@@ -166,12 +178,12 @@ def vision_with_encoder_cuts(fam: Family, model: Any, geo: Any, cuts: Cuts, path
     return path
 
 
-def build_decoder(model: Any, src: Source, scratch: Path, precision: str, log: Log
-                  ) -> tuple[Path, Path | None]:
+def build_decoder(fam: Family, model: Any, src: Source, scratch: Path, precision: str,
+                  log: Log) -> tuple[Path, Path | None]:
     """The builder's decoder of the checkpoint's LM at `precision` (a folder in
     `scratch`), and for fp16/int4 its fp32 twin (the graphs parity is judged on; int4 is
     quantized from it)."""
-    lm = decoder.write_lm_dir(src.path, model.config.text_config, scratch / "lm", model)
+    lm = fam.lm_dir(src.path, model, scratch / "lm")
     fp32: Path | None = None
     if precision != "fp32":
         fp32 = decoder.run_builder(lm, scratch / "built-fp32", "fp32", log)
@@ -204,7 +216,8 @@ def _write_graphs(fam: Family, model: Any, geo: Any, cuts: Cuts, folder: Path, b
         fam.export_vision(model, geo, cuts, folder / "vision.onnx")
     table = model.get_input_embeddings().weight.detach().float().numpy()
     dtype = _decoder_dtype(built / "model.onnx")
-    embedding.write(table, geo.image_token_id, dtype, folder / "embedding.onnx")
+    embedding.write(table, geo.image_token_id, dtype, folder / "embedding.onnx",
+                    fam.features_rank)
     done: dict[str, Any] = {}
     if rewrite:
         done = decoder.rewrite(built / "model.onnx", folder / "decoder.onnx",
@@ -214,10 +227,15 @@ def _write_graphs(fam: Family, model: Any, geo: Any, cuts: Cuts, folder: Path, b
         data = built / "model.onnx.data"
         if data.exists():  # the builder's file names its data model.onnx.data
             shutil.copyfile(data, folder / "model.onnx.data")
-    genai_config(built, folder)
+    # a bundle genai cannot run right gets no genai_config.json (generation.json says
+    # which runtime runs it)
+    if fam.runtime(cuts) == GENAI:
+        genai_config(fam, geo, built, folder)
+    tokenizer_files(built, folder)
     shutil.copyfile(tok, folder / "tokenizer.json")
+    built_cfg = json.loads((built / "genai_config.json").read_text())
     write_atomic(folder / "generation.json",
-                 generation_json(fam, geo, cuts, image_token, eos, precision, start))
+                 generation_json(fam, geo, cuts, image_token, eos, precision, start, built_cfg))
     return done
 
 
@@ -239,7 +257,7 @@ def _images(folder: Path | None, n: int) -> list[Image.Image]:
     return [imgs[i % len(imgs)] for i in range(n)]
 
 
-def cuts_info(recipe: Any, geo: VlmGeometry, cuts: Cuts, base: Cuts) -> CutsInfo:
+def cuts_info(recipe: Any, geo: Any, cuts: Cuts, base: Cuts) -> CutsInfo:
     enc = cuts.encoder
     lt, lt0 = plan.layer_tokens(geo, cuts), plan.layer_tokens(geo, base)
     steps = [dict(dataclasses.asdict(st), lm_gflops=g)
@@ -271,13 +289,16 @@ def build(src: Source, recipe: Any, tmp: Path, images: Path | None, bench: bool,
     eng = engines.get(recipe.backend.kind)  # checked by the pipeline: it runs generation
     step(1, f"loading {src.spec} ({fam.name})")
     if model is None:
-        model, geo = fam.load(src.path, use_safetensors=not allow_pickle)
+        model, geo = fam.load(src.path, use_safetensors=not allow_pickle, recipe=recipe)
     else:
-        geo = fam.check_config(model.config, src.spec)
+        geo = fam.check_config(model.config, src.spec, recipe)
     try:
         cuts, base = plan.plan(recipe, geo), plan.uncut(recipe, geo)
     except vtc.budget.BudgetError as exc:
         raise InputError(str(exc)) from None
+    # the engine kind's generation runtime, unless the family says it cannot express
+    # these cuts (Qwen2.5-VL after a cut before the LLM): vtc.runtime's onnxruntime loop
+    runtime = str(eng.generation) if fam.runtime(cuts) == GENAI else ORT
     eos = _eos(model)
     from tokenizers import Tokenizer
 
@@ -292,7 +313,7 @@ def build(src: Source, recipe: Any, tmp: Path, images: Path | None, bench: bool,
     with tempfile.TemporaryDirectory(dir=tmp.parent, prefix=f".{tmp.name}.build-") as scratch:
         work = Path(scratch)
         step(2, f"exporting the decoder ({precision}) with onnxruntime-genai's model builder")
-        built, built32 = build_decoder(model, src, work, precision, log)
+        built, built32 = build_decoder(fam, model, src, work, precision, log)
         step(3, f"writing the cut graphs: visual tokens {base.visual} → {cuts.visual}, LM "
                 f"layer tokens {plan.layer_tokens(geo, cuts)}; and the uncut ones (timing; "
                 "not shipped)")
@@ -314,7 +335,7 @@ def build(src: Source, recipe: Any, tmp: Path, images: Path | None, bench: bool,
         gen = recipe.generate
         imgs = _images(images, len(gen.prompts))
         step(4, f"validating {len(gen.prompts)} prompts × greedy {gen.max_new_tokens} tokens: "
-                "onnxruntime-genai, eager with cuts, uncut HF")
+                f"{runtime}, eager with cuts, uncut HF")
         parity, fid, deploy = validate(fam, model, geo, cuts, cut_b, list(gen.prompts), imgs,
                                        gen.max_new_tokens, log, reference=ref_b)
         del ref_b
@@ -324,7 +345,8 @@ def build(src: Source, recipe: Any, tmp: Path, images: Path | None, bench: bool,
             model = None
             gc.collect()
             step(5, f"timing uncut vs cut bundles, {gen.rounds} interleaved rounds")
-            uncut_b = VlmBundle.load(uncut_dir, verified=False)  # no manifest: not shipped
+            cut_b.release()
+            uncut_b = VlmBundle.load(uncut_dir, verified=False, lazy=True)  # not shipped
             vlm_cost = cost(uncut_b, cut_b, gen.prompts[0], imgs[0], gen.rounds,
                             min(gen.max_new_tokens, 8))
             del uncut_b
@@ -335,8 +357,7 @@ def build(src: Source, recipe: Any, tmp: Path, images: Path | None, bench: bool,
     report = VlmReport(
         vtc_version=vtc.__version__, source=SourceInfo(src.spec, src.kind, fam.name, fam.name),
         recipe=recipe.to_dict(), model=to_jsonable(geo), cuts=cuts_info(recipe, geo, cuts, base),
-        engine=VlmEngine(str(eng.generation), list(eng.generation_providers), graphs,
-                         export.OPSET),
+        engine=VlmEngine(runtime, list(eng.generation_providers), graphs, export.OPSET),
         machine=machine_info(list(eng.generation_providers)), parity=VlmParity(parity, deploy),
         fidelity=fid, cost=vlm_cost)
     judge(report, dict(recipe.gates))

@@ -24,7 +24,6 @@ from vtc.errors import InputError
 from vtc.report_vlm import DeploymentParity, GenerationFidelity, GenerationParity, VlmCost
 from vtc.runtime import BundleError
 from vtc.runtime.generate import VlmBundle
-from vtc.vlm import export
 from vtc.vlm.families import Family
 from vtc.vlm.plan import Cuts
 
@@ -53,16 +52,16 @@ def validate(fam: Family, model: Any, geo: Any, cuts: Cuts, bundle: VlmBundle, p
             ids = bundle.prompt_ids(prompt, max_new_tokens=max_new)
         except BundleError as exc:
             raise InputError(f"generate.prompts[{i}]: {exc}") from None
-        px = bundle.pixels(img)
+        px = bundle.pixels(img, fit=True)
         eng = bundle.generate(ids, px, max_new)
         fp32 = eng if reference is None else reference.generate(ids, px, max_new)
         vis = (reference or bundle).session("vision").run(None, {"pixel_values": px})[0]
         pt = torch.from_numpy(px)
         ie = fam.image_embeds(model, geo, cuts, pt)
-        emb, at = fam.splice(model, ids, geo.image_token_id, ie)
-        ref = fam.generate(model, geo, cuts, emb, at, max_new, eos)
+        ref = fam.generate(model, geo, cuts, ids, pt, max_new, eos)
         full = fam.hf_generate(model, geo, ids, pt, max_new, eos)
-        vision_diff = max(vision_diff, float(np.abs(vis - ie.numpy()).max()))
+        vision_diff = max(vision_diff, float(np.abs(vis.reshape(-1) -
+                                                    ie.numpy().reshape(-1)).max()))
         diff = np.abs(fp32.first_logits - ref.first_logits.numpy()).max()
         logit_diff = max(logit_diff, float(diff))
         equal += fp32.tokens == ref.tokens
@@ -93,46 +92,41 @@ def _ms(fn: Callable[[], Any]) -> float:
     return (time.perf_counter() - t) * 1e3
 
 
-def decoder_feeds(b: VlmBundle, ids: list[int], px: np.ndarray) -> dict[str, np.ndarray]:
-    """The decoder's prompt inputs for one prompt (vision and embedding graphs run once;
-    an empty cache), to time the decoder's prefill alone."""
-    img = b.session("vision").run(None, {"pixel_values": px})[0]
-    full = np.asarray([b.expand(ids)], np.int64)
-    embeds = b.session("embedding").run(None, {"input_ids": full, export.FEATURES: img})[0]
-    dec = b.decoder_config
-    past = np.zeros((1, dec["num_key_value_heads"], 0, dec["head_size"]), embeds.dtype)
-    feeds = {"inputs_embeds": embeds, "attention_mask": np.ones(full.shape, np.int64)}
-    for i in range(dec["num_hidden_layers"]):
-        for kv in ("key", "value"):
-            feeds[f"past_key_values.{i}.{kv}"] = past
-    return feeds
-
-
 def cost(base: VlmBundle, cut: VlmBundle, prompt: str, image: Image.Image, rounds: int,
          steps: int) -> VlmCost:
     """Vision latency, decoder prefill latency (onnxruntime sessions on the bundles'
-    graphs) and decode rate (onnxruntime-genai), uncut and cut, interleaved."""
+    graphs) and decode rate (each bundle's runtime), uncut and cut, interleaved round by
+    round within each of the three phases; a phase's graphs are released before the
+    next loads (the vision graphs, then the decoders, then the runtimes), so at most two
+    bundles' worth of one phase is held at once."""
     sides = []
     for b in (base, cut):
         ids = b.prompt_ids(prompt, max_new_tokens=steps)
-        px = b.pixels(image)
-        sides.append((b, ids, px, decoder_feeds(b, ids, px)))
-    vis: list[list[float]] = [[], []]
-    pre: list[list[float]] = [[], []]
-    dec: list[list[float]] = [[], []]
-    for _ in range(rounds + 1):  # the first round warms up and is dropped
-        for k, (b, _ids, px, feeds) in enumerate(sides):
-            vision, prefill = b.session("vision"), b.session("decoder")
-            vis[k].append(_ms(partial(vision.run, None, {"pixel_values": px})))
-            pre[k].append(_ms(partial(prefill.run, None, feeds)))
-        for k, (b, ids, px, _f) in enumerate(sides):
-            r = b.generate(ids, px, steps, stop_at_eos=False)
-            dec[k].append(r.tokens_per_s)
-    med = [statistics.median(v[1:]) for v in vis]
-    pmed = [statistics.median(v[1:]) for v in pre]
-    dmed = [statistics.median(v[1:]) for v in dec]
+        sides.append((b, ids, b.pixels(image, fit=True)))
+
+    def interleaved(run: Callable[[int], float]) -> list[list[float]]:
+        got: list[list[float]] = [[], []]
+        for _ in range(rounds + 1):  # the first round warms up and is dropped
+            for k in (0, 1):
+                got[k].append(run(k))
+        for b, _ids, _px in sides:
+            b.release()
+        return [g[1:] for g in got]
+
+    vis = interleaved(lambda k: _ms(partial(sides[k][0].session("vision").run, None,
+                                            {"pixel_values": sides[k][2]})))
+    feeds = [b.prefill_feeds(ids, px) for b, ids, px in sides]
+    for b, _ids, _px in sides:
+        b.release()
+    pre = interleaved(lambda k: _ms(partial(sides[k][0].session("decoder").run, None,
+                                            feeds[k])))
+    dec = interleaved(lambda k: sides[k][0].generate(sides[k][1], sides[k][2], steps,
+                                                     stop_at_eos=False).tokens_per_s)
+    med = [statistics.median(v) for v in vis]
+    pmed = [statistics.median(v) for v in pre]
+    dmed = [statistics.median(v) for v in dec]
     return VlmCost(rounds, round(med[0], 3), round(med[1], 3), round(pmed[0], 3),
                    round(pmed[1], 3), round(pmed[1] / pmed[0], 4), steps,
                    round(dmed[0], 2), round(dmed[1], 2),
-                   [round(x, 3) for x in pre[0][1:]], [round(x, 3) for x in pre[1][1:]],
-                   [round(x, 3) for x in dec[0][1:]], [round(x, 3) for x in dec[1][1:]])
+                   [round(x, 3) for x in pre[0]], [round(x, 3) for x in pre[1]],
+                   [round(x, 3) for x in dec[0]], [round(x, 3) for x in dec[1]])

@@ -114,12 +114,24 @@ def write_lm_dir(ckpt: Path, text_config: Any, out: Path, model: Any = None) -> 
     """The LM as a causal-LM checkpoint directory in `out` (module docstring). Tensors are
     copied one at a time from the checkpoint's safetensors files; `model` (a loaded LLaVA)
     is used instead when the checkpoint has none (a pickle checkpoint)."""
-    from safetensors import safe_open
-
-    out.mkdir(parents=True, exist_ok=True)
     cfg = text_config.to_dict()
     cfg["architectures"] = [{"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM"}
                             .get(text_config.model_type, "LlamaForCausalLM")]
+    return write_dir(ckpt, cfg, out, lm_name, model, skip_table=True)
+
+
+def write_dir(ckpt: Path, config: dict[str, Any], out: Path,
+              rename: Callable[[str], str | None], model: Any = None,
+              skip_table: bool = False) -> Path:
+    """A checkpoint directory the model builder reads: `config` as config.json and the
+    tensors `rename` maps (None: left out), copied one at a time from the checkpoint's
+    safetensors files, or from `model` when the checkpoint has none (`skip_table`: not
+    the token table then, which the LLaVA LM directory does without); the tokenizer
+    files beside them."""
+    from safetensors import safe_open
+
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = dict(config)
     cfg.pop("_name_or_path", None)
     (out / "config.json").write_text(json.dumps(cfg, indent=1))
     shards = ShardWriter(out)
@@ -129,14 +141,14 @@ def write_lm_dir(ckpt: Path, text_config: Any, out: Path, model: Any = None) -> 
         if model is None:
             raise
         for k, v in model.state_dict().items():
-            n = lm_name(k)
-            if n is not None and not n.startswith("model.embed_tokens"):
+            n = rename(k)
+            if n is not None and not (skip_table and n.startswith("model.embed_tokens")):
                 shards.add(n, v.detach())
         files = []
     for f in files:
         with safe_open(str(f), "pt") as st:
             for k in st.keys():
-                n = lm_name(k)
+                n = rename(k)
                 if n is not None:
                     shards.add(n, st.get_tensor(k))
     shards.close()

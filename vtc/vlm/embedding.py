@@ -20,9 +20,12 @@ from pathlib import Path
 import numpy as np
 
 
-def write(table: np.ndarray, image_token_id: int, dtype: type, path: Path) -> Path:
+def write(table: np.ndarray, image_token_id: int, dtype: type, path: Path,
+          features_rank: int = 3) -> Path:
     """The graph for `table` ``[vocab, D]`` into `path`; `dtype` is the decoder's
-    ``inputs_embeds`` type (np.float32 or np.float16)."""
+    ``inputs_embeds`` type (np.float32 or np.float16); `features_rank` the rank of
+    ``image_features``: 3 (``[1, K, D]``, LLaVA) or 2 (``[K, D]``, what genai's Qwen
+    pipeline hands over)."""
     import onnx_ir as ir
     from onnx import TensorProto as T
     from onnx import helper as h
@@ -39,7 +42,7 @@ def write(table: np.ndarray, image_token_id: int, dtype: type, path: Path) -> Pa
         h.make_node("CumSum", ["is_image_i", "one"], ["count"]),
         h.make_node("Sub", ["count", "one"], ["slot_n"]),
         h.make_node("Shape", ["image_features"], ["features_shape"]),
-        h.make_node("Gather", ["features_shape", "one"], ["k"], axis=0),
+        h.make_node("Gather", ["features_shape", "k_axis"], ["k"], axis=0),
         h.make_node("Where", ["is_image", "slot_n", "k"], ["slot"]),
         h.make_node("Reshape", ["image_features", "rows_shape"], ["rows"]),
         h.make_node("Cast", ["rows"], ["rows_t"], to=elem),
@@ -51,13 +54,15 @@ def write(table: np.ndarray, image_token_id: int, dtype: type, path: Path) -> Pa
     inits = [numpy_helper.from_array(np.ascontiguousarray(table.astype(dtype)), "table"),
              numpy_helper.from_array(np.array(image_token_id, np.int64), "image_token_id"),
              numpy_helper.from_array(np.array(1, np.int64), "one"),
+             numpy_helper.from_array(np.array(features_rank - 2, np.int64), "k_axis"),
              numpy_helper.from_array(np.array([-1, d], np.int64), "rows_shape"),
              numpy_helper.from_array(np.array([-1], np.int64), "last_axis"),
              numpy_helper.from_array(np.zeros((1, d), dtype), "zero_row")]
     graph = h.make_graph(
         nodes, "embedding",
         [h.make_tensor_value_info("input_ids", T.INT64, ["batch_size", "sequence_length"]),
-         h.make_tensor_value_info("image_features", T.FLOAT, [1, "num_image_tokens", d])],
+         h.make_tensor_value_info("image_features", T.FLOAT,
+                                  [1, "num_image_tokens", d][3 - features_rank:])],
         [h.make_tensor_value_info("inputs_embeds", elem,
                                   ["batch_size", "sequence_length", d])], inits)
     model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)], ir_version=8)

@@ -32,9 +32,11 @@ OPSET = 17
 FEATURES = "image_features"
 
 
-def _export(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path,
-            inputs: list[str], outputs: list[str],
-            axes: dict[str, dict[int, str]] | None = None) -> Path:
+def export_graph(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path,
+                 inputs: list[str], outputs: list[str],
+                 axes: dict[str, dict[int, str]] | None = None) -> Path:
+    """`module` traced on `args` by the TorchScript exporter into `path` (names as
+    given; static shapes unless `axes`)."""
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.stem}.") as scratch:
         tmp = Path(scratch) / "graph.onnx"
         with _quiet_exporter(), torch.no_grad():
@@ -76,14 +78,14 @@ def publish(model: ir.Model, path: Path, scratch: Path) -> None:
 
 def export_vision(model: nn.Module, geo: VlmGeometry, cuts: Cuts, path: Path) -> Path:
     px = torch.randn(1, 3, geo.image_size, geo.image_size)
-    return _export(VisionEncoder(model, geo, cuts).eval(), (px,), path, ["pixel_values"],
+    return export_graph(VisionEncoder(model, geo, cuts).eval(), (px,), path, ["pixel_values"],
                    [FEATURES])
 
 
 def export_tower_body(model: nn.Module, geo: VlmGeometry, path: Path) -> Path:
     """The uncut tower up to the feature layer (for the encoder passes)."""
     px = torch.randn(1, 3, geo.image_size, geo.image_size)
-    return _export(TowerBody(model, geo).eval(), (px,), path, ["pixel_values"], ["hidden"])
+    return export_graph(TowerBody(model, geo).eval(), (px,), path, ["pixel_values"], ["hidden"])
 
 
 def export_tower_tail(model: nn.Module, geo: VlmGeometry, cuts: Cuts, tokens: int,
@@ -95,5 +97,5 @@ def export_tower_tail(model: nn.Module, geo: VlmGeometry, cuts: Cuts, tokens: in
     if sizes:
         args = (*args, torch.ones(1, tokens))
         inputs.append("token_sizes")
-    return _export(TowerTail(model, geo, cuts, sizes).eval(), args, path, inputs,
+    return export_graph(TowerTail(model, geo, cuts, sizes).eval(), args, path, inputs,
                    [FEATURES])

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vtc.budget import BudgetError, Geometry
 from vtc.errors import InputError
 
 VISION_TYPES = ("clip_vision_model",)
@@ -63,7 +64,41 @@ class VlmGeometry:
 
     @property
     def visual(self) -> int:
-        return self.tower_tokens - 1 if self.strategy == "default" else self.tower_tokens
+        return self.tower_tokens - self.dropped_at_projector
+
+    @property
+    def protected(self) -> int:
+        """The CLS token: a projector cut always keeps it."""
+        return 1
+
+    @property
+    def rope(self) -> str:
+        """The LLM's rotary positions: "1d" or "mrope" (3-D, t/h/w)."""
+        return "1d"
+
+    @property
+    def dropped_at_projector(self) -> int:
+        """Tokens the feature selection drops when no cut does (``default``: CLS)."""
+        return 1 if self.strategy == "default" else 0
+
+    def encoder_geometry(self, sections: list[Any]) -> Geometry:
+        """The tower as an encoder for the block methods: blocks 0..F-1 (layer F's
+        attention is what VisionZip reads, so it stays whole)."""
+        if self.feature_layer == 0:
+            raise BudgetError("the feature layer is the tower's first layer: no block is "
+                              "left for an encoder cut; drop it")
+        return Geometry(tokens=self.tower_tokens, protected=1, width=self.vision_width,
+                        mlp_width=self.vision_mlp, layers=self.feature_layer,
+                        heads=self.vision_heads)
+
+    def vision_macs(self, cuts: Any) -> int:
+        """Tower MACs up to the feature layer plus the projector on the K tokens."""
+        c = self.vision_width
+        per = [self.tower_tokens] * (self.feature_layer + 1)
+        if cuts.encoder is not None:
+            per = [lp.tokens_in for lp in cuts.encoder.layers] + [cuts.encoder.tokens_out]
+        total = sum(n * (4 * c * c + 2 * c * self.vision_mlp) + 2 * n * n * c for n in per)
+        return total + cuts.visual * (c * self.lm_width + self.lm_width * self.lm_width)
 
 
 def check_config(config: Any, where: str) -> VlmGeometry:

@@ -23,7 +23,7 @@ from vtc import methods
 from vtc.budget import NONE
 from vtc.exporter.clip import encoder_blocks
 from vtc.exporter.eager import attention as vit_attention
-from vtc.methods.cut import get_cut
+from vtc.methods.cut import TowerOutput, cls_score, get_cut
 
 from .llava import VlmGeometry
 from .plan import Cuts
@@ -77,7 +77,9 @@ def to_lm(projector: nn.Module, geo: VlmGeometry, cuts: Cuts, x: Tensor, probs: 
     then the projector."""
     step = cuts.projector
     if step is not None:
-        x = get_cut(step.method).tower(step, x, probs, keys)
+        # the reference code's score: layer F's CLS row, summed over heads
+        out = TowerOutput(x, cls_score(probs), keys, protected=1)
+        x = get_cut(step.method).tower(step, out)[0]
     elif geo.strategy == "default":
         x = x[:, 1:]
     return projector(x)  # type: ignore[no-any-return]

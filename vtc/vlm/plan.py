@@ -1,19 +1,64 @@
 """The static budget of a vision-language bundle from a recipe: encoder cuts over the
-tower's blocks before the feature layer, then every cut outside the encoder as its
-registered method plans it (`VisualCut.plan_cut`: a projector cut such as VisionZip's
-K, LM cuts such as FastV's (L, R)), the nominal prompt length; and the analytic MACs
-that give the FLOPs ratios."""
+tower's blocks (where the family's geometry allows them), then every cut outside the
+encoder as its registered method plans it (`VisualCut.plan_cut`: a projector cut such as
+VisionZip's K, LM cuts such as FastV's (L, R)), the nominal prompt length; and the
+analytic MACs that give the FLOPs ratios.
+
+The family's geometry (`VlmShape`: LLaVA's `VlmShape`, Qwen2.5-VL's `QwenGeometry`)
+says what the cuts are sized by: the tokens a projector cut sees (``tower_tokens``, a
+CLS among them for LLaVA, merged tokens for Qwen2.5-VL), the tokens the LM reads
+uncut, the encoder geometry of its tower (or a refusal naming the method), the LM's
+shape and the tower's MACs."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from vtc import methods
 from vtc.budget import Budget, BudgetError, Geometry
 from vtc.methods.cut import CutStep, VisualCut
 
-from .llava import VlmGeometry
+
+class VlmShape(Protocol):
+    """What `plan` reads of a family's geometry (module docstring)."""
+
+    @property
+    def tower_tokens(self) -> int: ...
+
+    @property
+    def lm_layers(self) -> int: ...
+
+    @property
+    def lm_width(self) -> int: ...
+
+    @property
+    def lm_heads(self) -> int: ...
+
+    @property
+    def kv_heads(self) -> int: ...
+
+    @property
+    def head_dim(self) -> int: ...
+
+    @property
+    def mlp_width(self) -> int: ...
+
+    @property
+    def vocab(self) -> int: ...
+
+    @property
+    def visual(self) -> int: ...
+
+    @property
+    def dropped_at_projector(self) -> int: ...
+
+    @property
+    def rope(self) -> str: ...
+
+    def encoder_geometry(self, sections: list[Any]) -> Geometry: ...
+
+    def vision_macs(self, cuts: Any) -> int: ...
 
 SITES = ("projector", "lm")  # where a VisualCut acts, in the order the tokens meet them
 
@@ -52,14 +97,7 @@ class Cuts:
         return self.prefill - sum(st.dropped for st in self.lm_steps)
 
 
-def encoder_geometry(geo: VlmGeometry) -> Geometry:
-    """The tower as an encoder for the block methods: blocks 0..F-1 (layer F's attention
-    is what VisionZip reads, so it stays whole)."""
-    return Geometry(tokens=geo.tower_tokens, protected=1, width=geo.vision_width,
-                    mlp_width=geo.vision_mlp, layers=geo.feature_layer, heads=geo.vision_heads)
-
-
-def _cut_steps(recipe: Any, geo: VlmGeometry, tower_out: int) -> tuple[list[CutStep], int]:
+def _cut_steps(recipe: Any, geo: VlmShape, tower_out: int) -> tuple[list[CutStep], int]:
     """Every cut outside the encoder as its method plans it; and the visual tokens the
     LM reads. No method is named: each one's site says where it acts."""
     cuts: list[tuple[VisualCut, Any]] = []
@@ -73,7 +111,7 @@ def _cut_steps(recipe: Any, geo: VlmGeometry, tower_out: int) -> tuple[list[CutS
     if len(proj) > 1:
         raise BudgetError(f"{' and '.join(m.name for m, _ in proj)} both cut at the projector; "
                           "keep one")
-    visual = tower_out - 1 if geo.strategy == "default" else tower_out
+    visual = tower_out - geo.dropped_at_projector
     for m, cfg in proj:
         steps.append(m.plan_cut(cfg, tower_out, geo.lm_layers))
         visual = steps[-1].tokens_out
@@ -90,33 +128,45 @@ def _cut_steps(recipe: Any, geo: VlmGeometry, tower_out: int) -> tuple[list[CutS
                                   "interleave)")
             steps.append(st)
             reaching = st.tokens_out
+    if geo.rope == "mrope":
+        _keep_positions(steps)
     return steps, visual
 
 
-def plan(recipe: Any, geo: VlmGeometry) -> Cuts:
+def _keep_positions(steps: list[CutStep]) -> None:
+    """Refuse an LM cut that renumbers positions on a model whose positions are 3-D."""
+    from vtc.methods.cut import get_cut
+
+    for st in steps:
+        if st.site == "lm" and get_cut(st.method).lm_stage(st).positions == "compact":
+            raise BudgetError(
+                f"{st.method} renumbers the kept tokens' positions after its cut at LM layer "
+                f"{st.layer} (its reference code, on a 1-D rotary LLM); this model's "
+                "positions are 3-D (M-RoPE), for which no renumbering is defined: keep them "
+                f"with --set {st.method}.positions=keep")
+
+
+def plan(recipe: Any, geo: VlmShape) -> Cuts:
     """The recipe's cuts on this model (BudgetError naming the misfit)."""
     enc = [s for s in recipe.sections() if s[0].site == "encoder"]
     budget: Budget | None = None
     tower_out = geo.tower_tokens
     if enc:
-        if geo.feature_layer == 0:
-            raise BudgetError("the feature layer is the tower's first layer: no block is left "
-                              "for an encoder cut; drop it")
-        budget = methods.plan_budget(encoder_geometry(geo), enc)
+        budget = methods.plan_budget(geo.encoder_geometry(enc), enc)
         tower_out = budget.tokens_out
     steps, visual = _cut_steps(recipe, geo, tower_out)
     return Cuts(budget, tuple(steps), visual, visual + recipe.generate.prompt_tokens)
 
 
-def uncut(recipe: Any, geo: VlmGeometry) -> Cuts:
+def uncut(recipe: Any, geo: VlmShape) -> Cuts:
     return Cuts(None, (), geo.visual, geo.visual + recipe.generate.prompt_tokens)
 
 
-def layer_tokens(geo: VlmGeometry, cuts: Cuts) -> list[int]:
+def layer_tokens(geo: VlmShape, cuts: Cuts) -> list[int]:
     return [cuts.tokens_at(i) for i in range(geo.lm_layers)]
 
 
-def qkv_tokens(geo: VlmGeometry, cuts: Cuts) -> list[int]:
+def qkv_tokens(geo: VlmShape, cuts: Cuts) -> list[int]:
     """Tokens each LM layer's q/k/v projections read at a full prefill: the layer's own
     count, but the count before the cut at a layer whose cut ranks with that layer's own
     projections (PyramidDrop's stages: the reference projects every token, then drops)."""
@@ -128,7 +178,7 @@ def qkv_tokens(geo: VlmGeometry, cuts: Cuts) -> list[int]:
             for i in range(geo.lm_layers)]
 
 
-def lm_macs(geo: VlmGeometry, tokens: list[int], qkv: list[int] | None = None) -> int:
+def lm_macs(geo: VlmShape, tokens: list[int], qkv: list[int] | None = None) -> int:
     """Prefill MACs of the LM layers (projections, QKᵀ and PV, gated MLP) at `tokens`
     per layer (`qkv`: the tokens the q/k/v projections read, when more), plus the head
     on the last position."""
@@ -142,12 +192,12 @@ def lm_macs(geo: VlmGeometry, tokens: list[int], qkv: list[int] | None = None) -
     return total + d * geo.vocab
 
 
-def gflops(geo: VlmGeometry, cuts: Cuts) -> float:
+def gflops(geo: VlmShape, cuts: Cuts) -> float:
     """The LM's analytic prefill GFLOPs (2 × MACs) at the nominal prompt length."""
     return round(2 * lm_macs(geo, layer_tokens(geo, cuts), qkv_tokens(geo, cuts)) / 1e9, 4)
 
 
-def step_gflops(geo: VlmGeometry, cuts: Cuts) -> list[float]:
+def step_gflops(geo: VlmShape, cuts: Cuts) -> list[float]:
     """The LM's prefill GFLOPs with the steps up to and including each one (a projector
     cut, always first, sets the visual count; each LM cut then shortens its layers):
     what each method leaves, the last entry being the bundle's."""
@@ -155,11 +205,6 @@ def step_gflops(geo: VlmGeometry, cuts: Cuts) -> list[float]:
             for k in range(1, len(cuts.steps) + 1)]
 
 
-def vision_macs(geo: VlmGeometry, cuts: Cuts) -> int:
-    """Tower MACs up to the feature layer plus the projector on the K tokens."""
-    c = geo.vision_width
-    per = [geo.tower_tokens] * (geo.feature_layer + 1)
-    if cuts.encoder is not None:
-        per = [lp.tokens_in for lp in cuts.encoder.layers] + [cuts.encoder.tokens_out]
-    total = sum(n * (4 * c * c + 2 * c * geo.vision_mlp) + 2 * n * n * c for n in per)
-    return total + cuts.visual * (c * geo.lm_width + geo.lm_width * geo.lm_width)
+def vision_macs(geo: VlmShape, cuts: Cuts) -> int:
+    """The tower's MACs with the cuts (the family's count)."""
+    return geo.vision_macs(cuts)

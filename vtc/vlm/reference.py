@@ -154,6 +154,15 @@ def generate(model: nn.Module, geo: VlmGeometry, cuts: Cuts, embeds: Tensor, ima
     return Greedy(tokens, first)
 
 
+def generate_from_ids(model: nn.Module, geo: VlmGeometry, cuts: Cuts, ids: list[int],
+                      pixel_values: Tensor, max_new: int, eos: set[int]) -> Greedy:
+    """`generate` on the prompt `ids` (one image token) and the image: the image's
+    embeddings with the cuts spliced in at the image token."""
+    emb, at = splice(model, ids, geo.image_token_id,
+                     image_embeds(model, geo, cuts, pixel_values))
+    return generate(model, geo, cuts, emb, at, max_new, eos)
+
+
 def hf_generate(model: nn.Module, geo: VlmGeometry, ids: list[int], pixel_values: Tensor,
                 max_new: int, eos: set[int]) -> Greedy:
     """The uncut model through HF's own ``generate`` (greedy) and forward: the fidelity
