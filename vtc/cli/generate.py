@@ -41,7 +41,7 @@ def generate(bundle: Path, images: tuple[Path, ...], prompt: str, max_new_tokens
     \b
     Exit codes: 0 done; 2 bad input (no bundle, unreadable image, image count not
     matching <image> tokens, a prompt and new tokens past the bundle's max_length, the
-    image away from where a FastV bundle needs it, a Qwen2.5-VL image whose size maps to
+    image away from where an LM-cut bundle needs it, a Qwen2.5-VL image whose size maps to
     another grid than the bundle was built for — the message names the fix).
     """
     def _run() -> int:

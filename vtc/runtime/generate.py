@@ -11,8 +11,8 @@ LLaVA, and a vtc bundle has a static image size):
 
 1. the prompt (wrapped in the template unless it already holds the image token) →
    token ids with one image token, expanded to K image tokens; one image per prompt;
-   with an LM cut (FastV) the image must sit where the bundle was built for
-   (``image_start``: the template puts it there);
+   with an LM cut (FastV, PyramidDrop, an exit) the image must sit where the bundle was
+   built for (``image_start``: the template puts it there);
 2. image → ``pixel_values``: ``[1, 3, H, W]`` (LLaVA: CLIP's crop and normalisation) or
    Qwen2.5-VL's patches ``[N, 1176]`` at the bundle's size (`vtc.runtime.mrope`; an
    image whose size maps to another grid is refused, naming the built size);
@@ -191,7 +191,7 @@ class VlmBundle:
     def prompt_ids(self, prompt: str, images: int = 1, max_new_tokens: int = 0) -> list[int]:
         """Token ids of the prompt with its one image token (in the chat template unless
         it holds the image token); BundleError when the image tokens and images do not
-        match, the image is not where a FastV bundle needs it, or the prompt and the new
+        match, the image is not where an LM-cut bundle needs it, or the prompt and the new
         tokens pass ``max_length``."""
         image_token = self.config["image_token"]
         text = prompt if image_token in prompt else self.config["template"].format(prompt=prompt)
@@ -203,7 +203,7 @@ class VlmBundle:
                               f"one {image_token} (this bundle takes one image per prompt)")
         at = ids.index(self.image_token_id)
         if self.image_start is not None and at != self.image_start:
-            raise BundleError(f"the image is token {at} of the prompt but this bundle's FastV "
+            raise BundleError(f"the image is token {at} of the prompt but this bundle's LM "
                               f"cut was built for an image at token {self.image_start} (the "
                               "chat template's place); put the prompt text after the image")
         total = len(ids) - 1 + self.visual + max_new_tokens

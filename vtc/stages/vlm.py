@@ -2,7 +2,7 @@
 by stage::
 
     SOURCE ─► load ─► plan cuts ─► vision graph (cut; uncut in scratch) ─► embedding graph
-           ─► LM directory ─► onnxruntime-genai model builder ─► decoder passes (FastV,
+           ─► LM directory ─► onnxruntime-genai model builder ─► decoder passes (LM cuts,
               last-token logits) ─► genai_config.json ─► validate (onnxruntime-genai)
            ─► time ─► bundle
 
@@ -81,7 +81,7 @@ def _eos(model: Any) -> list[int]:
 
 
 def image_start(tok_file: Path, image_token_id: int, template: str = TEMPLATE) -> int:
-    """Where the chat template puts the image (token index): FastV's static span starts
+    """Where the chat template puts the image (token index): an LM cut's static span starts
     there."""
     from tokenizers import Tokenizer
 
