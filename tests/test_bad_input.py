@@ -653,6 +653,10 @@ RECIPE_CASES: dict[str, Case] = {
                                      expected="with --set .*validate.samples=0"),
     "unknown recipe name": _export("{vit}", "--recipe", "tome-r99", expected="not found"),
     "recipe file missing": _export("{vit}", "--recipe", "{tmp}/no.yaml", expected="not found"),
+    "recipe a directory": _export("{vit}", "--recipe", "{tmp}", expected="is a directory; give a "
+                                  "YAML file"),
+    "recipe a device": _export("{vit}", "--recipe", "/dev/zero", expected="is not a regular "
+                               r"file \(a device, pipe or socket\)"),
     "binary recipe file": _made(_recipe_file(os.urandom(300) + b"\xff\xfe"),
                                 "not valid YAML text"),
     "recipe a YAML list": _made(_recipe_file(b"- a\n- b\n"), "a mapping at the top level"),

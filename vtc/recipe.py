@@ -474,6 +474,10 @@ def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe
     path = Path(name_or_path)
     if not path.suffix and name_or_path in shipped():
         path = shipped()[name_or_path]
+    if path.exists() and not path.is_file():
+        what = "a directory" if path.is_dir() else "not a regular file (a device, pipe or socket)"
+        raise RecipeError(f"recipe {name_or_path!r} is {what}; give a YAML file or one of "
+                          f"{', '.join(sorted(shipped()))}")
     if not path.is_file():
         raise RecipeError(
             f"recipe {name_or_path!r} not found: give a path to a YAML file or one of "

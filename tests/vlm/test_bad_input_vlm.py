@@ -76,7 +76,8 @@ CASES: dict[str, tuple[list[str], Callable[[Path], None] | None, str]] = {
     "--allow-pickle on safetensors": (["--allow-pickle", "--set", "generate.prompt_tokens=5000"],
                                       None, r"context of 512 tokens"),
     # the checkpoint
-    "pickle without --allow-pickle": ([], _pickle_only, r"only has pickle weights .*--allow-pickle"),
+    "pickle without --allow-pickle": ([], _pickle_only,
+                                      r"only has pickle weights .*--allow-pickle"),
     "text_config missing (a 7B default)": (
         [], _config(lambda c: c.pop("text_config")),
         r"config\.json describes a LlavaForConditionalGeneration of 6,\d{3},\d{3},\d{3} "
@@ -180,7 +181,7 @@ def test_runtime_generate_interrupted_exits_130(sig: int, combined_bundle: Path,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         time.sleep(after)
         proc.send_signal(sig)
-        out, err = proc.communicate(timeout=120)
+        _, err = proc.communicate(timeout=120)
         if proc.returncode == 0:  # it finished first: nothing to interrupt
             continue
         assert proc.returncode == 130 and "Traceback" not in err, err
