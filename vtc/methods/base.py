@@ -58,8 +58,12 @@ def _refuse(key: str, value: Any, annotation: Any) -> None:
     if isinstance(value, bool):
         raise ValueError(f"{key}={str(value).lower()} is a yes/no value; {key} takes a number")
     if isinstance(value, str):
-        raise ValueError(f"{key}={value!r} is text; {key} takes a number (write it without "
-                         "quotes)")
+        try:
+            float(value)
+            hint = " (write it without quotes)"
+        except ValueError:
+            hint = ""
+        raise ValueError(f"{key}={value!r} is text; {key} takes a number{hint}")
 
 
 def refuse_bools(model: type[BaseModel], data: Any) -> Any:
