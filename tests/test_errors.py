@@ -104,3 +104,23 @@ def test_the_crash_log_falls_back_to_the_temp_dir(capsys: pytest.CaptureFixture[
     logs = list(tmp_path.glob("vtc-crash-*.log"))
     assert code == 3 and len(logs) == 1 and str(logs[0]) in err, err
     assert "RuntimeError: boom" in logs[0].read_text()
+
+
+def test_a_signal_after_the_outcome_changes_nothing(capsys: pytest.CaptureFixture[str]) -> None:
+    """Once guard has decided the exit code (and printed its line), a signal while the
+    process shuts down is ignored: no second line, no KeyboardInterrupt, no death by
+    SIGTERM (at exit the handlers become SIG_IGN, which Python's shutdown keeps)."""
+    old = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
+    try:
+        with pytest.raises(SystemExit):
+            guard(lambda: 0)
+        errors._interrupt(signal.SIGTERM, None)  # returns: nothing raised
+        assert not errors._signalled and capsys.readouterr().err == ""
+        errors.install_signal_handlers()  # the next command starts afresh
+        with pytest.raises(KeyboardInterrupt):
+            errors._interrupt(signal.SIGINT, None)
+    finally:
+        signal.signal(signal.SIGINT, old[0])
+        signal.signal(signal.SIGTERM, old[1])
+        errors._signalled = False
+    assert errors._at_exit

@@ -16,6 +16,7 @@ exit 2. Nothing else in vtc decides exit codes.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
 import os
@@ -50,12 +51,16 @@ def one_line(msg: object) -> str:
 
 
 _signalled = False  # set by the first signal: whatever exception follows is the interrupt
+_finished = False  # set once `guard` has decided the exit code: later signals change nothing
+_at_exit = False  # `_ignore_at_exit` registered
 
 
 def _interrupt(signum: int, frame: Any) -> None:
     # The first signal unwinds (temp dirs are removed in `finally` blocks); later ones
     # are ignored so that the clean-up is not cut short and the exit code stays 130.
     global _signalled
+    if _finished:  # the outcome is printed; the process is only shutting down
+        return
     _signalled = True
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -68,8 +73,20 @@ def install_signal_handlers() -> None:
     The entry points (`vtc.cli.main`, `vtc.cli.export_main`) call it first, before any
     command module or heavy library is imported, so a signal during start-up exits 130 too.
     """
+    global _finished, _at_exit
+    _finished = False
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
+    if not _at_exit:
+        atexit.register(_ignore_at_exit)
+        _at_exit = True
+
+
+def _ignore_at_exit() -> None:
+    """While Python shuts down it restores the default handlers of those it set (not of
+    ignored ones): a signal then would kill a process whose outcome is already printed."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def install_startup_handlers() -> None:
@@ -156,6 +173,15 @@ def environment_problem(exc: BaseException) -> str | None:
     return None
 
 
+def _finish(code: int) -> NoReturn:
+    """Exit with the outcome already decided (and its line already printed): a signal from
+    here on is ignored (`_interrupt`, then `_ignore_at_exit`), so that it neither adds a
+    second line nor, arriving while Python shuts down, kills the process."""
+    global _finished
+    _finished = True
+    sys.exit(code)
+
+
 def guard(fn: Callable[[], int]) -> NoReturn:
     """Run a command body and exit with the code the README promises (module doc)."""
     install_signal_handlers()
@@ -170,12 +196,12 @@ def guard(fn: Callable[[], int]) -> NoReturn:
             _exit_interrupted()
         if isinstance(exc, InputError):
             _echo(f"error: {one_line(exc)}")
-            sys.exit(EXIT_INPUT)
+            _finish(EXIT_INPUT)
         if (problem := environment_problem(exc)) is not None:
             _echo(f"error: {problem}")
-            sys.exit(EXIT_INPUT)
+            _finish(EXIT_INPUT)
         log = crash_log(exc)
         _echo(f"internal error: {type(exc).__name__}: {one_line(exc)} (at {_where(exc)}); "
               f"the full traceback is in {log}; please report it")
-        sys.exit(EXIT_INTERNAL)
-    sys.exit(code)
+        _finish(EXIT_INTERNAL)
+    _finish(code)

@@ -70,11 +70,12 @@ CASES: dict[str, tuple[list[str], Callable[[Path], None] | None, str]] = {
     "prompt_tokens past the context": (
         ["--set", "generate.prompt_tokens=5000"], None,
         r"generate\.prompt_tokens 5000 \+ 16 visual tokens \+ generate\.max_new_tokens 2 pass "
-        r"the language model's context of 512 tokens"),
+        r"the decoder's max_length of 512 tokens \(the language model's "
+        r"max_position_embeddings\)"),
     # --allow-pickle on a safetensors checkpoint loads the safetensors (then the case fails
     # on the context, past the load: not on a missing pytorch_model.bin)
     "--allow-pickle on safetensors": (["--allow-pickle", "--set", "generate.prompt_tokens=5000"],
-                                      None, r"context of 512 tokens"),
+                                      None, r"max_length of 512 tokens"),
     # the checkpoint
     "pickle without --allow-pickle": ([], _pickle_only,
                                       r"only has pickle weights .*--allow-pickle"),

@@ -115,8 +115,8 @@ def check_context(cuts: Cuts, max_new_tokens: int, context: int | None) -> None:
     if context is not None and cuts.prefill + max_new_tokens > context:
         raise BudgetError(f"generate.prompt_tokens {cuts.prefill - cuts.visual} + "
                           f"{cuts.visual} visual tokens + generate.max_new_tokens "
-                          f"{max_new_tokens} pass the language model's context of {context} "
-                          "tokens; lower them")
+                          f"{max_new_tokens} pass the decoder's max_length of {context} tokens "
+                          "(the language model's max_position_embeddings); lower them")
 
 
 def uncut(recipe: Any, geo: VlmGeometry) -> Cuts:
