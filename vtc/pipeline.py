@@ -25,6 +25,7 @@ from vtc.backends.machine import machine_info
 from vtc.budget import Budget
 from vtc.data.images import IMAGE_EXTENSIONS
 from vtc.errors import InputError, OutputError
+from vtc.exporter import supported_model_types
 from vtc.output import building, check_out, publish
 from vtc.passes.graph import GraphError
 from vtc.passes.model_io import input_dims
@@ -41,6 +42,7 @@ from vtc.stages.load import Loaded, check_memory, load
 from vtc.stages.validate import select_inputs, validate
 from vtc.validate.tasks import is_dense
 from vtc.validate.usertask import TaskFn, load_task
+from vtc.vlm import families as vlm_families
 from vtc.vlm.families import is_vlm
 from vtc.zoo import vtc_home
 
@@ -127,6 +129,7 @@ def run(opts: Options) -> Result:
     src = resolve(opts.source)
     check_out(opts.out, opts.force, [(src.path, "the source")])
     vlm_bundle = is_vlm(src.model_type)
+    check_model_type(src, vlm_bundle)
     check_kind(opts, vlm_bundle)
     with building(opts.out, opts.force) as tmp:
         if vlm_bundle:
@@ -136,6 +139,16 @@ def run(opts: Options) -> Result:
             report = build(opts, src, tmp, task_fn)
         publish(tmp, opts.out, replace=opts.force)
     return Result(opts.out, report)
+
+
+def check_model_type(src: Source, vlm_bundle: bool) -> None:
+    """A checkpoint whose model_type vtc builds neither an encoder nor a vision-language
+    bundle for is named with both lists (before any recipe check speaks of cuts)."""
+    if src.kind == "hf" and not vlm_bundle and src.model_type not in supported_model_types():
+        raise SourceError(f"SOURCE {src.spec}: model_type {src.model_type!r} is not supported; "
+                          f"vtc exports image encoders ({', '.join(supported_model_types())}) "
+                          "and vision-language models "
+                          f"({', '.join(sorted(vlm_families.FAMILIES))})")
 
 
 def check_cuts(recipe: RecipeBase, vlm_bundle: bool) -> None:

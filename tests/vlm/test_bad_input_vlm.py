@@ -77,6 +77,10 @@ CASES: dict[str, tuple[list[str], Callable[[Path], None] | None, str]] = {
     "--allow-pickle on safetensors": (["--allow-pickle", "--set", "generate.prompt_tokens=5000"],
                                       None, r"max_length of 512 tokens"),
     # the checkpoint
+    "an unsupported vision-language model_type": (
+        [], _config(lambda c: c.update(model_type="qwen2_vl")),
+        r"model_type 'qwen2_vl' is not supported; vtc exports image encoders \(.*vit\) and "
+        r"vision-language models \(llava"),
     "pickle without --allow-pickle": ([], _pickle_only,
                                       r"only has pickle weights .*--allow-pickle"),
     "text_config missing (a 7B default)": (
