@@ -203,3 +203,11 @@ def test_a_report_of_an_unknown_kind_is_refused(bundle: Path, tmp_path: Path) ->
         res = CliRunner().invoke(main, argv)
         assert res.exit_code == 2, res.output
         assert "a report of kind 'audio', which this vtc does not know" in res.stderr
+
+
+def test_a_bundle_given_as_source_is_named(bundle: Path, tmp_path: Path) -> None:
+    res = CliRunner().invoke(export_main, [str(bundle), "--out", str(tmp_path / "out")])
+    assert res.exit_code == 2, res.output
+    assert f"SOURCE {bundle}: a bundle vtc wrote (manifest.json, report.json), not a " \
+        "checkpoint" in res.stderr
+    assert not (tmp_path / "out").exists()
