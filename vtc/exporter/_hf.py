@@ -59,10 +59,11 @@ def _stored_values(path: Path) -> int | None:
 
 
 def check_size(cls: type[nn.Module], path: Path) -> None:
-    """Refuse, before any memory is allocated, a config.json that describes a larger model
-    than the weights beside it hold (a missing ``text_config`` falls back to a 7B default;
-    an edited size): the model class is built on the meta device, its parameters counted
-    and compared with the values in the safetensors headers."""
+    """Refuse, before any memory is allocated, a config.json that describes a model more
+    than twice the size of the weights beside it (a missing ``text_config`` falls back to a
+    7B default; an edited size): the model class is built on the meta device, its
+    parameters counted and compared with the values in the safetensors headers. A smaller
+    misfit is left to the load, which names the weight of another shape."""
     import torch
     from transformers import AutoConfig
 
@@ -78,7 +79,7 @@ def check_size(cls: type[nn.Module], path: Path) -> None:
         raise InputError(f"{path}/config.json: transformers cannot build {cls.__name__} from it "
                          f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); give "
                          "the checkpoint's own config.json") from None
-    if needed > stored:
+    if needed > 2 * stored:
         raise InputError(f"{path}/config.json describes a {cls.__name__} of {needed:,} "
                          f"parameters, but the safetensors files hold {stored:,} values; give "
                          "the config.json that belongs to these weights (a sub-config "
@@ -91,7 +92,7 @@ def from_pretrained(
     """``cls.from_pretrained`` from a local directory only, never running remote
     code, with SDPA attention, in eval mode. Raises :class:`MissingWeightsError`
     if any parameter of ``cls`` is absent from the checkpoint, an InputError before
-    loading when config.json describes more parameters than the weights hold."""
+    loading when config.json describes more than twice the parameters the weights hold."""
     loader: Any = cls
     if use_safetensors:
         check_size(cls, path)
