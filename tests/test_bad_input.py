@@ -161,6 +161,31 @@ def _two_image_inputs(src: Path, dst: Path) -> None:
     onnx.save(m, str(dst))
 
 
+def _laughs() -> bytes:
+    """A YAML document whose aliases expand to 9**7 strings (a "billion laughs")."""
+    rows = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    rows += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 7)]
+    return ("\n".join(rows) + "\nname: x\nmethod: tome\nvalidate:\n  captions: "
+            f"[{', '.join(['*a6'] * 9)}]\n").encode()
+
+
+def _opset(version: int, ir_version: int | None = None) -> Callable[[Path, Path], None]:
+    def edit(src: Path, dst: Path) -> None:
+        m = onnx.load(str(src))
+        for o in m.opset_import:
+            if o.domain in ("", "ai.onnx"):
+                o.version = version
+        m.ir_version = ir_version or m.ir_version
+        onnx.save(m, str(dst))
+    return edit
+
+
+def _int64_input(src: Path, dst: Path) -> None:
+    m = onnx.load(str(src))
+    m.graph.input[0].type.tensor_type.elem_type = onnx.TensorProto.INT64
+    onnx.save(m, str(dst))
+
+
 def _wrong_shape(d: Path) -> None:
     sd = load_file(str(d / "model.safetensors"))
     key = sorted(k for k in sd if k.endswith("weight") and sd[k].ndim == 2)[1]
@@ -310,6 +335,9 @@ CLIP_CASES: dict[str, Case] = {
                                    expected=r"--captions .*cannot be read"),
     "--captions missing": _export("{clip}", "--captions", "{tmp}/no.txt",
                                   expected=r"--captions .*cannot be read"),
+    "--captions a pipe": _made(lambda t, f: (os.mkfifo(t / "c.txt"), [
+        str(f["clip"]), "--captions", str(t / "c.txt")])[1], r"--captions .*c\.txt: not a "
+        r"regular file \(a device, pipe or socket\)"),
     "--captions for a vision model": _made(_captions_file(b"a cat\na dog\n", "vit"),
                                            r"--captions: .* vit vision model without a text"),
     "validate.captions for a vision model": _recipe(
@@ -342,6 +370,12 @@ SOURCE_CASES: dict[str, Case] = {
                                    r"external data file\(s\) m\.onnx\.data, not found"),
     "vtc's own model.onnx": _made(_onnx_edit(_already_compressed), "already compressed"),
     "ONNX without attention": _made(_onnx_edit(_no_attention), "no transformer block found"),
+    "ONNX opset 99": _made(_onnx_edit(_opset(99)), r"ONNX opset 99, outside the 7\.\.\d+"),
+    "ONNX opset 5": _made(_onnx_edit(_opset(5)), r"ONNX opset 5, outside"),
+    "ONNX IR version 99": _made(_onnx_edit(_opset(18, 99)), "ONNX IR version 99, outside"),
+    "ONNX image input of int64": _made(_onnx_edit(_int64_input), r"the graph's only input, "
+                                       r"pixel_values \[2, 3, 32, 32\] \(INT64\), is not an "
+                                       r"image"),
     "directory without config": _made(_ckpt(_without("config.json")), "has no config.json"),
     "config.json a list": _made(_ckpt(_write("config.json", b"[1, 2]")), "holds a list"),
     "config.json not UTF-8": _made(_ckpt(_write("config.json", b"\xff\xfe{")),
@@ -517,6 +551,23 @@ RECIPE_CASES: dict[str, Case] = {
         ("method=[tome,tome]", "names a method twice"),
         ("method=42", "method"),
         ("name=[1,2]", "name"),
+        # a quoted number is text, not the number pydantic would make of it
+        ("validate.samples='8'", "samples='8' is text; samples takes a number"),
+        ("tome.r='2'", "r='2' is text"),
+        ("export.opset='18'", "opset='18' is text"),
+        ("tome.r=[2,'2',2]", "r='2' is text"),
+        ("tome.layers=[true]", "layers=true is a yes/no value"),
+        ("gates.min_speedup='1.5'", r"gates\.min_speedup='1\.5' is text"),
+        # a gate that can never fail is no gate
+        ("gates.min_speedup=-1", r"gates\.min_speedup=-1 can never fail \(the metric is at "
+                                 r"least 0\)"),
+        ("gates.min_top1_agreement=0", "min_top1_agreement=0 can never fail"),
+        ("gates.min_fidelity_cosine=-1", "min_fidelity_cosine=-1 can never fail"),
+        # the generate section is a vision-language bundle's
+        ("generate.precision=int4", r"generate\.precision: settings of vision-language "
+                                    "bundles; this source is an encoder"),
+        ("gates.min_tokens_equal=1", r"gates\.min_tokens_equal: settings of vision-language "
+                                     "bundles"),
     ]},
     "flops_ratio out of reach": _export("{vit}", "--set", "tome.r=null", "--set",
                                         "tome.flops_ratio=50", expected="cannot be reached"),
@@ -592,6 +643,9 @@ RECIPE_CASES: dict[str, Case] = {
     "pitome r too large": _export("{vit}", "--recipe", "pitome-r8", "--set", "pitome.r=9",
                                   expected="impossible"),
     "--set without =": _export("{vit}", "--set", "tome.r", expected="expected key=value"),
+    "--set with an empty value": _export("{vit}", "--set", "tome.r=", expected=(
+        r"--set 'tome\.r=': the value is empty \(an unset shell variable\?\); give a value, "
+        r"or tome\.r=null")),
     "--set into a scalar": _export("{vit}", "--set", "name.x=1", expected="is not a section"),
     "--set malformed YAML": _export("{vit}", "--set", "tome.r=[1,",
                                     expected=r"--set tome\.r=\[1,.*not valid YAML"),
@@ -599,6 +653,10 @@ RECIPE_CASES: dict[str, Case] = {
                                      expected="with --set .*validate.samples=0"),
     "unknown recipe name": _export("{vit}", "--recipe", "tome-r99", expected="not found"),
     "recipe file missing": _export("{vit}", "--recipe", "{tmp}/no.yaml", expected="not found"),
+    "recipe a directory": _export("{vit}", "--recipe", "{tmp}", expected="is a directory; give a "
+                                  "YAML file"),
+    "recipe a device": _export("{vit}", "--recipe", "/dev/zero", expected="is not a regular "
+                               r"file \(a device, pipe or socket\)"),
     "binary recipe file": _made(_recipe_file(os.urandom(300) + b"\xff\xfe"),
                                 "not valid YAML text"),
     "recipe a YAML list": _made(_recipe_file(b"- a\n- b\n"), "a mapping at the top level"),
@@ -609,6 +667,10 @@ RECIPE_CASES: dict[str, Case] = {
         _recipe_file(b"name: x\nmethod: tome\nspeed: fast\n"), "unknown key 'speed'"),
     "recipe without a name": _made(_recipe_file(b"method: tome\n"), "name: Field required"),
     "recipe invalid YAML": _made(_recipe_file(b"name: [unclosed\n"), "not valid YAML"),
+    "recipe nested too deeply": _made(_recipe_file(b"name: " + b"[" * 5000 + b"]" * 5000),
+                                      r"not valid YAML text \(nested too deeply\)"),
+    "recipe a billion laughs": _made(_recipe_file(_laughs()),
+                                     "expands to more than 100,000 values"),
 }
 
 OTHER_CASES: dict[str, Case] = {

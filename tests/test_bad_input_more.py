@@ -9,8 +9,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -111,6 +113,20 @@ CASES: dict[str, tuple[Callable[[Path], None], Runner, list[str], str]] = {
         r"samples\.json: manifest\.json lists no sha256"),
     "check.py: manifest missing": (lambda b: (b / "manifest.json").unlink(), "check", [],
                                    r"manifest\.json: FileNotFoundError"),
+    # usage errors: one line naming the flag, as vtc's own commands (not argparse's usage)
+    "runtime: --top-k abc": (lambda b: None, "runtime", ["--top-k", "abc"],
+                             r"argument --top-k: invalid int value: 'abc' \(see 'python -m "
+                             r"vtc\.runtime --help'\)"),
+    "runtime: unknown option": (lambda b: None, "runtime", ["--bogus"],
+                                "unrecognized arguments: --bogus"),
+    "check.py: unknown --runtime": (lambda b: None, "check", ["--runtime", "tpu"],
+                                    r"argument --runtime: invalid choice: 'tpu'"),
+    "check.py: --seconds nan": (lambda b: None, "check", ["--seconds", "nan"],
+                                r"argument --seconds: nan is not a finite duration ≥ 0"),
+    "check.py: --seconds -1": (lambda b: None, "check", ["--seconds", "-1"],
+                               r"argument --seconds: -1 is not a finite duration ≥ 0"),
+    "check.py: --gate -1": (lambda b: None, "check", ["--gate", "-1"],
+                            r"argument --gate: -1 is not a finite limit ≥ 0"),
 }
 
 
@@ -130,7 +146,7 @@ def test_a_damaged_bundle_is_named_in_one_line(name: str, bundle: Path, tmp_path
     before = _snapshot(tmp_path)
     args = (["-m", "vtc.runtime", str(copy), "--images", str(images), *extra]
             if runner == "runtime" else [str(copy / "trt" / "check.py"), "--runtime", "ort-cpu",
-                                         "--seconds", "0.1", *extra])
+                                         "--seconds", "0.1", *extra])  # (later flags win)
     res = subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=tmp_path,
                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
     lines = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
@@ -148,3 +164,53 @@ def test_an_intact_bundle_passes_the_check(bundle: Path, tmp_path: Path) -> None
     shutil.copytree(bundle, copy)
     b = Bundle.load(copy)
     assert b.run(np.zeros((3, 3, 32, 32), np.float32))["logits"].shape == (3, 10)
+
+
+@pytest.mark.parametrize(("runner", "sig"), [("runtime", signal.SIGINT),
+                                             ("check", signal.SIGTERM)])
+def test_an_interrupted_run_exits_130_in_one_line(runner: str, sig: int, bundle: Path,
+                                                  tmp_path: Path) -> None:
+    """Ctrl-C or SIGTERM while `python -m vtc.runtime` or trt/check.py works: exit 130 with
+    one line, no traceback, nothing written into the bundle."""
+    copy = tmp_path / "b"
+    shutil.copytree(bundle, copy)
+    images = tmp_path / "imgs"
+    images.mkdir()
+    if runner == "runtime":  # 100 large images: reading and resizing them takes seconds
+        # (check.py times for 60 s); one file, linked under 100 names
+        Image.fromarray(np.full((2000, 2500, 3), 7, np.uint8)).save(images / "0.png")
+        for i in range(1, 100):
+            os.link(images / "0.png", images / f"{i}.png")
+    args = (["-m", "vtc.runtime", str(copy), "--images", str(images)] if runner == "runtime"
+            else [str(copy / "trt" / "check.py"), "--runtime", "ort-cpu", "--seconds", "60"])
+    before = _snapshot(copy)
+    proc = subprocess.Popen([sys.executable, *args], cwd=tmp_path, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    time.sleep(3)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == "interrupted: nothing was written", err
+    assert _snapshot(copy) == before
+
+
+def test_a_report_of_an_unknown_kind_is_refused(bundle: Path, tmp_path: Path) -> None:
+    from vtc.cli import main
+
+    copy = tmp_path / "b"
+    shutil.copytree(bundle, copy)
+    report = json.loads((copy / "report.json").read_text())
+    (copy / "report.json").write_text(json.dumps({**report, "kind": "audio"}))
+    for argv in (["report", "show", str(copy)], ["check", str(copy), "--baseline", str(bundle)]):
+        res = CliRunner().invoke(main, argv)
+        assert res.exit_code == 2, res.output
+        assert "a report of kind 'audio', which this vtc does not know" in res.stderr
+
+
+def test_a_bundle_given_as_source_is_named(bundle: Path, tmp_path: Path) -> None:
+    res = CliRunner().invoke(export_main, [str(bundle), "--out", str(tmp_path / "out")])
+    assert res.exit_code == 2, res.output
+    assert f"SOURCE {bundle}: a bundle vtc wrote (manifest.json, report.json), not a " \
+        "checkpoint" in res.stderr
+    assert not (tmp_path / "out").exists()

@@ -17,18 +17,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydantic import BaseModel
+
 import vtc
 from vtc.backends import engines
 from vtc.backends.machine import machine_info
 from vtc.budget import Budget
 from vtc.data.images import IMAGE_EXTENSIONS
 from vtc.errors import InputError, OutputError
+from vtc.exporter import supported_model_types
 from vtc.output import building, check_out, publish
 from vtc.passes.graph import GraphError
 from vtc.passes.model_io import input_dims
 from vtc.recipe import RecipeBase
 from vtc.report import Report, SourceInfo
-from vtc.report_vlm import VlmReport
+from vtc.report_vlm import VLM_GATES, VlmReport
 from vtc.source import Source, SourceError, resolve
 from vtc.stages import bundle, edge, text, vlm
 from vtc.stages.compile import compile_engines
@@ -39,6 +42,7 @@ from vtc.stages.load import Loaded, check_memory, load
 from vtc.stages.validate import select_inputs, validate
 from vtc.validate.tasks import is_dense
 from vtc.validate.usertask import TaskFn, load_task
+from vtc.vlm import families as vlm_families
 from vtc.vlm.families import is_vlm
 from vtc.zoo import vtc_home
 
@@ -125,7 +129,8 @@ def run(opts: Options) -> Result:
     src = resolve(opts.source)
     check_out(opts.out, opts.force, [(src.path, "the source")])
     vlm_bundle = is_vlm(src.model_type)
-    check_cuts(opts.recipe, vlm_bundle)
+    check_model_type(src, vlm_bundle)
+    check_kind(opts, vlm_bundle)
     with building(opts.out, opts.force) as tmp:
         if vlm_bundle:
             report: Report | VlmReport = vlm.build(src, opts.recipe, tmp, opts.images,
@@ -134,6 +139,16 @@ def run(opts: Options) -> Result:
             report = build(opts, src, tmp, task_fn)
         publish(tmp, opts.out, replace=opts.force)
     return Result(opts.out, report)
+
+
+def check_model_type(src: Source, vlm_bundle: bool) -> None:
+    """A checkpoint whose model_type vtc builds neither an encoder nor a vision-language
+    bundle for is named with both lists (before any recipe check speaks of cuts)."""
+    if src.kind == "hf" and not vlm_bundle and src.model_type not in supported_model_types():
+        raise SourceError(f"SOURCE {src.spec}: model_type {src.model_type!r} is not supported; "
+                          f"vtc exports image encoders ({', '.join(supported_model_types())}) "
+                          "and vision-language models "
+                          f"({', '.join(sorted(vlm_families.FAMILIES))})")
 
 
 def check_cuts(recipe: RecipeBase, vlm_bundle: bool) -> None:
@@ -153,13 +168,59 @@ def check_cuts(recipe: RecipeBase, vlm_bundle: bool) -> None:
                              "vision-language bundle yet (its graphs run in a generation "
                              f"loop); kinds that can: {', '.join(able)}")
         if b.precision != "fp32":
-            raise InputError(f"backend.precision {b.precision}: a vision-language bundle's "
-                             "decoder precision is generate.precision (fp32, fp16 or int4); "
-                             "drop backend.precision")
+            raise InputError(f"backend.precision {b.precision}: not supported yet for a "
+                             "vision-language bundle; its decoder precision is "
+                             "generate.precision (fp32, fp16 or int4): drop backend.precision")
     if cuts and not vlm_bundle:
         raise InputError(f"{', '.join(cuts)} cut(s) visual tokens before or inside a language "
                          "model; this source is an encoder: use a LLaVA checkpoint, or drop "
                          f"{', '.join(cuts)} from method")
+
+
+# what each kind of bundle does not read: set there, it would be ignored (a VLM reads
+# backend.kind, the engine whose generation runtime runs it; check_cuts judges it and
+# backend.precision)
+_ENCODER_ONLY = ("export", "input", "backend", "validate", "unmerge", "tokens_out")
+_VLM_READS = ("backend.kind", "backend.precision")
+_VLM_ONLY = ("generate",)
+
+
+def changed(recipe: RecipeBase, sections: tuple[str, ...],
+            read: tuple[str, ...] = ()) -> list[str]:
+    """The dotted fields of `sections` (sections or top-level fields) that differ from
+    their defaults, but those in `read`."""
+    out = []
+    for name in sections:
+        field = "validate_" if name == "validate" else name
+        value = getattr(recipe, field)
+        if isinstance(value, BaseModel):
+            default = type(value)()
+            out += [f"{name}.{k}" for k in type(value).model_fields
+                    if getattr(value, k) != getattr(default, k)]
+        elif value != RecipeBase.model_fields[field].get_default(call_default_factory=True):
+            out.append(name)
+    return [f for f in out if f not in read]
+
+
+def check_kind(opts: Options, vlm_bundle: bool) -> None:
+    """Refuse, before any work, what the kind of bundle SOURCE makes would ignore: the
+    encoder settings (export, input, backend, validate; --batch other than 1, --protected,
+    --captions) for a vision-language model, the generate section for an encoder."""
+    check_cuts(opts.recipe, vlm_bundle)
+    if vlm_bundle:
+        flags = [f for f, on in (("--batch", opts.batch_given and opts.batch != 1),
+                                 ("--protected", opts.protected is not None),
+                                 ("--captions", opts.captions is not None)) if on]
+        fields = changed(opts.recipe, _ENCODER_ONLY, _VLM_READS)
+        if flags or fields:
+            raise InputError(f"{', '.join([*flags, *fields])}: not used by a vision-language "
+                             "bundle (batch 1, one image per prompt, on onnxruntime-genai; "
+                             "its settings are the cut methods' and the generate section); "
+                             "drop them")
+    elif fields := [*changed(opts.recipe, _VLM_ONLY),
+                    *(f"gates.{g}" for g in opts.recipe.gates if g in VLM_GATES)]:
+        raise InputError(f"{', '.join(fields)}: settings of vision-language bundles; this "
+                         "source is an encoder: drop them")
 
 
 class Steps:

@@ -249,6 +249,35 @@ class GenerateCfg(_Strict):
                              "in pixels, e.g. 448 or [448, 672]")
         return v
 
+    @field_validator("prompts")
+    @classmethod
+    def _no_blank(cls, v: list[str]) -> list[str]:
+        blank = [i for i, p in enumerate(v) if not p.strip()]
+        if blank:
+            raise ValueError(f"prompt {blank[0]} is blank; give a question about the image")
+        return v
+
+
+# the values a gated metric can take (by the words of its gate's name): a floor at or
+# below the least, or a ceiling at or above the greatest, is a gate that can never fail
+_RANGES = (
+    (("cosine", "pearson"), (-1.0, 1.0)),
+    (("agreement", "top1", "iou", "tokens_equal", "exact_match"), (0.0, 1.0)),
+    (("speedup", "efficiency", "flops_ratio", "prefill_ratio"), (0.0, math.inf)),
+    (("accuracy_drop",), (-100.0, 100.0)),
+    (("_diff",), (0.0, math.inf)),
+)
+
+
+def _metric_range(gate: str) -> tuple[float, float]:
+    """(least, greatest) value of the metric `gate` judges (±inf when unbounded: a task
+    metric's)."""
+    if task_gate(gate) is None:
+        for words, bounds in _RANGES:
+            if any(w in gate for w in words):
+                return bounds
+    return -math.inf, math.inf
+
 
 class RecipeBase(_Strict):
     """The method-neutral part of a recipe; `recipe_model()` adds one section per method."""
@@ -296,6 +325,13 @@ class RecipeBase(_Strict):
         if bad:
             raise ValueError(f"gate limit(s) of {bad} are not finite numbers; give a number, "
                              "e.g. gates.min_speedup=1.5")
+        for gate, limit in sorted(v.items()):
+            lo, hi = _metric_range(gate)
+            if (gate.startswith("min") and limit <= lo) or (gate.startswith("max") and limit >= hi):
+                bound = f"at least {lo:g}" if gate.startswith("min") else f"at most {hi:g}"
+                raise ValueError(f"gates.{gate}={limit:g} can never fail (the metric is "
+                                 f"{bound}); give a limit inside ({lo:g}, {hi:g}) or drop the "
+                                 "gate")
         return v
 
     @_model_validator(mode="after")
@@ -374,6 +410,9 @@ def _set(data: dict[str, Any], dotted: str) -> None:
     if "=" not in dotted:
         raise RecipeError(f"--set {dotted!r}: expected key=value, e.g. --set tome.r=8")
     key, raw = dotted.split("=", 1)
+    if not raw.strip():
+        raise RecipeError(f"--set {dotted!r}: the value is empty (an unset shell variable?); "
+                          f"give a value, or {key.strip()}=null to clear the field")
     parts = [("validate" if p == "validate_" else p) for p in key.strip().split(".")]
     if parts[0] == "gates" and len(parts) > 2:  # gate names may hold dots: min_task.NAME
         parts = ["gates", ".".join(parts[1:])]
@@ -400,7 +439,7 @@ def from_dict(data: dict[str, Any], where: str) -> RecipeBase:
         msg = first["msg"].removeprefix("Value error, ")
         if first["type"] == "extra_forbidden":
             msg = f"unknown key {loc!r} (check the spelling; see recipes/ for the known keys)"
-        raise RecipeError(f"{where}: {loc}: {msg}") from exc
+        raise RecipeError(f"{where}: {loc + ': ' if loc else ''}{msg}") from exc
 
 
 class _UniqueKeys(yaml.SafeLoader):
@@ -418,8 +457,28 @@ class _UniqueKeys(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+MAX_VALUES = 100_000  # a recipe holds a few dozen; YAML aliases can multiply them
+
+
 def _yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_UniqueKeys)
+    """safe_load with unique keys; a document nested too deeply for the parser, or one
+    whose aliases expand past MAX_VALUES values (a "billion laughs"), is a YAMLError."""
+    try:
+        data = yaml.load(text, Loader=_UniqueKeys)
+    except RecursionError:
+        raise yaml.YAMLError("nested too deeply") from None
+    stack, seen = [data], 0
+    while stack:  # count values as validation would visit them, aliases expanded
+        item = stack.pop()
+        seen += 1
+        if seen > MAX_VALUES:
+            raise yaml.YAMLError(f"it expands to more than {MAX_VALUES:,} values (aliases "
+                                 "repeating aliases?)")
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return data
 
 
 def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> RecipeBase:
@@ -427,6 +486,10 @@ def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe
     path = Path(name_or_path)
     if not path.suffix and name_or_path in shipped():
         path = shipped()[name_or_path]
+    if path.exists() and not path.is_file():
+        what = "a directory" if path.is_dir() else "not a regular file (a device, pipe or socket)"
+        raise RecipeError(f"recipe {name_or_path!r} is {what}; give a YAML file or one of "
+                          f"{', '.join(sorted(shipped()))}")
     if not path.is_file():
         raise RecipeError(
             f"recipe {name_or_path!r} not found: give a path to a YAML file or one of "

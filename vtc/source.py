@@ -90,6 +90,10 @@ def resolve(spec: str) -> Source:
     if not path.is_dir():
         raise SourceError(f"SOURCE {spec}: {_not_a_file(path)}; give a checkpoint directory "
                           "(config.json + model.safetensors) or an .onnx file")
+    if (path / "manifest.json").is_file() and (path / "report.json").is_file():
+        raise SourceError(f"SOURCE {spec}: a bundle vtc wrote (manifest.json, report.json), not "
+                          "a checkpoint; give the original checkpoint directory, or the "
+                          "bundle's baseline.onnx (the uncompressed graph) when it has one")
     cfg = path / "config.json"
     if not cfg.is_file():
         raise SourceError(

@@ -182,3 +182,23 @@ def test_optimizer_runs_without_the_slices_split_rule() -> None:
         names = [getattr(r, "name", None) for r in rewriter._DEFAULT_REWRITE_RULES]
         assert "SlicesSplit" not in names and len(names) == len(before) - 1
     assert rewriter._DEFAULT_REWRITE_RULES is before
+
+
+def test_failed_shape_inference_logs_no_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    """ONNX's shape inference failing (here: a Conv fed int64) leaves the model as it is;
+    onnx_ir logs that as a warning with a traceback, which a bad input would otherwise
+    print above vtc's one error line."""
+    import logging
+
+    from onnx import TensorProto, helper
+
+    from vtc.passes.model_io import infer_shapes
+
+    x = helper.make_tensor_value_info("x", TensorProto.INT64, [1, 3, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.INT64, None)
+    w = helper.make_tensor("w", TensorProto.INT64, [4, 3, 2, 2], [1] * 48)
+    g = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"])], "g", [x], [y], [w])
+    model = ir.from_proto(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]))
+    with caplog.at_level(logging.WARNING):
+        infer_shapes(model)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text

@@ -4,8 +4,12 @@ parity, fidelity, cost), `vtc generate`, the torch-free runtime, and bad input."
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -201,7 +205,6 @@ def test_generate_names_a_damaged_bundle_file(combined_bundle: Path, tmp_path: P
                                               damage: Any, message: str) -> None:
     """VlmBundle.load checks manifest.json's sha256 of each file it reads: one line, exit
     2, for `vtc generate` and `python -m vtc.runtime.generate` alike."""
-    import re
     import shutil
 
     copy = tmp_path / "b"
@@ -319,3 +322,48 @@ def test_constant_tensors_in_files_of_their_own_come_along(tmp_path: Path) -> No
             p.unlink()
     y = ort.InferenceSession(str(out / "m.onnx")).run(None, {"x": np.ones((2, 3), np.float32)})
     assert y[0].tolist() == [[1, 2, 3], [4, 5, 6]]
+
+
+# ---- bad input for python -m vtc.runtime.generate that needs a bundle (here: the combined
+# bundle is built once per test file; tests/vlm/test_bad_input_vlm.py has the rest)
+
+def _run_generate(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "vtc.runtime.generate", *argv],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+
+
+def test_runtime_generate_refuses_an_unreadable_image(combined_bundle: Path,
+                                                      tmp_path: Path) -> None:
+    (tmp_path / "x.png").write_bytes(b"not an image")
+    os.mkfifo(tmp_path / "pipe.png")  # opening it would wait for a writer forever
+    for name, why in (("x.png", "not a readable image (UnidentifiedImageError)"),
+                      ("pipe.png", "not a regular file (a directory, device or pipe)")):
+        res = _run_generate([str(combined_bundle), "--image", str(tmp_path / name),
+                             "--prompt", "hi"])
+        assert res.returncode == 2 and res.stdout == "", res.stderr
+        assert res.stderr.strip() == (f"error: --image {tmp_path / name}: {why}; give a JPEG "
+                                      "or PNG file")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_runtime_generate_interrupted_exits_130(sig: int, combined_bundle: Path,
+                                                tmp_path: Path) -> None:
+    """Ctrl-C or SIGTERM while the module and its imports load (before `main` runs) or
+    while it works: exit 130 with one line, never a KeyboardInterrupt traceback."""
+    img = tmp_path / "a.png"
+    Image.fromarray(np.zeros((40, 48, 3), np.uint8)).save(img)
+    interrupted = 0
+    for after in (0.2, 1.5):
+        proc = subprocess.Popen([sys.executable, "-m", "vtc.runtime.generate",
+                                 str(combined_bundle), "--image", str(img), "--prompt", "hi",
+                                 "--max-new-tokens", "400"], cwd=ROOT, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        time.sleep(after)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
+        if proc.returncode == 0:  # it finished first: nothing to interrupt
+            continue
+        assert proc.returncode == 130 and "Traceback" not in err, err
+        assert err.strip().splitlines()[-1] == "interrupted: nothing was written", err
+        interrupted += 1
+    assert interrupted  # at 0.2 s it is still importing: never done by then

@@ -86,6 +86,10 @@ def read_side(given: Path, role: str) -> Side:
                               "report.json of a bundle written by vtc-export")
     if data.get("kind") == "vlm":
         return _vlm_side(data, path, given, role)
+    if "kind" in data:  # encoder reports carry no kind
+        raise CheckInputError(f"{role} {path}: a report of kind {data['kind']!r}, which this vtc "
+                              "does not know (it reads encoder reports and kind 'vlm'); give "
+                              "the report.json of a bundle written by vtc-export")
     version = data["schema_version"]
     if version not in READABLE:
         raise CheckInputError(

@@ -110,17 +110,18 @@ def _do_export(source: str | None, recipe: str | None, batch: int | None, out: P
                allow_pickle: bool, protected: int | None, no_bench: bool,
                captions: Path | None = None) -> int:
     from vtc.data.captions import read_captions
-    from vtc.pipeline import Options, run
     from vtc.recipe import load_recipe
-    from vtc.report_vlm import VlmReport
     from vtc.stats import speed_advisory
 
     speed_advisory()  # a bad $VTC_SPEED_GATES: one line, exit 2, before any work
     spec, zoo_name = _resolve_source(source)
     recipe = recipe or ZOO_RECIPES.get(zoo_name or "", "tome-r16")
     out = out or Path("out") / (zoo_name or Path(spec.rstrip("/")).stem or "bundle")
-    rec = load_recipe(recipe, list(overrides))
+    rec = load_recipe(recipe, list(overrides))  # a bad recipe answers before torch loads
     texts = read_captions(captions) if captions is not None else None
+    from vtc.pipeline import Options, run
+    from vtc.report_vlm import VlmReport
+
     result = run(Options(source=spec, recipe=rec, out=out, batch=batch or rec.export.batch,
                          images=images, force=force, allow_pickle=allow_pickle,
                          protected=protected, bench=not no_bench,

@@ -58,6 +58,9 @@ def read_captions(path: Path) -> list[str]:
     """One caption per non-empty line of a UTF-8 text file (lines starting with `#` are
     comments)."""
     where = f"--captions {path}"
+    if Path(path).exists() and not Path(path).is_file() and not Path(path).is_dir():
+        raise InputError(f"{where}: not a regular file (a device, pipe or socket); give a "
+                         "text file")
     try:
         text = Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError:

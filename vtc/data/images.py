@@ -21,6 +21,9 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (
     ".tif",
     ".tiff",
 )
+# what opening or decoding an image raises when Pillow cannot read it safely (unreadable,
+# truncated, a decompression bomb): such a file is skipped wherever images are read
+UNREADABLE = (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError)
 
 
 Size = int | tuple[int, int]  # a square side, or (height, width)
@@ -100,7 +103,7 @@ def load_images(
         try:
             with Image.open(path) as img:
                 arr = fit(img, size, resize, channels)
-        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+        except UNREADABLE:
             continue  # unreadable, or too large for Pillow to open safely: skipped
         out.append(arr)
     if not out:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from torch import nn
 
@@ -42,13 +43,59 @@ def quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+def _stored_values(path: Path) -> int | None:
+    """How many values the ``*.safetensors`` files of `path` hold (their headers only);
+    None without such files or with a header that cannot be read (the load names it)."""
+    total = 0
+    files = sorted(Path(path).glob("*.safetensors"))
+    try:
+        for f in files:
+            with f.open("rb") as fh:
+                header = json.loads(fh.read(int.from_bytes(fh.read(8), "little")))
+            total += sum(math.prod(v["shape"]) for k, v in header.items() if k != "__metadata__")
+    except (OSError, ValueError, KeyError, TypeError, MemoryError, OverflowError):
+        return None
+    return total if files else None
+
+
+def check_size(cls: type[nn.Module], path: Path) -> None:
+    """Refuse, before any memory is allocated, a config.json that describes a model more
+    than twice the size of the weights beside it (a missing ``text_config`` falls back to a
+    7B default; an edited size): the model class is built on the meta device, its
+    parameters counted and compared with the values in the safetensors headers. A smaller
+    misfit is left to the load, which names the weight of another shape."""
+    import torch
+    from transformers import AutoConfig
+
+    stored = _stored_values(path)
+    if stored is None:
+        return
+    try:
+        config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+        with torch.device("meta"), quiet_transformers():
+            model = cast(Any, cls)._from_config(config)
+        needed = sum(p.numel() for p in model.parameters())
+    except Exception as exc:  # a config transformers cannot build a model from
+        raise InputError(f"{path}/config.json: transformers cannot build {cls.__name__} from it "
+                         f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); give "
+                         "the checkpoint's own config.json") from None
+    if needed > 2 * stored:
+        raise InputError(f"{path}/config.json describes a {cls.__name__} of {needed:,} "
+                         f"parameters, but the safetensors files hold {stored:,} values; give "
+                         "the config.json that belongs to these weights (a sub-config "
+                         "missing, e.g. text_config, falls back to a default size)")
+
+
 def from_pretrained(
     cls: type[nn.Module], path: Path, use_safetensors: bool, **kwargs: Any
 ) -> nn.Module:
     """``cls.from_pretrained`` from a local directory only, never running remote
     code, with SDPA attention, in eval mode. Raises :class:`MissingWeightsError`
-    if any parameter of ``cls`` is absent from the checkpoint."""
+    if any parameter of ``cls`` is absent from the checkpoint, an InputError before
+    loading when config.json describes more than twice the parameters the weights hold."""
     loader: Any = cls
+    if use_safetensors:
+        check_size(cls, path)
     try:
         with quiet_transformers():
             model, info = loader.from_pretrained(

@@ -110,7 +110,7 @@ class Family:
         a ``pytorch_model.bin`` only with ``allow_pickle``)."""
         path = Path(path)
         config = _read_config(path)
-        model = self.from_checkpoint(config, path, _use_safetensors(path, allow_pickle))
+        model = self.from_checkpoint(config, path, use_safetensors(path, allow_pickle))
         _attach_preprocessor(model, path)
         return model
 
@@ -303,8 +303,10 @@ def _read_config(path: Path) -> Any:
             f"{sentence(exc, 240)}); give the checkpoint's own config.json") from exc
 
 
-def _use_safetensors(path: Path, allow_pickle: bool) -> bool:
-    """True for a safetensors checkpoint; False for an allowed pickle one."""
+def use_safetensors(path: Path, allow_pickle: bool) -> bool:
+    """True for a safetensors checkpoint; False for an allowed pickle one; an InputError
+    naming the fix for a folder with no weights, or with pickle weights only and no
+    `allow_pickle` (every family's load, encoder and vision-language, asks this)."""
     if any(path.glob("*.safetensors")) or any(path.glob("*.safetensors.index.json")):
         return True
     pickles = sorted(p.name for p in path.glob("pytorch_model*.bin*"))
@@ -359,4 +361,5 @@ __all__ = [
     "load_model",
     "register_family",
     "supported_model_types",
+    "use_safetensors",
 ]

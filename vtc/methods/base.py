@@ -22,7 +22,8 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args, get_origin
+from types import UnionType
+from typing import TYPE_CHECKING, Any, ClassVar, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
@@ -36,25 +37,44 @@ if TYPE_CHECKING:
     from vtc.passes.graph import Block
 
 
-def _types(annotation: Any) -> set[Any]:
-    """The plain types in an annotation (`int | list[int] | None` → int, list, NoneType)."""
-    args = get_args(annotation)
-    if get_origin(annotation) is Literal:
-        return {type(a) for a in args}
-    return {annotation, *(t for a in args for t in _types(a))} if args else {annotation}
+def _refuse(key: str, value: Any, annotation: Any) -> None:
+    """ValueError when `value` is a yes/no or a text where `annotation` takes only numbers
+    (looking into list items and dict values)."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    options = args if origin in (Union, UnionType) else (annotation,)
+    if isinstance(value, list | dict):
+        for o in options:
+            inner = get_args(o)
+            if isinstance(value, list) and get_origin(o) is list and inner:
+                for v in value:
+                    _refuse(key, v, inner[0])
+            elif isinstance(value, dict) and get_origin(o) is dict and len(inner) == 2:
+                for k, v in value.items():
+                    _refuse(f"{key}.{k}", v, inner[1])
+        return
+    plain = {o for o in options if get_origin(o) is None}
+    if not plain & {int, float} or plain & {str, bool, Any}:
+        return
+    if isinstance(value, bool):
+        raise ValueError(f"{key}={str(value).lower()} is a yes/no value; {key} takes a number")
+    if isinstance(value, str):
+        try:
+            float(value)
+            hint = " (write it without quotes)"
+        except ValueError:
+            hint = ""
+        raise ValueError(f"{key}={value!r} is text; {key} takes a number{hint}")
 
 
 def refuse_bools(model: type[BaseModel], data: Any) -> Any:
-    """A YAML yes/no (true, false, on, off) given to a number field is an error, not the
-    1 or 0 pydantic would make of it (`--set tome.r=true`)."""
+    """A YAML yes/no (true, false, on, off) or a quoted text ('8') given to a number field
+    is an error, not the 1, 0 or 8 pydantic would make of it (`--set tome.r=true`,
+    `samples: '8'`); list items and dict values too (`layers: [true]`)."""
     if isinstance(data, dict):
         for name, field in model.model_fields.items():
             key = field.alias or name
-            value = data.get(key, data.get(name))
-            types = _types(field.annotation)
-            if isinstance(value, bool) and types & {int, float} and not types & {bool, Any}:
-                raise ValueError(f"{key}={str(value).lower()} is a yes/no value; {key} takes "
-                                 "a number")
+            if key in data or name in data:
+                _refuse(key, data.get(key, data.get(name)), field.annotation)
     return data
 
 

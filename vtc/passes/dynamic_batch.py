@@ -28,10 +28,11 @@ from typing import cast
 
 import numpy as np
 import onnx_ir as ir
-from onnx_ir.passes.common import RemoveUnusedNodesPass, ShapeInferencePass
+from onnx_ir.passes.common import RemoveUnusedNodesPass
 
 from vtc.passes.emit import Emitter, rewire
 from vtc.passes.graph import GraphError, is_const
+from vtc.passes.model_io import infer_shapes
 from vtc.passes.shape_fixup import ELEMENTWISE
 
 BATCH = "batch"
@@ -162,7 +163,7 @@ def make_batch_dynamic(model: ir.Model, twin: ir.Model, batch: int = PROBES[0],
     # Record the new (batch-symbolic) shapes in the file: ORT's fusions read them.
     _flatten_linears(ga, pinned, batch)
     RemoveUnusedNodesPass()(model)  # the constants replaced above
-    ShapeInferencePass(strict_mode=False)(model)
+    infer_shapes(model)
     _restore_past_unknown_ops(ga, pinned, batch, name)
     return relax.fixed
 

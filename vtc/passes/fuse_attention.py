@@ -47,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
-from onnx_ir.passes.common import RemoveUnusedNodesPass, ShapeInferencePass
+from onnx_ir.passes.common import RemoveUnusedNodesPass
 
 from vtc.passes.dynamic_batch import PROBES, make_batch_dynamic
 from vtc.passes.emit import Emitter
@@ -70,7 +70,7 @@ from vtc.passes.graph import (
     is_const,
     static_dims,
 )
-from vtc.passes.model_io import prepare, read_onnx, save_model
+from vtc.passes.model_io import infer_shapes, prepare, read_onnx, save_model
 
 DOMAIN = "com.microsoft"
 BATCH_PREFIX = "vtc_batch/"  # the names `make_batch_dynamic` emits
@@ -316,7 +316,7 @@ def fuse_attention(model: ir.Model) -> FuseResult:
         model.opset_imports[DOMAIN] = 1
         RemoveUnusedNodesPass()(model)
         model.graph.sort()
-        ShapeInferencePass(strict_mode=False)(model)  # the emitted values' static shapes
+        infer_shapes(model)  # the emitted values' static shapes
     return res
 
 

@@ -104,6 +104,15 @@ def read_onnx(path: Path | str) -> onnx.ModelProto:
     if not proto.graph.node or not proto.graph.input:
         raise GraphError(f"{path}: not an ONNX model (no graph nodes or inputs; empty, "
                          "truncated or another kind of file); give a valid .onnx file")
+    newest = onnx.defs.onnx_opset_version()
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset is not None and not 7 <= opset <= newest:
+        raise GraphError(f"{path}: ONNX opset {opset}, outside the 7..{newest} that onnx "
+                         f"{onnx.__version__} and ONNX Runtime read; export the model again "
+                         "(e.g. torch.onnx.export(..., opset_version=18))")
+    if not 3 <= proto.ir_version <= onnx.IR_VERSION:
+        raise GraphError(f"{path}: ONNX IR version {proto.ir_version}, outside the 3.."
+                         f"{onnx.IR_VERSION} this onnx reads; export the model again")
     missing = sorted({
         entry.value for t in _tensors(proto.graph) if t.data_location == onnx.TensorProto.EXTERNAL
         for entry in t.external_data
@@ -209,6 +218,19 @@ def _rules_without_slices_split() -> Iterator[bool]:
         rewriter._DEFAULT_REWRITE_RULES = table
 
 
+def infer_shapes(model: ir.Model) -> None:
+    """onnx_ir's non-strict shape inference, in place. Where ONNX's inference fails it
+    leaves the model as it is and logs a warning with a traceback; quieted here: the
+    passes that need a shape name the node whose shape is missing."""
+    log = logging.getLogger("onnx_ir.passes.common.shape_inference")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        ShapeInferencePass(strict_mode=False)(model)
+    finally:
+        log.setLevel(level)
+
+
 def _optimize(model: ir.Model) -> ir.Model:
     log = logging.getLogger("onnxscript")
     level = log.level
@@ -288,7 +310,7 @@ def prepare(model: ir.Model, batch: int | None = None, image_size: ImageSize | N
     if _fold_constant_of_shape(model.graph) + _shrink_uniform_expands(model.graph):
         model = _optimize(model)
     _clear_shapes(model.graph)
-    ShapeInferencePass(strict_mode=False)(model)
+    infer_shapes(model)
     return model
 
 

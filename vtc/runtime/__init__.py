@@ -17,28 +17,45 @@ its external data; `verify`), so a truncated or altered copy is named in one lin
 instead of failing inside onnxruntime. Only the files loaded are hashed (about 0.35 s
 for 350 MB on a 2-core CI machine).
 
-This package imports nothing else of vtc (layer 0); `trt_check.py` beside it is the
-bundle's standalone trt/check.py.
+This package imports no other vtc module but `vtc.errors` (layer 0, stdlib only: the
+exit codes and the command guard its two entry points run in); `trt_check.py` beside it
+is the bundle's standalone trt/check.py.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 from PIL import Image
 
-__all__ = ["Bundle", "BundleError", "fit", "graph_files", "listed_files", "open_session",
-           "verify"]
+from vtc.errors import InputError, one_line
+
+__all__ = ["ArgParser", "Bundle", "BundleError", "fit", "graph_files", "listed_files",
+           "open_session", "verify"]
 
 
-class BundleError(ValueError):
-    """A bundle that cannot be loaded or run (the message names the fix)."""
+class BundleError(InputError):
+    """A bundle that cannot be loaded or run (the message names the fix): exit 2 in
+    `vtc.errors.guard`, which the entry points (`python -m vtc.runtime`,
+    `python -m vtc.runtime.generate`, `vtc generate`) run in."""
+
+
+class ArgParser(argparse.ArgumentParser):
+    """argparse whose usage errors (a missing argument, an unknown option, a value of the
+    wrong type) are one line, ``error: MESSAGE (see 'PROG --help')``, and exit 2, as every
+    vtc command's are."""
+
+    def error(self, message: str) -> NoReturn:  # type: ignore[override]
+        print(f"error: {one_line(message)} (see '{self.prog} --help')", file=sys.stderr)
+        sys.exit(2)
 
 
 def _sha256(path: Path) -> str:

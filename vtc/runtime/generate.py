@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 from PIL import Image
@@ -42,6 +42,7 @@ from vtc.runtime import BundleError, graph_files, listed_files, open_session, to
 
 GRAPHS = ("vision", "embedding", "decoder")
 GENAI, ORT = "onnxruntime-genai", "onnxruntime"  # generation.json "runtime"
+MAX_NEW_TOKENS = 4096  # `--max-new-tokens` of both entry points: 1..this
 
 
 @dataclass
@@ -218,10 +219,25 @@ class VlmBundle:
         at = ids.index(self.image_token_id)
         return ids[:at] + [self.image_token_id] * self.visual + ids[at + 1:]
 
+    def read_image(self, path: str | Path, fit: bool = False) -> np.ndarray:
+        """`pixels` of an image file; BundleError naming the file when it is missing or
+        not an image Pillow reads safely (a decompression bomb included), or a Qwen2.5-VL
+        image of another size than the bundle's (unless `fit`)."""
+        if Path(path).exists() and not Path(path).is_file():
+            raise BundleError(f"--image {path}: not a regular file (a directory, device or "
+                              "pipe); give a JPEG or PNG file")
+        try:
+            return self.pixels(path, fit)
+        except BundleError:
+            raise
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            raise BundleError(f"--image {path}: not a readable image ({type(exc).__name__}); "
+                              "give a JPEG or PNG file") from None
+
     def pixels(self, image: Image.Image | str | Path, fit: bool = False) -> np.ndarray:
-        """An image → ``pixel_values`` (module docstring, step 2). `fit`: a Qwen2.5-VL
-        image of another size is resized to the bundle's instead of refused (the
-        validation's photos)."""
+        """An image → ``pixel_values`` (module docstring, step 2): LLaVA's
+        ``[1, 3, H, W]``, Qwen2.5-VL's patch rows. `fit`: a Qwen2.5-VL image of another
+        size is resized to the bundle's instead of refused (the validation's photos)."""
         c = self.processor
         if c["kind"] == "qwen2_5_vl":
             from vtc.runtime import mrope
@@ -324,38 +340,47 @@ class VlmBundle:
         return Result(tokens, text, first, t1 - t0, t2 - t1, len(full), stopped)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> NoReturn:
     """``python -m vtc.runtime.generate BUNDLE --image IMG --prompt TEXT``: the text on
-    stdout, one JSON line of timings on stderr; exit 2 with one line on bad input."""
+    stdout, one JSON line of timings on stderr; in `vtc.errors.guard`: exit 2 with one
+    line on bad input, 3 on an internal error, 130 interrupted."""
     import argparse
     import sys
 
-    ap = argparse.ArgumentParser(prog="python -m vtc.runtime.generate")
-    ap.add_argument("bundle")
-    ap.add_argument("--image", action="append", required=True)
-    ap.add_argument("--prompt", required=True)
-    ap.add_argument("--max-new-tokens", type=int, default=64)
-    args = ap.parse_args(argv)
-    try:
-        b = VlmBundle.load(args.bundle)
-        ids = b.prompt_ids(args.prompt, len(args.image), max(1, args.max_new_tokens))
+    from vtc.errors import guard, install_signal_handlers
+    from vtc.runtime import ArgParser
+
+    install_signal_handlers()  # before anything else: an interrupt exits 130
+
+    def new_tokens(text: str) -> int:
         try:
-            px = b.pixels(args.image[0])
-        except BundleError:
-            raise
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
-            raise BundleError(f"--image {args.image[0]}: not a readable image "
-                              f"({type(exc).__name__})") from None
-        res = b.generate(ids, px, max(1, args.max_new_tokens))
-    except BundleError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(res.text)
-    print(json.dumps({"tokens": res.tokens, "stopped": res.stopped,
-                      "prefill_ms": round(res.prefill_s * 1e3, 3),
-                      "tokens_per_s": round(res.tokens_per_s, 2)}), file=sys.stderr)
-    return 0
+            n = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not 1 <= n <= MAX_NEW_TOKENS:
+            raise argparse.ArgumentTypeError(f"{n} is not in 1..{MAX_NEW_TOKENS}")
+        return n
+
+    def run() -> int:
+        ap = ArgParser(prog="python -m vtc.runtime.generate")
+        ap.add_argument("bundle")
+        ap.add_argument("--image", action="append", required=True)
+        ap.add_argument("--prompt", required=True)
+        ap.add_argument("--max-new-tokens", type=new_tokens, default=64,
+                        help=f"1..{MAX_NEW_TOKENS} (default 64)")
+        args = ap.parse_args(argv)
+        b = VlmBundle.load(args.bundle)
+        ids = b.prompt_ids(args.prompt, len(args.image), args.max_new_tokens)
+        px = b.read_image(args.image[0])
+        res = b.generate(ids, px, args.max_new_tokens)
+        print(res.text)
+        print(json.dumps({"tokens": res.tokens, "stopped": res.stopped,
+                          "prefill_ms": round(res.prefill_s * 1e3, 3),
+                          "tokens_per_s": round(res.tokens_per_s, 2)}), file=sys.stderr)
+        return 0
+
+    guard(run)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    main()

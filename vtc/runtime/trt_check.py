@@ -30,7 +30,9 @@ import glob
 import hashlib
 import importlib
 import json
+import math
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -291,6 +293,16 @@ def throughput(run: Any, meta: dict[str, Any], x: Any, batch: int, seconds: floa
     return {"img_per_s": batch * n / dt, "mean_ms": 1000 * dt / n, "calls": n}
 
 
+def _write_atomic(path: Path, data: bytes) -> None:
+    """A temporary file beside `path`, renamed into place: never half a plan."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def make_runner(args: argparse.Namespace, meta: dict[str, Any], batch: int) -> tuple[Any, str]:
     shapes = {meta["input"]: (batch, *meta["input_shape"][1:])}
     shapes.update({k: (batch, *z["shape"][1:]) for k, z in meta.get("zero_inputs", {}).items()})
@@ -302,7 +314,8 @@ def make_runner(args: argparse.Namespace, meta: dict[str, Any], batch: int) -> t
             how = "loaded trt/model.plan"
         else:
             verify("model.onnx")
-            plan_file.write_bytes(build_plan(trt, BUNDLE / "model.onnx", not args.fp32, shapes))
+            _write_atomic(plan_file, build_plan(trt, BUNDLE / "model.onnx", not args.fp32,
+                                                shapes))
             how = f"built trt/model.plan ({'fp32' if args.fp32 else 'fp16 allowed'})"
         return TrtEngine(trt, plan_file.read_bytes(), shapes), f"TensorRT {trt.__version__}, {how}"
     if want == "tensorrt":
@@ -357,23 +370,72 @@ def check(args: argparse.Namespace) -> int:
     return 0 if passed else 1
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line, exit 2 (as vtc's own commands)."""
+
+    def error(self, message: str) -> Any:
+        print(f"error: {' '.join(message.split())} (see 'python3 {self.prog} --help')",
+              file=sys.stderr)
+        sys.exit(2)
+
+
+def _interrupted(signum: int, frame: Any) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # once: the clean-up is not cut short
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+def _crash(exc: BaseException) -> str:
+    """The traceback of an unexpected error, written to a file; its path."""
+    import tempfile
+    import traceback
+
+    path = Path(tempfile.gettempdir()) / f"trt-check-crash-{os.getpid()}.log"
+    try:
+        path.write_text("".join(traceback.format_exception(exc)))
+    except OSError:
+        return "(could not be written)"
+    return str(path)
+
+
+def _number(lo: float, what: str) -> Any:
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(v) or v < lo:
+            raise argparse.ArgumentTypeError(f"{text} is not a finite {what} ≥ {lo:g}")
+        return v
+    return parse
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    signal.signal(signal.SIGINT, _interrupted)  # Ctrl-C, SIGTERM: exit 130, one line
+    signal.signal(signal.SIGTERM, _interrupted)
+    ap = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runtime", choices=["auto", "tensorrt", "ort-gpu", "ort-cpu"],
                     default="auto", help="auto: TensorRT, else onnxruntime-gpu")
     ap.add_argument("--fp32", action="store_true", help="build without FP16 kernels")
     ap.add_argument("--rebuild", action="store_true", help="rebuild trt/model.plan")
-    ap.add_argument("--gate", type=float, default=None,
+    ap.add_argument("--gate", type=_number(0.0, "limit"), default=None,
                     help="parity limit (default: the recipe's max_parity_diff)")
-    ap.add_argument("--seconds", type=float, default=2.0, help="timing duration")
+    ap.add_argument("--seconds", type=_number(0.0, "duration"), default=2.0,
+                    help="timing duration")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
-    args = ap.parse_args(argv)
     try:
+        args = ap.parse_args(argv)
         return check(args)
     except CheckError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: nothing was written", file=sys.stderr)
+        return 130
+    except Exception as exc:  # not the bundle's fault: one line, the traceback in a file
+        print(f"internal error: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}; "
+              f"the full traceback is in {_crash(exc)}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

@@ -60,7 +60,15 @@ def pick_image_input(proto: onnx.ModelProto, name: str | None) -> str:
             raise SourceError(f"input.name={name!r} is not an image input (a rank-4 float "
                               f"tensor [B, C, H, W]): {_describe(match)}")
         return name
+    if not inputs:
+        raise SourceError("the graph has no inputs; give an image encoder whose image is a "
+                          "graph input [B, C, H, W]")
     if len(inputs) == 1:
+        if not _image_like(inputs[0]):
+            kind = onnx.TensorProto.DataType.Name(inputs[0].type.tensor_type.elem_type)
+            raise SourceError(f"the graph's only input, {_describe(inputs)} ({kind}), is not "
+                              "an image (a rank-4 float tensor [B, C, H, W]); give an image "
+                              "encoder")
         return inputs[0].name
     images = [i for i in inputs if _image_like(i)]
     if len(images) == 1:

@@ -36,8 +36,9 @@ from PIL import Image
 import vtc
 from vtc.backends import engines
 from vtc.backends.machine import machine_info
-from vtc.data.images import IMAGE_EXTENSIONS
-from vtc.errors import InputError
+from vtc.data.images import IMAGE_EXTENSIONS, UNREADABLE
+from vtc.errors import InputError, one_line
+from vtc.exporter.registry import use_safetensors
 from vtc.report import SourceInfo, to_jsonable
 from vtc.report_vlm import (
     VLM_GATES,
@@ -72,6 +73,14 @@ def check_tokenizer(path: Path) -> None:
         raise InputError(f"{path}: no tokenizer.json; vtc generate and the validation need the "
                          "checkpoint's fast tokenizer (save it with "
                          "AutoTokenizer.save_pretrained into the checkpoint directory)")
+    from tokenizers import Tokenizer
+
+    try:
+        Tokenizer.from_file(str(path / "tokenizer.json"))
+    except Exception as exc:  # the tokenizers library's own error types
+        raise InputError(f"{path / 'tokenizer.json'}: not a tokenizer file the tokenizers "
+                         f"library reads ({one_line(exc)[:160]}); give the checkpoint's own "
+                         "(AutoTokenizer.save_pretrained)") from None
 
 
 def _eos(model: Any) -> list[int]:
@@ -87,7 +96,12 @@ def image_start(tok_file: Path, image_token_id: int, template: str = TEMPLATE) -
 
     tok = Tokenizer.from_file(str(tok_file))
     text = template.replace("<image>", tok.id_to_token(image_token_id) or "<image>")
-    return tok.encode(text.format(prompt="x")).ids.index(image_token_id)
+    ids = tok.encode(text.format(prompt="x")).ids
+    if image_token_id not in ids:
+        raise InputError(f"{tok_file}: the chat template's image token does not encode to "
+                         f"image_token_id {image_token_id}; give the checkpoint's own "
+                         "tokenizer.json")
+    return ids.index(image_token_id)
 
 
 def generation_json(fam: Family, geo: Any, cuts: Cuts, image_token: str, eos: list[int],
@@ -241,12 +255,13 @@ def _write_graphs(fam: Family, model: Any, geo: Any, cuts: Cuts, folder: Path, b
 
 def _images(folder: Path | None, n: int) -> list[Image.Image]:
     if folder is not None:
-        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+        files = sorted(p for p in folder.rglob("*")
+                       if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
         imgs = []
         for p in files:
             try:
                 imgs.append(Image.open(p).convert("RGB"))
-            except OSError:
+            except UNREADABLE:
                 continue
         if not imgs:
             raise InputError(f"--images {folder}: no readable image")
@@ -289,11 +304,13 @@ def build(src: Source, recipe: Any, tmp: Path, images: Path | None, bench: bool,
     eng = engines.get(recipe.backend.kind)  # checked by the pipeline: it runs generation
     step(1, f"loading {src.spec} ({fam.name})")
     if model is None:
-        model, geo = fam.load(src.path, use_safetensors=not allow_pickle, recipe=recipe)
+        model, geo = fam.load(src.path, use_safetensors(src.path, allow_pickle), recipe=recipe)
     else:
         geo = fam.check_config(model.config, src.spec, recipe)
     try:
         cuts, base = plan.plan(recipe, geo), plan.uncut(recipe, geo)
+        plan.check_context(base, recipe.generate.max_new_tokens, getattr(
+            model.config.text_config, "max_position_embeddings", None))
     except vtc.budget.BudgetError as exc:
         raise InputError(str(exc)) from None
     # the engine kind's generation runtime, unless the family says it cannot express
@@ -309,7 +326,8 @@ def build(src: Source, recipe: Any, tmp: Path, images: Path | None, bench: bool,
                          f"{geo.image_token_id}; use the checkpoint's own tokenizer")
     precision = recipe.generate.precision
     decoder.require_genai()
-    start = image_start(tok_file, geo.image_token_id, fam.template)
+    start = image_start(tok_file, geo.image_token_id,
+                        fam.template.replace("<image>", image_token))
     with tempfile.TemporaryDirectory(dir=tmp.parent, prefix=f".{tmp.name}.build-") as scratch:
         work = Path(scratch)
         step(2, f"exporting the decoder ({precision}) with onnxruntime-genai's model builder")

@@ -158,6 +158,17 @@ def plan(recipe: Any, geo: VlmShape) -> Cuts:
     return Cuts(budget, tuple(steps), visual, visual + recipe.generate.prompt_tokens)
 
 
+def check_context(cuts: Cuts, max_new_tokens: int, context: int | None) -> None:
+    """The nominal prefill (visual + generate.prompt_tokens) and the new tokens fit the
+    LM's context (its max_position_embeddings, the decoder's max_length); BudgetError
+    naming the fix otherwise."""
+    if context is not None and cuts.prefill + max_new_tokens > context:
+        raise BudgetError(f"generate.prompt_tokens {cuts.prefill - cuts.visual} + "
+                          f"{cuts.visual} visual tokens + generate.max_new_tokens "
+                          f"{max_new_tokens} pass the decoder's max_length of {context} tokens "
+                          "(the language model's max_position_embeddings); lower them")
+
+
 def uncut(recipe: Any, geo: VlmShape) -> Cuts:
     return Cuts(None, (), geo.visual, geo.visual + recipe.generate.prompt_tokens)
 

