@@ -223,8 +223,13 @@ def _attention_bias(em: Emitter, lay: Layout, terms: list[tuple[ir.Value, float]
         parts.append((em.const(total, np.float32, "attention_bias"), list(total.shape)))
     for t, c in terms:
         if not is_const(t):
+            shared = _head_shared(t, lay)
+            if shared is not None:  # one bias for every head: broadcast it, do not copy it
+                t, dims = shared, [lay.batch, 1, 1, lay.n]
+            else:
+                dims = static_dims(t) or []
             v = t if c == 1.0 else em.op("Mul", t, em.const(c, np.float32))
-            parts.append(canonical_bias(em, lay, v, static_dims(t) or []))
+            parts.append(canonical_bias(em, lay, v, dims) if shared is None else (v, dims))
     if not parts:
         return None
     out, shape = parts[0]
@@ -233,6 +238,21 @@ def _attention_bias(em: Emitter, lay: Layout, terms: list[tuple[ir.Value, float]
     if shape[2:] == [lay.n, lay.n]:
         return out
     return em.op("Expand", out, em.const([1, 1, lay.n, lay.n]))
+
+
+def _head_shared(t: ir.Value, lay: Layout) -> ir.Value | None:
+    """For folded heads: the `[B, 1, 1, N]` bias behind `t` when `t` is it expanded over
+    the heads and folded (`Reshape(Expand(b, [1, H, 1, 1]), [B·H, 1, N])`: vtc's own
+    proportional attention, `layout.logit_bias`), else None. The fused node then reads
+    one `[B, 1, N, N]` bias instead of `[B, H, N, N]`."""
+    fold = t.producer()
+    if not lay.folded or fold is None or fold.op_type != "Reshape" or fold.inputs[0] is None:
+        return None
+    wide = fold.inputs[0].producer()
+    if wide is None or wide.op_type != "Expand" or wide.inputs[0] is None:
+        return None
+    base = wide.inputs[0]
+    return base if static_dims(base) == [lay.batch, 1, 1, lay.n] else None
 
 
 def canonical_bias(em: Emitter, lay: Layout, v: ir.Value, dims: list[int]
@@ -294,6 +314,8 @@ def _fuse_block(graph: ir.Graph, blk: Block) -> str | int:
     old, new = target_of(av.outputs[0], lay), y
     if old is None:
         old, new = av.outputs[0], canonical_out(em, y, lay)
+    elif len(static_dims(old) or []) == 2:  # a flattened out-projection reads [B·N, H·Dv]
+        new = em.op("Reshape", y, em.const([-1, lay.heads * lay.dv]))
     graph.extend(em.nodes)
     for user, idx in list(old.uses()):
         user.replace_input_with(idx, new)
