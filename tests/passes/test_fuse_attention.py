@@ -153,3 +153,34 @@ def test_fuse_file_keeps_a_dynamic_batch(tiny: LazyModels, tmp_path: Path) -> No
         got = sess.run(None, {"pixel_values": x})[0]
         assert got.shape[0] == b
         assert np.abs(got - ref.run(None, {"pixel_values": x})[0]).max() <= 1e-4
+
+
+def test_a_dynamic_batch_compressed_graph_fuses_without_head_copies(tiny: LazyModels,
+                                                                    tmp_path: Path) -> None:
+    """A dynamic-batch rewrite flattens the linear layers to `[B·N, C]`
+    (`passes.dynamic_batch`); the fused node still reads q, k, v and writes its output
+    through Reshapes (views), not head Transposes, and the gather formulation's metric
+    reads the key projection, so the fused compressed graph has no Transpose the fused
+    uncompressed one lacks (the compact formulation reads Kᵀ and keeps its moves)."""
+    from vtc.stages.compress import compress
+    from vtc.stages.export import Exported
+
+    dyn = tmp_path / "dyn.onnx"
+    fam, model = tiny.model("vit-cls")
+    export_onnx(fam, model, 2, (IMAGE, IMAGE), dyn, dynamic_batch=True)
+    budget = tome_budget(fam.geometry(model, IMAGE), r=3, formulation="gather")
+    comp = compress(Exported(dyn, 2, (IMAGE, IMAGE), 3, True, 18), budget, "auto", tmp_path)
+    out, base = tmp_path / "fused.onnx", tmp_path / "base.onnx"
+    assert fuse_file(comp.path, out).fused == fuse_file(dyn, base).fused == 3
+
+    def transposes(path: Path) -> int:  # outside the merge sites (their bᵀ is their own)
+        return sum(n.op_type == "Transpose" and not (n.name or "").startswith("vtc_tome")
+                   for n in load(path, 2).graph)
+
+    assert transposes(out) == transposes(base)
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    ref = ort.InferenceSession(str(comp.path), providers=["CPUExecutionProvider"])
+    for b in (1, 3):
+        x = np.random.default_rng(b).standard_normal((b, 3, IMAGE, IMAGE)).astype(np.float32)
+        got = sess.run(None, {"pixel_values": x})[0]
+        assert np.abs(got - ref.run(None, {"pixel_values": x})[0]).max() <= 1e-4

@@ -14,6 +14,7 @@ import pytest
 from tests.torch_encoders import DEPTH, SPECS, Encoder, export
 from vtc import passes
 from vtc.passes.fuse_attention import OP, fuse_attention
+from vtc.passes.graph import static_dims
 from vtc.recipe import load_recipe
 from vtc.stages.compress import rewrite
 from vtc.stages.load import onnx_geometry
@@ -53,3 +54,9 @@ def test_folded_and_sequence_first_blocks_fuse(tmp_path: Path, variant: str,
         assert res.fused == res.blocks == DEPTH and res.unfused == {}, (method, res)
         assert sum(n.op_type == OP for n in m.graph) == DEPTH
         assert np.abs(_run(m, x) - want).max() <= 1e-4, method
+        if method == "tome":  # the log-size bias: one [B, 1, N, N] for every head
+            biased = [n for n in m.graph if n.op_type == OP and len(n.inputs) > 5
+                      and n.inputs[5] is not None]
+            assert len(biased) == DEPTH - 2  # the blocks after the merge in block 1
+            assert all((static_dims(n.inputs[5]) or [0, 0])[:2] == [batch, 1]  # type: ignore[arg-type]
+                       for n in biased)

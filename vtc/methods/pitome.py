@@ -27,7 +27,7 @@ After, **gather** (r merges in this block; T = N − P candidates)::
 After, **compact** (per-token vectors are rows `[B, 1, N]` in the original order)::
 
     m[B,N,D] ─► S = m·mᵀ [B,N,N] ─► Sub(margin row) ─► Elu(α) ─► MatMul(mean row) ─► energy
-         (protected tokens: margin −2²⁶, so they rank first, in position order)
+         (protected token j: margin −(2²⁶ − 2²⁰·j), so they rank first, in position order)
     energy ─► TopK ─► order ─► Cast ─► TopK (inverse) ─► rank
          ranks P, P+2, … < P+2r: A;  P+1, P+3, …: B;  ≥ P+2r: kept (energy order)
     order[B ranks] ─► Expand ─► GatherElements(S rows) [B,r,N] ─► TopK(K=1) ─► dst
@@ -107,9 +107,12 @@ class PiToMeConfig(MergeConfig):
 class PiToMeTables:
     """The constants of one PiToMe block (N tokens, P protected, T = N − P candidates).
 
-    margin `[1, N]`: m_i at candidates; at protected tokens −2²⁶, so that their kernel
-    column is S + 2²⁶ = 2²⁶ exactly (S ∈ [−1, 1]) and their energy, equal for all of
-    them and far above any candidate's, ranks them first, in position order.
+    margin `[1, N]`: m_i at candidates; at protected token j −(2²⁶ − 2²⁰·j), so that its
+    kernel column is S + 2²⁶ − 2²⁰·j = 2²⁶ − 2²⁰·j exactly (S ∈ [−1, 1], the ulp there is
+    8) and the energies of the protected tokens, far above any candidate's, fall 2²⁰
+    apart in position order — a gap no summation order's rounding (≤ 8 per term) closes,
+    so every engine ranks them first, in position order (equal energies would leave
+    their order to the rounding of each engine's MatMul).
     mean `[1, N]`: 1/T at candidates, 0 at protected tokens (energy = mean · kernel).
     is_a `[N]` bool over ranks: the A candidates (ranks P, P+2, …, P+2r−2; the B
     candidates are the odd ranks between). slot_of_rank `[N]` float: the slot of the
@@ -124,7 +127,7 @@ class PiToMeTables:
     slot_of_b: np.ndarray
 
 
-PROTECTED_SHIFT = float(2 ** 26)  # S − (−2²⁶) rounds to 2²⁶ for every S in [−1, 1]
+PROTECTED_SHIFT, PROTECTED_STEP = 2.0 ** 26, 2.0 ** 20  # see PiToMeTables.margin
 
 
 def pitome_tables(n: int, protected: int, r: int, margin: float) -> PiToMeTables:
@@ -132,7 +135,8 @@ def pitome_tables(n: int, protected: int, r: int, margin: float) -> PiToMeTables
     p, t = protected, n - protected
     k = np.arange(n)
     cand = k >= p
-    m_row = np.where(cand, margin, -PROTECTED_SHIFT).astype(np.float32).reshape(1, n)
+    shift = -(PROTECTED_SHIFT - PROTECTED_STEP * k)  # protected: descending, 2²⁰ apart
+    m_row = np.where(cand, margin, shift).astype(np.float32).reshape(1, n)
     mean = np.where(cand, 1.0 / t, 0.0).astype(np.float32).reshape(1, n)
     merging, odd = cand & (k < p + 2 * r), (k - p) % 2 == 1
     slot = np.where(cand, k - 2 * r, k)  # protected; kept (A ranks: never read)
