@@ -131,22 +131,28 @@ class EngineCost:
         return (batch * work + cost.nodes * self.launch_us) * 1e-6
 
 
-# Measured by `python -m bench.cost_model` (median of interleaved repeats) on the
-# 2-core development machine, ORT 1.32 CPU EP and OpenVINO 2026.4 CPU, 2026-12-07,
-# while other sessions loaded the machine (load average 5-10): launch = the added
-# time per node of a chain of 400 small nodes (Add, TopK, Gather on [8, 1, 197]);
-# MACs = a batched MatMul [8, 181, 197] × [8, 197, 768] (the assignment MatMul of a
-# ViT-B/16 site); elements = a GatherND of 181 rows of 768 from [8, 197, 768]. On a GPU
-# no figure could be measured here (no GPU): the CUDA and TensorRT rows are stated
-# assumptions, a few µs per kernel launch (CUDA's documented launch latency) and the
-# dense throughput of a small data-center GPU (T4: 65 TFLOP/s fp16, 320 GB/s), which
-# make the compact formulation win wherever its MACs are not huge.
+# The CPU rows are measured by `python -m bench.cost_model` (medians of 15 interleaved
+# rounds, three runs, 2026-12-07) on the 2-core development machine, ORT 1.32 CPU EP and
+# OpenVINO 2026.4 CPU, while other sessions loaded it (load average 8-9 on 2 cores):
+# launch = the time per node added by a chain of 400 small elementwise nodes on
+# [8, 1, 197] over one of 40 (ORT 10.5-13.4 µs; OpenVINO 1.3-2.1 µs, where such chains
+# may be fused); MACs = a batched MatMul [8, 181, 197] × [8, 197, 768], the assignment
+# MatMul of a ViT-B/16 site (ORT 7.3-8.6 k/µs, OpenVINO 8.0-9.0 k/µs); elements = a
+# GatherND of 181 rows of 768 out of [8, 197, 768] (ORT 300-358 /µs, OpenVINO 94-155
+# /µs). The load slows everything several-fold and inflates the launch cost most (an
+# earlier, lighter-loaded ORT chain gave 0.8 µs per node); what decides is the ratio of
+# the prices, which the load shifts less. No GPU price could be measured here (no GPU):
+# the CUDA and TensorRT rows are stated assumptions, a few µs per kernel launch (CUDA's
+# launch latency) and the dense throughput of a small data-center GPU (T4: 65 TFLOP/s
+# fp16, 320 GB/s), which make the compact formulation win wherever its MACs are not
+# huge. Rerun `bench.cost_model` on a quiet machine to replace the CPU rows.
 ENGINE_COSTS: dict[str, EngineCost] = {
-    "ort": EngineCost(launch_us=1.0, macs_per_us=2.0e4, elements_per_us=2.5e3,
-                      source="bench.cost_model, ORT 1.32 CPU EP, this 2-core machine"),
-    "openvino": EngineCost(launch_us=1.0, macs_per_us=2.0e4, elements_per_us=2.5e3,
-                           source="bench.cost_model, OpenVINO 2026.4 CPU, this 2-core "
-                           "machine"),
+    "ort": EngineCost(launch_us=11.0, macs_per_us=8.4e3, elements_per_us=340.0,
+                      source="bench.cost_model, ORT 1.32 CPU EP, 2-core machine under "
+                      "load, 2026-12-07"),
+    "openvino": EngineCost(launch_us=1.5, macs_per_us=8.6e3, elements_per_us=150.0,
+                           source="bench.cost_model, OpenVINO 2026.4 CPU, 2-core machine "
+                           "under load, 2026-12-07"),
     "ort-cuda": EngineCost(launch_us=5.0, macs_per_us=3.0e7, elements_per_us=8.0e4,
                            source="assumed (no GPU here): CUDA launch latency, T4 "
                            "throughput"),
