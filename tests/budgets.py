@@ -29,8 +29,9 @@ def pitome_budget(geo: Geometry, r: int | list[int] | None = None, **kw: Any) ->
 
 
 def evit_budget(geo: Geometry, keep_rate: float | None, layers: list[int] | None,
-                fuse: str = "sum", keep: int | None = None, score: str | None = None) -> Budget:
+                fuse: str = "sum", keep: int | None = None, score: str | None = None,
+                **kw: Any) -> Budget:
     """score None: "cls" where the model has a protected token, else "mean"."""
     score = score or ("cls" if geo.protected else "mean")
     return budget(geo, ("evit", dict(keep_rate=keep_rate, layers=layers, fuse=fuse, keep=keep,
-                                     score=score)))
+                                     score=score, **kw)))

@@ -24,6 +24,7 @@ from vtc.report import (
     ParityInfo,
     Report,
     RunConfigInfo,
+    SiteInfo,
     SourceInfo,
     Stats,
     ThroughputInfo,
@@ -78,7 +79,13 @@ MACHINE = MachineInfo("Test CPU", 2, "Linux x86_64", "3.12.0", "1.32.0",
 def sample_report(**changes: Any) -> Report:
     """Every tier measured (ToMe r=8 on a 3-block ViT), fields replaced by `changes`."""
     layers = [LayerInfo(i, 197 - 8 * i, 189 - 8 * i, "tome",
-                        {"r": 8, "first": 1, "protected": "inside"}, i > 0) for i in range(3)]
+                        {"r": 8, "first": 1, "protected": "inside"}, i > 0,
+                        "compact" if i == 2 else "gather") for i in range(3)]
+    sites = [SiteInfo(i, "tome", "compact" if i == 2 else "gather", "cost", 22 if i else 36,
+                      "ort", 8, {"gather": 400.0 - i, "compact": 900.0 - 300 * i},
+                      {"gather": 30000, "compact": 9000000}, {"gather": 300000,
+                                                               "compact": 200000},
+                      {"gather": 36, "compact": 19}) for i in range(3)]
     dense = dense_fidelity(np.ones((2, 4, 4)), np.ones((2, 4, 4)))
     report = Report(
         vtc_version="0.1.0",
@@ -91,7 +98,8 @@ def sample_report(**changes: Any) -> Report:
         graph=GraphInfo(blocks=3, sites=3, constants_fixed=9, batch_constants=0,
                         unmerge=UnmergeInfo(2, 197, ["node_view_16"]),
                         op_counts_before={"MatMul": 10}, op_counts_after={"MatMul": 16},
-                        tokens_out=TokensOutInfo("merged", ["tokens"], 173, "token_sizes")),
+                        tokens_out=TokensOutInfo("merged", ["tokens"], 173, "token_sizes"),
+                        reductions=sites),
         engine=EngineInfo("ort", ["CUDAExecutionProvider", "CPUExecutionProvider"],
                           "model.ort.onnx", "fp16",
                           {"CUDAExecutionProvider": {"enable_cuda_graph": "1"}}, True, True,

@@ -7,7 +7,19 @@ import pytest
 from pydantic import ValidationError
 
 from tests.budgets import budget, evit_budget, no_budget, pitome_budget, tome_budget
-from vtc.budget import BudgetError, Geometry, block_flops
+from vtc.budget import (
+    COMPACT,
+    ENGINE_COSTS,
+    GATHER,
+    BudgetError,
+    Geometry,
+    Pricing,
+    SiteCost,
+    block_flops,
+    choose,
+)
+from vtc.methods import plan_budget
+from vtc.recipe import RecipeError, load_recipe
 
 VIT_B = Geometry(tokens=197, protected=1, width=768, mlp_width=3072, layers=12, heads=12)
 SMALL = Geometry(tokens=17, protected=1, width=8, mlp_width=16, layers=3)
@@ -31,7 +43,7 @@ def test_flops_model_by_hand() -> None:
     assert b.flops == b.flops_base and b.flops_ratio == 1.0 and b.tokens_out == 197
     assert budget(VIT_B).to_dict()["layers"][0] == {
         "index": 0, "tokens_in": 197, "tokens_out": 197, "method": "none", "params": {},
-        "attn_bias": False}
+        "attn_bias": False, "formulation": ""}
 
 
 def test_explicit_r_list_is_literal_and_checked() -> None:
@@ -145,3 +157,59 @@ def test_evit_cls_score_needs_a_protected_token() -> None:
     assert b.scores == {"evit": "mean"} and b.layers[0].params["score"] == "mean"
     assert evit_budget(VIT_B, 0.7, [3]).scores == {"evit": "cls"}
     assert tome_budget(VIT_B, r=8).scores == {}  # not attention-ranked: nothing recorded
+
+
+# ---- the cost model of a site's formulation (vtc.budget.choose) -------------------------
+
+ENCODER_1024 = Geometry(tokens=1024, protected=0, width=256, mlp_width=1024, layers=12, heads=8)
+
+
+def _sites(geo: Geometry, recipe: str, pricing: Pricing, *sets: str) -> list[str]:
+    rec = load_recipe(recipe, list(sets))
+    return [sp.formulation for sp in plan_budget(geo, rec.sections(), pricing).sites]
+
+
+def test_the_cost_model_picks_gathers_on_long_sequences_and_compact_on_short_ones() -> None:
+    """On the ORT CPU EP at batch 8: the 1,024-token encoder's merges (N'·N·C MACs of an
+    assignment matrix against a few dozen node launches) are gathers in every block;
+    ViT-B/16 tome-r16 gathers while many tokens are left and turns compact in its last
+    blocks (37 and 21 tokens). On a GPU engine, where a launch costs as much as millions
+    of MACs, the same ViT-B sites are compact."""
+    ort8 = Pricing("ort", 8)
+    long = _sites(ENCODER_1024, "tome-r8", ort8, "tome.r=null", "tome.flops_ratio=2.0")
+    assert long == [GATHER] * 12
+    vit_b = _sites(VIT_B, "tome-r16", ort8)
+    assert vit_b[0] == GATHER and vit_b[-1] == COMPACT
+    assert vit_b == sorted(vit_b, key=lambda f: f == COMPACT)  # one switch, as N shrinks
+    assert _sites(VIT_B, "tome-r16", Pricing("tensorrt", 8)) == [COMPACT] * 12
+    # the choice is the cheaper modelled time, figures recorded per site
+    b = plan_budget(VIT_B, load_recipe("tome-r16").sections(), ort8)
+    first, last = b.sites[0], b.sites[-1]
+    assert first.seconds(GATHER) < first.seconds(COMPACT)
+    assert last.seconds(COMPACT) < last.seconds(GATHER)
+    assert first.costs[COMPACT].macs > 10 * first.costs[GATHER].macs
+    assert first.costs[COMPACT].nodes < first.costs[GATHER].nodes
+    assert [lp.formulation for lp in b.reducing_layers] == [sp.formulation for sp in b.sites]
+
+
+def test_choose_weighs_launches_against_work_per_engine() -> None:
+    many_nodes, many_macs = SiteCost(10_000, 1_000, 40), SiteCost(5_000_000, 1_000, 20)
+    costs = {GATHER: many_nodes, COMPACT: many_macs}
+    assert choose(costs, Pricing("ort", 8)) == GATHER  # CPU: MACs dear, launches cheap
+    assert choose(costs, Pricing("tensorrt", 1)) == COMPACT  # GPU: launches dear
+    for name, eng in ENGINE_COSTS.items():  # every price is stated, with its source
+        assert eng.launch_us > 0 and eng.macs_per_us > 0 and eng.elements_per_us > 0, name
+        assert eng.source
+
+
+def test_a_recipe_forces_a_formulation() -> None:
+    b = load_recipe("tome-r16", ["tome.formulation=compact"]).budget(VIT_B, 8)
+    assert {sp.formulation for sp in b.sites} == {COMPACT}
+    assert {sp.chosen_by for sp in b.sites} == {"recipe"}
+    assert {sp.chosen_by for sp in load_recipe("tome-r16").budget(VIT_B).sites} == {"cost"}
+    ev = load_recipe("evit-keep70", ["evit.formulation=gather"]).budget(VIT_B, 8)
+    assert [sp.formulation for sp in ev.sites] == [GATHER] * 3
+    with pytest.raises(RecipeError, match="formulation"):
+        load_recipe("tome-r16", ["tome.formulation=sparse"])
+    # the engine named by the recipe prices the sites
+    assert load_recipe("tome-r16", ["backend.kind=openvino"]).pricing(4) == Pricing("openvino", 4)

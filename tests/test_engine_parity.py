@@ -1,7 +1,7 @@
 """Engine parity: the rewritten ONNX graph in ONNX Runtime against the eager
 reference at the same budget — two independent implementations of one
-algorithm — on every family variant, for every method, a chain of methods and
-ToMe's earlier split."""
+algorithm — on every family variant, for every method in each of its formulations,
+a chain of methods and ToMe's earlier split."""
 
 from __future__ import annotations
 
@@ -24,17 +24,20 @@ from vtc.stages.compress import rewrite as compress
 METHODS = ["tome", "pitome", "evit"]
 VARIATIONS = ["tome-outside", "evit-mean", "evit-score-mean", "tome+evit", "pitome+tome"]
 LAYOUTS = ["vit-cls", "deit-teacher", "siglip", "dinov2"]
-CASES = [(v, m) for m in METHODS for v in sorted(VARIANTS)] + [
-    (v, m) for m in VARIATIONS for v in LAYOUTS]
+# ... each in both formulations (gather, compact: the same decisions, `vtc.budget.choose`)
+CASES = [(v, m, f) for m in METHODS for v in sorted(VARIANTS) for f in ("gather", "compact")
+         ] + [(v, m, "auto") for m in VARIATIONS for v in LAYOUTS]
 
 
-def _budget(method: str, family, model) -> Budget:  # type: ignore[no-untyped-def]
+def _budget(method: str, family, model,  # type: ignore[no-untyped-def]
+            formulation: str = "auto") -> Budget:
     geo = family.geometry(model, IMAGE)
+    f = {"formulation": formulation}
     return {
-        "tome": lambda: tome_budget(geo, r=3),
+        "tome": lambda: tome_budget(geo, r=3, **f),
         "tome-outside": lambda: tome_budget(geo, r=3, protected="outside"),
-        "pitome": lambda: pitome_budget(geo, r=3),
-        "evit": lambda: evit_budget(geo, 0.6, [0, 2]),
+        "pitome": lambda: pitome_budget(geo, r=3, **f),
+        "evit": lambda: evit_budget(geo, 0.6, [0, 2], **f),
         "evit-mean": lambda: evit_budget(geo, 0.6, [0, 2], fuse="mean"),
         "evit-score-mean": lambda: evit_budget(geo, 0.6, [0, 2], score="mean"),
         "tome+evit": lambda: chain(geo, ("tome", {"r": 3, "layers": [0, 1]}),
@@ -45,11 +48,14 @@ def _budget(method: str, family, model) -> Budget:  # type: ignore[no-untyped-de
     }[method]()
 
 
-@pytest.mark.parametrize(("variant", "method"), CASES)
-def test_engine_matches_eager_reference(tiny: LazyModels, variant: str, method: str) -> None:
+@pytest.mark.parametrize(("variant", "method", "formulation"), CASES)
+def test_engine_matches_eager_reference(tiny: LazyModels, variant: str, method: str,
+                                        formulation: str) -> None:
     family, model = tiny.model(variant)
-    budget = _budget(method, family, model)
+    budget = _budget(method, family, model, formulation)
     assert budget.tokens_out < budget.tokens_in
+    if formulation != "auto":  # forced: every site is written that way
+        assert {lp.formulation for lp in budget.reducing_layers} == {formulation}
     m = load(tiny.onnx(variant))
     res = compress(m, budget)
     assert res.sites == len(budget.reducing_layers) > 0

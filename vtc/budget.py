@@ -27,6 +27,19 @@ The patch embedding and the head are counted too; they do not change with the
 budget. The reductions' own bookkeeping (similarity matrices, sorting) is
 reported separately as `flops_overhead` and is not part of `flops_ratio`, so
 methods compare at equal backbone FLOPs.
+
+Cost model of a reduction site (`SiteCost`, `EngineCost`, `choose`). A method can
+write one site in several formulations that take the same decisions: `gather` moves
+whole token rows (GatherND, Slice, Concat) and keeps the matching on the A/B split,
+`compact` builds one assignment matrix and applies it as a MatMul (few nodes, but
+N'·N·C MACs). Which is cheaper depends on the engine: a node costs a launch, a MAC
+and a moved element cost throughput. Per batch::
+
+    seconds = batch · (macs / mac_rate + elements / element_rate) + nodes · launch
+
+with the three constants of the engine kind (`ENGINE_COSTS`, each with where it
+comes from). `choose` picks the cheaper formulation of each site; the budget records
+the choice in `LayerPlan.formulation` and the figures in `Budget.sites`.
 """
 
 from __future__ import annotations
@@ -39,6 +52,7 @@ from typing import Any
 from vtc.errors import InputError
 
 NONE = "none"  # the method name of a block that keeps every token
+GATHER, COMPACT = "gather", "compact"  # the formulations of a reduction site
 
 
 class BudgetError(InputError):
@@ -74,6 +88,9 @@ class LayerPlan:
     method: str = NONE
     params: Mapping[str, Any] = field(default_factory=dict)
     attn_bias: bool = False
+    # how the graph writes the reduction (GATHER | COMPACT; "" where nothing is reduced):
+    # the same decisions either way, a question of cost (`choose`)
+    formulation: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "params", MappingProxyType(dict(self.params)))
@@ -81,7 +98,104 @@ class LayerPlan:
     def to_dict(self) -> dict[str, Any]:
         return {"index": self.index, "tokens_in": self.tokens_in,
                 "tokens_out": self.tokens_out, "method": self.method,
-                "params": dict(self.params), "attn_bias": self.attn_bias}
+                "params": dict(self.params), "attn_bias": self.attn_bias,
+                "formulation": self.formulation}
+
+
+# ---- the cost model of a reduction site ---------------------------------------------------
+
+@dataclass(frozen=True)
+class SiteCost:
+    """What one formulation of a site costs: `macs` (MatMul multiply-accumulates) and
+    `elements` (values written by copies, gathers and elementwise ops), both per image;
+    `nodes`, the ONNX nodes it adds (launches, once per batch)."""
+
+    macs: int
+    elements: int
+    nodes: int
+
+
+@dataclass(frozen=True)
+class EngineCost:
+    """An engine kind's prices: one node launch (µs), MatMul MACs per µs, elements
+    written per µs; `source`: where the figures come from."""
+
+    launch_us: float
+    macs_per_us: float
+    elements_per_us: float
+    source: str
+
+    def seconds(self, cost: SiteCost, batch: int) -> float:
+        """The model's time for one batch: batch · (work) + nodes · launch."""
+        work = cost.macs / self.macs_per_us + cost.elements / self.elements_per_us
+        return (batch * work + cost.nodes * self.launch_us) * 1e-6
+
+
+# The CPU rows are measured by `python -m bench.cost_model` (medians of 15 interleaved
+# rounds, three runs, 2026-12-07) on the 2-core development machine, ORT 1.32 CPU EP and
+# OpenVINO 2026.4 CPU, while other sessions loaded it (load average 8-9 on 2 cores):
+# launch = the time per node added by a chain of 400 small elementwise nodes on
+# [8, 1, 197] over one of 40 (ORT 10.5-13.4 µs; OpenVINO 1.3-2.1 µs, where such chains
+# may be fused); MACs = a batched MatMul [8, 181, 197] × [8, 197, 768], the assignment
+# MatMul of a ViT-B/16 site (ORT 7.3-8.6 k/µs, OpenVINO 8.0-9.0 k/µs); elements = a
+# GatherND of 181 rows of 768 out of [8, 197, 768] (ORT 300-358 /µs, OpenVINO 94-155
+# /µs). The load slows everything several-fold and inflates the launch cost most (an
+# earlier, lighter-loaded ORT chain gave 0.8 µs per node); what decides is the ratio of
+# the prices, which the load shifts less. No GPU price could be measured here (no GPU):
+# the CUDA and TensorRT rows are stated assumptions, a few µs per kernel launch (CUDA's
+# launch latency) and the dense throughput of a small data-center GPU (T4: 65 TFLOP/s
+# fp16, 320 GB/s), which make the compact formulation win wherever its MACs are not
+# huge. Rerun `bench.cost_model` on a quiet machine to replace the CPU rows.
+ENGINE_COSTS: dict[str, EngineCost] = {
+    "ort": EngineCost(launch_us=11.0, macs_per_us=8.4e3, elements_per_us=340.0,
+                      source="bench.cost_model, ORT 1.32 CPU EP, 2-core machine under "
+                      "load, 2026-12-07"),
+    "openvino": EngineCost(launch_us=1.5, macs_per_us=8.6e3, elements_per_us=150.0,
+                           source="bench.cost_model, OpenVINO 2026.4 CPU, 2-core machine "
+                           "under load, 2026-12-07"),
+    "ort-cuda": EngineCost(launch_us=5.0, macs_per_us=3.0e7, elements_per_us=8.0e4,
+                           source="assumed (no GPU here): CUDA launch latency, T4 "
+                           "throughput"),
+    "tensorrt": EngineCost(launch_us=3.0, macs_per_us=3.0e7, elements_per_us=8.0e4,
+                           source="assumed (no GPU here): a TensorRT kernel launch, T4 "
+                           "throughput"),
+}
+
+
+@dataclass(frozen=True)
+class Pricing:
+    """Which engine the budget prices its sites for, at which batch: `kind` is a key of
+    `ENGINE_COSTS` (an engine kind; `ort-cuda` for ONNX Runtime on the CUDA EP)."""
+
+    kind: str = "ort"
+    batch: int = 1
+
+    @property
+    def engine(self) -> EngineCost:
+        return ENGINE_COSTS.get(self.kind, ENGINE_COSTS["ort"])
+
+
+def choose(costs: Mapping[str, SiteCost], pricing: Pricing) -> str:
+    """The formulation whose modelled time per batch is lowest (ties: the first)."""
+    eng = pricing.engine
+    return min(costs, key=lambda f: eng.seconds(costs[f], pricing.batch))
+
+
+@dataclass(frozen=True)
+class SitePlan:
+    """The formulation of one reducing block and the figures behind it: `costs` per
+    formulation, `chosen_by` "cost" (the model) or "recipe" (forced by the method's
+    `formulation` setting), priced for `pricing`."""
+
+    block: int
+    method: str
+    formulation: str
+    chosen_by: str
+    costs: Mapping[str, SiteCost]
+    pricing: Pricing
+
+    def seconds(self, formulation: str) -> float:
+        return self.pricing.engine.seconds(self.costs[formulation], self.pricing.batch)
 
 
 @dataclass(frozen=True)
@@ -95,6 +209,8 @@ class Budget:
     flops_overhead: int = 0
     # attention-ranked methods → the score that ranked their tokens (e.g. evit: "mean")
     scores: Mapping[str, str] = field(default_factory=dict)
+    # each reducing block's formulation and the cost figures behind it, in block order
+    sites: tuple[SitePlan, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scores", MappingProxyType(dict(self.scores)))
@@ -166,11 +282,12 @@ def uniform(geo: Geometry) -> list[LayerPlan]:
 
 def finish(geo: Geometry, plans: list[LayerPlan], methods: tuple[str, ...] = (),
            settings: Mapping[str, Mapping[str, Any]] | None = None, overhead: int = 0,
-           scores: Mapping[str, str] | None = None) -> Budget:
+           scores: Mapping[str, str] | None = None,
+           sites: tuple[SitePlan, ...] = ()) -> Budget:
     """The budget of a finished per-block schedule, with its FLOPs."""
     return Budget(geometry=geo, layers=tuple(plans), methods=methods, settings=settings or {},
                   flops_base=total_flops(geo, uniform(geo)), flops=total_flops(geo, plans),
-                  flops_overhead=overhead, scores=scores or {})
+                  flops_overhead=overhead, scores=scores or {}, sites=sites)
 
 
 def no_budget(geo: Geometry) -> Budget:

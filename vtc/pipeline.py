@@ -264,7 +264,7 @@ def build(opts: Options, src: Source, tmp: Path, task_fn: TaskFn | None = None) 
     step = Steps(opts.log, 6 + bool(opts.bench) + bool(recipe.validate_.dataset))
     loaded = _load(opts, src, step)
     check_memory(loaded, recipe.validate_.samples)
-    budget = recipe.budget(loaded.geometry)
+    budget = recipe.budget(loaded.geometry, loaded.batch)
     pre = loaded.pre
     step(f"exporting baseline.onnx (opset {recipe.export.opset}, batch "
          f"{'any' if loaded.dynamic else loaded.batch}, {pre.channels}×{pre.height}×"

@@ -23,7 +23,7 @@ from pydantic import model_validator as _model_validator
 
 from vtc import methods
 from vtc.backends import engines
-from vtc.budget import Budget, Geometry
+from vtc.budget import Budget, Geometry, Pricing
 from vtc.data import names as dataset_names
 from vtc.data.captions import check_captions
 from vtc.errors import InputError
@@ -371,10 +371,20 @@ class RecipeBase(_Strict):
         """(method, its section) for every method of the recipe, in its order."""
         return [(methods.get(n), self.section(n)) for n in self.method]
 
-    def budget(self, geo: Geometry) -> Budget:
+    def budget(self, geo: Geometry, batch: int | None = None) -> Budget:
         """Resolve the recipe's encoder budget against a model geometry (BudgetError on
-        misfit). Cuts outside the encoder (`methods.cut`) claim no block."""
-        return methods.plan_budget(geo, [s for s in self.sections() if s[0].site == "encoder"])
+        misfit), each site's formulation priced for this recipe's engine at `batch`
+        (default: export.batch). Cuts outside the encoder (`methods.cut`) claim no block."""
+        return methods.plan_budget(geo, [s for s in self.sections() if s[0].site == "encoder"],
+                                   self.pricing(batch))
+
+    def pricing(self, batch: int | None = None) -> Pricing:
+        """The engine the cost model prices sites for (`vtc.budget.ENGINE_COSTS`): the
+        backend's kind, ONNX Runtime on the CUDA EP apart."""
+        b = self.backend
+        kind = "ort-cuda" if b.kind == "ort" and b.providers[0] == "CUDAExecutionProvider" \
+            else b.kind
+        return Pricing(kind, batch or self.export.batch)
 
     def cuts(self) -> list[tuple[Method, MethodConfig]]:
         """The recipe's cuts outside the encoder (vision-language models only)."""

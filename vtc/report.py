@@ -44,6 +44,8 @@ class LayerInfo:
     method: str
     params: dict[str, Any]
     attn_bias: bool
+    # how the graph writes the reduction: "gather" | "compact" ("" where none is made)
+    formulation: str = ""
 
 
 @dataclass
@@ -85,6 +87,27 @@ class TokensOutInfo:
 
 
 @dataclass
+class SiteInfo:
+    """One reducing block of the graph: the formulation it was written in, why, the
+    nodes it added and the cost model's figures for each formulation it could take
+    (`vtc.budget`: per batch, µs = batch · (macs / rate + elements / rate) + nodes ·
+    launch, with the prices of `engine`)."""
+
+    block: int
+    method: str
+    formulation: Literal["gather", "compact"]
+    chosen_by: Literal["cost", "recipe"]  # the cost model, or the method's `formulation`
+    # ONNX nodes the site added, with the log-size bias its sizes cause in the next block
+    nodes: int
+    engine: str  # the prices used (`vtc.budget.ENGINE_COSTS` key)
+    batch: int  # the batch they were priced at
+    cost_us: dict[str, float]  # modelled µs per batch, per formulation
+    macs: dict[str, int]  # MatMul MACs per image, per formulation
+    elements: dict[str, int]  # elements written per image, per formulation
+    model_nodes: dict[str, int]  # nodes per formulation as the model counted them
+
+
+@dataclass
 class GraphInfo:
     """What the compress stage did to the graph."""
 
@@ -96,6 +119,7 @@ class GraphInfo:
     op_counts_before: dict[str, int]
     op_counts_after: dict[str, int]
     tokens_out: TokensOutInfo | None = None  # only when an output is the token sequence
+    reductions: list[SiteInfo] = field(default_factory=list)  # one per site, block order
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """`backend.kind: openvino`: the OpenVINO engine runs vtc's rewritten graphs at parity
-with the eager reference on every family and method, builds a bundle end to end with
-its IR listed in the manifest, and refuses what it cannot do in one line."""
+with the eager reference on every family and method, in both formulations of a site,
+builds a bundle end to end with its IR listed in the manifest, and refuses what it
+cannot do in one line."""
 
 from __future__ import annotations
 
@@ -38,8 +39,8 @@ def test_openvino_engine_matches_the_eager_reference(tiny: LazyModels, variant: 
                                                      tmp_path: Path) -> None:
     family, model = tiny.model(variant)
     x = pixels()
-    for method in METHODS:
-        budget = _budget(method, family, model)
+    for method, formulation in [(m, f) for m in METHODS for f in ("gather", "compact")]:
+        budget = _budget(method, family, model, formulation)
         m = load(tiny.onnx(variant))
         compress(m, budget)
         graph = tmp_path / f"{method}.onnx"
@@ -51,7 +52,7 @@ def test_openvino_engine_matches_the_eager_reference(tiny: LazyModels, variant: 
             want = run_reference(family, model, x, budget)[name].numpy()
             full = family.wrap_for_export(model)(x)[0].numpy()
         assert got.shape == want.shape
-        assert np.abs(got - want).max() <= 1e-4, (variant, method)
+        assert np.abs(got - want).max() <= 1e-4, (variant, method, formulation)
         assert np.abs(full - want).max() > 1e-4  # the reduction changed the output
         assert (tmp_path / f"{method}.ov.bin").is_file()
 

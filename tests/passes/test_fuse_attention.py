@@ -88,9 +88,10 @@ def _proportional(tiny: LazyModels, on: bool) -> tuple[ir.Model, np.ndarray, np.
     return m, _run(m, x.numpy()), want
 
 
-def test_proportional_attention_rides_the_attention_bias(tiny: LazyModels) -> None:
-    """log(s) reaches MultiHeadAttention's attention_bias (input 5, `[B, 1, N, N]`) in
-    the blocks after a merge, and the fused engine matches eager with and without it."""
+def test_proportional_attention_rides_the_keys(tiny: LazyModels) -> None:
+    """log(s) `[B, 1, 1, N]` depends on the key only: in the blocks after a merge it is one
+    more head dimension of q (a 1) and k (log(s) / scale), not an `attention_bias`, and
+    the fused engine matches eager with and without it."""
     m_on, got_on, want_on = _proportional(tiny, True)
     m_off, got_off, want_off = _proportional(tiny, False)
     assert np.abs(got_on - want_on).max() <= 1e-4
@@ -98,11 +99,13 @@ def test_proportional_attention_rides_the_attention_bias(tiny: LazyModels) -> No
     assert np.abs(want_on - want_off).max() > 1e-4  # the bias changes the result
     on = [n for n in m_on.graph if n.op_type == OP]
     off = [n for n in m_off.graph if n.op_type == OP]
-    biased = [n for n in on if len(n.inputs) > 5 and n.inputs[5] is not None]
-    assert len(biased) == len(on) - 1  # every block after the first merge
-    n_tokens = [static_dims(n.inputs[0])[1] for n in biased]  # type: ignore[index]
-    assert [static_dims(n.inputs[5]) for n in biased] == [[2, 1, t, t] for t in n_tokens]
-    assert not [n for n in off if len(n.inputs) > 5]
+    assert not [n for n in on + off if len(n.inputs) > 5]  # no attention_bias anywhere
+
+    def widths(nodes: list[ir.Node]) -> list[list[int]]:
+        return [[(static_dims(v) or [0])[-1] for v in n.inputs[:3]] for n in nodes]  # type: ignore[arg-type]
+
+    assert widths(off) == [[64, 64, 64]] * 3  # 4 heads of 16
+    assert widths(on) == [[64, 64, 64]] + [[68, 68, 64]] * 2  # every block after the merge
 
 
 def test_evit_cls_rows_are_recomputed_only(tiny: LazyModels) -> None:
@@ -152,4 +155,35 @@ def test_fuse_file_keeps_a_dynamic_batch(tiny: LazyModels, tmp_path: Path) -> No
         x = np.random.default_rng(b).standard_normal((b, 3, IMAGE, IMAGE)).astype(np.float32)
         got = sess.run(None, {"pixel_values": x})[0]
         assert got.shape[0] == b
+        assert np.abs(got - ref.run(None, {"pixel_values": x})[0]).max() <= 1e-4
+
+
+def test_a_dynamic_batch_compressed_graph_fuses_without_head_copies(tiny: LazyModels,
+                                                                    tmp_path: Path) -> None:
+    """A dynamic-batch rewrite flattens the linear layers to `[B·N, C]`
+    (`passes.dynamic_batch`); the fused node still reads q, k, v and writes its output
+    through Reshapes (views), not head Transposes, and the gather formulation's metric
+    reads the key projection, so the fused compressed graph has no Transpose the fused
+    uncompressed one lacks (the compact formulation reads Kᵀ and keeps its moves)."""
+    from vtc.stages.compress import compress
+    from vtc.stages.export import Exported
+
+    dyn = tmp_path / "dyn.onnx"
+    fam, model = tiny.model("vit-cls")
+    export_onnx(fam, model, 2, (IMAGE, IMAGE), dyn, dynamic_batch=True)
+    budget = tome_budget(fam.geometry(model, IMAGE), r=3, formulation="gather")
+    comp = compress(Exported(dyn, 2, (IMAGE, IMAGE), 3, True, 18), budget, "auto", tmp_path)
+    out, base = tmp_path / "fused.onnx", tmp_path / "base.onnx"
+    assert fuse_file(comp.path, out).fused == fuse_file(dyn, base).fused == 3
+
+    def transposes(path: Path) -> int:  # outside the merge sites (their bᵀ is their own)
+        return sum(n.op_type == "Transpose" and not (n.name or "").startswith("vtc_tome")
+                   for n in load(path, 2).graph)
+
+    assert transposes(out) == transposes(base)
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    ref = ort.InferenceSession(str(comp.path), providers=["CPUExecutionProvider"])
+    for b in (1, 3):
+        x = np.random.default_rng(b).standard_normal((b, 3, IMAGE, IMAGE)).astype(np.float32)
+        got = sess.run(None, {"pixel_values": x})[0]
         assert np.abs(got - ref.run(None, {"pixel_values": x})[0]).max() <= 1e-4

@@ -1,6 +1,7 @@
 """Fused attention on `torch.nn.MultiheadAttention` encoders: heads folded into the
 batch (`[B·H, N, N]`) and sequence-first streams (`[N, B, C]`) are fused too, with
-ToMe's proportional attention (`[B·H, 1, N]` bias) and EViT's probability readers."""
+ToMe's proportional attention (a `[B·H, 1, N]` bias, folded into the keys) and EViT's
+probability readers."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 from tests.torch_encoders import DEPTH, SPECS, Encoder, export
 from vtc import passes
 from vtc.passes.fuse_attention import OP, fuse_attention
+from vtc.passes.graph import static_dims
 from vtc.recipe import load_recipe
 from vtc.stages.compress import rewrite
 from vtc.stages.load import onnx_geometry
@@ -53,3 +55,9 @@ def test_folded_and_sequence_first_blocks_fuse(tmp_path: Path, variant: str,
         assert res.fused == res.blocks == DEPTH and res.unfused == {}, (method, res)
         assert sum(n.op_type == OP for n in m.graph) == DEPTH
         assert np.abs(_run(m, x) - want).max() <= 1e-4, method
+        if method == "tome":  # the log-size bias rides in q and k: one more head dim
+            fused = [n for n in m.graph if n.op_type == OP]
+            assert not [n for n in fused if len(n.inputs) > 5]
+            wide = [n for n in fused if (static_dims(n.inputs[1]) or [0])[-1]  # type: ignore[arg-type]
+                    == spec.dim + spec.heads]
+            assert len(wide) == DEPTH - 2  # the blocks after the merge in block 1

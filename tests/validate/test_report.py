@@ -50,8 +50,13 @@ def test_write_report_json_and_md(tmp_path: Path) -> None:
     md = md_path.read_text()
     for key, (title, _render) in SECTIONS.items():  # a null optional tier has no section
         assert (f"## {title}\n" in md) is (getattr(_gated(), key) is not None), title
-    assert "| 0 | 197 | 189 | tome | first=1, protected=inside, r=8 |  |" in md
-    assert "| 2 | 181 | 173 | tome | first=1, protected=inside, r=8 | yes |" in md
+    assert "| 0 | 197 | 189 | tome | first=1, protected=inside, r=8 |  | gather |" in md
+    assert "| 2 | 181 | 173 | tome | first=1, protected=inside, r=8 | yes | compact |" in md
+    # each site's formulation, nodes and the cost figures behind the choice
+    assert "the cost model's µs per batch of 8 on `ort` prices" in md
+    assert "| block | method | formulation | chosen by | nodes | µs compact | µs gather |" in md
+    assert "| 2 | tome | **compact** | cost | 22 | 300 | 398 | 19 | 36 | 9000000 | 30000 |" in md
+    assert data["graph"]["reductions"][2]["formulation"] == "compact"
     assert "| baseline | 8 | 800 | 10 | " in md
     assert "- speedup: **1.43× [1.38, 1.47]** — paired speedup, 95% bootstrap interval over " \
         "20 interleaved rounds" in md

@@ -13,7 +13,11 @@ the eager reference dispatch on `LayerPlan.method`.
   `resolve` may solve a FLOPs target first; `overhead` counts the method's own
   bookkeeping MACs.
 * **ONNX pass** — `emit` writes the reduction of one block with the portable ops of
-  `vtc.passes.emit` (no scatter, TopK with a constant K).
+  `vtc.passes.emit` (no scatter, TopK with a constant K), in the formulation the budget
+  chose for the block (`formulations`: `gather` moves token rows, `compact` applies one
+  assignment matrix; the same decisions either way). `work` gives each formulation's
+  MACs and elements for the cost model (`vtc.budget.choose`); its nodes are counted by
+  emitting it (`vtc.methods.costs`).
 * **Eager reference** — `eager` applies the same reduction to torch tensors.
 """
 
@@ -23,11 +27,11 @@ import abc
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import UnionType
-from typing import TYPE_CHECKING, Any, ClassVar, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
-from vtc.budget import BudgetError, Geometry, LayerPlan
+from vtc.budget import GATHER, BudgetError, Geometry, LayerPlan
 
 if TYPE_CHECKING:
     import onnx_ir as ir
@@ -103,6 +107,17 @@ class MethodConfig(BaseModel):
         return sorted(v)
 
 
+Formulation = Literal["auto", "gather", "compact"]
+
+
+class SiteConfig(MethodConfig):
+    """Base of the sections of methods that reduce inside encoder blocks: `formulation`
+    forces how the graph writes every site of the method (auto: the cheaper one by the
+    budget's cost model, `vtc.budget.choose`)."""
+
+    formulation: Formulation = "auto"
+
+
 @dataclass(frozen=True)
 class BlockStep:
     """What a method does in one block: tokens out and its frozen parameters."""
@@ -119,6 +134,7 @@ class Site:
     size: how many original tokens each token stands for, `[B, N, 1]`, or None while
         every size is 1 (no merge has happened yet).
     track: the caller wants `slots` (to copy merged tokens back to the full grid).
+    formulation: how to write it (`Method.formulations`; the plan's, by default).
     """
 
     em: Emitter
@@ -128,6 +144,10 @@ class Site:
     plan: LayerPlan
     protected: int
     track: bool
+    formulation: str = ""
+
+    def __post_init__(self) -> None:
+        self.formulation = self.formulation or self.plan.formulation or GATHER
 
 
 @dataclass
@@ -161,6 +181,8 @@ class Method(abc.ABC):
     # passes) or, for vision-language models, "projector" (between the vision tower and
     # the language model) or "lm" (inside the language model's prefill): `methods.cut`
     site: ClassVar[str] = "encoder"
+    # the ways `emit` can write a site (vtc.budget: GATHER, COMPACT)
+    formulations: ClassVar[tuple[str, ...]] = (GATHER,)
 
     # ---- schedule --------------------------------------------------------------------
     def blocks(self, cfg: MethodConfig, geo: Geometry) -> list[int]:
@@ -199,6 +221,16 @@ class Method(abc.ABC):
     def overhead(self, plan: LayerPlan, geo: Geometry) -> int:
         """MACs per image of the method's own bookkeeping in one block."""
         return 0
+
+    def work(self, plan: LayerPlan, geo: Geometry, formulation: str, sized: bool
+             ) -> tuple[int, int]:
+        """(MatMul MACs, elements written) per image of one site in `formulation`, with
+        sizes flowing in when `sized` (the cost model's `SiteCost` less its nodes)."""
+        return self.overhead(plan, geo), plan.tokens_out * geo.width
+
+    def formulation(self, cfg: MethodConfig) -> str:
+        """The formulation the section forces ("auto": none)."""
+        return str(getattr(cfg, "formulation", "auto"))
 
     # ---- the two implementations ---------------------------------------------------------
     @abc.abstractmethod

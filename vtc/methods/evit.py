@@ -24,13 +24,25 @@ Before (one block, N tokens)::
 
     x_in ─► LN ─► attn ─► Softmax ─► A[B,H,N,N] ─► … ─► Add ─► x_mid[B,N,C] ─► LN ─► MLP ─► Add
 
-After (k kept at this block, P protected, one fused token)::
+After, **gather** (k kept at this block, P protected, one fused token)::
 
     A ─► Slice(row 0, cols P:) ─► ReduceMean(H) ─► score[B, N-P]          (score: cls)
     A ─► Slice(cols P:) ─► ReduceMean(H, queries) ─► score[B, N-P]        (score: mean)
-    score ─► TopK(k) ─► sort ─► idx[B, k] ─► GatherElements ─► kept[B, k, C]
+    score ─► TopK(k) ─► sort ─► idx[B, k] ─► GatherND ─► kept[B, k, C]
     score · (1 - one-hot-mask(idx)) ─► MatMul with x_mid[:, P:] ─► fused[B, 1, C]  (÷ Σw: "mean")
     x' = concat(x_mid[:, :P], kept, fused)[B, P+k+1, C] ─► LN ─► MLP ─► Add
+
+After, **compact** (per-token vectors are rows `[B, 1, N]` in the original order)::
+
+    A ─► Slice(row 0) ─► ReduceMean(H) ─► score[B,1,N]                    (score: cls)
+    A ─► ReduceMean(H, queries) ─► Unsqueeze ─► score[B,1,N]              (score: mean)
+    score ─► Where(protected, 2, score) ─► TopK ─► Cast ─► TopK (inverse) ─► rank
+    kept = rank < P + k;  slot = Where(kept, kept · before, P + k)   (before[i, j] = i < j)
+    W = Equal(slot, rows[1,N',1]) ─► Where(W, Where(kept, 1, score), 0)  (÷ ΣW: "mean")
+    x' = W · x_mid [B, P+k+1, C]: protected, kept (position order), fused Σ score_j x_j
+
+Kept tokens are copied bit for bit either way (weight 1 in compact); `vtc.budget.choose`
+picks the formulation per block, `evit.formulation` forces one.
 
 After a merge method (a chained recipe) tokens carry sizes: kept tokens keep theirs
 and the fused token's size is the sum of the dropped tokens' sizes.
@@ -40,14 +52,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import field_validator, model_validator
 
-from vtc.budget import BudgetError, Geometry, LayerPlan
-from vtc.methods.base import BlockStep, Method, MethodConfig, Site, SiteOut
-from vtc.methods.merging import gather_tokens
+from vtc.budget import COMPACT, GATHER, BudgetError, Geometry, LayerPlan
+from vtc.methods.base import BlockStep, Method, MethodConfig, Site, SiteConfig, SiteOut
+from vtc.methods.merging import emit_ranks, emit_table, gather_tokens, ir_float, merge_macs
 from vtc.methods.registry import register
 
 if TYPE_CHECKING:
@@ -57,7 +70,7 @@ Fuse = Literal["sum", "mean", "none"]
 Score = Literal["cls", "mean"]
 
 
-class EViTConfig(MethodConfig):
+class EViTConfig(SiteConfig):
     keep_rate: float | None = 0.7
     keep: int | None = None  # absolute k per pruning block (set keep_rate: null)
     # the pruning blocks as fractions of the model's depth (block floor(f · L)); the
@@ -112,6 +125,38 @@ def depth_blocks(fractions: list[float], depth: int) -> list[int]:
     return sorted({min(depth - 1, math.floor(f * depth)) for f in fractions})
 
 
+PROTECTED_SCORE = 2.0  # above any attention probability: the protected tokens rank first
+
+
+@dataclass(frozen=True)
+class EViTTables:
+    """The constants of one EViT block (N tokens, P protected, k kept).
+
+    protected `[N]` bool. kept_b / kept_f `[N]` over ranks: rank < P + k (bool / float).
+    before `[N, N]`: `[i < j]`, so kept · before counts the kept tokens before each one
+    (its slot: the protected, then the kept in position order). drop_slot: where a
+    dropped token goes, the fused row P + k (−1 for fuse: none, no row). rows
+    `[1, N', 1]`: the output rows 0..N'−1.
+    """
+
+    protected: np.ndarray
+    kept_b: np.ndarray
+    kept_f: np.ndarray
+    before: np.ndarray
+    drop_slot: float
+    rows: np.ndarray
+
+
+def evit_tables(n: int, protected: int, k: int, fuse: str) -> EViTTables:
+    """`EViTTables` for N tokens, P protected, k kept and the fuse mode."""
+    kept = np.arange(n) < protected + k
+    n_out = protected + k + (0 if fuse == "none" else 1)
+    return EViTTables(np.arange(n) < protected, kept, kept.astype(np.float32),
+                      np.triu(np.ones((n, n), dtype=np.float32), k=1),
+                      -1.0 if fuse == "none" else float(protected + k),
+                      np.arange(n_out, dtype=np.float32).reshape(1, n_out, 1))
+
+
 @register
 class EViT(Method):
     name = "evit"
@@ -121,6 +166,7 @@ class EViT(Method):
                                            "layers": "at_depth", "at_depth": "layers"}
     summary = ("attentive token keeping: keep the k tokens the CLS attends to most (or that "
                "receive the most attention: score mean), fuse the rest")
+    formulations = (GATHER, COMPACT)
 
     def blocks(self, cfg: MethodConfig, geo: Geometry) -> list[int]:
         """`at_depth` resolved against the model's depth, else `layers` (Method.blocks)."""
@@ -172,12 +218,57 @@ class EViT(Method):
     def overhead(self, plan: LayerPlan, geo: Geometry) -> int:
         return (plan.tokens_in - geo.protected) * geo.width  # the fused token's weighted sum
 
+    def work(self, plan: LayerPlan, geo: Geometry, formulation: str, sized: bool
+             ) -> tuple[int, int]:
+        """gather: the fused token's weighted sum ((N − P)·C); rows moved: the kept
+        tokens, the output. compact: the kept count (N²) and the assignment MatMul
+        (N'·N·C); the [B, N', N] matrix built three times, the output."""
+        n, n_out, c = plan.tokens_in, plan.tokens_out, geo.width
+        if formulation == COMPACT:
+            return n * n + merge_macs(n, n_out, c), 3 * n_out * n + n_out * c
+        return (n - geo.protected) * c, 2 * n_out * c + n
+
     # ---- ONNX -------------------------------------------------------------------------
     def emit(self, site: Site) -> SiteOut:
+        return (self._compact if site.formulation == COMPACT else self._gather)(site)
+
+    def _compact(self, site: Site) -> SiteOut:
+        em, p = site.em, site.protected
+        n, k, fuse = site.plan.tokens_in, int(site.plan.params["keep"]), \
+            str(site.plan.params["fuse"])
+        tab = evit_tables(n, p, k, fuse)
+        probs = site.block.probs  # [B, H, N, N]
+        if str(site.plan.params.get("score", "cls")) == "cls":
+            score = em.reduce("ReduceMean", em.slice(probs, 0, 1, axis=2), [1], 0)  # [B, 1, N]
+        else:  # the attention each token receives, from every query
+            score = em.op("Unsqueeze", em.reduce("ReduceMean", probs, [1, 2], 0),
+                          em.const([1]))  # [B, 1, N]
+        ranked = em.op("Where", em.const(tab.protected, np.bool_),
+                       em.const(PROTECTED_SCORE, np.float32), score)
+        _, rank = emit_ranks(em, ranked, n)  # protected first, then by score
+        kept = emit_table(em, tab.kept_b, rank)  # [B, 1, N] bool
+        keep_slot = em.op("MatMul", emit_table(em, tab.kept_f, rank),
+                          em.const(tab.before, np.float32))
+        slot = em.op("Where", kept, keep_slot, em.const(tab.drop_slot, np.float32))
+        hit = em.op("Equal", slot, em.const(tab.rows, np.float32))  # [B, N', N]
+        if fuse == "none":
+            w = em.op("Cast", hit, to=ir_float())
+        else:  # the dropped tokens' row: Σ score_j x_j (÷ Σ score_j for mean)
+            w = em.op("Where", hit, em.op("Where", kept, em.const(1.0, np.float32), score),
+                      em.const(0.0, np.float32))
+            if fuse == "mean":
+                w = em.op("Div", w, em.reduce("ReduceSum", w, [2], 1))
+        s_new = None
+        if site.size is not None:  # kept tokens keep their sizes; the fused one sums them
+            s_row = em.op("Reshape", site.size, em.const([0, 1, -1]))
+            s_new = em.reduce("ReduceSum", em.op("Where", hit, s_row,
+                                                 em.const(0.0, np.float32)), [2], 1)
+        return SiteOut(em.op("MatMul", w, site.x), s_new)
+
+    def _gather(self, site: Site) -> SiteOut:
         em, blk, x, size, p = site.em, site.block, site.x, site.size, site.protected
         n, k, fuse = site.plan.tokens_in, int(site.plan.params["keep"]), \
             str(site.plan.params["fuse"])
-        c = blk.width
         probs = blk.probs
         if str(site.plan.params.get("score", "cls")) == "cls":
             row = em.op("Slice", probs, em.const([0, p]), em.const([1, n]), em.const([2, 3]))
@@ -188,10 +279,10 @@ class EViT(Method):
         idx = em.sort_ascending(top, k)
         xp = em.slice(x, p, n, axis=1)
         front = [em.slice(x, 0, p, axis=1)] if p else []
-        parts = [*front, em.gather_rows(xp, idx, c)]
+        parts = [*front, em.take_rows(xp, idx)]
         sp = em.slice(size, p, n, axis=1) if size is not None else None
         s_parts = ([em.slice(size, 0, p, axis=1)] if p and size is not None else []) + (
-            [em.gather_rows(sp, idx, 1)] if sp is not None else [])
+            [em.take_rows(sp, idx)] if sp is not None else [])
         if fuse != "none":
             mask = em.reduce("ReduceMax", em.one_hot(idx, n - p), [1], 0)  # [B, N-P]
             dropped = em.op("Sub", em.const(1.0, np.float32), mask)

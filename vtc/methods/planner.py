@@ -4,9 +4,20 @@ reductions before it, whatever method made them)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
-from vtc.budget import NONE, Budget, BudgetError, Geometry, LayerPlan, finish
+from vtc.budget import (
+    NONE,
+    Budget,
+    BudgetError,
+    Geometry,
+    LayerPlan,
+    Pricing,
+    SitePlan,
+    choose,
+    finish,
+)
 from vtc.methods.base import Method, MethodConfig
 
 Section = tuple[Method, MethodConfig]
@@ -56,8 +67,37 @@ def schedule(geo: Geometry, sections: Sequence[Section]) -> Budget:
     return finish(geo, plans, tuple(m.name for m, _ in sections), settings, overhead, scores)
 
 
-def plan_budget(geo: Geometry, sections: Sequence[Section]) -> Budget:
-    """Resolve every section against the model (in recipe order), then schedule them.
+def formulate(budget: Budget, sections: Sequence[Section], pricing: Pricing) -> Budget:
+    """The budget with each reducing block's formulation: the one its section forces, or
+    the cheaper by the cost model for `pricing` (`vtc.budget.choose`; nodes counted by
+    `vtc.methods.costs`)."""
+    from vtc.methods.costs import site_costs
+
+    cfgs = {m.name: (m, cfg) for m, cfg in sections}
+    layers, sites, sized = [], [], False
+    for lp in budget.layers:
+        if lp.method == NONE:
+            layers.append(lp)
+            continue
+        method, cfg = cfgs[lp.method]
+        costs = site_costs(method, lp, budget.geometry, sized)
+        forced = method.formulation(cfg)
+        if forced != "auto" and forced not in costs:
+            raise BudgetError(f"{method.name}.formulation={forced}: {method.name} is written "
+                              f"as {' or '.join(costs)} only")
+        chosen = forced if forced != "auto" else choose(costs, pricing)
+        sites.append(SitePlan(lp.index, lp.method, chosen,
+                              "recipe" if forced != "auto" else "cost", costs, pricing))
+        layers.append(dataclasses.replace(lp, formulation=chosen))
+        sized = sized or method.merges
+    return dataclasses.replace(budget, layers=tuple(layers), sites=tuple(sites))
+
+
+def plan_budget(geo: Geometry, sections: Sequence[Section],
+                pricing: Pricing | None = None) -> Budget:
+    """Resolve every section against the model (in recipe order), schedule them, and
+    pick each reducing block's formulation for `pricing` (default: ONNX Runtime on the
+    CPU at batch 1).
 
     Raises BudgetError when a section cannot be realised (with the fix in the text)."""
     resolved = list(sections)
@@ -70,4 +110,4 @@ def plan_budget(geo: Geometry, sections: Sequence[Section]) -> Budget:
         resolved[i] = (method, method.resolve(cfg, geo, ratio_of))
     budget = schedule(geo, resolved)
     assert all(lp.method == NONE or lp.method in budget.methods for lp in budget.layers)
-    return budget
+    return formulate(budget, resolved, pricing or Pricing())

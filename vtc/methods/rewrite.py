@@ -67,6 +67,7 @@ class Reduce(StatePass):
                 total = compose(em, total, out.slots)
             x_new = layout.stream_layout(em, blk, out.x)
             new_nodes = list(em.nodes)
+            s.site_nodes[blk.index] = len(new_nodes)
             em.insert_after(blk.attn_add)
             rewire(blk.x_mid, x_new, new_nodes)
             s.sites += 1

@@ -13,14 +13,28 @@ Before (one block, N tokens)::
 
     x_in ─► LN ─► attn(K) ─► proj ─► Add ─► x_mid[B,N,C] ─► LN ─► MLP ─► Add ─► x_out
 
-After (r merges in this block; sizes s travel beside the stream)::
+After, **gather** (r merges in this block; sizes s travel beside the stream)::
 
     x_in ─► LN ─► attn(K, logits + log s) ─► proj ─► Add ─► x_mid[B,N,C]
-      Kᵀ[B,H,D,N] ─► ReduceMean(H) ─► L2-normalise ─► split a/b ─► MatMul ─► ReduceMax/ArgMax
-                                                                 └► TopK ─► src, unm, dst
-      x_mid, s ─► GatherElements(src, unm) ─► one-hot(dst) MatMul (weighted sums) ─► Div
+      k ─► mean over heads ─► L2-normalise ─► m[B,N,D] ─► split a/b ─► MatMul ─► TopK(1)
+                                                        └► TopK ─► src, unm (ascending), dst
+      x_mid, s ─► GatherND(src, unm), Slice(b) ─► one-hot(dst) MatMul (weighted sums) ─► Div
                                 ▼
       x'[B, N-r, C] = concat(protected, a[unm], b') ─► LN ─► MLP ─► Add
+
+After, **compact** (every per-token vector a row `[B, 1, N]` in the original order)::
+
+      m[B,N,D] ─► S = m·mᵀ [B,N,N] ─► Where(B row × A column, S, −10) ─► TopK(K=1, axis 1)
+                                                              ─► node_max, node_idx
+      node_max ─► TopK ─► Cast ─► TopK (inverse) ─► rank  (rank < r: merged away)
+      kept = table[rank] ─► MatMul(count) ─► slot of each kept token
+      slot = Where(rank < r, slot_of[node_idx], kept slot)               [B, 1, N]
+      W = Equal(slot, rows[1,N',1]) ─► Where(W, sᵀ, 0) ─► ÷ΣW ─► MatMul(·, x_mid) ─► x'
+
+The same decisions either way (one metric value feeds both); gather costs few MACs and
+~40 nodes, compact ~20 nodes and N'·N·C MACs (`vtc.budget.choose` picks per block;
+`tome.formulation` forces one). The constants of compact (mask, rank tables, the count
+matrix, the B slots) are `tome_tables`.
 
 The split. The candidates are the tokens after the P protected ones; A and B
 alternate over them. `inside` (default) follows the ToMe code, where the
@@ -36,18 +50,29 @@ token.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from vtc.budget import Geometry, LayerPlan
+from vtc.budget import COMPACT, GATHER, Geometry, LayerPlan
 from vtc.methods.base import Site, SiteOut
 from vtc.methods.merging import (
+    MASKED,
     MergeConfig,
     MergeMethod,
+    emit_best,
+    emit_best_col,
+    emit_ranks,
+    emit_slot_merge,
+    emit_table,
+    emit_unit_metric,
+    emit_unit_metric_cols,
     emit_weighted_merge,
     gather_tokens,
+    merge_macs,
     ones_like_sizes,
+    slot_map,
     unit_sizes,
     weighted_merge,
 )
@@ -76,12 +101,51 @@ def sets(t: int, first: int) -> tuple[int, int, int, int]:
     return a0, (t - a0 + 1) // 2, b0, (t - b0 + 1) // 2
 
 
+@dataclass(frozen=True)
+class ToMeTables:
+    """The constants of one compact ToMe block, over token positions 0..N-1.
+
+    mask `[N, N]` bool: (B row, A column) pairs, the only scores that count.
+    kept `[N]` float, indexed by rank: 0.0 for the r best-matched A tokens, else 1.0.
+    count `[N, N]`: kept `[1, N]` · count = the slot of every token that stays — the
+    protected in front, the unmerged A tokens in ascending position, then the B tokens
+    (row `carrier`, a B token, which always stays, holds each column's constant part;
+    A rows count the kept A tokens before each A column).
+    slot_of `[N]` float: the slot of each B token (where an A token merging into it goes).
+    """
+
+    mask: np.ndarray
+    kept: np.ndarray
+    count: np.ndarray
+    slot_of: np.ndarray
+
+
+def tome_tables(n: int, protected: int, r: int, first: int) -> ToMeTables:
+    """`ToMeTables` for N tokens, P protected, r merges and the split `first`."""
+    p = protected
+    a0, na, b0, nb = sets(n - p, first)
+    a_pos, b_pos = p + a0 + 2 * np.arange(na), p + b0 + 2 * np.arange(nb)
+    mask = np.zeros((n, n), dtype=bool)
+    mask[np.ix_(b_pos, a_pos)] = True
+    kept = (np.arange(n) >= r).astype(np.float32)
+    slot_of = np.zeros(n, dtype=np.float32)
+    slot_of[b_pos] = p + na - r + np.arange(nb)
+    count = np.zeros((n, n), dtype=np.float32)
+    count[np.ix_(a_pos, a_pos)] = np.triu(np.ones((na, na), dtype=np.float32), k=1)
+    carrier = b_pos[0]
+    count[carrier, :p] = np.arange(p)
+    count[carrier, a_pos] = p
+    count[carrier, b_pos] = slot_of[b_pos]
+    return ToMeTables(mask, kept, count, slot_of)
+
+
 @register
 class ToMe(MergeMethod):
     name = "tome"
     config = ToMeConfig
     recipe = "tome-r8"
     summary = "bipartite soft matching: merge the r most similar A→B pairs per block"
+    formulations = (GATHER, COMPACT)
 
     def block_params(self, cfg: MergeConfig, geo: Geometry, block: int) -> dict[str, object]:
         assert isinstance(cfg, ToMeConfig)
@@ -91,47 +155,78 @@ class ToMe(MergeMethod):
         t = plan.tokens_in - geo.protected
         return (t // 2) * ((t + 1) // 2) * (geo.width // max(geo.heads, 1))
 
+    def work(self, plan: LayerPlan, geo: Geometry, formulation: str, sized: bool
+             ) -> tuple[int, int]:
+        """gather: the A×B similarities (Na·Nb·D) and the one-hot sums (Nb·r·C); rows
+        moved: the gathers, the B rows' arithmetic, the output. compact: all N² pairs
+        (N²·D), the slot count (N²) and the assignment MatMul (N'·N·C); elements: the
+        [B, N', N] matrix built four times, the output."""
+        n, n_out, c = plan.tokens_in, plan.tokens_out, geo.width
+        d, r = c // max(geo.heads, 1), n - n_out
+        metric = 3 * n * d
+        if formulation == COMPACT:
+            return (n * n * (d + 1) + merge_macs(n, n_out, c),
+                    metric + n * n + 4 * n_out * n + n_out * c)
+        t = n - geo.protected
+        na, nb = (t + 1) // 2, t // 2
+        return (na * nb * d + nb * r * c,
+                metric + na * nb + c * (na + nb * (3 + sized) + n_out))
+
     # ---- ONNX -------------------------------------------------------------------------
     def emit(self, site: Site) -> SiteOut:
-        em, blk, x, size, p = site.em, site.block, site.x, site.size, site.protected
+        return (self._compact if site.formulation == COMPACT else self._gather)(site)
+
+    def _gather(self, site: Site) -> SiteOut:
+        em, x, size, p = site.em, site.x, site.size, site.protected
         n, r, first = site.plan.tokens_in, int(site.plan.params["r"]), \
             int(site.plan.params["first"])
-        t, c = n - p, blk.width
+        t = n - p
         a0, na, b0, nb = sets(t, first)
-        # metric [B, N, D]: keys averaged over heads (Kᵀ is [B, H, D, N]).
-        metric = em.op("Transpose", em.reduce("ReduceMean", blk.key_t, [1], 0), perm=[0, 2, 1])
-        m = em.slice(metric, p, n, axis=1)
-        m = em.op("Div", m, em.reduce("ReduceL2", m, [-1], 1))
-        a, b = em.slice(m, a0, t, axis=1, step=2), em.slice(m, b0, t, axis=1, step=2)
+        m = emit_unit_metric(em, site.block, n)  # [B, N, D]
+        a, b = em.slice(m, p + a0, n, axis=1, step=2), em.slice(m, p + b0, n, axis=1, step=2)
         scores = em.op("MatMul", a, em.op("Transpose", b, perm=[0, 2, 1]))  # [B, Na, Nb]
-        node_max = em.reduce("ReduceMax", scores, [-1], 0)  # [B, Na]
-        node_idx = em.op("ArgMax", scores, axis=-1, keepdims=0, select_last_index=0)
-        _, order = em.op("TopK", node_max, em.const([na]), outputs=2, axis=-1, largest=1,
-                         sorted=1)
-        src = em.slice(order, 0, r, axis=1)  # [B, r]
-        unm = em.sort_ascending(em.slice(order, r, na, axis=1), na - r)  # [B, Na-r]
-        dst = em.op("GatherElements", node_idx, src, axis=1)  # [B, r]
-
-        xp = em.slice(x, p, n, axis=1)
-        xa, xb = em.slice(xp, a0, t, axis=1, step=2), em.slice(xp, b0, t, axis=1, step=2)
-        if size is None:  # every size is 1
-            xb_new, size_b = emit_weighted_merge(em, em.gather_rows(xa, src, c), None, xb,
-                                                 None, dst, nb)
-            keep_sizes = [unit_sizes(em, em.slice(x, 0, p + na - r, axis=1))]
-        else:
-            sp = em.slice(size, p, n, axis=1)
-            sa, sb = em.slice(sp, a0, t, axis=1, step=2), em.slice(sp, b0, t, axis=1, step=2)
-            xb_new, size_b = emit_weighted_merge(em, em.gather_rows(xa, src, c),
-                                                 em.gather_rows(sa, src, 1), xb, sb, dst, nb)
-            keep_sizes = ([em.slice(size, 0, p, axis=1)] if p else []) + [
-                em.gather_rows(sa, unm, 1)]
+        node_max, node_idx = emit_best_col(em, scores)  # [B, Na, 1] each
+        _, order = em.op("TopK", node_max, em.const([na]), outputs=2, axis=1, largest=1,
+                         sorted=1)  # [B, Na, 1]: A tokens, best matched first
+        src = em.slice(order, 0, r, axis=1)  # [B, r, 1]
+        unm = em.sort_ascending(em.slice(order, r, na, axis=1), na - r, axis=1)
+        dst = em.op("GatherElements", node_idx, src, axis=1)  # [B, r, 1]: B-local
+        src_at, unm_at = (em.op("Add", em.op("Mul", i, em.const(2)), em.const(p + a0))
+                          for i in (src, unm))  # A-local → token positions
+        xb = em.slice(x, p + b0, n, axis=1, step=2)
+        xs, sizes = em.rows(x, src_at), None
+        if size is not None:
+            sizes = em.rows(size, src_at), em.slice(size, p + b0, n, axis=1, step=2)
+        xb_new, size_b = emit_weighted_merge(em, xs, xb, dst, nb, sizes)
         front = [em.slice(x, 0, p, axis=1)] if p else []
-        x_new = em.op("Concat", *front, em.gather_rows(xa, unm, c), xb_new, axis=1)
-        s_new = em.op("Concat", *keep_sizes, size_b, axis=1)
-        out = SiteOut(x_new, s_new)
+        x_new = em.op("Concat", *front, em.rows(x, unm_at), xb_new, axis=1)
+        if size is None:  # every size is 1
+            keep_sizes = [unit_sizes(em, x, p + na - r)]
+        else:
+            keep_sizes = ([em.slice(size, 0, p, axis=1)] if p else []) + [em.rows(size, unm_at)]
+        out = SiteOut(x_new, em.op("Concat", *keep_sizes, size_b, axis=1))
         if site.track:
-            out.slots = self._slots(em, p, t, a0, na, b0, nb, r, src, unm, dst)
+            flat = [em.op("Reshape", v, em.const([0, -1])) for v in (src, unm, dst)]
+            out.slots = self._slots(em, p, t, a0, na, b0, nb, r, *flat)
         return out
+
+    def _compact(self, site: Site) -> SiteOut:
+        em, p = site.em, site.protected
+        n, r, first = site.plan.tokens_in, int(site.plan.params["r"]), \
+            int(site.plan.params["first"])
+        tab = tome_tables(n, p, r, first)
+        m = emit_unit_metric_cols(em, site.block)  # [B, D, N]
+        sim = em.op("MatMul", em.op("Transpose", m, perm=[0, 2, 1]), m)  # [B, N, N]
+        scores = em.op("Where", em.const(tab.mask, np.bool_), sim,
+                       em.const(MASKED, np.float32))  # B rows × A columns, else MASKED
+        node_max, node_idx = emit_best(em, scores)  # [B, 1, N]: best B of each A token
+        _, rank = emit_ranks(em, node_max, n)  # non-A tokens rank after every A token
+        kept = emit_table(em, tab.kept, rank)  # [B, 1, N] 1.0: not merged away
+        keep_slot = em.op("MatMul", kept, em.const(tab.count, np.float32))
+        slot = em.op("Where", emit_table(em, ~tab.kept.astype(bool), rank),
+                     emit_table(em, tab.slot_of, node_idx), keep_slot)  # [B, 1, N]
+        x, size = emit_slot_merge(em, site.x, site.size, slot, n - r)
+        return SiteOut(x, size, slot_map(em, slot) if site.track else None)
 
     @staticmethod
     def _slots(em: Emitter, p: int, t: int, a0: int, na: int, b0: int, nb: int, r: int,

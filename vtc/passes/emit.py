@@ -12,12 +12,16 @@ import onnx_ir as ir
 
 from vtc.passes.graph import initializer
 
+# ARCHITECTURE.md's list, plus GatherND (whole-row gathers, `Emitter.rows`) and
+# LpNormalization (the merge metric's L2 normalisation in one node): both in TensorRT's
+# ONNX-parser table without restriction (`vtc.backends.trt_lint.PLAIN`), run by ONNX
+# Runtime and OpenVINO (tests/backends/test_openvino.py), no data-dependent shape.
 PORTABLE_OPS = frozenset(
     {
         "MatMul", "Softmax", "ReduceMax", "ReduceSum", "ReduceMean", "ReduceL2", "ArgMax",
-        "TopK", "Gather", "GatherElements", "Concat", "Slice", "Where", "Equal", "Cast",
-        "Mul", "Div", "Add", "Sub", "Log", "Range", "Transpose", "Unsqueeze", "Squeeze",
-        "Expand", "Reshape", "Shape",
+        "TopK", "Gather", "GatherElements", "GatherND", "Concat", "Slice", "Where", "Equal",
+        "Cast", "Mul", "Div", "Add", "Sub", "Log", "Range", "Transpose", "Unsqueeze",
+        "Squeeze", "Expand", "Reshape", "Shape", "LpNormalization",
     }
 )
 
@@ -67,12 +71,13 @@ class Emitter:
             self.const([step]),
         )
 
-    def sort_ascending(self, idx: ir.Value, k: int | ir.Value) -> ir.Value:
-        """Sort int64 indices `[B, k]` ascending (TopK on a float copy: exact below 2**24);
-        `k` a count, or a graph value ``[1]`` int64 when it is known only at run time."""
+    def sort_ascending(self, idx: ir.Value, k: int | ir.Value, axis: int = -1) -> ir.Value:
+        """Sort int64 indices `[B, k]` ascending along `axis` (TopK on a float copy: exact
+        below 2**24); `k` a count, or a graph value ``[1]`` int64 when it is known only at
+        run time."""
         f = self.op("Cast", idx, to=ir.DataType.FLOAT)
         kv = k if isinstance(k, ir.Value) else self.const([k])
-        vals, _ = self.op("TopK", f, kv, outputs=2, axis=-1, largest=0, sorted=1)
+        vals, _ = self.op("TopK", f, kv, outputs=2, axis=axis, largest=0, sorted=1)
         return self.op("Cast", vals, to=ir.DataType.INT64)
 
     def gather_rows(self, x: ir.Value, idx: ir.Value, width: int) -> ir.Value:
@@ -81,6 +86,16 @@ class Emitter:
         if width != 1:
             e = self.op("Expand", e, self.const([1, 1, width]))
         return self.op("GatherElements", x, e, axis=1)
+
+    def rows(self, x: ir.Value, idx: ir.Value) -> ir.Value:
+        """x `[B, N, C]`, idx `[B, K, 1]` (int64) → `[B, K, C]`: whole rows, `GatherND`
+        with `batch_dims=1` (a row copy each; `GatherElements` needs its index expanded to
+        `[B, K, C]` and reads it element by element: 20-40× slower on the ORT CPU EP)."""
+        return self.op("GatherND", x, idx, batch_dims=1)
+
+    def take_rows(self, x: ir.Value, idx: ir.Value) -> ir.Value:
+        """x `[B, N, C]`, idx `[B, K]` → `[B, K, C]` (`rows`)."""
+        return self.rows(x, self.op("Unsqueeze", idx, self.const([2])))
 
     def one_hot(self, idx: ir.Value, depth: int) -> ir.Value:
         """idx `[B, K]` → float one-hot `[B, K, depth]` (Equal against a constant range)."""

@@ -71,6 +71,9 @@ class EncoderRewrite:
     size: ir.Value | None = None
     slots: ir.Value | None = None
     sites: int = 0
+    # block → nodes its reduction added, with the log-size biases its sizes cause in the
+    # blocks after it (up to the next reduction): what one reduction step costs in launches
+    site_nodes: dict[int, int] = field(default_factory=dict)
 
 
 class StatePass(Pass):
@@ -171,11 +174,14 @@ class SizeBias(StatePass):
             raise GraphError("proportional attention runs after the reductions are written")
 
     def apply(self, model: ir.Model) -> bool:
-        biased = []
+        biased, sites = [], self.s.site_nodes
         for blk, plan, size in zip(self.s.blocks, self.s.budget.layers, self.s.sizes_in,
                                    strict=True):
             if plan.attn_bias and size is not None:
-                add_size_bias(model.graph, blk, size)
+                added = add_size_bias(model.graph, blk, size)
+                before = [b for b in sites if b < blk.index]
+                if before:
+                    sites[max(before)] += added
                 biased.append(blk.index)
         self.done = biased
         return bool(biased)

@@ -23,9 +23,11 @@ between them; no names)::
   same, forward.
 * Everything between the QK MatMul and the Softmax must be affine: scalar Mul/Div
   (folded into `scale`), Add/Sub of any broadcastable tensor (summed into
-  `attention_bias`; all-zero constants dropped; vtc's proportional-attention
-  `log(s)[B, 1, 1, N]` lands here), Identity, same-type Cast. A Where (a mask) keeps
-  the block unfused.
+  `attention_bias`; all-zero constants dropped), Identity, same-type Cast. A bias of
+  the batch and key only (vtc's proportional attention, `log(s)[B, 1, 1, N]`) rides in
+  the keys instead: one more head dimension, 1 in q and `log(s) / scale` in k
+  (`_fold_key_bias`; the CPU kernel runs slower with any `attention_bias`). A Where (a
+  mask) keeps the block unfused.
 * Between Softmax and the AV MatMul, Identity, same-type Cast, inference Dropout and
   the SDPA export's NaN guard `Where(IsNaN(p), 0, p)` are dropped. The guard is a no-op
   here because it only changes rows holding NaN, and a Softmax row is NaN only when
@@ -75,6 +77,8 @@ from vtc.passes.model_io import infer_shapes, prepare, read_onnx, save_model
 DOMAIN = "com.microsoft"
 BATCH_PREFIX = "vtc_batch/"  # the names `make_batch_dynamic` emits
 OP = "MultiHeadAttention"
+# ops beyond the portable list the fused graph uses (it runs on ONNX Runtime only)
+FUSED_OPS = frozenset({"Pad"})
 
 
 @dataclass
@@ -223,8 +227,13 @@ def _attention_bias(em: Emitter, lay: Layout, terms: list[tuple[ir.Value, float]
         parts.append((em.const(total, np.float32, "attention_bias"), list(total.shape)))
     for t, c in terms:
         if not is_const(t):
+            shared = _head_shared(t, lay)
+            if shared is not None:  # one bias for every head: broadcast it, do not copy it
+                t, dims = shared, [lay.batch, 1, 1, lay.n]
+            else:
+                dims = static_dims(t) or []
             v = t if c == 1.0 else em.op("Mul", t, em.const(c, np.float32))
-            parts.append(canonical_bias(em, lay, v, static_dims(t) or []))
+            parts.append(canonical_bias(em, lay, v, dims) if shared is None else (v, dims))
     if not parts:
         return None
     out, shape = parts[0]
@@ -233,6 +242,58 @@ def _attention_bias(em: Emitter, lay: Layout, terms: list[tuple[ir.Value, float]
     if shape[2:] == [lay.n, lay.n]:
         return out
     return em.op("Expand", out, em.const([1, 1, lay.n, lay.n]))
+
+
+def _head_shared(t: ir.Value, lay: Layout) -> ir.Value | None:
+    """For folded heads: the `[B, 1, 1, N]` bias behind `t` when `t` is it expanded over
+    the heads and folded (`Reshape(Expand(b, [1, H, 1, 1]), [B·H, 1, N])`: vtc's own
+    proportional attention, `layout.logit_bias`), else None. The fused node then reads
+    one `[B, 1, N, N]` bias instead of `[B, H, N, N]`."""
+    fold = t.producer()
+    if not lay.folded or fold is None or fold.op_type != "Reshape" or fold.inputs[0] is None:
+        return None
+    wide = fold.inputs[0].producer()
+    if wide is None or wide.op_type != "Expand" or wide.inputs[0] is None:
+        return None
+    base = wide.inputs[0]
+    return base if static_dims(base) == [lay.batch, 1, 1, lay.n] else None
+
+
+def _key_bias(lay: Layout, terms: list[tuple[ir.Value, float]]
+              ) -> tuple[tuple[ir.Value, float] | None, list[tuple[ir.Value, float]]]:
+    """The first logit bias that depends on the batch and the key only (`[B, 1, 1, N]`:
+    vtc's proportional attention, `log(s)`; folded heads: its per-head copy undone), and
+    the other terms."""
+    for i, (t, c) in enumerate(terms):
+        if is_const(t):
+            continue
+        shared = _head_shared(t, lay)
+        base = shared if shared is not None else t
+        if shared is not None or (not lay.folded
+                                  and static_dims(base) == [lay.batch, 1, 1, lay.n]):
+            return (base, c), terms[:i] + terms[i + 1:]
+    return None, terms
+
+
+def _fold_key_bias(em: Emitter, lay: Layout, q: ir.Value, k: ir.Value,
+                   key: tuple[ir.Value, float], scale: float) -> tuple[ir.Value, ir.Value]:
+    """A key-only logit bias b `[B, 1, 1, N]` (times c) as one more head dimension:
+    q' = [q, 1] and k' = [k, c·b / scale] per head, so that scale · q'·k' = scale · q·k +
+    c·b. ORT's MultiHeadAttention then runs without `attention_bias` (a `[B, 1, N, N]`
+    tensor that, on the CPU, costs a slower kernel: 1.5× the time of an unbiased one
+    at N = 949, 1.2× with the extra dimension, bench notes in docs/fused-attention.md);
+    V keeps its head size."""
+    h, d = lay.heads, lay.d
+    t, c = key
+    q5 = em.op("Pad", em.op("Reshape", q, em.const([0, 0, h, d])),
+               em.const([0, 0, 0, 0, 0, 0, 0, 1]), em.const(1.0, np.float32))
+    if c / scale != 1.0:
+        t = em.op("Mul", t, em.const(c / scale, np.float32))
+    kb = em.op("Expand", em.op("Reshape", t, em.const([-1, lay.n, 1, 1])),
+               em.const([1, 1, h, 1]))  # [B, N, H, 1]
+    k5 = em.op("Concat", em.op("Reshape", k, em.const([0, 0, h, d])), kb, axis=3)
+    wide = em.const([0, 0, h * (d + 1)])
+    return em.op("Reshape", q5, wide), em.op("Reshape", k5, wide)
 
 
 def canonical_bias(em: Emitter, lay: Layout, v: ir.Value, dims: list[int]
@@ -274,13 +335,17 @@ def _fuse_block(graph: ir.Graph, blk: Block) -> str | int:
         return lg if isinstance(lg, str) else str(guards)
     if any(static_dims(t) is None for t, _ in lg.terms):
         return "a logit bias without a static shape"
-    em = Emitter(graph, f"vtc_mha{blk.index}")
+    em = Emitter(graph, f"vtc_mha{blk.index}", FUSED_OPS)
     q, fq = source_of(em, q4, lay, "q")
     k, fk = source_of(em, kt, lay, "kt")
     v, _ = source_of(em, v4, lay, "v", scaled=False)
-    bias = _attention_bias(em, lay, lg.terms)
+    scale = float(lg.scale * fq * fk)
+    key, terms = _key_bias(lay, lg.terms)
+    if key is not None:
+        q, k = _fold_key_bias(em, lay, q, k, key, scale)
+    bias = _attention_bias(em, lay, terms)
     mha = ir.node(OP, [q, k, v, None, None, bias] if bias is not None else [q, k, v],
-                  {"num_heads": lay.heads, "scale": float(lg.scale * fq * fk)},
+                  {"num_heads": lay.heads, "scale": scale},
                   domain=DOMAIN, name=f"vtc_mha{blk.index}/{OP}")
     y = mha.outputs[0]
     y.name, y.dtype = f"{mha.name}:0", ir.DataType.FLOAT
@@ -294,6 +359,8 @@ def _fuse_block(graph: ir.Graph, blk: Block) -> str | int:
     old, new = target_of(av.outputs[0], lay), y
     if old is None:
         old, new = av.outputs[0], canonical_out(em, y, lay)
+    elif len(static_dims(old) or []) == 2:  # a flattened out-projection reads [B·N, H·Dv]
+        new = em.op("Reshape", y, em.const([-1, lay.heads * lay.dv]))
     graph.extend(em.nodes)
     for user, idx in list(old.uses()):
         user.replace_input_with(idx, new)

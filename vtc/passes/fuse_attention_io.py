@@ -114,15 +114,20 @@ def _want(lay: Layout, kind: str) -> tuple[np.ndarray, np.ndarray]:
     return x, (np.swapaxes(h, -1, -2) if kind == "kt" else h)
 
 
-def source_of(em: Emitter, v: ir.Value, lay: Layout, kind: str, scaled: bool = True
-              ) -> tuple[ir.Value, float]:
-    """`[B, N, H·D]` input for MultiHeadAttention behind `v` (kind: "q" `[B, H, N, D]`,
-    "kt" `[B, H, D, N]`, "v"), and the scalar factor the moves skipped applied."""
+def find_source(v: ir.Value, lay: Layout, kind: str, scaled: bool = True
+                ) -> tuple[ir.Value, float] | None:
+    """The `[B, N, H·D]` value behind `v` (kind: "q" `[B, H, N, D]`, "kt" `[B, H, D, N]`,
+    "v") whose moves reproduce the head layout, or the `[B·N, H·D]` one where a
+    dynamic-batch graph flattened the linear layer (`passes.dynamic_batch`); and the
+    scalar factor the moves skipped applied. None when there is none."""
     probe, want = _want(lay, kind)
+    flat = probe.reshape(-1, probe.shape[-1])
     chain: list[ir.Node] = []
     factor, cur = 1.0, v
     for _ in range(12):
-        if static_dims(cur) == list(probe.shape) and _moves_match(chain, probe, want):
+        dims = static_dims(cur)
+        if (dims == list(probe.shape) and _moves_match(chain, probe, want)) or (
+                dims == list(flat.shape) and _moves_match(chain, flat, want)):
             return cur, factor
         node = cur.producer()
         if node is None:
@@ -136,7 +141,21 @@ def source_of(em: Emitter, v: ir.Value, lay: Layout, kind: str, scaled: bool = T
         else:
             break
         cur = node.inputs[dyn[0]]  # type: ignore[assignment]
-    return canonical_in(em, v, lay, kind), 1.0
+    return None
+
+
+def source_of(em: Emitter, v: ir.Value, lay: Layout, kind: str, scaled: bool = True
+              ) -> tuple[ir.Value, float]:
+    """`[B, N, H·D]` input for MultiHeadAttention behind `v` (`find_source`; a flattened
+    `[B·N, H·D]` one is viewed as `[B, N, H·D]` by a Reshape, not copied by the head
+    moves), and the scalar factor the moves skipped applied; else the moves emitted."""
+    found = find_source(v, lay, kind, scaled)
+    if found is None:
+        return canonical_in(em, v, lay, kind), 1.0
+    src, factor = found
+    if len(static_dims(src) or []) == 2:
+        src = em.op("Reshape", src, em.const([-1, lay.n, (static_dims(src) or [0, 0])[1]]))
+    return src, factor
 
 
 def canonical_in(em: Emitter, v: ir.Value, lay: Layout, kind: str) -> ir.Value:
@@ -156,14 +175,18 @@ def canonical_out(em: Emitter, y: ir.Value, lay: Layout) -> ir.Value:
 
 
 def target_of(av_out: ir.Value, lay: Layout) -> ir.Value | None:
-    """The `[B, N, H·Dv]` value the head merge after the AV MatMul ends in (the moves
-    on the way checked on a probe, each read only by the next), else None."""
+    """The `[B, N, H·Dv]` value the head merge after the AV MatMul ends in (or
+    `[B·N, H·Dv]`, where a dynamic-batch graph flattened the out-projection), the moves on
+    the way checked on a probe, each read only by the next; else None."""
     y = np.arange(lay.batch * lay.n * lay.heads * lay.dv).reshape(lay.batch, lay.n, -1)
     start = lay.heads_of(y, lay.dv)
+    flat = y.reshape(-1, y.shape[-1])
     chain: list[ir.Node] = []
     cur = av_out
     for _ in range(8):
-        if static_dims(cur) == list(y.shape) and _moves_match(chain, start, y):
+        dims = static_dims(cur)
+        if (dims == list(y.shape) and _moves_match(chain, start, y)) or (
+                dims == list(flat.shape) and _moves_match(chain, start, flat)):
             return None if cur.is_graph_output() else cur
         users = cur.consumers()
         if len(users) != 1 or cur.is_graph_output() or users[0].op_type not in MOVES:

@@ -25,6 +25,7 @@ import dataclasses
 import onnx_ir as ir
 
 from vtc.passes.emit import Emitter
+from vtc.passes.fuse_attention_io import Layout, find_source
 from vtc.passes.graph import Block, static_dims
 
 
@@ -44,6 +45,27 @@ def method_view(em: Emitter, blk: Block, tokens: int) -> Block:
     return dataclasses.replace(
         blk, key_t=_unfold(em, blk.key_t, blk, [kd[1], tokens]),
         probs_view=_unfold(em, blk.softmax.outputs[0], blk, [tokens, tokens]))
+
+
+def key_rows(em: Emitter, blk: Block, tokens: int) -> ir.Value:
+    """The block's keys averaged over heads, `[B, N, D]` (a merge's metric before its
+    normalisation) when `tokens` enter it, `blk` as `method_view` gives it.
+
+    Read from the key projection `[B, N, H·D]` (or `[B·N, H·D]`) when the moves that
+    make `Kᵀ` from it can be undone (`fuse_attention_io.find_source`): a Reshape to
+    `[B, N, H, D]` and a mean over H. An engine that fuses attention then reads the
+    projection itself and drops `Kᵀ`'s transposes and scale. A scalar factor on the way
+    (an exporter's split of the softmax scale) is left out: the metric is normalised,
+    which cancels it. Otherwise from `Kᵀ [B, H, D, N]`: the mean over H, transposed."""
+    kd = static_dims(blk.key_t)
+    if not blk.folded and kd is not None and len(kd) == 4:
+        # the shapes are the graph's before the rewrite (the shape fix-up runs last)
+        lay = Layout(blk.batch, blk.heads, kd[3], kd[2], kd[2], False)
+        found = find_source(blk.key_t, lay, "kt")
+        if found is not None:
+            k = em.op("Reshape", found[0], em.const([-1, tokens, blk.heads, kd[2]]))
+            return em.reduce("ReduceMean", k, [2], 0)
+    return em.op("Transpose", em.reduce("ReduceMean", blk.key_t, [1], 0), perm=[0, 2, 1])
 
 
 def batch_first(em: Emitter, blk: Block, x: ir.Value) -> ir.Value:

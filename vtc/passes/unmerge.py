@@ -199,7 +199,7 @@ def apply_unmerge(model: ir.Model, last: Block, total: ir.Value) -> None:
     x = last.x_out
     if last.seq_first:
         x = em.op("Transpose", x, perm=[1, 0, 2])
-    full = em.gather_rows(x, idx, last.width)
+    full = em.take_rows(x, idx)
     if last.seq_first:
         full = em.op("Transpose", full, perm=[1, 0, 2])
     nodes = list(em.nodes)

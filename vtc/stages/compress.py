@@ -24,7 +24,7 @@ from vtc.methods.rewrite import Reduce, merges
 from vtc.passes import encoder as enc
 from vtc.passes import token_sizes
 from vtc.passes.model_io import save_model
-from vtc.report import GraphInfo, TokensOutInfo, UnmergeInfo
+from vtc.report import GraphInfo, SiteInfo, TokensOutInfo, UnmergeInfo
 from vtc.stages.export import Exported
 
 
@@ -54,7 +54,26 @@ def rewrite(model: ir.Model, budget: Budget, unmerge: str = "auto",
     return GraphInfo(blocks=done["blocks"], sites=done["sites"],
                      constants_fixed=done["constants_fixed"], batch_constants=0,
                      unmerge=info, op_counts_before=s.before,
-                     op_counts_after=enc.op_counts(model), tokens_out=tokens)
+                     op_counts_after=enc.op_counts(model), tokens_out=tokens,
+                     reductions=site_info(budget, s.site_nodes))
+
+
+def site_info(budget: Budget, nodes: dict[int, int]) -> list[SiteInfo]:
+    """The report's record of each reducing block: the budget's formulation and cost
+    figures (`vtc.budget.SitePlan`) beside the nodes the rewrite wrote there."""
+    out = []
+    for sp in budget.sites:
+        if sp.block not in nodes:
+            continue
+        out.append(SiteInfo(
+            block=sp.block, method=sp.method, formulation=sp.formulation,  # type: ignore[arg-type]
+            chosen_by=sp.chosen_by, nodes=nodes[sp.block],  # type: ignore[arg-type]
+            engine=sp.pricing.kind, batch=sp.pricing.batch,
+            cost_us={f: round(sp.seconds(f) * 1e6, 2) for f in sp.costs},
+            macs={f: c.macs for f, c in sp.costs.items()},
+            elements={f: c.elements for f, c in sp.costs.items()},
+            model_nodes={f: c.nodes for f, c in sp.costs.items()}))
+    return out
 
 
 @dataclass

@@ -87,9 +87,9 @@ def _budget(b: BudgetInfo) -> list[str]:
               for m, s in b.scores.items()] + ([""] if b.scores else [])
     rows = [[lp.index, lp.tokens_in, lp.tokens_out, lp.method,
              ", ".join(f"{k}={_num(v)}" for k, v in sorted(lp.params.items())) or "",
-             "yes" if lp.attn_bias else ""] for lp in b.layers]
+             "yes" if lp.attn_bias else "", lp.formulation] for lp in b.layers]
     lines += _table(["block", "tokens in", "tokens out", "method", "parameters",
-                     "log-size bias"], rows)
+                     "log-size bias", "formulation"], rows)
     settings = [f"- {m}: " + ", ".join(f"{k}={json.dumps(v)}" for k, v in cfg.items())
                 for m, cfg in b.settings.items()]
     return [*lines, "resolved settings:", "", *settings, ""] if settings else lines
@@ -107,6 +107,20 @@ def _graph(g: GraphInfo) -> list[str]:
                      f"**{t.mode}**, {t.tokens} tokens"
                      + (f"; each token's size in output `{t.sizes_output}`"
                         if t.sizes_output else ""))
+    if g.reductions:
+        first = g.reductions[0]
+        forms = sorted({f for r in g.reductions for f in r.cost_us})
+        lines += ["", f"each reduction site's formulation (the cost model's µs per batch of "
+                  f"{first.batch} on `{first.engine}` prices, vtc.budget; nodes: what the site "
+                  "added, with the log-size bias its sizes cause in the next block):", ""]
+        lines += _table(
+            ["block", "method", "formulation", "chosen by", "nodes",
+             *(f"µs {f}" for f in forms), *(f"nodes {f}" for f in forms),
+             *(f"MACs/image {f}" for f in forms), *(f"elements/image {f}" for f in forms)],
+            [[r.block, r.method, f"**{r.formulation}**", r.chosen_by, r.nodes,
+              *(r.cost_us.get(f) for f in forms), *(r.model_nodes.get(f) for f in forms),
+              *(r.macs.get(f) for f in forms), *(r.elements.get(f) for f in forms)]
+             for r in g.reductions])[:-1]
     grew = {op: n - g.op_counts_before.get(op, 0) for op, n in g.op_counts_after.items()
             if n != g.op_counts_before.get(op, 0)}
     change = ", ".join(f"{k} {v:+d}" for k, v in grew.items()) or "no change"
