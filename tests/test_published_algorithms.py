@@ -2,9 +2,10 @@
 
 `tests/reference/` re-implements ToMe (facebookresearch/ToMe; on ViT, DeiT and DINOv2,
 with its layer scale) and PiToMe (hchautran/PiToMe, `pitome()` at 01b65c37, on ViT/DeiT)
-on Hugging Face models without importing vtc. vtc's ONNX rewrite, run in ONNX Runtime, must match them to 1e-4 —
-and vtc's earlier ToMe variant (`protected: outside`) must not, on a one-CLS model,
-which proves the comparison can tell the two bipartite splits apart.
+on Hugging Face models without importing vtc. vtc's ONNX rewrite, run in ONNX Runtime,
+must match them to 1e-4 — and vtc's earlier ToMe variant (`protected: outside`) must
+not, on a one-CLS model, which proves the comparison can tell the two bipartite splits
+apart.
 """
 
 from __future__ import annotations
