@@ -21,12 +21,19 @@
    engine (`backend.kind: openvino`): parity on every family, ViT-B/16 tome-r16 ≥ 1.8×
    OpenVINO uncompressed (bench/openvino.py). 11. int8 (`backend.precision: int8`):
    ViT-B/16 tome-r16 ≥ 1.8× int8 uncompressed, and int8/fp32 for information
-   (bench/int8.py).
+   (bench/int8.py). 12. peers: one table per model (ViT-B/16 tome-r16, dinov2-small
+   r=16; batch 8): ORT fp32/int8, OpenVINO and PyTorch eager (SDPA) uncompressed, eager
+   PyTorch with the ToMe paper's patch, vtc + ORT fp32/int8 and vtc + OpenVINO, all
+   timed interleaved in one process, each with img/s, the paired ratio over the fastest
+   uncompressed peer and (dinov2-small) the Fashion-MNIST probe; the fastest vtc engine
+   ≥ 1.8× that peer on ViT-B/16, int8 ≥ 1.3× fp32 vtc, dinov2-small vtc int8 probe drop
+   ≤ 1.0 pt (bench/peers.py; tables in out/bench-peers/peers.md and .json).
 
 Sections 1-4 use random weights (fixed seed): speed and parity do not depend
 on them. Sections 5-6 (bench/real.py) use the zoo's real dinov2-small weights
-and Fashion-MNIST (`make data`). Prints one line per target and exits 1 if any
-is missed. `--only real` (or `synthetic`) runs one half.
+and Fashion-MNIST (`make data`); section 12 uses both. Prints one line per target and
+exits 1 if any is missed. `--only real` (or `synthetic`) runs one half, `--only peers`
+section 12 alone (both halves leave it out).
 """
 
 from __future__ import annotations
@@ -58,21 +65,22 @@ _SMALL = dict(hidden_size=96, num_hidden_layers=12, num_attention_heads=4,
               intermediate_size=192, image_size=64, patch_size=8)
 
 
-def _config(family: str) -> Any:
+def _config(family: str, **overrides: Any) -> Any:
     import transformers as tf
 
     cls_name, extra = FAMILY_CONFIGS[family]
     cfg_cls = {"vit": tf.ViTConfig, "deit": tf.DeiTConfig, "dinov2": tf.Dinov2Config,
                "clip": tf.CLIPVisionConfig, "siglip": tf.SiglipVisionConfig}[family]
-    return getattr(tf, cls_name), cfg_cls(**_SMALL, **extra)
+    return getattr(tf, cls_name), cfg_cls(**{**_SMALL, **extra, **overrides})
 
 
 def save_checkpoint(family: str, path: Path, seed: int = 0, **overrides: Any) -> Path:
+    """A seeded `family` model of the small shape (`_SMALL`, `overrides` on top: given to
+    the config's constructor, so settings derived from them, such as DINOv2's stage
+    names, follow), non-zero biases, saved at `path` as safetensors."""
     import torch
 
-    cls, cfg = _config(family)
-    for k, v in overrides.items():
-        setattr(cfg, k, v)
+    cls, cfg = _config(family, **overrides)
     torch.manual_seed(seed)
     model = cls(cfg).eval()
     with torch.no_grad():  # non-zero biases, so that parity sees real arithmetic
@@ -208,9 +216,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
-    ap.add_argument("--only", choices=["synthetic", "real", "startup"], default=None,
-                    help="run only sections 1-4 (synthetic), 5-6 (real weights) or 0 "
-                    "(start-up)")
+    ap.add_argument("--only", choices=["synthetic", "real", "startup", "peers"], default=None,
+                    help="run only sections 1-4 (synthetic), 5-6 (real weights), 0 "
+                    "(start-up) or 12 (the peer table)")
     args = ap.parse_args()
     results: list[tuple[bool | None, str]] = []
     t0 = time.perf_counter()
@@ -220,7 +228,7 @@ def main() -> int:
 
         print("[bench] start-up: vtc --help, vtc lint-trt (5 runs each) ...", flush=True)
         results += startup(tmp)
-        if args.only not in ("real", "startup"):
+        if args.only not in ("real", "startup", "peers"):
             print("[bench] engine parity on every family (tiny models, 12 blocks) ...",
                   flush=True)
             results += parity(tmp)
@@ -258,7 +266,7 @@ def main() -> int:
             print("[bench] LLaVA: tiny parity per recipe; LLaVA-1.5 shapes, prefill latency "
                   "(several minutes) ...", flush=True)
             results += vlm(tmp, rounds=5)
-        if args.only not in ("synthetic", "startup"):
+        if args.only not in ("synthetic", "startup", "peers"):
             from bench.real import dinov2_probe, dinov2_self_check, focus_unmerge
 
             print("[bench] dinov2-small: Fashion-MNIST probe + throughput (minutes) ...",
@@ -269,6 +277,12 @@ def main() -> int:
             print("[bench] third-party vit_s_focus.onnx: unmerge + saliency fidelity ...",
                   flush=True)
             results += focus_unmerge(tmp, args.repeats)
+        if args.only in (None, "peers"):
+            from bench.peers import peers
+
+            print("[bench] peers: ViT-B/16 and dinov2-small, 8 rows each, interleaved; "
+                  "the Fashion-MNIST probe per row (tens of minutes) ...", flush=True)
+            results += peers(tmp, args.repeats)
     for ok, text in results:
         print(_line(ok, text))
     targets = [ok for ok, _ in results if ok is not None]
