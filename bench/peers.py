@@ -152,6 +152,14 @@ def _probe(built: Built, spec: Spec, seed: int, log: Log) -> dict[str, Any]:
             "fitted_on": REFERENCE, "rows": rows}
 
 
+def _every(n: int, log: Log) -> Log:
+    """measure_interleaved's progress: every `n`-th round's line (medians so far)."""
+    def progress(msg: str) -> None:
+        if msg.startswith("round ") and int(msg.split()[1].rstrip(":")) % n == 0:
+            log(f"      {msg}")
+    return progress
+
+
 def measure(spec: Spec, tmp: Path, repeats: int, warmup: int, threads: int, log: Log,
             seed: int = 0) -> dict[str, Any]:
     """Build `spec`'s rows, time them interleaved, then run the probe; one table."""
@@ -162,7 +170,8 @@ def measure(spec: Spec, tmp: Path, repeats: int, warmup: int, threads: int, log:
         log(f"      timing 8 rows interleaved: {warmup} warm-up calls each, {repeats} rounds")
         t0 = time.perf_counter()
         timings = measure_interleaved(built.timed, batch=built.meta["batch"], warmup=warmup,
-                                      repeats=repeats, shuffle_seed=SHUFFLE_SEED)
+                                      repeats=repeats, shuffle_seed=SHUFFLE_SEED,
+                                      progress=_every(5, log))
         timing_s = time.perf_counter() - t0
         fastest, rows = table(timings)
         cos, tome_diff = _cosines(built)
