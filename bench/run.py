@@ -25,12 +25,19 @@
    ViT-B/16 tome-r16 ≥ 1.8× int8 uncompressed, and int8/fp32 for information
    (bench/int8.py). 12. Qwen2.5-VL: tiny parity per shipped recipe, and Qwen2.5-VL-3B
    shapes 256 → 64 visual tokens, LM prefill ≤ 0.40× the uncut genai bundle
-   (bench/vlm_qwen.py).
+   (bench/vlm_qwen.py). 13. peers: one table per model (ViT-B/16 tome-r16, dinov2-small
+   r=16; batch 8): ORT fp32/int8, OpenVINO and PyTorch eager (SDPA) uncompressed, eager
+   PyTorch with the ToMe paper's patch, vtc + ORT fp32/int8 and vtc + OpenVINO, all
+   timed interleaved in one process, each with img/s, the paired ratio over the fastest
+   uncompressed peer and (dinov2-small) the Fashion-MNIST probe; the fastest vtc engine
+   ≥ 1.8× that peer on ViT-B/16, int8 ≥ 1.3× fp32 vtc, dinov2-small vtc int8 probe drop
+   ≤ 1.0 pt (bench/peers.py; tables in out/bench-peers/peers.md and .json).
 
 Sections 1-4 use random weights (fixed seed): speed and parity do not depend
 on them. Sections 5-6 (bench/real.py) use the zoo's real dinov2-small weights
-and Fashion-MNIST (`make data`). Prints one line per target and exits 1 if any
-is missed. `--only real` (or `synthetic`) runs one half.
+and Fashion-MNIST (`make data`); section 13 uses both. Prints one line per target and
+exits 1 if any is missed. `--only real` (or `synthetic`) runs one half, `--only peers`
+section 13 alone (both halves leave it out), `--only NAME` any one section.
 """
 
 from __future__ import annotations
@@ -62,21 +69,22 @@ _SMALL = dict(hidden_size=96, num_hidden_layers=12, num_attention_heads=4,
               intermediate_size=192, image_size=64, patch_size=8)
 
 
-def _config(family: str) -> Any:
+def _config(family: str, **overrides: Any) -> Any:
     import transformers as tf
 
     cls_name, extra = FAMILY_CONFIGS[family]
     cfg_cls = {"vit": tf.ViTConfig, "deit": tf.DeiTConfig, "dinov2": tf.Dinov2Config,
                "clip": tf.CLIPVisionConfig, "siglip": tf.SiglipVisionConfig}[family]
-    return getattr(tf, cls_name), cfg_cls(**_SMALL, **extra)
+    return getattr(tf, cls_name), cfg_cls(**{**_SMALL, **extra, **overrides})
 
 
 def save_checkpoint(family: str, path: Path, seed: int = 0, **overrides: Any) -> Path:
+    """A seeded `family` model of the small shape (`_SMALL`, `overrides` on top: given to
+    the config's constructor, so settings derived from them, such as DINOv2's stage
+    names, follow), non-zero biases, saved at `path` as safetensors."""
     import torch
 
-    cls, cfg = _config(family)
-    for k, v in overrides.items():
-        setattr(cfg, k, v)
+    cls, cfg = _config(family, **overrides)
     torch.manual_seed(seed)
     model = cls(cfg).eval()
     with torch.no_grad():  # non-zero biases, so that parity sees real arithmetic
@@ -225,8 +233,8 @@ def torchscript_source(tmp: Path) -> list[tuple[bool, str]]:
 
 # `--only NAME`: one section (or a half) of the run, start-up always first
 SECTIONS = ("parity", "torchscript", "published", "speed", "openvino", "int8", "check-noise",
-            "third-party", "vlm", "vlm-qwen", "dinov2", "dinov2-self-check", "focus")
-HALVES = {"synthetic": SECTIONS[:10], "real": SECTIONS[10:], "startup": ()}
+            "third-party", "vlm", "vlm-qwen", "dinov2", "dinov2-self-check", "focus", "peers")
+HALVES = {"synthetic": SECTIONS[:10], "real": SECTIONS[10:13], "startup": ()}
 
 
 def main() -> int:
@@ -235,7 +243,8 @@ def main() -> int:
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     ap.add_argument("--only", choices=[*HALVES, *SECTIONS], default=None,
                     help="run only sections 1-4, 7, 9-12 (synthetic), 5-6 (real weights), 0 "
-                    "(start-up) or one section by name (start-up runs first either way)")
+                    "(start-up) or one section by name, e.g. peers (13, the peer table); "
+                    "start-up runs first either way")
     args = ap.parse_args()
     want = set(SECTIONS if args.only is None else HALVES.get(args.only, (args.only,)))
     results: list[tuple[bool | None, str]] = []
@@ -318,6 +327,12 @@ def main() -> int:
                 print("[bench] third-party vit_s_focus.onnx: unmerge + saliency fidelity ...",
                       flush=True)
                 results += focus_unmerge(tmp, args.repeats)
+        if "peers" in want:
+            from bench.peers import peers
+
+            print("[bench] peers: ViT-B/16 and dinov2-small, 8 rows each, interleaved; "
+                  "the Fashion-MNIST probe per row (tens of minutes) ...", flush=True)
+            results += peers(tmp, args.repeats)
     for ok, text in results:
         print(_line(ok, text))
     targets = [ok for ok, _ in results if ok is not None]

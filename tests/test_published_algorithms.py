@@ -1,10 +1,11 @@
 """vtc's engines against independent implementations of the published algorithms.
 
-`tests/reference/` re-implements ToMe (facebookresearch/ToMe) and PiToMe
-(hchautran/PiToMe, `pitome()` at 01b65c37) on Hugging Face ViT/DeiT models without
-importing vtc. vtc's ONNX rewrite, run in ONNX Runtime, must match them to 1e-4 —
-and vtc's earlier ToMe variant (`protected: outside`) must not, on a one-CLS model,
-which proves the comparison can tell the two bipartite splits apart.
+`tests/reference/` re-implements ToMe (facebookresearch/ToMe; on ViT, DeiT and DINOv2,
+with its layer scale) and PiToMe (hchautran/PiToMe, `pitome()` at 01b65c37, on ViT/DeiT)
+on Hugging Face models without importing vtc. vtc's ONNX rewrite, run in ONNX Runtime,
+must match them to 1e-4 — and vtc's earlier ToMe variant (`protected: outside`) must
+not, on a one-CLS model, which proves the comparison can tell the two bipartite splits
+apart.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def _oracle(fn: Any, tiny: LazyModels, variant: str, **kw: Any) -> np.ndarray:
     return next(iter(out.values())).numpy()
 
 
-@pytest.mark.parametrize("variant", ["vit-cls", "vit-enc", "deit-teacher"])
+@pytest.mark.parametrize("variant", ["vit-cls", "vit-enc", "deit-teacher", "dinov2"])
 @pytest.mark.parametrize("r", [2, [3, 0, 2], [4, 3, 1]])
 def test_tome_matches_the_published_algorithm(tiny: LazyModels, variant: str,
                                               r: int | list[int]) -> None:

@@ -241,10 +241,11 @@ def _load(opts: Options, src: Source, step: Steps) -> Loaded:
                 opts.allow_pickle, opts.log, opts.captions)
 
 
-def _compress(exported: Exported, budget: Budget, recipe: RecipeBase, loaded: Loaded,
-              tmp: Path, log: Callable[[str], None]) -> Compressed:
+def compress_graph(exported: Exported, budget: Budget, recipe: RecipeBase, loaded: Loaded,
+                   tmp: Path, log: Callable[[str], None]) -> Compressed:
     """The compress stage; a symbolic batch the rewritten graph cannot keep falls back to
-    the static build batch (baseline too) unless the recipe asked for it."""
+    the static build batch (baseline too) unless the recipe asked for it. Public for
+    benches that build engines stage by stage (bench/peers.py)."""
     try:
         return compress(exported, budget, recipe.unmerge, tmp, prepared=loaded.graph,
                         tokens_out=recipe.tokens_out)
@@ -272,7 +273,7 @@ def build(opts: Options, src: Source, tmp: Path, task_fn: TaskFn | None = None) 
     exported = export(loaded, recipe, tmp, opts.log)
     step(f"rewriting: {budget.label}, tokens {budget.tokens_in} → {budget.tokens_out}, "
          f"FLOPs ratio {budget.flops_ratio:.2f}")
-    comp = _compress(exported, budget, recipe, loaded, tmp, opts.log)
+    comp = compress_graph(exported, budget, recipe, loaded, tmp, opts.log)
     trt_lint = edge.lint(comp.path, recipe.backend.kind, opts.log, exported.baseline)
     dense = is_dense(comp.output_shape)
     if recipe.validate_.dataset and dense:

@@ -2,7 +2,9 @@
 
 Hidden 64, 3 layers, 4 heads, image 32, patch 8 (16 patches), intermediate 128,
 10 labels; every parameter perturbed with N(0, 0.1) noise so attention is far from
-uniform. ViT sequences have 17 tokens (CLS + 16), DeiT 18 (CLS + distill + 16).
+uniform. ViT sequences have 17 tokens (CLS + 16), DeiT 18 (CLS + distill + 16), DINOv2 17
+(CLS + 16; MLP ratio 2, layer scale 0.5 before the noise, so every block's two factors
+differ from 1 and from each other).
 """
 
 from __future__ import annotations
@@ -75,6 +77,27 @@ def _deit_model() -> Any:
     return _perturb(DeiTModel(DeiTConfig(**TINY)), 6)
 
 
+def _dinov2_config(**kw: Any) -> Any:
+    from transformers import Dinov2Config
+
+    dims = {k: v for k, v in TINY.items() if k != "intermediate_size"}
+    return Dinov2Config(**dims, mlp_ratio=2, layerscale_value=0.5, **kw)
+
+
+def _dinov2_model() -> Any:
+    from transformers import Dinov2Model
+
+    torch.manual_seed(0)
+    return _perturb(Dinov2Model(_dinov2_config()), 7)
+
+
+def _dinov2_swiglu() -> Any:
+    from transformers import Dinov2Model
+
+    torch.manual_seed(0)
+    return _perturb(Dinov2Model(_dinov2_config(use_swiglu_ffn=True)), 8)
+
+
 BUILDERS: dict[str, Callable[[], Any]] = {
     "vit_cls": _vit_cls,
     "vit_model": _vit_model,
@@ -82,6 +105,8 @@ BUILDERS: dict[str, Callable[[], Any]] = {
     "deit_teacher": _deit_teacher,
     "deit_cls": _deit_cls,
     "deit_model": _deit_model,
+    "dinov2_model": _dinov2_model,
+    "dinov2_swiglu": _dinov2_swiglu,
 }
 
 

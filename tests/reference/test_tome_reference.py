@@ -10,7 +10,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.reference.models import BUILDERS, _deit_teacher, _hf_output, _pixels, _vit_cls
+from tests.reference.models import (
+    BUILDERS,
+    _deit_teacher,
+    _dinov2_model,
+    _hf_output,
+    _pixels,
+    _vit_cls,
+)
 from tests.reference.tome_reference import (
     BlockTrace,
     bipartite_soft_matching,
@@ -74,6 +81,8 @@ def _expected_counts(n0: int, protected: int, schedule: list[int]) -> list[int]:
         ("deit_teacher", 8, [10, 6, 4]),
         ("deit_teacher", [8, 0, 8], [10, 10, 6]),
         ("deit_model", 3, [15, 12, 9]),
+        ("dinov2_model", 4, [13, 9, 5]),
+        ("dinov2_swiglu", [0, 5, 100], [17, 12, 7]),
     ],
 )
 def test_token_counts_follow_schedule(kind: str, r: int | list[int], counts: list[int]) -> None:
@@ -285,6 +294,32 @@ def test_batch_rows_are_independent() -> None:
         batched = tome_forward(model, pixels, 4)["logits"]
         single = torch.cat([tome_forward(model, pixels[i : i + 1], 4)["logits"] for i in range(3)])
         assert (batched - single).abs().max().item() <= 1e-5
+
+
+def test_dinov2_layer_scale_is_applied() -> None:
+    """DINOv2's layer scale (the published patch's ToMeBlock has no ls1/ls2): r = 0 matches
+    the model only with both factors applied, and each factor moves the output."""
+    model = _dinov2_model()
+    pixels = _pixels()
+    want = _hf_output(model, pixels)["pooler_output"]
+    assert (tome_forward(model, pixels, 0)["pooler_output"] - want).abs().max() <= 1e-5
+    for name in ("layer_scale1", "layer_scale2"):
+        changed = _dinov2_model()
+        with torch.no_grad():
+            for layer in changed.encoder.layer:
+                getattr(layer, name).lambda1.fill_(1.0)
+        got = tome_forward(changed, pixels, 0)["pooler_output"]
+        assert (got - want).abs().max() > 1e-3
+
+
+def test_dinov2_classifier_rejected() -> None:
+    from transformers import Dinov2ForImageClassification
+
+    from tests.reference.models import _dinov2_config
+
+    model = Dinov2ForImageClassification(_dinov2_config(num_labels=10)).eval()
+    with pytest.raises(TypeError, match="size-aware mean"):
+        tome_forward(model, _pixels(), 1)
 
 
 def test_training_mode_rejected() -> None:

@@ -1,11 +1,12 @@
-"""Independent reference implementation of Token Merging (ToMe) for Hugging Face ViT / DeiT.
+"""Independent reference implementation of Token Merging (ToMe) for Hugging Face ViT / DeiT
+and DINOv2.
 
 This module is a test oracle. It re-implements, from the published algorithm and the
 authors' reference code (Bolya et al., ICLR 2023, "Token Merging: Your ViT But Faster";
 github.com/facebookresearch/ToMe: ``tome/merge.py`` ``bipartite_soft_matching`` and
 ``merge_wavg``, ``tome/patch/timm.py`` ``ToMeBlock`` / ``ToMeAttention``, ``tome/utils.py``
-``parse_r``), the forward pass of a ToMe-patched transformers 5 ViT / DeiT model. It does
-not import anything from the project package ``vtc``.
+``parse_r``), the forward pass of a ToMe-patched transformers 5 ViT / DeiT / DINOv2
+(``Dinov2Model``) model. It does not import anything from the project package ``vtc``.
 
 What the reference does, and what is recomputed here block by block
 (``B`` = batch, ``N`` = current token count, ``C`` = hidden size, ``H`` = heads,
@@ -17,6 +18,16 @@ What the reference does, and what is recomputed here block by block
     x      = x + a
     x, size = merge_wavg(bipartite_soft_matching(metric, r), x, size)   # N -> N - r
     x      = x + mlp(layernorm_after(x))
+
+DINOv2 blocks carry layer scale (a learned per-channel factor ``ls``, HF's
+``layer_scale1`` / ``layer_scale2``) on both branches: ``x = x + ls1 * a`` and
+``x = x + ls2 * mlp(...)``, the merge still between the two. The published patch's
+``ToMeBlock.forward`` was copied from a timm ``Block`` that had no layer scale, so it has
+no ``ls1`` / ``ls2`` calls and would drop them on a layer-scale model; this oracle applies
+them where the unpatched block does, so that r = 0 is the model. ``Dinov2Model`` has no
+register tokens (``Dinov2WithRegistersModel`` is another class, not covered), and its
+output is the final layernorm's token 0 (``pooler_output``). ``Dinov2ForImageClassification``
+(which also averages the patch tokens) is refused: the patch defines no size-aware mean.
 
 Proportional attention adds ``log(size)`` ([B, 1, 1, N]) to the scaled attention logits
 along the key axis, in every block once token sizes exist (i.e. from the block after the
@@ -238,8 +249,11 @@ class BlockTrace:
 
 
 def _backbone(model: Any) -> Any:
-    """The ViTModel / DeiTModel inside ``model`` (or ``model`` itself)."""
-    if hasattr(model, "embeddings") and hasattr(model, "layers"):
+    """The ViTModel / DeiTModel / Dinov2Model inside ``model`` (or ``model`` itself)."""
+    if type(model).__name__ == "Dinov2ForImageClassification":
+        raise TypeError("Dinov2ForImageClassification pools the mean of the patch tokens; "
+                        "the ToMe patch defines no size-aware mean: use Dinov2Model")
+    if hasattr(model, "embeddings") and (hasattr(model, "layers") or hasattr(model, "encoder")):
         return model
     for name in ("vit", "deit"):
         inner = getattr(model, name, None)
@@ -248,13 +262,39 @@ def _backbone(model: Any) -> Any:
     raise TypeError(f"unsupported model type {type(model).__name__}")
 
 
+@dataclass(frozen=True)
+class _Block:
+    """One transformer block's parts, whatever the family calls them.
+
+    ``norm1`` / ``norm2``: the layernorms before attention and before the MLP; ``ls1`` /
+    ``ls2``: the layer-scale factors [C] of the two branches (None: no layer scale)."""
+
+    layer: Any
+    norm1: Any
+    norm2: Any
+    ls1: torch.Tensor | None
+    ls2: torch.Tensor | None
+
+
+def _blocks(backbone: Any) -> list[_Block]:
+    """ViT / DeiT (``layers``, ``layernorm_before`` / ``_after``) or DINOv2
+    (``encoder.layer``, ``norm1`` / ``norm2``, ``layer_scale1`` / ``2``)."""
+    if hasattr(backbone, "layers"):
+        return [_Block(layer, layer.layernorm_before, layer.layernorm_after, None, None)
+                for layer in backbone.layers]
+    if getattr(backbone.embeddings, "register_tokens", None) is not None:
+        raise TypeError("register tokens are not covered by this oracle")
+    return [_Block(layer, layer.norm1, layer.norm2, layer.layer_scale1.lambda1,
+                   layer.layer_scale2.lambda1) for layer in backbone.encoder.layer]
+
+
 def _attention(
     layer: Any, h: torch.Tensor, size: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Multi-head self-attention of one HF ViT/DeiT layer, with proportional attention.
+    """Multi-head self-attention of one HF ViT/DeiT/DINOv2 layer, with proportional attention.
 
     Args:
-        layer: a ``ViTLayer`` / ``DeiTLayer``.
+        layer: a ``ViTLayer`` / ``DeiTLayer`` / ``Dinov2Layer``.
         h: [B, N, C] layernorm_before output.
         size: [B, N, 1] token sizes, or None (no proportional attention term).
 
@@ -283,8 +323,13 @@ def _attention(
 
 
 def _mlp(layer: Any, h: torch.Tensor) -> torch.Tensor:
-    """fc1 → activation → fc2 of one HF ViT/DeiT layer; h [B, N, C] → [B, N, C]."""
+    """fc1 → activation → fc2 of one HF ViT/DeiT/DINOv2 layer (DINOv2's SwiGLU variant:
+    down(silu(gate(h)) * up(h))); h [B, N, C] → [B, N, C]."""
     mlp = layer.mlp
+    if hasattr(mlp, "gate_proj"):
+        gate = F.silu(F.linear(h, mlp.gate_proj.weight, mlp.gate_proj.bias))
+        up = F.linear(h, mlp.up_proj.weight, mlp.up_proj.bias)
+        return F.linear(gate * up, mlp.down_proj.weight, mlp.down_proj.bias)
     h = F.linear(h, mlp.fc1.weight, mlp.fc1.bias)
     h = mlp.activation_fn(h)
     return F.linear(h, mlp.fc2.weight, mlp.fc2.bias)
@@ -318,12 +363,13 @@ def tome_forward(
     prop_attn: bool = True,
     trace: list[BlockTrace] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Forward pass of an HF ViT/DeiT model with ToMe applied as the reference code does.
+    """Forward pass of an HF ViT/DeiT/DINOv2 model with ToMe applied as the reference code
+    does (DINOv2: with its layer scale, module docstring).
 
     Args:
         model: a transformers 5 ``ViTForImageClassification``, ``ViTModel``,
-            ``DeiTForImageClassificationWithTeacher``, ``DeiTForImageClassification`` or
-            ``DeiTModel`` in eval mode (float32).
+            ``DeiTForImageClassificationWithTeacher``, ``DeiTForImageClassification``,
+            ``DeiTModel`` or ``Dinov2Model`` in eval mode (float32).
         pixel_values: [B, 3, H, W] at the model's configured image size.
         r: tokens to remove per block: an int (same r in every block) or a per-block list
             (padded with zeros), each clipped per block to ``(N - protected) // 2``.
@@ -332,8 +378,8 @@ def tome_forward(
 
     Returns:
         ``{"logits": [B, num_labels]}`` for the classifiers, ``{"pooler_output": [B, C']}``
-        for ``ViTModel`` / ``DeiTModel`` (the pooler on token 0, or token 0 itself when the
-        model has no pooler).
+        for ``ViTModel`` / ``DeiTModel`` / ``Dinov2Model`` (the pooler on token 0, or token 0
+        itself when the model has no pooler).
     """
     if model.training:
         raise ValueError("tome_forward reproduces inference only; call model.eval() first")
@@ -341,25 +387,26 @@ def tome_forward(
     embeddings: Any = backbone.embeddings
     class_token = getattr(embeddings, "cls_token", None) is not None
     distill_token = getattr(embeddings, "distillation_token", None) is not None
-    layers = list(backbone.layers)
-    schedule = parse_r(len(layers), r)
+    blocks = _blocks(backbone)
+    schedule = parse_r(len(blocks), r)
 
     pixel_values = pixel_values.to(embeddings.patch_embeddings.projection.weight.dtype)
     x = embeddings(pixel_values)  # [B, N0, C]
     size: torch.Tensor | None = None
 
-    for layer, r_block in zip(layers, schedule, strict=True):
+    for blk, r_block in zip(blocks, schedule, strict=True):
         tokens_in = x.shape[1]
         attn_out, metric = _attention(
-            layer, _layer_norm(layer.layernorm_before, x), size if prop_attn else None
+            blk.layer, _layer_norm(blk.norm1, x), size if prop_attn else None
         )
-        x = x + attn_out
+        x = x + (attn_out if blk.ls1 is None else attn_out * blk.ls1)
         removed = 0
         if r_block > 0:
             matching = bipartite_soft_matching(metric, r_block, class_token, distill_token)
             x, size = merge_wavg(matching, x, size)
             removed = matching.r
-        x = x + _mlp(layer, _layer_norm(layer.layernorm_after, x))
+        mlp_out = _mlp(blk.layer, _layer_norm(blk.norm2, x))
+        x = x + (mlp_out if blk.ls2 is None else mlp_out * blk.ls2)
         if trace is not None:
             trace.append(BlockTrace(tokens_in, r_block, removed, x.shape[1], size, x))
 

@@ -28,6 +28,22 @@ def test_structure_warmup_and_interleaving() -> None:
     assert any("warmup a" in m for m in msgs) and any("round 5" in m for m in msgs)
 
 
+def test_shuffled_rounds_call_each_runner_once_in_varying_order() -> None:
+    calls: list[str] = []
+    names = [f"r{i}" for i in range(6)]
+    runners = {n: (lambda n=n: calls.append(n)) for n in names}
+    res = measure_interleaved(runners, batch=1, warmup=0, repeats=8, shuffle_seed=3)
+    rounds = [calls[i * 6:(i + 1) * 6] for i in range(8)]
+    assert all(sorted(r) == names for r in rounds)  # each runner once per round
+    # predecessors vary: a rotation would give each runner one predecessor only
+    preds = {n: {r[r.index(n) - 1] for r in rounds if r.index(n) > 0} for n in names}
+    assert max(len(p) for p in preds.values()) > 1
+    assert all(t.n == 8 for t in res.values())
+    calls.clear()
+    measure_interleaved(runners, batch=1, warmup=0, repeats=8, shuffle_seed=3)
+    assert [calls[i * 6:(i + 1) * 6] for i in range(8)] == rounds  # seeded: repeatable
+
+
 def test_min_time_extends_repeats() -> None:
     res = measure_interleaved(
         {"x": lambda: sum(range(2000))}, batch=1, repeats=1, warmup=0, min_time_s=0.02

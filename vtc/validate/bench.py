@@ -2,7 +2,10 @@
 
 Timing the candidates round-robin (one call each per round, starting position
 rotated every round) spreads clock boosts, thermal drift and background noise
-evenly over them, which back-to-back blocks of runs do not.
+evenly over them, which back-to-back blocks of runs do not. A rotation keeps each
+runner's predecessor fixed; with runners of several runtimes (whose worker threads
+may still spin on the cores after a call returns) `shuffle_seed` draws each round's
+order at random instead, so that no runner always follows the same one.
 """
 
 from __future__ import annotations
@@ -39,13 +42,16 @@ def measure_interleaved(
     repeats: int = 20,
     progress: Callable[[str], None] | None = None,
     min_time_s: float = 0.0,
+    shuffle_seed: int | None = None,
 ) -> dict[str, Timing]:
     """Time each zero-argument callable (one call = one batch of ``batch`` images).
 
     Every runner is first called ``warmup`` times, then rounds run until at
     least ``repeats`` rounds are done and every runner has accumulated
-    ``min_time_s`` seconds of measured time. Callables must block until their
-    result is ready (synchronise the GPU inside them).
+    ``min_time_s`` seconds of measured time; each round calls every runner once,
+    the start rotated every round, or (``shuffle_seed`` given) in an order drawn at
+    random per round from that seed. Callables must block until their result is
+    ready (synchronise the GPU inside them).
     """
     if not runners:
         raise ValueError("no runners to measure")
@@ -62,10 +68,13 @@ def measure_interleaved(
             runners[name]()
     samples: dict[str, list[float]] = {n: [] for n in names}
     totals = dict.fromkeys(names, 0.0)
+    rng = np.random.default_rng(shuffle_seed) if shuffle_seed is not None else None
     rnd = 0
     while rnd < repeats or min(totals.values()) < min_time_s:
         shift = rnd % len(names)
-        for name in names[shift:] + names[:shift]:
+        order = (names[shift:] + names[:shift] if rng is None
+                 else [names[i] for i in rng.permutation(len(names))])
+        for name in order:
             fn = runners[name]
             t0 = time.perf_counter()
             fn()
