@@ -14,8 +14,12 @@ the LLM prefill on Qwen2.5-VL-3B's shapes.
    written), timed interleaved. For information, the same decoder graph (vtc's
    last-token logits) on 256 vs 64 visual tokens (the part of the gain the cut alone
    makes), and the vision tower (unchanged by a cut after it).
+3. **PyramidDrop on the same shapes**, the LM cut to 4 layers so that three stages fit
+   (`qwen2_5_vl-pyramid` with stages after layers 1, 2 and 3, keeping 50 % of the visual
+   tokens each time: 256 → 128 → 64 → 32, 3B's 9/18/27 of 36 scaled to 4 layers):
+   prefill ≤ 0.65× the uncut genai bundle of the same 4-layer LM, timed interleaved.
 
-    python -m bench.vlm_qwen [--rounds 3] [--skip-large] [--only-large]
+    python -m bench.vlm_qwen [--rounds 3] [--skip-large] [--only-large] [--only-pyramid]
 
 The 3B-shaped part holds the model (about 5 GB in fp32) and both bundles' graphs; its
 tower alone takes about 10 s per image on two free cores (the timing rounds run it four
@@ -37,6 +41,8 @@ TINY_SIZE = 112
 LM_LAYERS = 3
 # per-recipe overrides for the tiny model's 4 LM layers (the shipped stages are the 3B's)
 TINY_SETS = {"qwen2_5_vl-pyramid": ["pyramid.stages=[1,2,3]"]}
+PYRAMID_LM_LAYERS = 4  # three stages need a layer before, between and after them
+PYRAMID_SETS = ["pyramid.stages=[1,2,3]", "pyramid.keep=0.5"]
 
 
 def _prompts(prompts: list[str]) -> str:
@@ -109,6 +115,43 @@ def large(tmp: Path, rounds: int) -> list[Row]:
     return rows
 
 
+def pyramid(tmp: Path, rounds: int) -> list[Row]:
+    """Part 3 (module docstring): PyramidDrop's three stages at 50 % against the uncut
+    genai bundle of the same 4-layer LM, interleaved (the pipeline's own timing)."""
+    from vtc.vlm import qwen2_5_vl
+
+    ckpt = tmp / "qwen25vl-3b-shape-4"
+    t = time.perf_counter()
+    cfg = qwen2_5_vl.qwen25vl_3b_config(lm_layers=PYRAMID_LM_LAYERS)
+    qwen2_5_vl.save_random(cfg, ckpt)
+    qwen2_5_vl.word_tokenizer(ckpt, cfg)
+    recipe = "qwen2_5_vl-pyramid"
+    rep = _report(ckpt, recipe, [*PYRAMID_SETS, f"generate.rounds={rounds}",
+                                 "generate.max_new_tokens=8", "generate.prompt_tokens=32",
+                                 _prompts([PROMPT32]), "generate.image_size=448"],
+                  tmp / "qwen-3b-pyramid", bench=True)
+    c, k = rep.cuts, rep.cost
+    assert k is not None
+    ratios = sorted(b / a for a, b in zip(k.prefill_samples_ms_uncut, k.prefill_samples_ms,
+                                          strict=True))
+    import shutil
+
+    shutil.rmtree(ckpt, ignore_errors=True)  # 5 GB: the next part builds its own
+    return [(
+        k.prefill_ratio <= 0.65,
+        f"Qwen2.5-VL-3B shapes, LM cut to {PYRAMID_LM_LAYERS} layers, {recipe} "
+        f"({' '.join(PYRAMID_SETS)}; runtime {rep.engine.kind}): LM layer tokens "
+        f"{c.lm_layer_tokens_uncut} → {c.lm_layer_tokens}, LM prefill "
+        f"{k.prefill_ms_uncut:.0f} → {k.prefill_ms:.0f} ms = {k.prefill_ratio:.3f}× the "
+        f"uncut genai bundle (per-round {ratios[0]:.3f}…{ratios[-1]:.3f}; {k.rounds} "
+        f"interleaved rounds; target ≤ 0.65); analytic LM FLOPs ratio {c.flops_ratio:.2f} "
+        f"(GFLOPs {c.lm_gflops_uncut:.0f} → {c.lm_gflops:.0f}); decode "
+        f"{k.decode_tok_s_uncut:.2f} → {k.decode_tok_s:.2f} tok/s; parity tokens equal "
+        f"{rep.parity.generation.tokens_equal:.2f}, first logits max |Δ| "
+        f"{rep.parity.generation.first_logits_max_abs_diff:.1e}; built and timed in "
+        f"{time.perf_counter() - t:.0f} s")]
+
+
 def _against_last_logits(folder: Path, rounds: int = 5) -> Row:
     """The VisionZip bundle's decoder (the builder's with vtc's last-token logits; a cut
     before the LLM leaves the decoder as it is) on its 64 visual tokens against the same
@@ -156,7 +199,7 @@ def _against_last_logits(folder: Path, rounds: int = 5) -> Row:
 def qwen(tmp: Path, rounds: int = 3, skip_large: bool = False) -> list[Row]:
     """Both parts (module docstring), for `make bench`."""
     rows = tiny(tmp)
-    return rows if skip_large else rows + large(tmp, rounds)
+    return rows if skip_large else rows + pyramid(tmp, rounds) + large(tmp, rounds)
 
 
 def main() -> int:
@@ -164,14 +207,16 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--skip-large", action="store_true")
     ap.add_argument("--only-large", action="store_true")
+    ap.add_argument("--only-pyramid", action="store_true", help="part 3 alone")
     args = ap.parse_args()
     t0 = time.perf_counter()
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="vtc-bench-qwen-") as d:
-        if not args.only_large:
+        if not (args.only_large or args.only_pyramid):
             rows += tiny(Path(d))
         if not args.skip_large:
-            rows += large(Path(d), args.rounds)
+            rows += pyramid(Path(d), args.rounds)
+            rows += [] if args.only_pyramid else large(Path(d), args.rounds)
     for ok, text in rows:
         print(("PASS " if ok else "MISS " if ok is False else "     ") + text)
     met = [ok for ok, _ in rows if ok is not None]

@@ -107,3 +107,12 @@ def test_every_encoder_recipe_gates_speed_and_a_fidelity_floor_per_output_kind()
             assert rec.gates["min_speedup"] >= 1.0, name
         else:
             assert "min_speedup" not in rec.gates  # none: nothing to pay off
+
+
+def test_an_exponent_without_a_dot_is_a_number() -> None:
+    """PyYAML's YAML 1.1 reads `1e-4` as text; --set and recipe files read it as a number
+    (a gate limit written that way was refused as text)."""
+    r = load_recipe("tome-r8", ["gates.max_text_parity_diff=1e-4", "tome.r=2"])
+    assert r.gates["max_text_parity_diff"] == pytest.approx(1e-4)
+    with pytest.raises(RecipeError, match="is text"):
+        load_recipe("tome-r8", ['gates.max_text_parity_diff="1e-4"'])

@@ -467,6 +467,19 @@ class _UniqueKeys(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+# YAML 1.1 (PyYAML) reads `1e-4` as text: its floats need a dot. Read an exponent without
+# one as a number, as YAML 1.2 and every user writing `--set gates.x=1e-4` expect.
+_UniqueKeys.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
+def parse_value(text: str) -> Any:
+    """One YAML value as `--set` reads it (`1e-4` a number); yaml.YAMLError if invalid."""
+    return _yaml(text)
+
+
 MAX_VALUES = 100_000  # a recipe holds a few dozen; YAML aliases can multiply them
 
 

@@ -46,7 +46,7 @@ from vtc.budget import BudgetError, Geometry
 from vtc.errors import InputError
 from vtc.output import building, check_out, publish
 from vtc.pipeline import Options, check_source_spec, protected_paths, run
-from vtc.recipe import Recipe, RecipeError, load_recipe
+from vtc.recipe import Recipe, RecipeError, load_recipe, parse_value
 from vtc.source import resolve
 from vtc.stages.load import load
 from vtc.sweep_plot import (
@@ -178,7 +178,7 @@ def _value_text(value: Any) -> tuple[str, Any]:
     """(text for --set and labels, parsed value); strings are YAML, as on the command line."""
     if isinstance(value, str):
         try:
-            return value, yaml.safe_load(value)
+            return value, parse_value(value)
         except yaml.YAMLError as exc:
             raise SweepError(f"value {value!r} is not valid YAML ({exc})") from exc
     return json.dumps(value), value

@@ -71,7 +71,12 @@ def check_size(cls: type[nn.Module], path: Path) -> None:
     if stored is None:
         return
     try:
-        config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+        # the class's own config reads a sub-config where the file holds a composite one
+        # (SiglipVisionModel from a full SiglipModel's config.json), as from_pretrained does
+        config_class = getattr(cls, "config_class", None)
+        config = (config_class.from_pretrained(path, local_files_only=True)
+                  if config_class is not None else
+                  AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False))
         with torch.device("meta"), quiet_transformers():
             model = cast(Any, cls)._from_config(config)
         needed = sum(p.numel() for p in model.parameters())
