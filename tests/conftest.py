@@ -206,3 +206,25 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         for line in bad:
             print(f"INVALID REPORT {line}")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+# The longest test files, longest first (`python -m pytest --durations=0`, 2026-12-07:
+# the README examples 158 s, the real dinov2 pipeline 118 s, then 25-50 s each). They are
+# handed out first, so that under `--dist loadfile` the two workers share the short files
+# at the end instead of one worker running a long file alone while the other idles (the
+# collection order put the two longest among the last files).
+LONGEST_FIRST = (
+    "tests/test_readme.py", "tests/zoo/test_real_pipeline.py", "tests/test_torch_attention.py",
+    "tests/test_engine_parity.py", "tests/test_cli.py", "tests/check/test_ci_script.py",
+    "tests/vlm/test_vlm_pipelines.py", "tests/vlm/test_decoder.py",
+    "tests/passes/test_fuse_attention.py", "tests/test_bad_input.py", "tests/vlm/test_bundle.py",
+    "tests/exporter/test_families.py", "tests/passes/test_dynamic_batch.py",
+    "tests/vlm/test_qwen.py", "tests/test_sweep.py", "tests/passes/test_merge_sites.py",
+)
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config,
+                                  items: list[pytest.Item]) -> None:
+    """Longest files first (LONGEST_FIRST); the rest keep their order (a stable sort)."""
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))
