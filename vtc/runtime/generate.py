@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -297,22 +297,13 @@ class VlmBundle:
         t0 = time.perf_counter()
         gen.set_inputs(self.inputs(ids, pixel_values))
         first = np.array(gen.get_logits(), dtype=np.float32).reshape(-1)
-        t1 = time.perf_counter()
-        tokens: list[int] = []
-        stopped = "max_new_tokens"
-        while len(tokens) < max_new_tokens and not gen.is_done():
-            gen.generate_next_token()
-            nxt = int(gen.get_next_tokens()[0])
-            tokens.append(nxt)
-            if on_token is not None:
-                on_token(nxt, time.perf_counter() - t1)
-            if nxt in self.eos and stop_at_eos:
-                stopped = "eos"
-                break
-        t2 = time.perf_counter()
-        text = self.tokenizer.decode([i for i in tokens if i not in self.eos])
-        return Result(tokens, text, first, t1 - t0, t2 - t1, full, stopped)
 
+        def tokens() -> Iterator[int]:
+            while not gen.is_done():
+                gen.generate_next_token()
+                yield int(gen.get_next_tokens()[0])
+
+        return self._decode(tokens(), first, t0, full, max_new_tokens, on_token, stop_at_eos)
 
     def _generate_ort(self, ids: list[int], pixel_values: np.ndarray, max_new_tokens: int,
                       on_token: Callable[[int, float], None] | None, stop_at_eos: bool
@@ -320,24 +311,39 @@ class VlmBundle:
         loop = self.loop()
         full = self.expand(ids)
         t0 = time.perf_counter()
-        logits, state = loop.prefill(full, pixel_values)
-        first = logits
+        first, state = loop.prefill(full, pixel_values)
+
+        def tokens() -> Iterator[int]:
+            logits = first
+            while True:  # a step runs only when the caller asks for one more token
+                nxt = int(np.argmax(logits))
+                yield nxt
+                logits = loop.step(nxt, state)
+
+        return self._decode(tokens(), first, t0, len(full), max_new_tokens, on_token,
+                            stop_at_eos)
+
+    def _decode(self, tokens: Iterator[int], first: np.ndarray, t0: float, lm_tokens: int,
+                max_new_tokens: int, on_token: Callable[[int, float], None] | None,
+                stop_at_eos: bool) -> Result:
+        """Draw greedy tokens from either runtime's generator (the prefill done since
+        `t0`) up to `max_new_tokens` or an end-of-sequence token; the Result."""
         t1 = time.perf_counter()
-        tokens: list[int] = []
+        out: list[int] = []
         stopped = "max_new_tokens"
-        while len(tokens) < max_new_tokens:
-            nxt = int(np.argmax(logits))
-            tokens.append(nxt)
+        while len(out) < max_new_tokens:
+            nxt = next(tokens, None)
+            if nxt is None:  # genai's generator is done (its max_length)
+                break
+            out.append(nxt)
             if on_token is not None:
                 on_token(nxt, time.perf_counter() - t1)
             if nxt in self.eos and stop_at_eos:
                 stopped = "eos"
                 break
-            if len(tokens) < max_new_tokens:
-                logits = loop.step(nxt, state)
         t2 = time.perf_counter()
-        text = self.tokenizer.decode([i for i in tokens if i not in self.eos])
-        return Result(tokens, text, first, t1 - t0, t2 - t1, len(full), stopped)
+        text = self.tokenizer.decode([i for i in out if i not in self.eos])
+        return Result(out, text, first, t1 - t0, t2 - t1, lm_tokens, stopped)
 
 
 def main(argv: list[str] | None = None) -> NoReturn:
