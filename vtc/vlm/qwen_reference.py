@@ -27,12 +27,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from vtc.methods.cut import get_cut
-
 from .plan import Cuts
 from .qwen2_5_vl import QwenGeometry
 from .qwen_vision import merged_output, to_lm
-from .reference import Greedy, _causal, own_probs
+from .reference import Greedy, LmCuts, _causal
 
 
 def _thw(geo: QwenGeometry) -> Tensor:
@@ -109,26 +107,11 @@ def generate(model: nn.Module, geo: QwenGeometry, cuts: Cuts, ids: list[int],
         h[0, at:at + feats.shape[0]] = feats
     nxt_pos = int(pos_full.max()) + 1
     cache = DynamicCache(config=lm.config)
-    steps = {int(st.layer or 0): (st, get_cut(st.method)) for st in cuts.lm_steps}
-    stages = {i: cut.lm_stage(st) for i, (st, cut) in steps.items()}
-    seen: dict[int, Tensor] = {}
-    hooks = []
-    for layer_at, stage in stages.items():
-        if stage.score != "previous":
-            continue
-
-        def hold(_mod: nn.Module, _inp: Any, out: Any, at_: int = layer_at) -> None:
-            seen[at_] = out[1]  # the probabilities of layer at - 1, read at layer at
-        hooks.append(lm.layers[layer_at - 1].self_attn.register_forward_hook(hold))
-    try:
+    with LmCuts(lm, cuts) as lm_cuts:
         with torch.no_grad():
             for i, layer in enumerate(lm.layers):
-                if i in steps:  # an LM cut: its method's own selection, on the attention
-                    (st, cut), stage = steps[i], stages[i]  # its stage names
-                    probs = (seen[i] if stage.score == "previous" else
-                             own_probs(lm, layer, h, pos) if stage.score == "own" else
-                             torch.zeros(h.shape[0], 1, 1, h.shape[1]))
-                    idx = cut.keep(st, probs, at)[0]
+                if i in lm_cuts.steps:  # an LM cut: its method's own selection
+                    idx, _ = lm_cuts.keep(i, layer, h, pos, at)
                     # kept tokens keep their 3-D positions (plan refuses a renumbering)
                     h, pos = h[:, idx], pos[:, :, idx]
                 h = layer(h, attention_mask=_causal(h.shape[1]), cache=cache, use_cache=True,
@@ -148,9 +131,6 @@ def generate(model: nn.Module, geo: QwenGeometry, cuts: Cuts, ids: list[int],
                     h = layer(h, attention_mask=None, cache=cache, use_cache=True,
                               position_embeddings=pe)
                 logits = m.lm_head(lm.norm(h[:, -1]))
-    finally:
-        for hook in hooks:
-            hook.remove()
     return Greedy(tokens, first)
 
 

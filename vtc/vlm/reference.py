@@ -19,7 +19,7 @@ Shapes: ``ids`` a list of token ids with one image token; ``image_embeds[1, K, D
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -29,6 +29,9 @@ from vtc.methods.cut import get_cut
 from .llava import VlmGeometry
 from .modules import VisionEncoder, to_lm
 from .plan import Cuts
+
+if TYPE_CHECKING:
+    from vtc.passes.decoder_cuts import CutStage
 
 
 @dataclass
@@ -94,6 +97,43 @@ def own_probs(lm: Any, layer: nn.Module, h: Tensor, pos: Tensor) -> Tensor:
     return logits.float().softmax(dim=-1)
 
 
+class LmCuts:
+    """The LM cuts of `cuts` by the layer they act before, for an eager reference that
+    drives HF's decoder layers (LLaVA's and Qwen2.5-VL's). Used as a context manager:
+    while open, a forward hook holds layer L-1's attention probabilities for each cut
+    whose stage scores on `previous` (as HF's layer returns them)."""
+
+    def __init__(self, lm: Any, cuts: Cuts) -> None:
+        self.lm = lm
+        self.steps = {int(st.layer or 0): (st, get_cut(st.method)) for st in cuts.lm_steps}
+        self.stages = {at: cut.lm_stage(st) for at, (st, cut) in self.steps.items()}
+        self.seen: dict[int, Tensor] = {}
+        self._hooks: list[Any] = []
+
+    def __enter__(self) -> LmCuts:
+        for at, stage in self.stages.items():
+            if stage.score == "previous":
+                def grab(_mod: nn.Module, _inp: Any, out: Any, at: int = at) -> None:
+                    self.seen[at] = out[1]  # layer at - 1's probabilities, read at layer at
+                self._hooks.append(self.lm.layers[at - 1].self_attn.register_forward_hook(grab))
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for hook in self._hooks:
+            hook.remove()
+
+    def keep(self, at: int, layer: nn.Module, h: Tensor, pos: Tensor, image_start: int
+             ) -> tuple[Tensor, CutStage]:
+        """The cut before layer `at` on hidden states `h` [1, S, D] at positions `pos`:
+        the kept rows' indices [K] by its method's `keep` on the attention its stage
+        names (layer at-1's held, layer at's own, or none), and the stage."""
+        (st, cut), stage = self.steps[at], self.stages[at]
+        probs = (self.seen[at] if stage.score == "previous" else
+                 own_probs(self.lm, layer, h, pos) if stage.score == "own" else
+                 torch.zeros(h.shape[0], 1, 1, h.shape[1]))
+        return cut.keep(st, probs, image_start)[0], stage
+
+
 def generate(model: nn.Module, geo: VlmGeometry, cuts: Cuts, embeds: Tensor, image_start: int,
              max_new: int, eos: set[int]) -> Greedy:
     """Greedy decoding through HF's decoder layers with the LM cuts, each by its method's
@@ -106,28 +146,14 @@ def generate(model: nn.Module, geo: VlmGeometry, cuts: Cuts, embeds: Tensor, ima
     m: Any = model
     lm = m.model.language_model
     cache = DynamicCache(config=lm.config)
-    steps = {int(st.layer or 0): (st, get_cut(st.method)) for st in cuts.lm_steps}
-    stages = {at: cut.lm_stage(st) for at, (st, cut) in steps.items()}
-    seen: dict[int, Tensor] = {}
-    hooks = []
-    for at, stage in stages.items():
-        if stage.score != "previous":
-            continue
-        def grab(_mod: nn.Module, _inp: Any, out: Any, at: int = at) -> None:
-            seen[at] = out[1]  # the probabilities of layer at - 1, read at layer at
-        hooks.append(lm.layers[at - 1].self_attn.register_forward_hook(grab))
     nxt_pos: list[int] = []  # per layer: the position of the first decoded token
-    try:
+    with LmCuts(lm, cuts) as lm_cuts:
         with torch.no_grad():
             h, s = embeds, embeds.shape[1]
             pos = torch.arange(s)[None]
             for i, layer in enumerate(lm.layers):
-                if i in steps:  # an LM cut: its method's own selection
-                    (st, cut), stage = steps[i], stages[i]
-                    probs = (seen[i] if stage.score == "previous" else
-                             own_probs(lm, layer, h, pos) if stage.score == "own" else
-                             torch.zeros(h.shape[0], 1, 1, h.shape[1]))
-                    idx = cut.keep(st, probs, image_start)[0]
+                if i in lm_cuts.steps:  # an LM cut: its method's own selection
+                    idx, stage = lm_cuts.keep(i, layer, h, pos, image_start)
                     h = h[:, idx]
                     pos = pos[:, idx] if stage.positions == "keep" else \
                         torch.arange(len(idx))[None]
@@ -148,9 +174,6 @@ def generate(model: nn.Module, geo: VlmGeometry, cuts: Cuts, embeds: Tensor, ima
                     h = layer(h, attention_mask=None, position_ids=p, cache=cache,
                               use_cache=True, position_embeddings=lm.rotary_emb(h, p))
                 logits = m.lm_head(lm.norm(h[:, -1]))
-    finally:
-        for hook in hooks:
-            hook.remove()
     return Greedy(tokens, first)
 
 
