@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.reference import visionzip_reference
 from vtc.budget import BudgetError
 from vtc.methods import get
 from vtc.methods.cut import cls_score
@@ -17,25 +18,12 @@ def visionzip_as_published(feats: torch.Tensor, attn: torch.Tensor, metric: torc
                            dominant: int, contextual: int) -> torch.Tensor:
     """VisionZip's feature selection written as the reference code does it (boolean
     masks, masked_select, scatter of a one-hot assignment, isin) — not vtc's op."""
-    b, t, c = feats.shape
+    b, t, _ = feats.shape
     cls_att = attn.sum(dim=1)[:, 0, 1:]
     idx = torch.topk(cls_att, dominant - 1, dim=-1).indices + 1
     idx = torch.cat([torch.zeros(b, 1, dtype=torch.long), idx], dim=1)
     keep = torch.zeros(b, t, dtype=torch.bool).scatter_(1, idx, True)
-    dom = torch.masked_select(feats, keep[..., None]).view(b, dominant, c)
-    rest_n = t - dominant
-    rest = torch.masked_select(feats, ~keep[..., None]).view(b, rest_n, c)
-    m = metric[~keep].view(b, rest_n, -1)
-    m = m / m.norm(p=2, dim=-1, keepdim=True)
-    step = max(1, rest_n // contextual)
-    tgt = torch.arange(0, rest_n, step)[:contextual]
-    other = ~torch.isin(torch.arange(rest_n), tgt)
-    sim = torch.bmm(m[:, other], m[:, tgt].transpose(1, 2))
-    one_hot = torch.zeros(b, int(other.sum()), contextual).scatter_(
-        2, sim.argmax(-1, keepdim=True), 1.0)
-    counts = 1 + one_hot.sum(dim=1)[..., None]
-    ctx = (torch.bmm(one_hot.transpose(1, 2), rest[:, other]) + rest[:, tgt]) / counts
-    return torch.cat([dom, ctx], dim=1)
+    return visionzip_reference.merge(feats, metric, keep, dominant, contextual)[0]
 
 
 @pytest.mark.parametrize(("t", "dominant", "contextual"),

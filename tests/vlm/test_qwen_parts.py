@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.reference import visionzip_reference
 from vtc.methods.cut import CutStep
 from vtc.methods.visionzip import select
 from vtc.runtime import mrope
@@ -72,25 +73,10 @@ def visionzip_without_cls(feats: torch.Tensor, score: torch.Tensor, metric: torc
                           dominant: int, contextual: int) -> tuple[torch.Tensor, list[int]]:
     """VisionZip with no CLS, written as the reference code's masks (masked_select,
     scatter, isin) over the score a tower without CLS gives — not vtc's op."""
-    b, t, c = feats.shape
+    b, t, _ = feats.shape
     idx = torch.topk(score, dominant, dim=-1).indices
     keep = torch.zeros(b, t, dtype=torch.bool).scatter_(1, idx, True)
-    dom = torch.masked_select(feats, keep[..., None]).view(b, dominant, c)
-    rest_n = t - dominant
-    rest = torch.masked_select(feats, ~keep[..., None]).view(b, rest_n, c)
-    rest_pos = torch.arange(t)[~keep[0]]
-    m = metric[~keep].view(b, rest_n, -1)
-    m = m / m.norm(p=2, dim=-1, keepdim=True)
-    step = max(1, rest_n // contextual)
-    tgt = torch.arange(0, rest_n, step)[:contextual]
-    other = ~torch.isin(torch.arange(rest_n), tgt)
-    sim = torch.bmm(m[:, other], m[:, tgt].transpose(1, 2))
-    one_hot = torch.zeros(b, int(other.sum()), contextual).scatter_(
-        2, sim.argmax(-1, keepdim=True), 1.0)
-    counts = 1 + one_hot.sum(dim=1)[..., None]
-    ctx = (torch.bmm(one_hot.transpose(1, 2), rest[:, other]) + rest[:, tgt]) / counts
-    where = torch.arange(t)[keep[0]].tolist() + rest_pos[tgt].tolist()
-    return torch.cat([dom, ctx], dim=1), where
+    return visionzip_reference.merge(feats, metric, keep, dominant, contextual)
 
 
 @pytest.mark.parametrize(("t", "dominant", "contextual"), [(16, 3, 1), (256, 54, 10),
