@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -70,6 +71,30 @@ def export(model: torch.nn.Module, path: Path, batch: int = 2, dynamo: bool = Tr
     return path
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """One compute thread per xdist worker. The suite runs two workers on two cores; left
+    to their defaults, torch and every onnxruntime session in each worker start a thread
+    per core, and onnxruntime's spinning threads then wait on each other: measured on the
+    passes, engine-parity and torch-attention files, 98-100 s with the defaults against
+    88-89 s with one thread each (2026-12-07). A session that sets its own thread count
+    keeps it; subprocesses inherit OMP_NUM_THREADS (torch's count)."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    import onnxruntime as ort
+
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+    init = ort.InferenceSession.__init__
+
+    def one_thread(self: Any, model: Any, sess_options: Any = None, *a: Any, **k: Any) -> None:
+        opts = sess_options if sess_options is not None else ort.SessionOptions()
+        if opts.intra_op_num_threads == 0:
+            opts.intra_op_num_threads = 1
+        init(self, model, opts, *a, **k)
+
+    ort.InferenceSession.__init__ = one_thread  # type: ignore[method-assign]
+
+
 # CLI flags that keep a pipeline run on a tiny model to a few seconds.
 FAST = ["--set", "validate.repeats=2", "--set", "validate.warmup=1", "--set",
         "validate.samples=4", "--batch", "2"]
@@ -121,6 +146,18 @@ VLM_SCHEMA = json.loads((Path(__file__).parents[1] / "vtc" / "vlm.schema.json").
 def schema_of(report: dict) -> dict:
     """A vision-language bundle's report (kind: vlm) has its own schema."""
     return VLM_SCHEMA if report.get("kind") == "vlm" else SCHEMA
+
+
+# One validator per schema, the schema checked once: `jsonschema.validate` checks the
+# schema against its metaschema on every call (about 0.1 s per report here).
+_VALIDATORS = {id(s): jsonschema.validators.validator_for(s)(s) for s in (SCHEMA, VLM_SCHEMA)}
+for _v in _VALIDATORS.values():
+    _v.check_schema(_v.schema)
+
+
+def validate_report(report: dict) -> None:
+    """Raise jsonschema.ValidationError when `report` does not match its schema."""
+    _VALIDATORS[id(schema_of(report))].validate(report)
 CHECKED: list[Path] = []
 
 
@@ -136,7 +173,7 @@ def reports_match_the_schema() -> Iterator[None]:
 
     def checked(out_dir: Path, report: object) -> tuple[Path, Path]:
         paths = real(out_dir, report)  # type: ignore[arg-type]
-        jsonschema.validate(json.loads(paths[0].read_text()), SCHEMA)
+        _VALIDATORS[id(SCHEMA)].validate(json.loads(paths[0].read_text()))
         CHECKED.append(paths[0])
         return paths
 
@@ -188,14 +225,14 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Validate every report.json left under the session's temp dir (bundles written by
     subprocesses included); a bad one fails the session with its path."""
     factory = getattr(session.config, "_tmp_path_factory", None)
-    if factory is None:
-        return
+    if factory is None or os.environ.get("PYTEST_XDIST_WORKER"):
+        return  # (under xdist the controller scans the workers' temp dirs, all of them)
     bad = []
     found = list(factory.getbasetemp().rglob("report.json"))
     for path in found:
         try:
             data = json.loads(path.read_text())
-            jsonschema.validate(data, schema_of(data))
+            validate_report(data)
         except (jsonschema.ValidationError, ValueError) as exc:
             bad.append(f"{path}: {str(exc).splitlines()[0]}")
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
@@ -208,11 +245,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
-# The longest test files, longest first (`python -m pytest --durations=0`, 2026-12-07:
-# the README examples 158 s, the real dinov2 pipeline 118 s, then 25-50 s each). They are
-# handed out first, so that under `--dist loadfile` the two workers share the short files
-# at the end instead of one worker running a long file alone while the other idles (the
-# collection order put the two longest among the last files).
+# The longest test files, longest first (`python -m pytest --durations=0`, 2026-12-07, one
+# thread per worker: the README examples 95 s, the real dinov2 pipeline 98 s, then 20-50 s
+# each). They are handed out first, so that under `--dist loadfile` the two workers share
+# the short files at the end instead of one worker running a long file alone while the
+# other idles. pyproject's addopts pass `--no-loadscope-reorder`: by default xdist hands
+# files out by their number of tests, most first, which put these two-test files last.
 LONGEST_FIRST = (
     "tests/test_readme.py", "tests/zoo/test_real_pipeline.py", "tests/test_torch_attention.py",
     "tests/test_engine_parity.py", "tests/test_cli.py", "tests/check/test_ci_script.py",

@@ -388,3 +388,13 @@ def test_check_py_tensorrt_plumbing_with_a_stand_in(bundle: Path, tmp_path: Path
     (copy / "trt" / "model.plan").write_bytes(b"stale")
     assert mod.main(["--runtime", "tensorrt"]) == 2
     assert "delete it and run again" in capsys.readouterr().err
+
+
+def test_runtime_sessions_take_omp_num_threads(bundle: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """`python -m vtc.runtime` runs on OMP_NUM_THREADS threads, as vtc's engines do."""
+    from vtc.runtime import open_session
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    sess = open_session(bundle / "model.onnx")
+    assert sess.get_session_options().intra_op_num_threads == 3

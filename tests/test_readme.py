@@ -12,7 +12,7 @@ through bash, exactly as the README spells it (comments and blank lines skipped,
 continuations joined). Each must exit 0.
 
 The commands run with ``VTC_SPEED_GATES=advisory``: this test checks that the examples
-run as written, not how fast a 192-wide ViT is while the suite's other worker loads the
+run as written, not how fast a 96-wide ViT is while the suite's other worker loads the
 same two cores (a CI run measured tome-r8 at 0.88× [0.78, 0.95] that way, against ≥ 1.0
 alone). Speed gates are tested on fixed figures (tests/validate/test_gates.py) and
 measured by ``make bench``; the speedup is still measured and printed here.
@@ -35,8 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- readme-examples: start -->", "<!-- readme-examples: end -->"
 
 # ViT-B/16's geometry (224 px, patch 16, 197 tokens, 12 blocks) at a width CI can afford.
-README_VIT = dict(hidden_size=192, num_hidden_layers=12, num_attention_heads=3,
-                  intermediate_size=768, image_size=224, patch_size=16, num_labels=5)
+README_VIT = dict(hidden_size=96, num_hidden_layers=12, num_attention_heads=3,
+                  intermediate_size=384, image_size=224, patch_size=16, num_labels=5)
 
 
 def readme_commands(text: str) -> list[str]:

@@ -107,7 +107,8 @@ class BackendCfg(_Strict):
     options: dict[str, Any] = Field(default_factory=dict)
     providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"],
                                  min_length=1)
-    threads: int | None = Field(default=None, ge=1, le=1024)  # null: the engine's default
+    # null: OMP_NUM_THREADS when set (vtc.backends.options.env_threads), else the engine's
+    threads: int | None = Field(default=None, ge=1, le=1024)
     # fp16: fp16 arithmetic with fp32 inputs, outputs and merge/prune decisions; int8:
     # weight MatMuls/Gemms int8, calibrated on the validation images, decisions fp32;
     # parity still runs an fp32 engine (vtc.backends.options)

@@ -126,3 +126,27 @@ def test_provider_options_reach_the_session(tmp_path: Path) -> None:
         assert r.provider_options == {CPU: {}}
         assert r.device == "cpu" and not r.cuda_graph
     assert CPU in ort.get_available_providers()
+
+
+@pytest.mark.parametrize(("env", "recipe_threads", "threads"), [
+    (None, None, None), ("3", None, 3), ("3", 2, 2), ("0", None, None), ("two", None, None)])
+def test_engine_threads_default_to_omp_num_threads(monkeypatch: pytest.MonkeyPatch,
+                                                   env: str | None, recipe_threads: int | None,
+                                                   threads: int | None) -> None:
+    """No `backend.threads`: the engines take OMP_NUM_THREADS (what torch reads); a recipe's
+    own count wins; a value that is not a positive integer leaves the engine's default."""
+    from vtc.recipe import load_recipe
+    from vtc.stages.compile import options
+
+    if env is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", env)
+    sets = [] if recipe_threads is None else [f"backend.threads={recipe_threads}"]
+    assert options(load_recipe("tome-r8", sets)).threads == threads
+
+
+def test_the_thread_count_reaches_the_session(tmp_path: Path) -> None:
+    model = linear_ln_gelu(tmp_path / "m.onnx")
+    with OrtRunner(model, intra_op_threads=3) as r:
+        assert r._sess().get_session_options().intra_op_num_threads == 3

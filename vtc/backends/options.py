@@ -17,6 +17,7 @@ the options each execution provider documents, before any work (`check_ort`).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -70,6 +71,15 @@ KNOWN_OPTIONS: dict[str, frozenset[str]] = {
         "has_user_compute_stream", "user_compute_stream",
     }),
 }
+
+
+def env_threads() -> int | None:
+    """``OMP_NUM_THREADS`` as a thread count, or None when it is unset or not a positive
+    integer: the engines' thread count when a recipe sets no ``backend.threads``, so that
+    ONNX Runtime and OpenVINO use the threads torch (which reads the same variable) uses,
+    e.g. one each when CI runs jobs side by side on the same cores."""
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else None
 
 
 def option_value(v: object) -> str:

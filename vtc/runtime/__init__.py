@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -117,6 +118,9 @@ def open_session(path: Path, providers: Sequence[str] | None = None) -> Any:
                           "for CUDA")
     opts = ort.SessionOptions()
     opts.log_severity_level = 3  # errors only: stdout/stderr stay one line per image
+    threads = os.environ.get("OMP_NUM_THREADS", "").strip()  # as vtc's engines read it
+    if threads.isdigit() and int(threads) > 0:
+        opts.intra_op_num_threads = int(threads)
     try:
         return ort.InferenceSession(str(path), opts, providers=providers)
     except Exception as exc:  # onnxruntime's own error types: one line, exit 2

@@ -73,11 +73,12 @@ def options(recipe: RecipeBase, input_shape: tuple[int, ...] | None = None
             ) -> EngineOptions:
     """The recipe's `backend:` section as the engines read it (option values as the
     strings onnxruntime takes)."""
-    from vtc.backends.options import option_value
+    from vtc.backends.options import env_threads, option_value
 
     b = recipe.backend
     return EngineOptions(
-        providers=tuple(b.providers), threads=b.threads, precision=b.precision,
+        providers=tuple(b.providers), precision=b.precision,
+        threads=b.threads if b.threads is not None else env_threads(),
         provider_options={p: {k: option_value(v) for k, v in o.items()}
                           for p, o in b.provider_options.items()},
         cuda_graph=b.cuda_graph, io_binding=b.io_binding, engine=dict(b.options),
