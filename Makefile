@@ -12,8 +12,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# constraints.txt pins torch==2.13.0 (CPU build): without it pip pulls CUDA wheels.
-	# --no-compile: Python compiles the modules it imports when it first imports them;
-	# compiling all of torch at install took 40 of the 84 s (2026-12-07).
+	# --no-compile: the modules are compiled when first imported (the test run writes their
+	# bytecode, below); compiling all of torch at install took 40 of the 84 s (2026-12-07).
 	$(BIN)/pip install -q --no-compile -c constraints.txt torch==2.13.0 $(ORT)
 	$(BIN)/pip install -q --no-compile -c constraints.txt -e '.[dev]'
 	# TensorRT type stubs for mypy only (TensorRT itself is not installable here).
@@ -30,8 +30,11 @@ demo: $(STAMP)
 data: $(STAMP)
 	$(BIN)/vtc data install fashion-mnist
 
+# The suite starts a few hundred Python processes: it writes bytecode even where the
+# environment sets PYTHONDONTWRITEBYTECODE (tests/conftest.py does the same for a bare
+# `python -m pytest`), so that only the first process compiles torch and vtc.
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -m pytest
 
 bench: $(STAMP) data
 	$(BIN)/python -m bench.run
