@@ -17,11 +17,12 @@ tiny models, all through onnxruntime-genai bundles.
    HF model with the same cuts, first-step logits max |Δ| ≤ 1e-3; and the int4 decoder
    against the fp32 one (random weights: a plumbing figure, not a quality one).
 
-4. ``--full`` (a one-off, not CI; about 14 GB of disk and most of this machine's
-   memory): a LLaVA-1.5-7B-shaped checkpoint, all 32 LM layers, to an int4 decoder with
-   FastV, peak memory ≤ 20 GiB (bench/vlm_full.py).
+4. ``--full`` (a one-off, not CI; about 60 GB of disk at its peak and most of this
+   machine's memory): a LLaVA-1.5-7B-shaped checkpoint, all 32 LM layers, to a whole
+   int4 bundle with FastV by vtc-export's pipeline, peak memory ≤ 20 GiB
+   (bench/vlm_full.py).
 
-    python -m bench.vlm [--rounds 5] [--skip-large] [--only RECIPE] [--full]
+    python -m bench.vlm [--rounds 5] [--skip-large] [--only RECIPE] [--full [--checkpoint DIR]]
 """
 
 from __future__ import annotations
@@ -200,7 +201,8 @@ def tiny(tmp: Path) -> list[Row]:
                                      "generate.max_new_tokens=16", f"generate.prompts={prompts}"],
                       tmp / f"tiny-{recipe}", bench=False)
         p = rep.parity.generation
-        ok = p.tokens_equal == 1.0 and p.first_logits_max_abs_diff <= 1e-3
+        ok = (p.tokens_equal == 1.0 and p.first_logits_max_abs_diff is not None
+              and p.first_logits_max_abs_diff <= 1e-3)
         rows.append((ok, f"tiny LLaVA {recipe} ({' '.join(sets) or 'as shipped'}): greedy "
                          f"tokens equal on {p.tokens_equal:.2f} of {p.prompts} prompts × "
                          f"{p.max_new_tokens} tokens, first logits max |Δ| "
@@ -226,14 +228,17 @@ def main() -> int:
                     help="only this recipe on the LLaVA-1.5-shaped model (no tiny part, no "
                          "decoder sizes)")
     ap.add_argument("--full", action="store_true",
-                    help="only the full-depth 7B-shaped int4 build (bench/vlm_full.py)")
+                    help="only the full-depth 7B-shaped int4 bundle (bench/vlm_full.py)")
+    ap.add_argument("--checkpoint", type=Path, default=None,
+                    help="--full: the random 7B-shaped checkpoint's folder (written there "
+                         "unless an earlier run left one; default: a temporary folder)")
     args = ap.parse_args()
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="vtc-bench-vlm-") as d:
         if args.full:
             from bench.vlm_full import full
 
-            rows = full(Path(d))
+            rows = full(Path(d), checkpoint=args.checkpoint)
         elif args.only:
             rows = large(Path(d), args.rounds, (args.only,), sizes_too=False)
         else:

@@ -1,30 +1,36 @@
 """One full-depth build (issue 18; a one-off, not CI): a LLaVA-1.5-7B-shaped checkpoint
-(all 32 LM layers, random fp16 weights written to disk) to an int4 decoder with FastV,
-within this machine's memory.
+(all 32 LM layers, random fp16 weights written to disk) to a whole int4 bundle with
+FastV, by the same pipeline as ``vtc-export``, within this machine's memory.
 
     random fp16 checkpoint (safetensors shards, written tensor by tensor: the model is
-        never materialised) ─► vtc.vlm.decoder.write_lm_dir (streamed, ≤ 2 GiB buffered)
-        ─► onnxruntime-genai model builder -p int4 (subprocess) ─► vtc.vlm.decoder.rewrite
-        (FastV after layer 2 keeping 288 of 576 visual tokens, last-token logits)
-        ─► one prefill through onnxruntime (the rewritten graph runs)
+        never materialised; or --checkpoint DIR, written by an earlier run)
+    ─► vtc.pipeline.run, recipe llava-fastv with generate.precision int4, one prompt,
+       4 new tokens, --no-bench:
+         load (generate.stream_lm auto: the LM's 25.9 GB of fp32 layers are over 40 % of
+           this machine's memory, so the eager reference streams them, vtc.vlm.stream)
+         ─► LM directory (streamed) ─► model builder fp32 ─► int4 one weight at a time
+         ─► decoder passes (FastV after layer 2 keeping 288 of 576 visual tokens)
+         ─► vision and embedding graphs ─► validation: onnxruntime-genai generates, the
+            eager reference (HF's layers, streamed) with the same cuts and HF's own uncut
+            generate run the same prompt ─► report.json
+    ─► one prefill of the bundle's decoder through onnxruntime (the FastV cut shortens
+       the last layer's KV)
 
-Printed beside their limits: the peak resident memory of the process tree (sampled every
-0.2 s, summed over the bench and its builder subprocess; also the largest single process,
-what ``/usr/bin/time -v`` reports), and that the decoder holds each LM weight once (one
-quantized initializer per projection of each of the 32 layers and the head, no token
-table, and its bytes within 10 % of one int4 copy of the LM's matrices).
+Printed beside their limits: the peak resident memory of the process tree during the
+export (sampled every 0.2 s, summed over the bench and its builder subprocess; also the
+largest single process, what ``/usr/bin/time -v`` reports), that the decoder holds each
+LM weight once (one quantized initializer per projection of each of the 32 layers and
+the head, no token table, its bytes within 10 % of one int4 copy of the LM's matrices),
+and what the validation found (no fp32 twin decoder: it would hold 25.9 GB; the int4
+decoder is judged against the streamed eager reference, random weights).
 
-What this does not cover: the vision (0.3 B parameters) and embedding graphs, and the
-eager parity check. `vtc-export` on a 7B checkpoint loads the whole model in fp32 for the
-eager reference (about 28 GB) and does not fit on a 24 GiB machine (docs/limits.md).
-
-    python -m bench.vlm --full [--keep DIR]
+    python -m bench.vlm --full [--checkpoint DIR]
 """
 
 from __future__ import annotations
 
+import json
 import os
-import shutil
 import threading
 import time
 from pathlib import Path
@@ -32,7 +38,7 @@ from typing import Any
 
 Row = tuple[bool | None, str]
 LIMIT_GIB = 20.0
-FASTV_LAYER = 2  # llava-fastv: after layer 2, keep 50 % of the visual tokens
+
 
 
 class PeakRss:
@@ -185,53 +191,75 @@ def prefill_once(decoder: Path, text_config: Any, length: int, cut: tuple[int, i
                 f"dropped by FastV ({cut[1]} of {cut[0]} kept)")
 
 
-def full(tmp: Path, log: Any = print, cfg: Any = None) -> list[Row]:
-    """The build (module docstring) of `cfg` (default: LLaVA-1.5-7B's shapes) in `tmp`."""
-    from vtc.passes.decoder_cuts import CutPlan, CutStage, DecoderCuts
-    from vtc.stages.vlm import image_start
-    from vtc.vlm import decoder, llava
+def _export(ckpt: Path, out: Path, log: Any) -> Any:
+    """vtc-export's pipeline on `ckpt`: llava-fastv, int4, one prompt, no timing."""
+    from vtc import pipeline
+    from vtc.recipe import load_recipe
+
+    rec = load_recipe("llava-fastv", ["generate.precision=int4", "generate.max_new_tokens=4",
+                                      "generate.prompts=['Describe the image.']"])
+    return pipeline.run(pipeline.Options(source=str(ckpt), recipe=rec, out=out, batch=1,
+                                         bench=False, log=log)).report
+
+
+def validated(report: Any) -> Row:
+    """What the bundle's own validation found (report.json)."""
+    gen, dep = report.parity.generation, report.parity.deployment
+    ok = (gen.reference == "streamed" and gen.vision_max_abs_diff <= 1e-4
+          and dep is not None and dep.against == "eager reference")
+    return (ok, f"validated through {report.engine.kind}: eager reference {gen.reference} "
+                f"(LM layers read from the checkpoint), vision graph max |diff| "
+                f"{gen.vision_max_abs_diff:.1e} (limit 1e-4); int4 decoder vs the eager "
+                f"reference with the same cuts ({dep.against if dep else '-'}): greedy tokens "
+                f"equal {dep.tokens_equal if dep else '-'}, first-logits cosine "
+                f"{dep.first_logits_cosine_min if dep else float('nan'):.4f} (random weights: "
+                f"plumbing, not quality); gates skipped {report.gates_skipped} ({gen.note})")
+
+
+def full(tmp: Path, log: Any = print, cfg: Any = None, checkpoint: Path | None = None
+         ) -> list[Row]:
+    """The build (module docstring) of `cfg` (default: LLaVA-1.5-7B's shapes) in `tmp`;
+    the checkpoint in `checkpoint` (written there unless it holds one already)."""
+    import resource
+
+    from vtc.vlm import llava
 
     cfg = cfg if cfg is not None else llava.llava15_config(lm_layers=32)
     visual = cfg.image_seq_length
     keep = visual // 2
     rows: list[Row] = []
-    ckpt = tmp / "llava15-7b-shape"
+    ckpt = checkpoint or tmp / "llava15-7b-shape"
+    t = time.perf_counter()
+    if not (ckpt / "config.json").is_file():
+        with PeakRss() as setup:
+            n = write_random_checkpoint(cfg, ckpt)
+            llava.word_tokenizer(ckpt, cfg.image_token_id, cfg.text_config.vocab_size)
+        log(f"  checkpoint: {n / 1e9:.2f} B parameters, fp16, in "
+            f"{time.perf_counter() - t:.0f} s (peak {setup.peak / 2**30:.1f} GiB)")
+    else:
+        total = json.loads((ckpt / "model.safetensors.index.json").read_text())
+        n = int(total["metadata"]["total_size"]) // 2
+        log(f"  checkpoint: {ckpt} (written earlier), {n / 1e9:.2f} B parameters")
+    out = tmp / "bundle"
     t = time.perf_counter()
     with PeakRss() as peak:
-        n = write_random_checkpoint(cfg, ckpt)
-        llava.word_tokenizer(ckpt, cfg.image_token_id, cfg.text_config.vocab_size)
-        log(f"  checkpoint: {n / 1e9:.2f} B parameters, fp16, in "
-            f"{time.perf_counter() - t:.0f} s (peak so far {peak.peak / 2**30:.1f} GiB)")
-        t1 = time.perf_counter()
-        lm = decoder.write_lm_dir(ckpt, cfg.text_config, tmp / "lm")
-        log(f"  LM directory in {time.perf_counter() - t1:.0f} s "
-            f"(peak so far {peak.peak / 2**30:.1f} GiB)")
-        t1 = time.perf_counter()
-        built = decoder.run_builder(lm, tmp / "built", "int4", log)
-        log(f"  builder int4 in {time.perf_counter() - t1:.0f} s "
-            f"(peak so far {peak.peak / 2**30:.1f} GiB)")
-        shutil.rmtree(lm)
-        t1 = time.perf_counter()
-        start = image_start(ckpt / "tokenizer.json", cfg.image_token_id)
-        out = tmp / "bundle"
-        out.mkdir()
-        fastv = CutPlan(start, visual, (CutStage(FASTV_LAYER, keep),))
-        done = decoder.rewrite(built / "model.onnx", out / "decoder.onnx", [DecoderCuts(fastv)])
-        log(f"  decoder passes in {time.perf_counter() - t1:.0f} s: {done}")
-    import resource
-
+        report = _export(ckpt, out, lambda m: log("  " + m))
+    took = time.perf_counter() - t
     child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     worst = max(peak.peak, child, own)
     rows.append((worst <= LIMIT_GIB * 2**30,
                  f"LLaVA-1.5-7B shape ({cfg.text_config.num_hidden_layers} LM layers, "
-                 f"{n / 1e9:.2f} B parameters, random fp16 "
-                 f"on disk) → int4 decoder with FastV in {time.perf_counter() - t:.0f} s: peak "
-                 f"resident memory {peak.peak / 2**30:.1f} GiB summed over the process tree "
-                 f"(largest single process: builder {child / 2**30:.1f} GiB, bench "
-                 f"{own / 2**30:.1f} GiB; limit {LIMIT_GIB:.0f} GiB)"))
-    shutil.rmtree(built)
+                 f"{n / 1e9:.2f} B parameters, random fp16 on disk) → int4 bundle with FastV "
+                 f"by vtc-export's pipeline in {took:.0f} s: peak resident memory "
+                 f"{peak.peak / 2**30:.1f} GiB summed over the process tree (largest single "
+                 f"process: builder {child / 2**30:.1f} GiB, bench {own / 2**30:.1f} GiB; "
+                 f"limit {LIMIT_GIB:.0f} GiB)"))
+    files = sorted((p.name, p.stat().st_size) for p in out.iterdir() if p.is_file())
+    log("  bundle: " + ", ".join(f"{f} {b / 2**20:.0f} MiB" for f, b in files))
+    rows.append(validated(report))
     rows.append(weights_once(out / "decoder.onnx", cfg.text_config))
-    rows.append(prefill_once(out / "decoder.onnx", cfg.text_config, start + visual + 32,
-                             (visual, keep)))
+    gen = json.loads((out / "generation.json").read_text())  # where the image sits
+    rows.append(prefill_once(out / "decoder.onnx", cfg.text_config,
+                             int(gen["image_start"]) + visual + 32, (visual, keep)))
     return rows

@@ -64,7 +64,8 @@ def tiny(tmp: Path) -> list[Row]:
                                      "generate.prompt_tokens=24", "generate.max_new_tokens=16",
                                      _prompts(PROMPTS4)], tmp / f"tiny-{recipe}", bench=False)
         p = rep.parity.generation
-        ok = p.tokens_equal == 1.0 and p.first_logits_max_abs_diff <= 1e-3
+        ok = (p.tokens_equal == 1.0 and p.first_logits_max_abs_diff is not None
+              and p.first_logits_max_abs_diff <= 1e-3)
         sets = " ".join(TINY_SETS.get(recipe, [])) or "as shipped"
         rows.append((ok, f"tiny Qwen2.5-VL {recipe} ({sets}; runtime {rep.engine.kind}): greedy "
                          f"tokens equal on {p.tokens_equal:.2f} of {p.prompts} prompts × "

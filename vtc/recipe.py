@@ -240,6 +240,12 @@ class GenerateCfg(_Strict):
     # the image size (pixels: one side, or [height, width]) a bundle of a family with
     # dynamic resolution (Qwen2.5-VL) is built for; null: the family's default (448)
     image_size: int | list[int] | None = None
+    # the eager reference's LM layers read from the checkpoint one matrix at a time when
+    # they run, instead of held in memory in fp32 (vtc.vlm.stream); an fp16/int4 bundle
+    # then gets no fp32 twin decoder (it would not fit either) and is judged against the
+    # eager reference directly (parity.deployment). auto: when the LM's fp32 layers take
+    # over 40 % of this machine's memory (a 7B LM on a 24 GiB machine). LLaVA only
+    stream_lm: Literal["auto"] | bool = "auto"
 
     @field_validator("image_size")
     @classmethod

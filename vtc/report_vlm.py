@@ -63,35 +63,44 @@ class GenerationParity:
     """Engines vs the eager HF model with the same cuts, over `prompts` prompts:
     `tokens_equal` the fraction whose greedy tokens are identical,
     `first_logits_max_abs_diff` over the first step's logits, and the vision graph's
-    image embeddings `vision_max_abs_diff`."""
+    image embeddings `vision_max_abs_diff`. `reference`: how the eager model held its
+    LM (``resident``: fp32 in memory; ``streamed``: its layers read from the checkpoint
+    one matrix at a time, `vtc.vlm.stream`, same arithmetic). The two decoder figures
+    are None when no fp32 decoder was run (`note` says why: an fp16/int4 bundle of an LM
+    too large for its fp32 twin, judged in `VlmParity.deployment` instead)."""
 
     prompts: int
     max_new_tokens: int
-    tokens_equal: float
-    first_logits_max_abs_diff: float
+    tokens_equal: float | None
+    first_logits_max_abs_diff: float | None
     vision_max_abs_diff: float
+    reference: str = "resident"
+    note: str = ""
 
 
 @dataclass
 class DeploymentParity:
     """A bundle whose decoder is not fp32 (``generate.precision`` fp16 or int4) against
-    its fp32 twin with the same cuts (the graphs `generation` judged against the eager
-    model), over `prompts` prompts: `tokens_equal` the fraction whose greedy tokens are
-    identical, the first step's logits cosine (min over prompts) and max abs
-    difference."""
+    `against`, with the same cuts, over `prompts` prompts: ``fp32 twin`` (the fp32
+    graphs `generation` judged against the eager model) or ``eager reference`` (the
+    eager model itself, where no fp32 twin was built); `tokens_equal` the fraction whose
+    greedy tokens are identical, the first step's logits cosine (min over prompts) and
+    max abs difference."""
 
     precision: str
     prompts: int
     tokens_equal: float
     first_logits_cosine_min: float
     first_logits_max_abs_diff: float
+    against: str = "fp32 twin"
 
 
 @dataclass
 class VlmParity:
     """`generation`: the fp32 graphs (the bundle's own, or the fp32 twin of an fp16/int4
     bundle) against the eager model with the same cuts; `deployment`: the fp16/int4
-    bundle against that fp32 twin (None for an fp32 bundle)."""
+    bundle against that fp32 twin, or against the eager model where no twin was built
+    (None for an fp32 bundle)."""
 
     generation: GenerationParity
     deployment: DeploymentParity | None = None

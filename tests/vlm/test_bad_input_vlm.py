@@ -77,6 +77,10 @@ CASES: dict[str, tuple[list[str], Callable[[Path], None] | None, str]] = {
         [], _config(lambda c: c.update(model_type="qwen2_vl")),
         r"model_type 'qwen2_vl' is not supported; vtc exports image encoders \(.*vit\) and "
         r"vision-language models \(llava"),
+    "a streamed reference of a pickle checkpoint": (
+        ["--allow-pickle", "--set", "generate.stream_lm=true"], _pickle_only,
+        r"generate\.stream_lm reads the LM's layers from safetensors files.*convert it to "
+        r"safetensors, or set generate\.stream_lm: false"),
     "pickle without --allow-pickle": ([], _pickle_only,
                                       r"only has pickle weights .*--allow-pickle"),
     "text_config missing (a 7B default)": (

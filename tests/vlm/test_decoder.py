@@ -110,6 +110,25 @@ def test_lm_dir_holds_the_lm_tensors_unchanged(llava_dir: Path, tiny: tuple[Any,
     assert (lm / "tokenizer.json").is_file()
 
 
+def test_lm_dir_config_names_the_stored_dtype(tiny: tuple[Any, Any], tmp_path: Path) -> None:
+    """The builder loads the LM in its config's dtype: the LM directory says the dtype the
+    tensors are stored in (fp16 here), not the fp32 of the model vtc loaded — an fp16 7B
+    LM read as fp32 would take 28 GB in the builder."""
+    import json
+
+    from safetensors.torch import save_file
+
+    model, _geo = tiny
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    save_file({k: v.detach().half().contiguous() for k, v in model.state_dict().items()},
+              str(ckpt / "model.safetensors"))
+    assert model.config.text_config.dtype in (torch.float32, "float32")
+    lm = decoder.write_lm_dir(ckpt, model.config.text_config, tmp_path / "lm")
+    cfg = json.loads((lm / "config.json").read_text())
+    assert cfg["dtype"] == "float16" and "torch_dtype" not in cfg
+
+
 def test_precisions_shrink_the_decoder(built: Path, llava_dir: Path, tiny: tuple[Any, Any],
                                        tmp_path: Path) -> None:
     """fp16 (the builder's CUDA decoder: GroupQueryAttention in fp16) and int4

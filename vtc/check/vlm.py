@@ -27,7 +27,7 @@ from __future__ import annotations
 from typing import Any
 
 from vtc import stats
-from vtc.check.rows import Row, _exact, _limit_row, drop_row
+from vtc.check.rows import Row, _exact, _fmt, _limit_row, drop_row
 from vtc.check.speed import MIN_ROUNDS, advisory, paired_row
 from vtc.recipe import CheckCfg
 from vtc.report_vlm import VlmCost, VlmReport
@@ -66,8 +66,13 @@ def _cut_rows(b: VlmReport, n: VlmReport) -> list[Row]:
 def _parity_rows(b: VlmReport, n: VlmReport, tol: CheckCfg) -> list[Row]:
     gates = n.recipe.get("gates", {}) or {}
     pb, pn = b.parity.generation, n.parity.generation
-    rows = [drop_row("parity.generation.tokens_equal", pb.tokens_equal, pn.tokens_equal, 0.0,
-                     "", why="fewer prompts reproduce the eager model's tokens")]
+    if pb.tokens_equal is None or pn.tokens_equal is None:  # no fp32 decoder ran (note)
+        where = "the baseline" if pb.tokens_equal is None else "this bundle"
+        rows = [Row("parity.generation.tokens_equal", _fmt(pb.tokens_equal),
+                    _fmt(pn.tokens_equal), "", "skip", f"not measured in {where}")]
+    else:
+        rows = [drop_row("parity.generation.tokens_equal", pb.tokens_equal, pn.tokens_equal,
+                         0.0, "", why="fewer prompts reproduce the eager model's tokens")]
     for field, gate in (("first_logits_max_abs_diff", "max_generation_logits_diff"),
                         ("vision_max_abs_diff", "max_vision_diff")):
         limit = gates.get(gate)

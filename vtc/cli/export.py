@@ -140,11 +140,18 @@ def vlm_summary(report: VlmReport, out: Path) -> str:
                           f"layers read {c.lm_layer_tokens_uncut[-1]} → {c.lm_layer_tokens[-1]}"),
         ("prefill FLOPs ratio", f"{c.flops_ratio:.2f} (LM), {c.vision_flops_ratio:.2f} (vision)"),
         ("parity", f"greedy tokens equal {p.tokens_equal:.2f} of {p.prompts} prompts, first "
-                   f"logits max |Δ| {p.first_logits_max_abs_diff:.2e}"),
+                   f"logits max |Δ| {p.first_logits_max_abs_diff:.2e}"
+         if p.tokens_equal is not None and p.first_logits_max_abs_diff is not None else
+         f"vision graph max |Δ| {p.vision_max_abs_diff:.2e}; no fp32 decoder ran"),
         ("fidelity", f"first-token agreement {f.top1_agreement:.2f}, logits cosine "
                      f"{f.first_logits_cosine_mean:.3f}, exact match {f.exact_match:.2f}"
                      + (" (random weights)" if f.random_weights else "")),
     ]
+    d = report.parity.deployment
+    if d is not None:
+        rows.append((f"{d.precision} decoder", f"vs the {d.against}: greedy tokens equal "
+                                               f"{d.tokens_equal:.2f}, first logits cosine "
+                                               f"{d.first_logits_cosine_min:.4f} (min)"))
     if k is not None:
         rows.append(("prefill latency", f"{k.prefill_ms_uncut:.1f} → {k.prefill_ms:.1f} ms "
                                         f"({k.prefill_ratio:.2f}×); decode "

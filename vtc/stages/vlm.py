@@ -52,7 +52,7 @@ from vtc.source import Source
 from vtc.util import sha256_file, write_atomic
 from vtc.validate.generation import cost, validate
 from vtc.validate.report_vlm import judge, render_markdown
-from vtc.vlm import decoder, embedding, export, families, plan
+from vtc.vlm import decoder, embedding, export, families, plan, stream
 from vtc.vlm.families import GENAI, ORT, Family
 from vtc.vlm.llava import TEMPLATE
 from vtc.vlm.plan import Cuts
@@ -193,19 +193,19 @@ def vision_with_encoder_cuts(fam: Family, model: Any, geo: Any, cuts: Cuts, path
 
 
 def build_decoder(fam: Family, model: Any, src: Source, scratch: Path, precision: str,
-                  log: Log) -> tuple[Path, Path | None]:
+                  log: Log, twin: bool = True) -> tuple[Path, Path | None]:
     """The builder's decoder of the checkpoint's LM at `precision` (a folder in
     `scratch`), and for fp16/int4 its fp32 twin (the graphs parity is judged on; int4 is
-    quantized from it)."""
+    quantized from it) unless `twin` is False (int4 is then quantized from an fp32
+    decoder that is deleted as soon as it is)."""
     lm = fam.lm_dir(src.path, model, scratch / "lm")
     fp32: Path | None = None
-    if precision != "fp32":
+    if precision != "fp32" and twin:
         fp32 = decoder.run_builder(lm, scratch / "built-fp32", "fp32", log)
-    if precision == "int4":
-        assert fp32 is not None
-        built = decoder.quantize_int4(fp32, scratch / "built", log)
-    else:
-        built = decoder.run_builder(lm, scratch / "built", precision, log)
+    if precision == "int4" and fp32 is not None:
+        shutil.rmtree(lm)
+        return decoder.quantize_int4(fp32, scratch / "built", log), fp32
+    built = decoder.run_builder(lm, scratch / "built", precision, log)
     shutil.rmtree(lm)
     return built, fp32
 
@@ -330,17 +330,27 @@ def build(src: Source, recipe: Any, tmp: Path, images: Path | None, bench: bool,
                         fam.template.replace("<image>", image_token))
     with tempfile.TemporaryDirectory(dir=tmp.parent, prefix=f".{tmp.name}.build-") as scratch:
         work = Path(scratch)
+        no_twin = ""
+        if getattr(model, "_vtc_streamed", False) and precision != "fp32":
+            no_twin = (f"the eager reference streams its LM (generate.stream_lm), so no fp32 "
+                       f"twin decoder is built (it would hold the LM in fp32: "
+                       f"{stream.lm_layer_bytes(model.config.text_config) / 2**30:.1f} GiB)")
+            log(f"  {no_twin}; the {precision} decoder is judged against the eager reference")
         step(2, f"exporting the decoder ({precision}) with onnxruntime-genai's model builder")
-        built, built32 = build_decoder(fam, model, src, work, precision, log)
+        built, built32 = build_decoder(fam, model, src, work, precision, log, twin=not no_twin)
+        layers = plan.layer_tokens(geo, cuts)
+        shown = (str(layers) if len(layers) <= 8 else
+                 f"[{', '.join(map(str, layers[:4]))}, … {layers[-1]}] over {len(layers)}")
         step(3, f"writing the cut graphs: visual tokens {base.visual} → {cuts.visual}, LM "
-                f"layer tokens {plan.layer_tokens(geo, cuts)}; and the uncut ones (timing; "
-                "not shipped)")
+                f"layer tokens {shown}"
+                + ("; and the uncut ones (timing; not shipped)" if bench else ""))
         passes_done = _write_graphs(fam, model, geo, cuts, tmp, built, tok_file, image_token, eos,
                                     precision, start)
         uncut_dir = work / "uncut"
-        uncut_dir.mkdir()
-        _write_graphs(fam, model, geo, base, uncut_dir, built, tok_file, image_token, eos,
-                      precision, start, rewrite=False)
+        if bench:  # the builder's decoder as written: the uncut side of the timing
+            uncut_dir.mkdir()
+            _write_graphs(fam, model, geo, base, uncut_dir, built, tok_file, image_token, eos,
+                          precision, start, rewrite=False)
         shutil.rmtree(built)
         ref_b = None
         if built32 is not None:  # the fp32 twin, same cuts: what parity is judged on
@@ -348,14 +358,16 @@ def build(src: Source, recipe: Any, tmp: Path, images: Path | None, bench: bool,
             _write_graphs(fam, model, geo, cuts, work / "fp32", built32, tok_file, image_token,
                           eos, "fp32", start)
             shutil.rmtree(built32)
-            ref_b = VlmBundle.load(work / "fp32", verified=False)
-        cut_b = VlmBundle.load(tmp, verified=False)  # no manifest.json yet
+            ref_b = VlmBundle.load(work / "fp32", verified=False, lazy=True)
+        # lazy: each loads when validate first runs it (and releases it after)
+        cut_b = VlmBundle.load(tmp, verified=False, lazy=True)  # no manifest.json yet
         gen = recipe.generate
         imgs = _images(images, len(gen.prompts))
         step(4, f"validating {len(gen.prompts)} prompts × greedy {gen.max_new_tokens} tokens: "
                 f"{runtime}, eager with cuts, uncut HF")
         parity, fid, deploy = validate(fam, model, geo, cuts, cut_b, list(gen.prompts), imgs,
-                                       gen.max_new_tokens, log, reference=ref_b)
+                                       gen.max_new_tokens, log, reference=ref_b,
+                                       no_twin=no_twin)
         del ref_b
         vlm_cost = None
         if bench:

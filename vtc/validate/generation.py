@@ -35,54 +35,84 @@ def _cos(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
 
 
+def _eq(a: list[int], b: list[int]) -> str:
+    return "=" if a == b else "≠"
+
+
 def validate(fam: Family, model: Any, geo: Any, cuts: Cuts, bundle: VlmBundle, prompts: list[str],
              images: list[Image.Image], max_new: int, log: Log,
-             reference: VlmBundle | None = None
+             reference: VlmBundle | None = None, no_twin: str = ""
              ) -> tuple[GenerationParity, GenerationFidelity, DeploymentParity | None]:
     """Parity (fp32 engines vs eager with the cuts), fidelity (the bundle vs HF's uncut
     model) and, for a bundle whose decoder is not fp32, its deployment tier against
-    `reference` (its fp32 twin with the same cuts; parity is judged on that twin)."""
+    `reference` (its fp32 twin with the same cuts; parity is judged on that twin) or,
+    where `no_twin` gives the reason none was built, against the eager model with the
+    cuts (parity then covers the vision graph only).
+
+    In three phases, each releasing what it loaded before the next: the bundle's runtime
+    on every prompt, the fp32 twin's, then the eager model's — so a large model's
+    engine and its eager reference are never in memory together."""
     eos = bundle.eos
-    equal = exact = top1 = dep_equal = 0
-    logit_diff = vision_diff = dep_diff = 0.0
-    cosines: list[float] = []
-    dep_cos: list[float] = []
+    inputs = []
     for i, (prompt, img) in enumerate(zip(prompts, images, strict=True)):
         try:
             ids = bundle.prompt_ids(prompt, max_new_tokens=max_new)
         except BundleError as exc:
             raise InputError(f"generate.prompts[{i}]: {exc}") from None
-        px = bundle.pixels(img, fit=True)
-        eng = bundle.generate(ids, px, max_new)
-        fp32 = eng if reference is None else reference.generate(ids, px, max_new)
-        vis = (reference or bundle).session("vision").run(None, {"pixel_values": px})[0]
+        inputs.append((ids, bundle.pixels(img, fit=True)))
+    engine = [bundle.generate(ids, px, max_new) for ids, px in inputs]
+    vision = [(reference or bundle).session("vision").run(None, {"pixel_values": px})[0]
+              for _ids, px in inputs]
+    bundle.release()
+    twin = engine if reference is None else [reference.generate(ids, px, max_new)
+                                             for ids, px in inputs]
+    if reference is not None:
+        reference.release()
+    n = len(prompts)
+    equal = exact = top1 = dep_equal = 0
+    logit_diff = vision_diff = dep_diff = 0.0
+    cosines: list[float] = []
+    dep_cos: list[float] = []
+    deploy = reference is not None or bool(no_twin)
+    for i, ((ids, px), eng, fp32, vis) in enumerate(zip(inputs, engine, twin, vision,
+                                                        strict=True)):
         pt = torch.from_numpy(px)
         ie = fam.image_embeds(model, geo, cuts, pt)
         ref = fam.generate(model, geo, cuts, ids, pt, max_new, eos)
         full = fam.hf_generate(model, geo, ids, pt, max_new, eos)
+        ref_tokens, ref_logits = ref.tokens, ref.first_logits.numpy()
+        # what the deployment tier compares with: the fp32 twin, or the eager model
+        base_tokens, base_logits = ((ref_tokens, ref_logits) if no_twin else
+                                    (fp32.tokens, fp32.first_logits))
         vision_diff = max(vision_diff, float(np.abs(vis.reshape(-1) -
                                                     ie.numpy().reshape(-1)).max()))
-        diff = np.abs(fp32.first_logits - ref.first_logits.numpy()).max()
-        logit_diff = max(logit_diff, float(diff))
-        equal += fp32.tokens == ref.tokens
+        logit_diff = max(logit_diff, float(np.abs(fp32.first_logits - ref_logits).max()))
+        equal += fp32.tokens == ref_tokens
         exact += eng.tokens == full.tokens
         top1 += eng.tokens[:1] == full.tokens[:1]
         cosines.append(_cos(eng.first_logits, full.first_logits.numpy()))
-        if reference is not None:
-            dep_equal += eng.tokens == fp32.tokens
-            dep_cos.append(_cos(eng.first_logits, fp32.first_logits))
-            dep_diff = max(dep_diff, float(np.abs(eng.first_logits - fp32.first_logits).max()))
-        log(f"  prompt {i + 1}/{len(prompts)}: {len(eng.tokens)} tokens, "
-            f"{'=' if fp32.tokens == ref.tokens else '≠'} eager with cuts"
-            + ("" if reference is None else
-               f" (fp32 twin), {'=' if eng.tokens == fp32.tokens else '≠'} fp32 twin")
-            + f", {'=' if eng.tokens == full.tokens else '≠'} uncut")
-    n = len(prompts)
-    parity = GenerationParity(n, max_new, equal / n, logit_diff, vision_diff)
+        if deploy:
+            dep_equal += eng.tokens == base_tokens
+            dep_cos.append(_cos(eng.first_logits, base_logits))
+            dep_diff = max(dep_diff, float(np.abs(eng.first_logits - base_logits).max()))
+        parts = [f"{len(eng.tokens)} tokens"]
+        if not no_twin:
+            parts.append(f"{_eq(fp32.tokens, ref_tokens)} eager with cuts"
+                         + (" (fp32 twin)" if reference is not None else ""))
+        if deploy:
+            parts.append(f"{_eq(eng.tokens, base_tokens)} "
+                         + ("eager with cuts" if no_twin else "fp32 twin"))
+        parts.append(f"{_eq(eng.tokens, full.tokens)} uncut")
+        log(f"  prompt {i + 1}/{n}: {', '.join(parts)}")
+    how = "streamed" if getattr(model, "_vtc_streamed", False) else "resident"
+    parity = (GenerationParity(n, max_new, None, None, vision_diff, how,
+                               f"no fp32 decoder ran: {no_twin}") if no_twin else
+              GenerationParity(n, max_new, equal / n, logit_diff, vision_diff, how))
     fid = GenerationFidelity(n, statistics.fmean(cosines), min(cosines), top1 / n, exact / n,
                              random_weights=getattr(model, "_vtc_random", False))
-    dep = None if reference is None else DeploymentParity(
-        bundle.precision, n, dep_equal / n, min(dep_cos), dep_diff)
+    dep = None if not deploy else DeploymentParity(
+        bundle.precision, n, dep_equal / n, min(dep_cos), dep_diff,
+        "eager reference" if no_twin else "fp32 twin")
     return parity, fid, dep
 
 

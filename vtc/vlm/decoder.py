@@ -86,9 +86,11 @@ class ShardWriter:
         self.weight_map: dict[str, str] = {}
         self.buf: dict[str, Any] = {}
         self.size = self.total = 0
+        self.dtypes: set[Any] = set()  # the torch dtypes stored
 
     def add(self, name: str, tensor: Any) -> None:
         self.buf[name] = tensor.contiguous()
+        self.dtypes.add(tensor.dtype)
         nbytes = tensor.numel() * tensor.element_size()
         self.size += nbytes
         self.total += nbytes
@@ -133,7 +135,6 @@ def write_dir(ckpt: Path, config: dict[str, Any], out: Path,
     out.mkdir(parents=True, exist_ok=True)
     cfg = dict(config)
     cfg.pop("_name_or_path", None)
-    (out / "config.json").write_text(json.dumps(cfg, indent=1))
     shards = ShardWriter(out)
     try:
         files = _shards(ckpt)
@@ -152,6 +153,13 @@ def write_dir(ckpt: Path, config: dict[str, Any], out: Path,
                 if n is not None:
                     shards.add(n, st.get_tensor(k))
     shards.close()
+    # the dtype the tensors are stored in, not the loaded model's: the builder loads the
+    # LM in the config's dtype (an fp16 7B LM read as fp32 takes 28 GB instead of 14)
+    stored = {str(d).removeprefix("torch.") for d in shards.dtypes if d.is_floating_point}
+    if len(stored) == 1:
+        cfg["dtype"] = stored.pop()
+        cfg.pop("torch_dtype", None)
+    (out / "config.json").write_text(json.dumps(cfg, indent=1))
     tok = ckpt / "tokenizer.json"
     if tok.is_file():
         shutil.copyfile(tok, out / "tokenizer.json")
@@ -176,8 +184,10 @@ def run_builder(lm: Path, out: Path, precision: str, log: Log) -> Path:
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if proc.returncode != 0 or not (out / "model.onnx").is_file():
         lines = [x for x in (proc.stderr + proc.stdout).strip().splitlines() if x.strip()]
-        raise InputError(f"onnxruntime-genai's model builder failed on {lm} "
-                         f"({lines[-1].strip() if lines else f'exit {proc.returncode}'})")
+        why = lines[-1].strip() if lines else f"exit {proc.returncode}"
+        if proc.returncode == -9:
+            why = "killed (SIGKILL: out of memory?)"
+        raise InputError(f"onnxruntime-genai's model builder failed on {lm} ({why})")
     if precision == "int4":
         _to_int4(out, log)
     if ep != "cpu":

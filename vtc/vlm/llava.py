@@ -15,6 +15,7 @@ Supported, checked before any work (one line naming the setting otherwise):
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -183,12 +184,10 @@ def is_llava(path: Path) -> bool:
         return False
 
 
-def load(path: Path, use_safetensors: bool = True) -> tuple[nn.Module, VlmGeometry]:
-    """The model (eval, fp32, eager attention: the reference reads attention
-    probabilities) and its geometry. Local files only, never remote code."""
-    from transformers import AutoConfig, LlavaForConditionalGeneration
-
-    from vtc.exporter._hf import from_pretrained
+def read_config(path: Path) -> tuple[Any, VlmGeometry]:
+    """The checkpoint's config (local files only, never remote code) and geometry,
+    checked (UnsupportedCheckpoint naming what vtc lacks)."""
+    from transformers import AutoConfig
 
     check_raw(path)
     try:
@@ -198,12 +197,58 @@ def load(path: Path, use_safetensors: bool = True) -> tuple[nn.Module, VlmGeomet
         first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise UnsupportedCheckpoint(f"{path}/config.json: transformers refuses it ({first})"
                                     ) from None
-    geo = check_config(config, str(path))
-    model = from_pretrained(LlavaForConditionalGeneration, path, use_safetensors,
-                            torch_dtype=torch.float32)
+    return config, check_config(config, str(path))
+
+
+def load(path: Path, use_safetensors: bool = True, streamed: bool = False
+         ) -> tuple[nn.Module, VlmGeometry]:
+    """The model (eval, fp32, eager attention: the reference reads attention
+    probabilities) and its geometry. Local files only, never remote code.
+
+    `streamed`: the language model's decoder layers stay on disk and are read from the
+    checkpoint's safetensors files one matrix at a time when they run (`vtc.vlm.stream`):
+    the eager reference of a checkpoint whose LM does not fit in memory in fp32. Same
+    modules, same fp32 arithmetic."""
+    from transformers import LlavaForConditionalGeneration
+
+    from vtc.exporter._hf import from_pretrained
+
+    config, geo = read_config(path)
+    if not streamed:
+        model = from_pretrained(LlavaForConditionalGeneration, path, use_safetensors,
+                                torch_dtype=torch.float32)
+    else:
+        model = _load_streamed(path, config)
     set_eager(model)
-    model._vtc_random = bool(getattr(config, "vtc_random_weights", False))  # type: ignore[assignment]
+    m: Any = model
+    m._vtc_random = bool(getattr(config, "vtc_random_weights", False))
+    m._vtc_streamed = streamed
     return model, geo
+
+
+def _load_streamed(path: Path, config: Any) -> nn.Module:
+    """Everything but the LM's decoder layers from the checkpoint, in memory; the layers
+    on the meta device, streamed (`vtc.vlm.stream.stream_layers`)."""
+    from transformers import LlavaForConditionalGeneration
+
+    from vtc.exporter._hf import from_pretrained
+
+    from . import decoder, stream
+
+    index = stream.TensorIndex(path)
+    keys: dict[tuple[int, str], str] = {}
+    for k in index.where:
+        found = re.fullmatch(r"model\.layers\.(\d+)\.(.+)", decoder.lm_name(k) or "")
+        if found:
+            keys[int(found.group(1)), found.group(2)] = k
+    model = from_pretrained(LlavaForConditionalGeneration, path, True,
+                            config=stream.without_layers(config), torch_dtype=torch.float32)
+    lm: Any = model.model.language_model  # type: ignore[union-attr]
+    lm.config.num_hidden_layers = config.text_config.num_hidden_layers
+    if getattr(config.text_config, "layer_types", None):
+        lm.config.layer_types = list(config.text_config.layer_types)
+    stream.stream_layers(lm, index, lambda i, name: keys.get((i, name)))
+    return model
 
 
 def set_eager(model: nn.Module) -> None:

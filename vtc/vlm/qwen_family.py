@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from vtc.errors import InputError
 from vtc.vlm import decoder, qwen2_5_vl, qwen_reference
 from vtc.vlm.export import FEATURES, export_graph
 from vtc.vlm.families import GENAI, ORT, Family
@@ -32,6 +33,9 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 def load(path: Path, use_safetensors: bool = True, recipe: Any = None
          ) -> tuple[Any, QwenGeometry]:
+    if getattr(getattr(recipe, "generate", None), "stream_lm", "auto") is True:
+        raise InputError("generate.stream_lm: true is supported for LLaVA checkpoints only; "
+                         "a Qwen2.5-VL reference holds its LM in memory: drop the setting")
     return qwen2_5_vl.load(path, use_safetensors, recipe)
 
 
