@@ -135,6 +135,15 @@ def test_kept_roles_stay_fp32_and_the_rest_is_int8(int8_bundle: Path, tmp_path: 
         len(per_role[r]) for r in ROLES if r not in keep)
 
 
+def test_by_default_the_attention_projections_stay_fp32(int8_bundle: Path,
+                                                        tmp_path: Path) -> None:
+    counts = to_int8(int8_bundle / "model.onnx", tmp_path / "m8.onnx", "pixel_values",
+                     _images(6))
+    assert (counts["attention_in int8"], counts["attention_in fp32"]) == (0, 3 * LAYERS)
+    assert (counts["attention_out int8"], counts["attention_out fp32"]) == (0, LAYERS)
+    assert (counts["mlp_in int8"], counts["mlp_out int8"]) == (LAYERS, LAYERS)
+
+
 def test_the_recipe_setting_reaches_the_bundle(int8_bundle: Path) -> None:
     conv = json.loads((int8_bundle / "report.json").read_text())["engine"]["conversion"]
     assert (conv["mlp_out int8"], conv["mlp_out fp32"]) == (0, LAYERS)
