@@ -286,7 +286,7 @@ def main() -> int:
 
             print("[bench] int8 engines: ViT-B/16 tome-r16, int8 and fp32 (minutes) ...",
                   flush=True)
-            results += int8(tmp, args.repeats)
+            results += int8(tmp, args.repeats, ["default"])
         if "check-noise" in want:
             from bench.check_noise import check_noise
 

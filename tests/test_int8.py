@@ -15,8 +15,12 @@ from click.testing import CliRunner
 
 from tests.conftest import FAST
 from vtc.cli import export_main
+from vtc.passes.matmul_roles import ROLES, classify
 from vtc.passes.precision import KEEP_PREFIX
-from vtc.passes.quantize import calibration_feeds, to_int8
+from vtc.passes.quantize import calibration_feeds, int8_nodes, to_int8
+from vtc.recipe import RecipeError, load_recipe
+
+LAYERS = 3  # tests.tiny's num_hidden_layers (the vit_dir checkpoint)
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +28,8 @@ def int8_bundle(tmp_path_factory: pytest.TempPathFactory, vit_dir: Path) -> Path
     out = tmp_path_factory.mktemp("int8") / "b"
     res = CliRunner().invoke(export_main, [
         str(vit_dir), "--recipe", "tome-r8", "--out", str(out), *FAST, "--set", "tome.r=3",
-        "--set", "backend.precision=int8", "--set", "gates.min_deploy_cosine=0.9"])
+        "--set", "backend.precision=int8", "--set", "gates.min_deploy_cosine=0.9",
+        "--set", "backend.int8_keep_fp32=[mlp_out]"])
     assert res.exit_code == 0, res.output
     assert "Please consider" not in res.output  # the quantizer's advice is silenced
     return out
@@ -37,7 +42,7 @@ def _images(n: int, size: int = 32) -> np.ndarray:
 def test_weight_matmuls_are_int8_and_decisions_stay_fp32(int8_bundle: Path,
                                                          tmp_path: Path) -> None:
     src = int8_bundle / "model.onnx"  # the portable fp32 graph
-    counts = to_int8(src, tmp_path / "m8.onnx", "pixel_values", _images(6))
+    counts = to_int8(src, tmp_path / "m8.onnx", "pixel_values", _images(6), keep_fp32=[])
     m = onnx.load(str(tmp_path / "m8.onnx"))
     inits = {i.name for i in m.graph.initializer}
     producer = {o: n for n in m.graph.node for o in n.output}
@@ -105,3 +110,70 @@ def test_bundle_parity_on_fp32_reference_int8_judged_as_deployment(int8_bundle: 
     assert ops & {"QLinearMatMul", "MatMulInteger", "DynamicQuantizeMatMul",
                   "MatMulIntegerToFloat", "QGemm"}, sorted(ops)
     assert "- int8 conversion:" in (int8_bundle / "report.md").read_text()
+
+
+@pytest.mark.parametrize("keep", [["attention_in", "attention_out"], ["mlp_in"], ["other"]])
+def test_kept_roles_stay_fp32_and_the_rest_is_int8(int8_bundle: Path, tmp_path: Path,
+                                                   keep: list[str]) -> None:
+    src = int8_bundle / "model.onnx"  # as the pipeline wrote it (ToMe, dynamic batch)
+    roles = classify(onnx.load(str(src), load_external_data=False))
+    per_role = {r: {n for n, x in roles.items() if x == r} for r in ROLES}
+    assert {r: len(v) for r, v in per_role.items()} == {
+        "attention_in": 3 * LAYERS, "attention_out": LAYERS, "mlp_in": LAYERS,
+        "mlp_out": LAYERS, "other": 1}  # the classifier
+    counts = to_int8(src, tmp_path / "m8.onnx", "pixel_values", _images(6),
+                     keep_fp32=keep)  # type: ignore[arg-type]
+    q = int8_nodes(onnx.load(str(tmp_path / "m8.onnx")))
+    for r in ROLES:
+        if r in keep:
+            assert not per_role[r] & q, r
+            assert (counts[f"{r} int8"], counts[f"{r} fp32"]) == (0, len(per_role[r]))
+        else:
+            assert per_role[r] <= q, r
+            assert (counts[f"{r} int8"], counts[f"{r} fp32"]) == (len(per_role[r]), 0)
+    assert counts["int8 MatMul/Gemm"] == len(q) == sum(
+        len(per_role[r]) for r in ROLES if r not in keep)
+
+
+def test_by_default_the_attention_projections_stay_fp32(int8_bundle: Path,
+                                                        tmp_path: Path) -> None:
+    counts = to_int8(int8_bundle / "model.onnx", tmp_path / "m8.onnx", "pixel_values",
+                     _images(6))
+    assert (counts["attention_in int8"], counts["attention_in fp32"]) == (0, 3 * LAYERS)
+    assert (counts["attention_out int8"], counts["attention_out fp32"]) == (0, LAYERS)
+    assert (counts["mlp_in int8"], counts["mlp_out int8"]) == (LAYERS, LAYERS)
+
+
+def test_the_recipe_setting_reaches_the_bundle(int8_bundle: Path) -> None:
+    conv = json.loads((int8_bundle / "report.json").read_text())["engine"]["conversion"]
+    assert (conv["mlp_out int8"], conv["mlp_out fp32"]) == (0, LAYERS)
+    assert (conv["mlp_in int8"], conv["mlp_in fp32"]) == (LAYERS, 0)
+    assert (conv["attention_in int8"], conv["attention_in fp32"]) == (3 * LAYERS, 0)
+
+
+def test_keep_fp32_is_an_int8_setting() -> None:
+    r = load_recipe("tome-r8", ["backend.precision=int8",
+                                "backend.int8_keep_fp32=[mlp_in, attention_in, mlp_in]"])
+    assert r.backend.int8_keep_fp32 == ["attention_in", "mlp_in"]  # once each, in order
+    assert load_recipe("tome-r8", ["backend.precision=int8"]).backend.int8_keep_fp32 is None
+    with pytest.raises(RecipeError, match="int8_keep_fp32 applies to precision int8 only"):
+        load_recipe("tome-r8", ["backend.int8_keep_fp32=[attention_in]"])
+    with pytest.raises(RecipeError, match=r"int8_keep_fp32\.0"):
+        load_recipe("tome-r8", ["backend.precision=int8", "backend.int8_keep_fp32=[fc1]"])
+    with pytest.raises(ValueError, match="unknown layer role"):
+        to_int8(Path("unused.onnx"), Path("unused8.onnx"), "pixel_values", _images(1),
+                keep_fp32=["fc1"])  # type: ignore[list-item]
+
+
+def test_unnamed_nodes_are_named_so_a_kept_role_can_be_excluded(int8_bundle: Path,
+                                                                tmp_path: Path) -> None:
+    m = onnx.load(str(int8_bundle / "model.onnx"))
+    for n in m.graph.node:
+        if not n.name.startswith(KEEP_PREFIX):
+            n.name = ""
+    onnx.save(m, str(tmp_path / "anon.onnx"))
+    counts = to_int8(tmp_path / "anon.onnx", tmp_path / "m8.onnx", "pixel_values", _images(6),
+                     keep_fp32=["mlp_in"])
+    assert (counts["mlp_in int8"], counts["mlp_in fp32"]) == (0, LAYERS)
+    assert counts["mlp_out int8"] == LAYERS
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["anon.onnx", "m8.onnx"]

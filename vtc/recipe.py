@@ -15,7 +15,7 @@ import re
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
@@ -23,6 +23,7 @@ from pydantic import model_validator as _model_validator
 
 from vtc import methods
 from vtc.backends import engines
+from vtc.backends.options import Int8Role
 from vtc.budget import Budget, Geometry, Pricing
 from vtc.data import names as dataset_names
 from vtc.data.captions import check_captions
@@ -113,6 +114,13 @@ class BackendCfg(_Strict):
     # weight MatMuls/Gemms int8, calibrated on the validation images, decisions fp32;
     # parity still runs an fp32 engine (vtc.backends.options)
     precision: Literal["fp32", "fp16", "int8"] = "fp32"
+    # int8 only: the layer roles whose weight MatMuls/Gemms stay fp32, read from the graph
+    # (vtc.passes.matmul_roles): attention_in (q, k, v), attention_out (o), mlp_in (fc1),
+    # mlp_out (fc2), other (heads, poolers, anything not placed). null: the int8 default
+    # (vtc.passes.quantize.DEFAULT_KEEP_FP32: attention_in, attention_out); []: every
+    # weight MatMul int8 (faster, less accurate: docs/int8.md). Named with
+    # another precision it is refused (it would do nothing)
+    int8_keep_fp32: list[Int8Role] | None = None
     # per execution provider, passed through: {CUDAExecutionProvider: {use_tf32: 0}}
     provider_options: dict[str, dict[str, str | int | float | bool]] = Field(
         default_factory=dict)
@@ -131,6 +139,20 @@ class BackendCfg(_Strict):
                                      f"{data['precision']}; give precision only")
                 data["precision"] = "fp16"
         return data
+
+    @field_validator("int8_keep_fp32")
+    @classmethod
+    def _roles_once(cls, v: list[Int8Role] | None) -> list[Int8Role] | None:
+        """Each role once, in the classifier's order."""
+        return None if v is None else [r for r in get_args(Int8Role) if r in v]
+
+    @_model_validator(mode="after")
+    def _keep_fp32_needs_int8(self) -> BackendCfg:
+        if self.int8_keep_fp32 is not None and self.precision != "int8":
+            raise ValueError(f"int8_keep_fp32 applies to precision int8 only (precision is "
+                             f"{self.precision}); set backend.precision: int8 or drop "
+                             "int8_keep_fp32")
+        return self
 
     @field_validator("cuda_graph", mode="before")
     @classmethod

@@ -30,6 +30,9 @@ TRT_EP = "TensorrtExecutionProvider"
 
 Precision = Literal["fp32", "fp16", "int8"]
 CudaGraph = Literal["auto", "on", "off"]
+# what a weight MatMul/Gemm does in a block (`vtc.passes.matmul_roles`): the layer roles
+# `backend.int8_keep_fp32` can keep out of int8
+Int8Role = Literal["attention_in", "attention_out", "mlp_in", "mlp_out", "other"]
 
 # The onnxruntime package that offers each execution provider (onnxruntime's docs).
 PACKAGES: dict[str, str] = {
@@ -97,6 +100,8 @@ class EngineOptions:
     threads: int | None = None  # ORT intra-op threads
     # fp16: fp16 arithmetic, fp32 inputs/outputs/decisions; int8: weight MatMuls int8
     precision: Precision = "fp32"
+    # int8: the layer roles kept fp32 (None: vtc.passes.quantize.DEFAULT_KEEP_FP32)
+    int8_keep_fp32: tuple[Int8Role, ...] | None = None
     provider_options: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     cuda_graph: CudaGraph = "auto"  # auto: on when every node runs on the CUDA EP
     io_binding: bool = True  # timing binds inputs and outputs on the device

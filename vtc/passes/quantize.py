@@ -23,7 +23,11 @@ how:
   emitted (names starting with `vtc_`: similarities, scores, TopK, index arithmetic,
   weighted averages) is excluded, as with fp16 (`vtc.passes.precision`);
 * weights int8 per output channel, symmetric; activations uint8 per tensor,
-  asymmetric, their ranges the min/max over the calibration batches (MinMax).
+  asymmetric, their ranges the min/max over the calibration batches (MinMax);
+* the weight nodes of the layer roles `keep_fp32` names (`backend.int8_keep_fp32`;
+  roles read from the graph's structure by `vtc.passes.matmul_roles`: attention_in,
+  attention_out, mlp_in, mlp_out, other) stay fp32 too; by default the attention
+  projections (q, k, v, o), where int8 loses most of its accuracy on real weights.
 
 What the decisions read (keys, attention probabilities) comes out of int8 layers, so
 an int8 engine can decide differently from the fp32 one on a near-tie; the pipeline
@@ -33,17 +37,24 @@ judges it as the deployment tier (`Report.deployment`), never as parity.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 
+from vtc.backends.options import Int8Role
+from vtc.passes.matmul_roles import ROLES, classify
 from vtc.passes.model_io import graph_inputs
 from vtc.passes.precision import KEEP_PREFIX
 
 QUANTIZED_OPS = ("MatMul", "Gemm")
+# the roles kept fp32 when the recipe names none (`backend.int8_keep_fp32: null`): the
+# attention projections. dinov2-small Fashion-MNIST probe, vtc ToMe r=16 int8 vs
+# uncompressed fp32 (docs/int8.md, 2026-12-08): 1.70 pt with none kept, 0.80 pt with
+# these; vtc int8 still 1.4x vtc fp32 on ViT-B/16 tome-r16 (target 1.3x)
+DEFAULT_KEEP_FP32: tuple[Int8Role, ...] = ("attention_in", "attention_out")
 
 
 def calibration_feeds(model: onnx.ModelProto, image: str, images: np.ndarray
@@ -87,12 +98,33 @@ def excluded(model: onnx.ModelProto) -> list[str]:
             and (n.name.startswith(KEEP_PREFIX) or n.input[1] not in const)]
 
 
+def _named(src: Path, dst: Path) -> Path:
+    """`src` itself when every node has a name (the quantizer excludes nodes by name), else
+    a copy at `dst` with the unnamed ones named `int8_node_<index>`."""
+    model = onnx.load(str(src), load_external_data=False)
+    if all(n.name for n in model.graph.node):
+        return src
+    model = onnx.load(str(src))
+    used = {n.name for n in model.graph.node}
+    for i, n in enumerate(model.graph.node):
+        if not n.name:
+            n.name = f"int8_node_{i}"
+            while n.name in used:
+                n.name += "_"
+            used.add(n.name)
+    onnx.save(model, str(dst), save_as_external_data=model.ByteSize() > 2**31 - 2**20)
+    return dst
+
+
 def to_int8(src: Path, dst: Path, image: str, images: np.ndarray,
-            extra: Mapping[str, Any] | None = None) -> dict[str, int]:
+            extra: Mapping[str, Any] | None = None,
+            keep_fp32: Iterable[Int8Role] | None = None) -> dict[str, int]:
     """Write `src` with its weight MatMuls/Gemms quantized to int8 (QDQ) to `dst`,
-    calibrated on `images` (float32 [n, C, H, W], fed as `image`). Returns the counts
-    for the report: MatMul/Gemm nodes quantized, and those left fp32 (vtc's decisions,
-    and products of two activations such as Q·Kᵀ)."""
+    calibrated on `images` (float32 [n, C, H, W], fed as `image`), except those of the
+    roles in `keep_fp32` (None: `DEFAULT_KEEP_FP32`). Returns the counts for the report:
+    MatMul/Gemm nodes quantized and those left fp32 (vtc's decisions, products of two
+    activations such as Q·Kᵀ, the kept roles), and per role (`<role> int8`,
+    `<role> fp32`; `other` holds every weight node the classifier did not place)."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -101,9 +133,15 @@ def to_int8(src: Path, dst: Path, image: str, images: np.ndarray,
         quantize_static,
     )
 
-    model = onnx.load(str(src), load_external_data=False)
+    kept = set(DEFAULT_KEEP_FP32 if keep_fp32 is None else keep_fp32)
+    if kept - set(ROLES):
+        raise ValueError(f"unknown layer role(s) {sorted(kept - set(ROLES))}; known: "
+                         f"{', '.join(ROLES)}")
+    named = _named(src, dst.with_name(dst.stem + ".named.onnx"))
+    model = onnx.load(str(named), load_external_data=False)
     feeds = calibration_feeds(model, image, images)
-    keep = excluded(model)
+    roles = classify(model)
+    keep = excluded(model) + [n for n, r in roles.items() if r in kept]
 
     class _Reader(CalibrationDataReader):  # type: ignore[misc]
         def __init__(self) -> None:
@@ -117,7 +155,7 @@ def to_int8(src: Path, dst: Path, image: str, images: np.ndarray,
     root.setLevel(logging.ERROR)  # its "consider pre-processing" advice, once per call
     try:
         quantize_static(
-            str(src), str(dst), _Reader(), quant_format=QuantFormat.QDQ,
+            str(named), str(dst), _Reader(), quant_format=QuantFormat.QDQ,
             op_types_to_quantize=list(QUANTIZED_OPS), per_channel=True,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
             nodes_to_exclude=keep, calibrate_method=CalibrationMethod.MinMax,
@@ -127,8 +165,28 @@ def to_int8(src: Path, dst: Path, image: str, images: np.ndarray,
             calibration_providers=["CPUExecutionProvider"])
     finally:
         root.setLevel(level)
-    out = onnx.load(str(dst), load_external_data=False)
-    quantized = {n.output[0] for n in out.graph.node if n.op_type == "DequantizeLinear"}
+        if named != src:
+            named.unlink(missing_ok=True)
+            named.with_name(named.name + ".data").unlink(missing_ok=True)
+    return _counts(onnx.load(str(dst), load_external_data=False), roles)
+
+
+def int8_nodes(model: onnx.ModelProto) -> set[str]:
+    """The MatMul/Gemm nodes of a quantized graph whose weight (second input) comes out
+    of a DequantizeLinear: the ones that run in int8."""
+    dq = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    return {n.name for n in model.graph.node
+            if n.op_type in QUANTIZED_OPS and len(n.input) > 1 and n.input[1] in dq}
+
+
+def _counts(out: onnx.ModelProto, roles: Mapping[str, Int8Role]) -> dict[str, int]:
+    """MatMul/Gemm nodes int8 and fp32 in all, then per role of the weight nodes."""
+    q = int8_nodes(out)
     ops = [n for n in out.graph.node if n.op_type in QUANTIZED_OPS]
-    n_q = sum(1 for n in ops if any(i in quantized for i in n.input[1:2]))
-    return {"int8 MatMul/Gemm": n_q, "fp32 MatMul/Gemm": len(ops) - n_q}
+    counts = {"int8 MatMul/Gemm": len(q), "fp32 MatMul/Gemm": len(ops) - len(q)}
+    for role in ROLES:
+        names = [n for n, r in roles.items() if r == role]
+        n_q = sum(1 for n in names if n in q)
+        counts[f"{role} int8"] = n_q
+        counts[f"{role} fp32"] = len(names) - n_q
+    return counts
