@@ -65,7 +65,9 @@ def lm_name(key: str) -> str | None:
     return None
 
 
-def _shards(ckpt: Path) -> list[Path]:
+def shard_files(ckpt: Path) -> list[Path]:
+    """The checkpoint's safetensors files (the index's, or model.safetensors); an
+    InputError naming what is missing otherwise."""
     index = ckpt / "model.safetensors.index.json"
     if index.is_file():
         files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
@@ -73,8 +75,8 @@ def _shards(ckpt: Path) -> list[Path]:
     single = ckpt / "model.safetensors"
     if single.is_file():
         return [single]
-    raise InputError(f"{ckpt}: no model.safetensors (or index); the decoder export reads the "
-                     "LM's tensors from safetensors files")
+    raise InputError(f"{ckpt}: no model.safetensors (or index); vtc reads the LM's tensors "
+                     "from safetensors files (the decoder export, a streamed reference)")
 
 
 class ShardWriter:
@@ -137,7 +139,7 @@ def write_dir(ckpt: Path, config: dict[str, Any], out: Path,
     cfg.pop("_name_or_path", None)
     shards = ShardWriter(out)
     try:
-        files = _shards(ckpt)
+        files = shard_files(ckpt)
     except InputError:
         if model is None:
             raise

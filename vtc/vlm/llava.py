@@ -200,20 +200,28 @@ def read_config(path: Path) -> tuple[Any, VlmGeometry]:
     return config, check_config(config, str(path))
 
 
-def load(path: Path, use_safetensors: bool = True, streamed: bool = False
+def load(path: Path, use_safetensors: bool = True, streamed: bool | str = False
          ) -> tuple[nn.Module, VlmGeometry]:
     """The model (eval, fp32, eager attention: the reference reads attention
     probabilities) and its geometry. Local files only, never remote code.
 
-    `streamed`: the language model's decoder layers stay on disk and are read from the
-    checkpoint's safetensors files one matrix at a time when they run (`vtc.vlm.stream`):
-    the eager reference of a checkpoint whose LM does not fit in memory in fp32. Same
-    modules, same fp32 arithmetic."""
+    `streamed` (True, False or ``"auto"``: `vtc.vlm.stream.wanted`): the language
+    model's decoder layers stay on disk and are read from the checkpoint's safetensors
+    files one matrix at a time when they run (`vtc.vlm.stream`): the eager reference of
+    a checkpoint whose LM does not fit in memory in fp32. Same modules, same fp32
+    arithmetic."""
     from transformers import LlavaForConditionalGeneration
 
     from vtc.exporter._hf import from_pretrained
 
+    from . import stream
+
     config, geo = read_config(path)
+    streamed = stream.wanted(streamed, config.text_config)
+    if streamed and not use_safetensors:
+        raise InputError(f"{path}: generate.stream_lm reads the LM's layers from safetensors "
+                         "files, and this checkpoint has none; convert it to safetensors, or "
+                         "set generate.stream_lm: false (the LM is then held in fp32)")
     if not streamed:
         model = from_pretrained(LlavaForConditionalGeneration, path, use_safetensors,
                                 torch_dtype=torch.float32)

@@ -28,16 +28,8 @@ def load(path: Path, use_safetensors: bool = True, recipe: Any = None
          ) -> tuple[Any, llava.VlmGeometry]:
     """The model and geometry; its LM layers streamed from the checkpoint when the
     recipe's ``generate.stream_lm`` says so (`vtc.vlm.stream.wanted`)."""
-    from vtc.vlm import stream
-
     setting = getattr(getattr(recipe, "generate", None), "stream_lm", False)
-    config, geo = llava.read_config(path)
-    streamed = stream.wanted(setting, config.text_config)
-    if streamed and not use_safetensors:
-        raise InputError(f"{path}: generate.stream_lm reads the LM's layers from safetensors "
-                         "files, and this checkpoint has none; convert it to safetensors, or "
-                         "set generate.stream_lm: false (the LM is then held in fp32)")
-    model, geo = llava.load(path, use_safetensors, streamed=streamed)
+    model, geo = llava.load(path, use_safetensors, streamed=setting)
     return model, _size(recipe, geo)
 
 

@@ -28,7 +28,6 @@ checkpoint's → fp32 conversion.
 from __future__ import annotations
 
 import copy
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -78,16 +77,10 @@ class TensorIndex:
     def __init__(self, ckpt: Path) -> None:
         from safetensors import safe_open
 
-        index = ckpt / "model.safetensors.index.json"
-        if index.is_file():
-            files = {ckpt / f for f in json.loads(index.read_text())["weight_map"].values()}
-        elif (ckpt / "model.safetensors").is_file():
-            files = {ckpt / "model.safetensors"}
-        else:
-            raise InputError(f"{ckpt}: no model.safetensors (or index); a streamed reference "
-                             "reads the LM's tensors from safetensors files")
+        from .decoder import shard_files
+
         self.where: dict[str, Path] = {}
-        for f in sorted(files):
+        for f in shard_files(ckpt):
             with safe_open(str(f), "pt") as st:
                 self.where.update(dict.fromkeys(st.keys(), f))
 
