@@ -8,7 +8,10 @@ the int8 uncompressed one, timed interleaved by the pipeline in one process (tar
 ≥ 1.8×, as for fp32), with the deployment tier's cosine against the fp32 reference
 engine and engine parity (on the fp32 reference engines) for information; then the same
 recipe in fp32 (built and timed after the int8 runs, not interleaved) for the int8/fp32
-ratio of the compressed engines (target ≥ 1.3×: what int8 adds on top of fp32 vtc).
+ratio of the compressed engines — for information only: runs timed one after the other
+move apart with the machine's load, so the target on that ratio (≥ 1.3×: what int8 adds
+on top of fp32 vtc) is judged by the peer section (bench/peers.py), which times vtc +
+ORT int8 and vtc + ORT fp32 interleaved in one process.
 
 Run alone: `python -m bench.int8 [--repeats N] [--keep-fp32 ROLES ...]`; each
 `--keep-fp32` (roles joined by `+`, `none` for every weight MatMul int8, `default` for
@@ -62,9 +65,10 @@ def int8(tmp: Path, repeats: int, keeps: list[str]) -> list[tuple[bool | None, s
                 f"{conv.get('fp32 MatMul/Gemm')} fp32 (kept by role: {_kept(conv)})")
         lines.append((th["speedup"] >= 1.8, text + " [target: ≥ 1.8× int8 uncompressed]"))
         ratio = th["compressed_ips"] / fp32["compressed_ips"]
-        lines.append((ratio >= 1.3, f"keep-fp32 {k}: vtc int8 / vtc fp32 img/s {ratio:.2f}× "
-                      f"(uncompressed {th['baseline_ips'] / fp32['baseline_ips']:.2f}×) "
-                      "[target: ≥ 1.3× on top of fp32 vtc]"))
+        lines.append((None, f"keep-fp32 {k}: vtc int8 / vtc fp32 img/s {ratio:.2f}× "
+                      f"(uncompressed {th['baseline_ips'] / fp32['baseline_ips']:.2f}×; runs "
+                      "not interleaved: for information, the ≥ 1.3× target is judged "
+                      "interleaved by `python -m bench.peers --only vit`)"))
     lines.append((None, f"the same recipe in fp32, built and timed after the int8 runs (same "
                   f"process, not interleaved with them): uncompressed {fp32['baseline_ips']:.1f}"
                   f" → vtc {fp32['compressed_ips']:.1f} img/s, speedup {fp32['speedup']:.2f}×"))
