@@ -1,16 +1,17 @@
 """The rows of the peer table (bench/peers.py): every engine of one model, loaded at once.
 
-One model and one recipe give ten runners, all built by vtc's own stages (load →
+One model and one recipe give twelve runners, all built by vtc's own stages (load →
 export → compress → compile, as `vtc-export` builds them), none by hand:
 
-    ORT fp32 / int8 / int8 every MatMul / OpenVINO, uncompressed ─┐ compile_engines(
-    vtc + ORT fp32 / int8 / int8 every MatMul / OpenVINO, compr.  ─┘ baseline, model)
+    ORT fp32 / int8 ×3 / OpenVINO, uncompressed     ─┐ compile_engines(baseline, model)
+    vtc + ORT fp32 / int8 ×3 / OpenVINO, compressed ─┘
 
-ORT int8 comes twice: as `backend.precision: int8` builds it by default (the attention
-projections stay fp32, `backend.int8_keep_fp32`), and with every weight MatMul int8
-(`int8_keep_fp32: []`), which is what ONNX Runtime's quantizer does out of the box —
-the faster and less accurate peer. Both are calibrated on the same images; their
-reference engines are the fp32 ones.
+ORT int8 comes three times: static as `backend.precision: int8` builds it by default
+(calibrated, the attention projections fp32: `backend.int8_keep_fp32`); static with
+every weight MatMul int8 (`int8_keep_fp32: []`, what `quantize_static` does out of the
+box); and dynamic with every weight MatMul int8 (`int8_activations: dynamic`, what
+`quantize_dynamic` — optimum's default for transformers on the CPU — does). The static
+ones are calibrated on the same images; the reference engines are the fp32 ones.
     PyTorch eager (SDPA)          the HF model as vtc loads it (attn_implementation="sdpa")
     PyTorch eager + ToMe patch    tests/reference/tome_reference.py (the paper's patch,
                                   re-implemented; attention computed as the patch does)
@@ -38,12 +39,14 @@ ROWS: dict[str, tuple[str, bool, str, str]] = {
     "ort-fp32": ("ORT fp32 (uncompressed)", False, "ort", "fp32"),
     "ort-int8": ("ORT int8, attention fp32 (uncompressed)", False, "ort", "int8"),
     "ort-int8-all": ("ORT int8, every MatMul (uncompressed)", False, "ort", "int8"),
+    "ort-int8-dyn": ("ORT int8 dynamic, every MatMul (uncompressed)", False, "ort", "int8"),
     "openvino": ("OpenVINO fp32 (uncompressed)", False, "openvino", "fp32"),
     "eager-sdpa": ("PyTorch eager, SDPA (uncompressed)", False, "torch", "fp32"),
     "eager-tome": ("PyTorch eager + ToMe paper's patch", True, "torch", "fp32"),
     "vtc-ort-fp32": ("vtc + ORT fp32", True, "ort", "fp32"),
     "vtc-ort-int8": ("vtc + ORT int8, attention fp32 (default)", True, "ort", "int8"),
     "vtc-ort-int8-all": ("vtc + ORT int8, every MatMul", True, "ort", "int8"),
+    "vtc-ort-int8-dyn": ("vtc + ORT int8 dynamic, every MatMul", True, "ort", "int8"),
     "vtc-openvino": ("vtc + OpenVINO fp32", True, "openvino", "fp32"),
 }
 REFERENCE = "ort-fp32"  # outputs and the probe's classifier are compared with this row
@@ -113,8 +116,11 @@ def build(source: str, recipe_name: str, sets: list[str], tmp: Path, batch: int,
     rec_ort = load_recipe(recipe_name, [*common, "backend.precision=int8"])
     rec_all = load_recipe(recipe_name, [*common, "backend.precision=int8",
                                         "backend.int8_keep_fp32=[]"])
+    rec_dyn = load_recipe(recipe_name, [*common, "backend.precision=int8",
+                                        "backend.int8_keep_fp32=[]",
+                                        "backend.int8_activations=dynamic"])
     rec_ov = load_recipe(recipe_name, [*common, "backend.kind=openvino"])
-    for rec in (rec_ort, rec_all, rec_ov):
+    for rec in (rec_ort, rec_all, rec_dyn, rec_ov):
         check_engine(rec)
     src = resolve(source)
     log(f"      loading {source} ({src.model_type})")
@@ -125,7 +131,7 @@ def build(source: str, recipe_name: str, sets: list[str], tmp: Path, batch: int,
     log(f"      rewriting: {budget.label}, tokens {budget.tokens_in} → {budget.tokens_out}")
     comp = compress_graph(exported, budget, rec_ort, loaded, tmp, log)
     inputs = select_inputs(rec_ort, None, loaded, dense=False)  # also the int8 calibration
-    for d in ("ort", "ort-all", "ov"):
+    for d in ("ort", "ort-all", "ort-dyn", "ov"):
         (tmp / d).mkdir(exist_ok=True)
     with ExitStack() as stack:
         log("      compiling ORT fp32 + int8 engines (int8: quantized, calibrated)")
@@ -136,15 +142,21 @@ def build(source: str, recipe_name: str, sets: list[str], tmp: Path, batch: int,
         every = stack.enter_context(compile_engines(
             rec_all, exported.baseline, comp.path, tmp / "ort-all", pre=loaded.pre,
             calibration=inputs.x))
+        log("      compiling ORT int8 engines, dynamic, every weight MatMul int8")
+        dyn = stack.enter_context(compile_engines(
+            rec_dyn, exported.baseline, comp.path, tmp / "ort-dyn", pre=loaded.pre))
         log("      compiling OpenVINO engines")
         ov = stack.enter_context(compile_engines(rec_ov, exported.baseline, comp.path,
                                                  tmp / "ov", pre=loaded.pre))
         assert ort.deployed is not None and ort.deployed_baseline is not None
         assert every.deployed is not None and every.deployed_baseline is not None
+        assert dyn.deployed is not None and dyn.deployed_baseline is not None
         engines = {"ort-fp32": ort.baseline, "ort-int8": ort.deployed_baseline,
-                   "ort-int8-all": every.deployed_baseline, "openvino": ov.baseline,
+                   "ort-int8-all": every.deployed_baseline,
+                   "ort-int8-dyn": dyn.deployed_baseline, "openvino": ov.baseline,
                    "vtc-ort-fp32": ort.compressed, "vtc-ort-int8": ort.deployed,
-                   "vtc-ort-int8-all": every.deployed, "vtc-openvino": ov.compressed}
+                   "vtc-ort-int8-all": every.deployed, "vtc-ort-int8-dyn": dyn.deployed,
+                   "vtc-openvino": ov.compressed}
         eager, eager_meta = _torch_rows(loaded, rec_ort)
         for rt in eager.values():
             stack.enter_context(rt)
@@ -158,7 +170,8 @@ def build(source: str, recipe_name: str, sets: list[str], tmp: Path, batch: int,
                 "flops_ratio": budget.flops_ratio, "inputs": inputs.info.kind,
                 "ort_fused": ort.fusions.compressed if ort.fusions else None,
                 "int8_conversion": dict(ort.info.conversion),
-                "int8_every_conversion": dict(every.info.conversion), **eager_meta}
+                "int8_every_conversion": dict(every.info.conversion),
+                "int8_dynamic_conversion": dict(dyn.info.conversion), **eager_meta}
         yield Built(runners, timed, xb, loaded, meta)
 
 

@@ -1,14 +1,14 @@
 """`make bench`, peer section (issue 20, item 5): vtc against what a user would run instead.
 
 For ViT-B/16 (random weights, `tome-r16`) and the zoo's dinov2-small (real weights, the
-`dinov2-small` recipe: ToMe r=16), batch 8, one table each, ten rows timed interleaved
+`dinov2-small` recipe: ToMe r=16), batch 8, one table each, twelve rows timed interleaved
 in one process (bench/peer_rows.py builds them through vtc's own stages):
 
-    ORT fp32 / ORT int8 (attention fp32) / ORT int8 (every MatMul) /
-      OpenVINO fp32 / PyTorch eager (SDPA)                         uncompressed peers
-    PyTorch eager + the ToMe paper's patch at the recipe's r       compressed peer
-    vtc + ORT fp32 / vtc + ORT int8 (attention fp32, the default) /
-      vtc + ORT int8 (every MatMul) / vtc + OpenVINO fp32          vtc
+    ORT fp32 / ORT int8 static (attention fp32) / ORT int8 static (every MatMul) /
+      ORT int8 dynamic (every MatMul) / OpenVINO fp32 / PyTorch eager (SDPA)   uncompressed
+    PyTorch eager + the ToMe paper's patch at the recipe's r                  compressed peer
+    vtc + ORT fp32 / vtc + ORT int8 static (attention fp32, the default) /
+      static (every MatMul) / dynamic (every MatMul) / vtc + OpenVINO fp32     vtc
 
 Every round calls every row once, in an order drawn at random per round (seeded), after
 a warm-up; img/s = batch / median latency. Each row's ratio is the paired speedup
@@ -226,7 +226,8 @@ def targets(res: dict[str, Any], judge: bool) -> list[Line]:
                       f"fastest uncompressed peer "
                       f"{_ratio_text(dflt['ratio'], dflt['ratio_low'], dflt['ratio_high'])}; "
                       f"vtc + ORT int8 every MatMul vs vtc + ORT fp32 "
-                      f"{_ratio_text(*pair(t, 'vtc-ort-int8-all', 'vtc-ort-fp32'))}"))
+                      f"{_ratio_text(*pair(t, 'vtc-ort-int8-all', 'vtc-ort-fp32'))}, dynamic "
+                      f"{_ratio_text(*pair(t, 'vtc-ort-int8-dyn', 'vtc-ort-fp32'))}"))
     if res["probe_target"] and res["probe"]:
         p = res["probe"]
         drop = p["rows"]["vtc-ort-int8"]["drop"]
@@ -239,7 +240,9 @@ def targets(res: dict[str, Any], judge: bool) -> list[Line]:
                       f"[target ≤ {INT8_DROP_TARGET} pt]{tag}"))
         lines.append((None, f"peers {name}: for information, every weight MatMul int8: "
                       f"probe drop {p['rows']['vtc-ort-int8-all']['drop']:.2f} pt (vtc), "
-                      f"{p['rows']['ort-int8-all']['drop']:.2f} pt (uncompressed)"))
+                      f"{p['rows']['ort-int8-all']['drop']:.2f} pt (uncompressed); dynamic: "
+                      f"{p['rows']['vtc-ort-int8-dyn']['drop']:.2f} pt (vtc), "
+                      f"{p['rows']['ort-int8-dyn']['drop']:.2f} pt (uncompressed)"))
     est, lo, hi = pair(t, "vtc-ort-fp32", "eager-tome")
     lines.append((None, f"peers {name}: vtc + ORT fp32 vs the ToMe paper's patch in eager "
                   f"PyTorch (same r={res['tome_r']}): {_ratio_text(est, lo, hi)}; outputs "

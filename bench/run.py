@@ -26,9 +26,10 @@
    (bench/int8.py). 12. Qwen2.5-VL: tiny parity per shipped recipe, and Qwen2.5-VL-3B
    shapes 256 → 64 visual tokens, LM prefill ≤ 0.40× the uncut genai bundle
    (bench/vlm_qwen.py). 13. peers: one table per model (ViT-B/16 tome-r16, dinov2-small
-   r=16; batch 8): ORT fp32/int8 (int8 twice: attention projections fp32, the default,
-   and every MatMul), OpenVINO and PyTorch eager (SDPA) uncompressed, eager PyTorch with
-   the ToMe paper's patch, vtc + ORT fp32/int8 (both int8 kinds) and vtc + OpenVINO, all
+   r=16; batch 8): ORT fp32/int8 (int8 three times: static with the attention
+   projections fp32, the default; static every MatMul; dynamic every MatMul), OpenVINO
+   and PyTorch eager (SDPA) uncompressed, eager PyTorch with the ToMe paper's patch, vtc
+   + ORT fp32/int8 (the three int8 kinds) and vtc + OpenVINO, all
    timed interleaved in one process, each with img/s, the paired ratio over the fastest
    uncompressed peer and (dinov2-small) the Fashion-MNIST probe; the fastest vtc engine
    ≥ 1.8× that peer on ViT-B/16, int8 ≥ 1.3× fp32 vtc, dinov2-small vtc int8 probe drop

@@ -177,3 +177,59 @@ def test_unnamed_nodes_are_named_so_a_kept_role_can_be_excluded(int8_bundle: Pat
     assert (counts["mlp_in int8"], counts["mlp_in fp32"]) == (0, LAYERS)
     assert counts["mlp_out int8"] == LAYERS
     assert sorted(p.name for p in tmp_path.iterdir()) == ["anon.onnx", "m8.onnx"]
+
+
+def test_dynamic_int8_needs_no_images_and_keeps_decisions_fp32(int8_bundle: Path,
+                                                              tmp_path: Path) -> None:
+    src = int8_bundle / "model.onnx"
+    counts = to_int8(src, tmp_path / "d8.onnx", "pixel_values", None, keep_fp32=[],
+                     activations="dynamic")
+    m = onnx.load(str(tmp_path / "d8.onnx"))
+    ops = [n.op_type for n in m.graph.node]
+    assert "MatMulInteger" in ops and "DynamicQuantizeLinear" in ops
+    assert "QuantizeLinear" not in ops  # no calibrated ranges
+    q = int8_nodes(m)
+    roles = classify(onnx.load(str(src), load_external_data=False))
+    # every projection and MLP layer int8 (quantize_dynamic leaves Gemm, the classifier,
+    # fp32), nothing vtc emitted
+    assert {n for n, r in roles.items() if r != "other"} <= q
+    assert not any(n.startswith(KEEP_PREFIX) for n in q)
+    assert counts["int8 MatMul/Gemm"] == len(q)
+    assert (counts["mlp_in int8"], counts["attention_in int8"]) == (LAYERS, 3 * LAYERS)
+    x = np.random.default_rng(3).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    y8 = ort.InferenceSession(str(tmp_path / "d8.onnx")).run(None, {"pixel_values": x})[0]
+    y32 = ort.InferenceSession(str(src)).run(None, {"pixel_values": x})[0]
+    assert not np.allclose(y8, y32, atol=1e-6)  # it did quantize
+    cos = (y8 * y32).sum(1) / np.linalg.norm(y8, axis=1) / np.linalg.norm(y32, axis=1)
+    assert cos.min() > 0.95
+    with pytest.raises(ValueError, match="static int8 needs calibration images"):
+        to_int8(src, tmp_path / "s8.onnx", "pixel_values", None)
+
+
+def test_int8_activations_is_an_int8_setting() -> None:
+    r = load_recipe("tome-r8", ["backend.precision=int8", "backend.int8_activations=dynamic"])
+    assert r.backend.int8_activations == "dynamic"
+    assert load_recipe("tome-r8", ["backend.precision=int8"]).backend.int8_activations == \
+        "static"
+    with pytest.raises(RecipeError, match="int8_activations applies to precision int8 only"):
+        load_recipe("tome-r8", ["backend.int8_activations=dynamic"])
+    with pytest.raises(RecipeError, match="int8_activations"):
+        load_recipe("tome-r8", ["backend.precision=int8", "backend.int8_activations=qdq"])
+
+
+def test_a_dynamic_int8_bundle_runs_integer_kernels(tmp_path: Path, vit_dir: Path) -> None:
+    out = tmp_path / "d"
+    res = CliRunner().invoke(export_main, [
+        str(vit_dir), "--recipe", "tome-r8", "--out", str(out), *FAST, "--set", "tome.r=3",
+        "--set", "backend.precision=int8", "--set", "backend.int8_activations=dynamic",
+        "--set", "gates.min_deploy_cosine=0.9"])
+    assert res.exit_code == 0, res.output
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["engine"]["precision"] == "int8" and rep["recipe"]["backend"][
+        "int8_activations"] == "dynamic"
+    assert rep["engine"]["conversion"]["mlp_in int8"] == LAYERS
+    assert rep["parity"]["engine"]["max_abs_diff"] <= 1e-4  # the fp32 engines
+    engine = onnx.load(str(out / "model.ort.onnx"), load_external_data=False)
+    ops = {n.op_type for n in engine.graph.node}
+    assert ops & {"DynamicQuantizeMatMul", "MatMulIntegerToFloat"}, sorted(ops)
+    assert not ops & {"QLinearMatMul", "QuantizeLinear"}, sorted(ops)

@@ -23,7 +23,7 @@ from pydantic import model_validator as _model_validator
 
 from vtc import methods
 from vtc.backends import engines
-from vtc.backends.options import Int8Role
+from vtc.backends.options import Int8Activations, Int8Role
 from vtc.budget import Budget, Geometry, Pricing
 from vtc.data import names as dataset_names
 from vtc.data.captions import check_captions
@@ -121,6 +121,11 @@ class BackendCfg(_Strict):
     # weight MatMul int8 (faster, less accurate: docs/int8.md). Named with
     # another precision it is refused (it would do nothing)
     int8_keep_fp32: list[Int8Role] | None = None
+    # int8 only: static — activation ranges calibrated on the validation images (or
+    # --images), QDQ; dynamic — each MatMul's input range measured on every call
+    # (onnxruntime's quantize_dynamic), no calibration images, per-call cost of a
+    # min/max pass, usually the faster engine on the CPU (docs/int8.md)
+    int8_activations: Int8Activations = "static"
     # per execution provider, passed through: {CUDAExecutionProvider: {use_tf32: 0}}
     provider_options: dict[str, dict[str, str | int | float | bool]] = Field(
         default_factory=dict)
@@ -152,6 +157,10 @@ class BackendCfg(_Strict):
             raise ValueError(f"int8_keep_fp32 applies to precision int8 only (precision is "
                              f"{self.precision}); set backend.precision: int8 or drop "
                              "int8_keep_fp32")
+        if self.int8_activations != "static" and self.precision != "int8":
+            raise ValueError(f"int8_activations applies to precision int8 only (precision "
+                             f"is {self.precision}); set backend.precision: int8 or drop "
+                             "int8_activations")
         return self
 
     @field_validator("cuda_graph", mode="before")

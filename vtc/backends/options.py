@@ -33,6 +33,9 @@ CudaGraph = Literal["auto", "on", "off"]
 # what a weight MatMul/Gemm does in a block (`vtc.passes.matmul_roles`): the layer roles
 # `backend.int8_keep_fp32` can keep out of int8
 Int8Role = Literal["attention_in", "attention_out", "mlp_in", "mlp_out", "other"]
+# int8 activations: static (ranges calibrated on images, QDQ) or dynamic (each MatMul's
+# input range measured per call, no calibration: ORT's quantize_dynamic)
+Int8Activations = Literal["static", "dynamic"]
 
 # The onnxruntime package that offers each execution provider (onnxruntime's docs).
 PACKAGES: dict[str, str] = {
@@ -102,6 +105,7 @@ class EngineOptions:
     precision: Precision = "fp32"
     # int8: the layer roles kept fp32 (None: vtc.passes.quantize.DEFAULT_KEEP_FP32)
     int8_keep_fp32: tuple[Int8Role, ...] | None = None
+    int8_activations: Int8Activations = "static"  # int8: calibrated or per-call ranges
     provider_options: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     cuda_graph: CudaGraph = "auto"  # auto: on when every node runs on the CUDA EP
     io_binding: bool = True  # timing binds inputs and outputs on the device

@@ -79,6 +79,7 @@ def options(recipe: RecipeBase, input_shape: tuple[int, ...] | None = None
     return EngineOptions(
         providers=tuple(b.providers), precision=b.precision,
         int8_keep_fp32=None if b.int8_keep_fp32 is None else tuple(b.int8_keep_fp32),
+        int8_activations=b.int8_activations,
         threads=b.threads if b.threads is not None else env_threads(),
         provider_options={p: {k: option_value(v) for k, v in o.items()}
                           for p, o in b.provider_options.items()},
@@ -166,20 +167,22 @@ def _deployed_graphs(engine: engines.Engine, opts: EngineOptions, baseline: Path
                      model: Path, tmp: Path, calibration: np.ndarray | None = None,
                      image: str = "pixel_values") -> tuple[Path, Path, dict[str, int]]:
     """The graphs the deployed engines build from: converted to fp16, or quantized to
-    int8 (calibrated on `calibration`, float32 [n, C, H, W] fed as `image`; the layer
-    roles `opts.int8_keep_fp32` names stay fp32), for an engine that runs the graph as
-    written; else the graphs themselves."""
+    int8 (static: calibrated on `calibration`, float32 [n, C, H, W] fed as `image`;
+    dynamic: no calibration; the layer roles `opts.int8_keep_fp32` names stay fp32),
+    for an engine that runs the graph as written; else the graphs themselves."""
     if opts.precision == "fp32" or not engine.converts_precision:
         return baseline, model, {}
     if opts.precision == "int8":
         from vtc.passes.quantize import to_int8
 
-        if calibration is None or not len(calibration):
-            raise ValueError("an int8 deployment needs calibration images")
+        act = opts.int8_activations
+        if act == "static" and (calibration is None or not len(calibration)):
+            raise ValueError("a static int8 deployment needs calibration images")
         b8, m8 = tmp / ".baseline.int8.onnx", tmp / ".model.int8.onnx"
         keep = opts.int8_keep_fp32
-        to_int8(baseline, b8, image, calibration, keep_fp32=keep)
-        return b8, m8, to_int8(model, m8, image, calibration, keep_fp32=keep)
+        to_int8(baseline, b8, image, calibration, keep_fp32=keep, activations=act)
+        return b8, m8, to_int8(model, m8, image, calibration, keep_fp32=keep,
+                               activations=act)
     b16, m16 = tmp / ".baseline.fp16.onnx", tmp / ".model.fp16.onnx"
     to_fp16(baseline, b16)
     return b16, m16, to_fp16(model, m16)
