@@ -208,5 +208,6 @@ def probe_features(built: Built, dataset: str, n_train: int, n_test: int, seed: 
         return {k: np.concatenate(v) for k, v in parts.items()}
 
     train = feats([REFERENCE], split.train_images, f"{dataset} train features")[REFERENCE]
-    test = feats(list(built.runners), split.test_images, f"{dataset} test features, {len(built.runners)} rows")
+    test = feats(list(built.runners), split.test_images,
+                 f"{dataset} test features, {len(built.runners)} rows")
     return split, train, test

@@ -172,7 +172,8 @@ def measure(spec: Spec, tmp: Path, repeats: int, warmup: int, threads: int, log:
 
     with build(spec.source(tmp), spec.recipe, list(spec.sets), tmp / "rows", 8, threads,
                log) as built:
-        log(f"      timing {len(built.timed)} rows interleaved: {warmup} warm-up calls each, {repeats} rounds")
+        log(f"      timing {len(built.timed)} rows interleaved: {warmup} warm-up calls each, "
+            f"{repeats} rounds")
         t0 = time.perf_counter()
         timings = measure_interleaved(built.timed, batch=built.meta["batch"], warmup=warmup,
                                       repeats=repeats, shuffle_seed=SHUFFLE_SEED,

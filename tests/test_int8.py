@@ -233,3 +233,21 @@ def test_a_dynamic_int8_bundle_runs_integer_kernels(tmp_path: Path, vit_dir: Pat
     ops = {n.op_type for n in engine.graph.node}
     assert ops & {"DynamicQuantizeMatMul", "MatMulIntegerToFloat"}, sorted(ops)
     assert not ops & {"QLinearMatMul", "QuantizeLinear"}, sorted(ops)
+
+
+def test_static_int8_is_batch_independent_dynamic_is_not(int8_bundle: Path,
+                                                         tmp_path: Path) -> None:
+    """Why static stays the default: a dynamic engine measures its ranges on the whole
+    batch, so one image's output moves with its batchmates (docs/int8.md)."""
+    src = int8_bundle / "model.onnx"
+    x = np.random.default_rng(5).standard_normal((4, 3, 32, 32)).astype(np.float32)
+    loud = x.copy()
+    loud[1:] *= 4.0
+    first = {}
+    for act in ("static", "dynamic"):
+        dst = tmp_path / f"{act}.onnx"
+        to_int8(src, dst, "pixel_values", _images(8), keep_fp32=[], activations=act)
+        s = ort.InferenceSession(str(dst))
+        first[act] = [s.run(None, {"pixel_values": b})[0][0] for b in (x, loud)]
+    np.testing.assert_array_equal(*first["static"])
+    assert not np.allclose(*first["dynamic"], atol=1e-6)
