@@ -227,7 +227,10 @@ def test_a_dynamic_int8_bundle_runs_integer_kernels(tmp_path: Path, vit_dir: Pat
     rep = json.loads((out / "report.json").read_text())
     assert rep["engine"]["precision"] == "int8" and rep["recipe"]["backend"][
         "int8_activations"] == "dynamic"
-    assert rep["engine"]["conversion"]["mlp_in int8"] == LAYERS
+    conv = rep["engine"]["conversion"]
+    # dynamic's default keeps no role fp32 (static's keeps the attention projections)
+    assert (conv["mlp_in int8"], conv["attention_in int8"], conv["attention_in fp32"]) == (
+        LAYERS, 3 * LAYERS, 0)
     assert rep["parity"]["engine"]["max_abs_diff"] <= 1e-4  # the fp32 engines
     engine = onnx.load(str(out / "model.ort.onnx"), load_external_data=False)
     ops = {n.op_type for n in engine.graph.node}

@@ -116,9 +116,10 @@ class BackendCfg(_Strict):
     precision: Literal["fp32", "fp16", "int8"] = "fp32"
     # int8 only: the layer roles whose weight MatMuls/Gemms stay fp32, read from the graph
     # (vtc.passes.matmul_roles): attention_in (q, k, v), attention_out (o), mlp_in (fc1),
-    # mlp_out (fc2), other (heads, poolers, anything not placed). null: the int8 default
-    # (vtc.passes.quantize.DEFAULT_KEEP_FP32: attention_in, attention_out); []: every
-    # weight MatMul int8 (faster, less accurate: docs/int8.md). Named with
+    # mlp_out (fc2), other (heads, poolers, anything not placed). null: the default of
+    # the activation mode (vtc.passes.quantize.DEFAULT_KEEP_FP32: static attention_in,
+    # attention_out; dynamic none); []: every weight MatMul int8 (faster; static loses
+    # more accuracy: docs/int8.md). Named with
     # another precision it is refused (it would do nothing)
     int8_keep_fp32: list[Int8Role] | None = None
     # int8 only: static — activation ranges calibrated on the validation images (or

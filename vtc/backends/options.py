@@ -103,7 +103,7 @@ class EngineOptions:
     threads: int | None = None  # ORT intra-op threads
     # fp16: fp16 arithmetic, fp32 inputs/outputs/decisions; int8: weight MatMuls int8
     precision: Precision = "fp32"
-    # int8: the layer roles kept fp32 (None: vtc.passes.quantize.DEFAULT_KEEP_FP32)
+    # int8: the layer roles kept fp32 (None: the mode's, vtc.passes.quantize.DEFAULT_KEEP_FP32)
     int8_keep_fp32: tuple[Int8Role, ...] | None = None
     int8_activations: Int8Activations = "static"  # int8: calibrated or per-call ranges
     provider_options: Mapping[str, Mapping[str, str]] = field(default_factory=dict)

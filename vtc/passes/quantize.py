@@ -33,8 +33,9 @@ less kernel time than static, docs/int8.md). What is quantized and how:
   or over each call's input (dynamic);
 * the weight nodes of the layer roles `keep_fp32` names (`backend.int8_keep_fp32`;
   roles read from the graph's structure by `vtc.passes.matmul_roles`: attention_in,
-  attention_out, mlp_in, mlp_out, other) stay fp32 too; by default the attention
-  projections (q, k, v, o), where int8 loses most of its accuracy on real weights.
+  attention_out, mlp_in, mlp_out, other) stay fp32 too; by default, static, the
+  attention projections (q, k, v, o), where static int8 loses most of its accuracy on
+  real weights; dynamic, none (its per-call ranges lose less there).
 
 What the decisions read (keys, attention probabilities) comes out of int8 layers, so
 an int8 engine can decide differently from the fp32 one on a near-tie; the pipeline
@@ -58,11 +59,13 @@ from vtc.passes.precision import KEEP_PREFIX
 
 QUANTIZED_OPS = ("MatMul", "Gemm")
 DYNAMIC_SUFFIX = "_quant"  # quantize_dynamic names a MatMul's MatMulInteger <name>_quant
-# the roles kept fp32 when the recipe names none (`backend.int8_keep_fp32: null`): the
-# attention projections. dinov2-small Fashion-MNIST probe, vtc ToMe r=16 int8 vs
-# uncompressed fp32 (docs/int8.md, 2026-12-08): 1.70 pt with none kept, 0.80 pt with
-# these; vtc int8 still 1.4x vtc fp32 on ViT-B/16 tome-r16 (target 1.3x)
-DEFAULT_KEEP_FP32: tuple[Int8Role, ...] = ("attention_in", "attention_out")
+# the roles kept fp32 when the recipe names none (`backend.int8_keep_fp32: null`), per
+# activation mode. Static: the attention projections — dinov2-small Fashion-MNIST probe,
+# vtc ToMe r=16 int8 vs uncompressed fp32 (docs/int8.md, 2026-12-08): 1.70 pt with none
+# kept, 0.80 pt with these (bench.peers: 1.50 and 0.65 pt). Dynamic: none — the same
+# probe drops 0.70 pt with every weight MatMul int8 (bench.peers, 2026-12-08)
+DEFAULT_KEEP_FP32: dict[str, tuple[Int8Role, ...]] = {
+    "static": ("attention_in", "attention_out"), "dynamic": ()}
 
 
 def calibration_feeds(model: onnx.ModelProto, image: str, images: np.ndarray
@@ -129,14 +132,15 @@ def to_int8(src: Path, dst: Path, image: str, images: np.ndarray | None,
             keep_fp32: Iterable[Int8Role] | None = None,
             activations: Int8Activations = "static") -> dict[str, int]:
     """Write `src` with its weight MatMuls/Gemms quantized to int8 to `dst`, except those
-    of the roles in `keep_fp32` (None: `DEFAULT_KEEP_FP32`). `activations` static: QDQ,
+    of the roles in `keep_fp32` (None: `DEFAULT_KEEP_FP32[activations]`). `activations`
+    static: QDQ,
     calibrated on `images` (float32 [n, C, H, W], fed as `image`); dynamic: each
     quantized MatMul measures its input's range on every call (`images` unused).
     Returns the counts for the report: MatMul/Gemm nodes quantized and those left fp32
     (vtc's decisions, products of two activations such as Q·Kᵀ, the kept roles), and
     per role (`<role> int8`, `<role> fp32`; `other` holds every weight node the
     classifier did not place)."""
-    kept = set(DEFAULT_KEEP_FP32 if keep_fp32 is None else keep_fp32)
+    kept = set(DEFAULT_KEEP_FP32[activations] if keep_fp32 is None else keep_fp32)
     if kept - set(ROLES):
         raise ValueError(f"unknown layer role(s) {sorted(kept - set(ROLES))}; known: "
                          f"{', '.join(ROLES)}")
