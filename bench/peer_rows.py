@@ -50,6 +50,13 @@ ROWS: dict[str, tuple[str, bool, str, str]] = {
     "vtc-openvino": ("vtc + OpenVINO fp32", True, "openvino", "fp32"),
 }
 REFERENCE = "ort-fp32"  # outputs and the probe's classifier are compared with this row
+# the ORT int8 configurations, by row-key suffix: (what, recipe settings beyond int8)
+INT8: dict[str, tuple[str, list[str]]] = {
+    "": ("int8 static, attention projections fp32: the default", []),
+    "-all": ("int8 static, every weight MatMul int8", ["backend.int8_keep_fp32=[]"]),
+    "-dyn": ("int8 dynamic, every weight MatMul int8",
+             ["backend.int8_keep_fp32=[]", "backend.int8_activations=dynamic"]),
+}
 
 
 @dataclass
@@ -113,14 +120,11 @@ def build(source: str, recipe_name: str, sets: list[str], tmp: Path, batch: int,
     from vtc.stages.validate import select_inputs
 
     common = [*sets, f"backend.threads={threads}"]
-    rec_ort = load_recipe(recipe_name, [*common, "backend.precision=int8"])
-    rec_all = load_recipe(recipe_name, [*common, "backend.precision=int8",
-                                        "backend.int8_keep_fp32=[]"])
-    rec_dyn = load_recipe(recipe_name, [*common, "backend.precision=int8",
-                                        "backend.int8_keep_fp32=[]",
-                                        "backend.int8_activations=dynamic"])
+    rec_int8 = {suffix: load_recipe(recipe_name, [*common, "backend.precision=int8", *extra])
+                for suffix, (_what, extra) in INT8.items()}
+    rec_ort = rec_int8[""]  # the default int8: its compile also gives the fp32 engines
     rec_ov = load_recipe(recipe_name, [*common, "backend.kind=openvino"])
-    for rec in (rec_ort, rec_all, rec_dyn, rec_ov):
+    for rec in (*rec_int8.values(), rec_ov):
         check_engine(rec)
     src = resolve(source)
     log(f"      loading {source} ({src.model_type})")
@@ -131,32 +135,25 @@ def build(source: str, recipe_name: str, sets: list[str], tmp: Path, batch: int,
     log(f"      rewriting: {budget.label}, tokens {budget.tokens_in} → {budget.tokens_out}")
     comp = compress_graph(exported, budget, rec_ort, loaded, tmp, log)
     inputs = select_inputs(rec_ort, None, loaded, dense=False)  # also the int8 calibration
-    for d in ("ort", "ort-all", "ort-dyn", "ov"):
-        (tmp / d).mkdir(exist_ok=True)
     with ExitStack() as stack:
-        log("      compiling ORT fp32 + int8 engines (int8: quantized, calibrated)")
-        ort = stack.enter_context(compile_engines(
-            rec_ort, exported.baseline, comp.path, tmp / "ort", pre=loaded.pre,
-            calibration=inputs.x))
-        log("      compiling ORT int8 engines with every weight MatMul int8")
-        every = stack.enter_context(compile_engines(
-            rec_all, exported.baseline, comp.path, tmp / "ort-all", pre=loaded.pre,
-            calibration=inputs.x))
-        log("      compiling ORT int8 engines, dynamic, every weight MatMul int8")
-        dyn = stack.enter_context(compile_engines(
-            rec_dyn, exported.baseline, comp.path, tmp / "ort-dyn", pre=loaded.pre))
+        int8: dict[str, Any] = {}
+        for suffix, (what, _extra) in INT8.items():
+            log(f"      compiling ORT fp32 + int8 engines ({what})")
+            (tmp / f"ort{suffix}").mkdir(exist_ok=True)
+            int8[suffix] = c = stack.enter_context(compile_engines(
+                rec_int8[suffix], exported.baseline, comp.path, tmp / f"ort{suffix}",
+                pre=loaded.pre, calibration=inputs.x))  # dynamic: calibration unused
+            assert c.deployed is not None and c.deployed_baseline is not None
         log("      compiling OpenVINO engines")
+        (tmp / "ov").mkdir(exist_ok=True)
         ov = stack.enter_context(compile_engines(rec_ov, exported.baseline, comp.path,
                                                  tmp / "ov", pre=loaded.pre))
-        assert ort.deployed is not None and ort.deployed_baseline is not None
-        assert every.deployed is not None and every.deployed_baseline is not None
-        assert dyn.deployed is not None and dyn.deployed_baseline is not None
-        engines = {"ort-fp32": ort.baseline, "ort-int8": ort.deployed_baseline,
-                   "ort-int8-all": every.deployed_baseline,
-                   "ort-int8-dyn": dyn.deployed_baseline, "openvino": ov.baseline,
-                   "vtc-ort-fp32": ort.compressed, "vtc-ort-int8": ort.deployed,
-                   "vtc-ort-int8-all": every.deployed, "vtc-ort-int8-dyn": dyn.deployed,
-                   "vtc-openvino": ov.compressed}
+        ort = int8[""]
+        engines = {"ort-fp32": ort.baseline, "openvino": ov.baseline,
+                   "vtc-ort-fp32": ort.compressed, "vtc-openvino": ov.compressed}
+        for suffix, c in int8.items():
+            engines[f"ort-int8{suffix}"] = c.deployed_baseline
+            engines[f"vtc-ort-int8{suffix}"] = c.deployed
         eager, eager_meta = _torch_rows(loaded, rec_ort)
         for rt in eager.values():
             stack.enter_context(rt)
@@ -169,9 +166,8 @@ def build(source: str, recipe_name: str, sets: list[str], tmp: Path, batch: int,
                 "tokens_in": budget.tokens_in, "tokens_out": budget.tokens_out,
                 "flops_ratio": budget.flops_ratio, "inputs": inputs.info.kind,
                 "ort_fused": ort.fusions.compressed if ort.fusions else None,
-                "int8_conversion": dict(ort.info.conversion),
-                "int8_every_conversion": dict(every.info.conversion),
-                "int8_dynamic_conversion": dict(dyn.info.conversion), **eager_meta}
+                **{f"int8{suffix.replace('-', '_')}_conversion": dict(c.info.conversion)
+                   for suffix, c in int8.items()}, **eager_meta}
         yield Built(runners, timed, xb, loaded, meta)
 
 
