@@ -26,9 +26,8 @@ Targets (full mode): the fastest vtc row ≥ 1.8× the fastest uncompressed peer
 ViT-B/16 tome-r16; vtc + ORT int8 ≥ 1.3× vtc + ORT fp32 (paired, ViT-B/16); dinov2-small
 vtc + ORT int8 probe drop ≤ 1.0 pt against ORT fp32 uncompressed — the int8 targets on
 the default int8 engine. Information lines say the same of the every-MatMul and dynamic
-rows and
-of the default int8 engine against the fastest peer, so a reader sees whether one int8
-configuration meets every target or each is met by a different one. The table is printed
+rows and of the default int8 engine against the fastest peer, so a reader sees whether
+one int8 configuration meets every target or each is met by a different one. The table is printed
 and written to OUT/peers.json and OUT/peers.md (default out/bench-peers).
 
 Run alone: `python -m bench.peers [--repeats N] [--only vit|dinov2] [--out DIR]`;
